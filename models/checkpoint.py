@@ -1,0 +1,140 @@
+"""Reading released MMfreeLM checkpoints and converting them to weight images.
+
+A checkpoint directory holds ``config.json``, ``model.safetensors`` (or shards
+listed in ``model.safetensors.index.json``) with bf16 tensors, and usually
+``tokenizer.json``.
+
+Why a safetensors reader here: the ``safetensors`` package's numpy API
+rejects bf16 (numpy has no bfloat16 dtype). The file format is a documented
+8-byte length, a JSON table and raw little-endian data; we use the package
+for every dtype numpy knows and read bf16 tensors as their raw uint16 bit
+patterns from the same table.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from . import numerics as nx
+from .config import ConfigError, ModelConfig
+from .weight_image import DEFAULT_ROWS_PER_BLOCK, ImageError, build_image, expected_tensors
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be converted; one-line message."""
+
+
+_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8", "I8": "i1", "I32": "<i4", "I64": "<i8"}
+
+
+def read_safetensors(path: Path) -> dict[str, tuple[str, np.ndarray]]:
+    """All tensors of one safetensors file as (dtype tag, array); bf16 as raw uint16."""
+    raw = Path(path).read_bytes()
+    if len(raw) < 8:
+        raise CheckpointError(f"{path}: not a safetensors file (too short)")
+    (hlen,) = struct.unpack_from("<Q", raw)
+    if hlen > len(raw) - 8:
+        raise CheckpointError(f"{path}: not a safetensors file (header length {hlen} beyond the file)")
+    try:
+        header = json.loads(raw[8: 8 + hlen])
+    except ValueError:
+        raise CheckpointError(f"{path}: not a safetensors file (unreadable header)") from None
+    base = 8 + hlen
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        tag = info.get("dtype")
+        if tag not in _DTYPES:
+            raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {tag}")
+        start, end = info["data_offsets"]
+        if base + end > len(raw):
+            raise CheckpointError(f"{path}: tensor {name} runs past the end of the file (truncated?)")
+        arr = np.frombuffer(raw, dtype=_DTYPES[tag], count=(end - start) // np.dtype(_DTYPES[tag]).itemsize,
+                            offset=base + start)
+        out[name] = (tag, arr.reshape(info["shape"]))
+    return out
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray], bf16: bool = True) -> None:
+    """Write float tensors in the released format (bf16 by default). For tests and training export."""
+    header, blobs, offset = {}, [], 0
+    for name, arr in tensors.items():
+        if bf16:
+            data = nx.float32_to_bf16(np.asarray(arr, np.float32)).astype("<u2").tobytes()
+            tag = "BF16"
+        else:
+            data = np.asarray(arr, "<f4").tobytes()
+            tag = "F32"
+        header[name] = {"dtype": tag, "shape": list(np.shape(arr)), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    Path(path).write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def load_checkpoint(directory) -> tuple[ModelConfig, dict[str, tuple[str, np.ndarray]], bytes | None]:
+    """(config, raw tensors by name, tokenizer.json bytes or None) of a checkpoint directory."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise CheckpointError(f"{d}: not a checkpoint directory")
+    cfg_path = d / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{d}: no config.json")
+    try:
+        cfg = ModelConfig.from_hf(json.loads(cfg_path.read_text()))
+    except ValueError as e:  # ConfigError and JSON errors
+        raise CheckpointError(f"{cfg_path}: {e}") from None
+    index = d / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (d / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise CheckpointError(f"{d}: no model.safetensors or model.safetensors.index.json")
+    tensors = {}
+    for f in files:
+        if not (d / f).is_file():
+            raise CheckpointError(f"{d}: shard {f} listed in the index is missing")
+        tensors.update(read_safetensors(d / f))
+    tok = d / "tokenizer.json"
+    return cfg, tensors, tok.read_bytes() if tok.is_file() else None
+
+
+def _to_float32(tag: str, arr: np.ndarray) -> np.ndarray:
+    return nx.bf16_to_float32(arr) if tag == "BF16" else arr.astype(np.float32)
+
+
+def convert(directory, *, rows_per_block: int = DEFAULT_ROWS_PER_BLOCK, progress=None) -> bytes:
+    """Weight-image bytes of a checkpoint directory.
+
+    Ternary codes and scales come from the checkpoint's latent bf16 weights
+    exactly as the reference's run-time quantization computes them. Raises
+    :class:`CheckpointError` naming a missing tensor, a wrong shape or an
+    unknown architecture.
+    """
+    cfg, raw, tok = load_checkpoint(directory)
+    expected = expected_tensors(cfg)
+    missing = [n for n in expected if n not in raw]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CheckpointError(f"checkpoint lacks tensor {missing[0]}{more}")
+    for name, shape in expected.items():
+        if tuple(raw[name][1].shape) != shape:
+            raise CheckpointError(f"tensor {name} has shape {tuple(raw[name][1].shape)}, expected {shape} "
+                                  f"from config.json")
+    tensors = {name: _to_float32(*raw[name]) for name in expected}
+    emb_tag, emb = raw["model.embeddings.weight"]
+    try:
+        return build_image(cfg, tensors, rows_per_block=rows_per_block, tokenizer_json=tok,
+                           embedding_bf16=emb if emb_tag == "BF16" else None,
+                           source={"checkpoint": Path(directory).name}, progress=progress)
+    except ImageError as e:
+        raise CheckpointError(str(e)) from None
+
+
+__all__ = ["CheckpointError", "ConfigError", "convert", "load_checkpoint", "read_safetensors", "write_safetensors"]

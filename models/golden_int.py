@@ -1,0 +1,189 @@
+"""Integer golden model: the accelerator's arithmetic, bit for bit.
+
+Every value is an integer in a format of :mod:`mmfree.models.numerics`; the
+RTL must reproduce each intermediate here exactly. The model reads only what
+the accelerator reads: the STREAM region (folded int16 gains, weight-scale
+mantissas, lower-bound gates, packed ternary codes) and bf16 embedding rows.
+
+One BitLinear record (input vector x in ACT, pre-norm gain A, folded gains
+G_c = A * gamma_c for its consumers c) computes, with
+``x^ = x * G / rms(x * A)`` being the reference's normalised input:
+
+1. codes: ``p = x * G_c``; ``M = max|p|``; normalise |p| by ``sh`` so
+   ``M' in [2**22, 2**23)``; one reciprocal ``R = 127 * 2**40 // M'``;
+   ``q = sign(p) * round(|p'| * R / 2**40)``  (int8, ties away from zero);
+2. norm: ``t = |x * A|`` rounded to 16 bits by ``sa``; ``V = sum t'**2 + K*eps``;
+   one reciprocal square root ``inv, z = rsqrt_fixed(V)``;
+3. ``acc = sum_k q_k * T_nk`` (exact integer);
+4. ``y = rescale(acc, *output_scale(M', inv, z, Cm, ec, sh, sa, frac_g, frac_a))``.
+
+The pre-norm's own 1/rms cancels from the codes and enters the scale only
+through ``rms(x * A)`` (docs/numerics.md derives this); so the RMSNorm before
+a BitLinear costs no extra pass and no extra square root.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from . import numerics as nx
+from .weight_image import NormSource, WeightImage
+
+
+@dataclasses.dataclass
+class QuantizedVector:
+    """The int8 codes of one input vector for one consumer, and the scalars the scale needs."""
+
+    codes: np.ndarray     # int8 [K]
+    peak_norm: int        # M'
+    shift: int            # sh
+
+
+@dataclasses.dataclass
+class NormStats:
+    """The sum of squares of x*A after the 16-bit normalisation, and its rsqrt."""
+
+    sumsq: int            # V = sum t'^2 + K*eps
+    shift: int            # sa
+    inv: int
+    z: int
+
+
+def quantize_vector(x: np.ndarray, gain_mant: np.ndarray) -> QuantizedVector:
+    """Step 1: int8 codes of x * G (all zero for a zero vector)."""
+    p = np.asarray(x, np.int64) * np.asarray(gain_mant, np.int64)      # |x| < 2**47, |G| <= 2**15
+    mag = np.abs(p)
+    peak = int(mag.max()) if mag.size else 0
+    if peak == 0:
+        return QuantizedVector(np.zeros(p.shape, np.int8), 0, 0)
+    sh = nx.normalize_shift(peak, nx.QUANT_NORM_BITS)
+    peak_norm = nx.shift_magnitude(peak, sh)
+    codes = nx.quantize_codes(nx.shift_magnitude(mag, sh), p < 0, nx.quant_reciprocal(peak_norm))
+    return QuantizedVector(codes, peak_norm, sh)
+
+
+def norm_stats(x: np.ndarray, x_frac: int, norm_mant: np.ndarray, frac_a: int, eps_mant: int, eps_shift: int,
+               norm_vector: np.ndarray | None = None, norm_frac: int = nx.ACT_FRAC) -> NormStats:
+    """Step 2: V = sum of squares of the 16-bit-normalised |x * A| plus the epsilon term, and rsqrt(V).
+
+    Without a pre-norm (``norm_vector`` None) the epsilon term is K * eps. With
+    one, it is eps * sum(n**2) of the pre-norm's input n (``norm_vector``,
+    ``norm_frac`` fractional bits), itself normalised to 16-bit magnitudes.
+    """
+    t = np.abs(np.asarray(x, np.int64) * np.asarray(norm_mant, np.int64))
+    peak = int(t.max()) if t.size else 0
+    sa = nx.normalize_shift(peak, nx.SUMSQ_BITS)
+    tn = nx.sumsq_magnitudes(t, sa)
+    s = int(np.sum(tn * tn))
+    if norm_vector is None:
+        eps = nx.eps_term(t.size, 2 * (x_frac + frac_a - sa) - eps_shift, eps_mant)
+    else:
+        n = np.abs(np.asarray(norm_vector, np.int64))
+        sn = nx.normalize_shift(int(n.max()), nx.SUMSQ_BITS)
+        nn = nx.sumsq_magnitudes(n, sn)
+        eps = nx.eps_term(int(np.sum(nn * nn)), 2 * (sn - norm_frac + x_frac + frac_a - sa) - eps_shift, eps_mant)
+    v = s + eps
+    if v == 0:
+        return NormStats(0, sa, 0, 0)
+    inv, z = nx.rsqrt_fixed(v)
+    return NormStats(v, sa, inv, z)
+
+
+class IntegerModel:
+    """Bit-exact integer model of one weight image. State: L ACT vectors (int64 arrays)."""
+
+    def __init__(self, image: WeightImage):
+        self.image = image
+        self.cfg = image.config
+        self._records = {r["name"]: r for r in image.records()}
+        self._codes = {c["name"]: image.codes_float32(c["name"])
+                       for r in image.records() for c in r.get("consumers", [])}
+        self._lb = [image.lower_bound_gates(layer) for layer in range(self.cfg.L)]
+        self._gains = {}
+        for r in image.records():
+            if r["kind"] != "BITLINEAR":
+                continue
+            norm = image.norm_gain(r["name"])
+            folded = [image.folded_gain(c["name"]) for c in r["consumers"]]
+            self._gains[r["name"]] = (norm, folded)
+
+    def bitlinear(self, x: np.ndarray, record: str, trace: dict | None = None,
+                  norm_vector: np.ndarray | None = None) -> list[np.ndarray]:
+        """All consumers' ACT outputs of one BITLINEAR record for input x (in the record's x_frac format).
+
+        ``norm_vector`` is the pre-norm's input when it is not x itself (the
+        MLGRU's g before o_proj).
+        """
+        rec = self._records[record]
+        (a_mant, frac_a), folded = self._gains[record]
+        source = NormSource[rec["norm_source"]]
+        if source == NormSource.INPUT:
+            norm_vector = x
+        elif source == NormSource.NONE:
+            norm_vector = None
+        elif norm_vector is None:
+            raise ValueError(f"record {record} needs the pre-norm's input vector")
+        stats = norm_stats(x, rec["x_frac"], a_mant, frac_a, rec["eps_mant"], rec["eps_shift"],
+                           norm_vector, rec["x_frac"] if source == NormSource.INPUT else nx.ACT_FRAC)
+        outs = []
+        for cons, (g_mant, frac_g) in zip(rec["consumers"], folded):
+            qv = quantize_vector(x, g_mant)
+            if stats.sumsq == 0 or qv.peak_norm == 0:
+                outs.append(np.zeros(cons["rows"], np.int64))
+                continue
+            acc = (self._codes[cons["name"]] @ qv.codes.astype(np.float32)).astype(np.int64)
+            scale, exp = nx.output_scale(qv.peak_norm, stats.inv, stats.z, cons["cm"], cons["ec"],
+                                         qv.shift, stats.shift, frac_g, frac_a)
+            y = nx.rescale(acc, scale, exp)
+            if trace is not None:
+                trace[cons["name"]] = {"codes": qv.codes, "acc": acc, "scale": scale, "exp": exp, "y": y,
+                                       "peak_norm": qv.peak_norm, "shift": qv.shift, "stats": stats}
+            outs.append(y)
+        return outs
+
+    def initial_state(self) -> list[np.ndarray]:
+        return [np.zeros(self.cfg.D, np.int64) for _ in range(self.cfg.L)]
+
+    def embed(self, token: int) -> np.ndarray:
+        return nx.bf16_to_act(self.image.embedding_bf16(int(token)))
+
+    def mlgru(self, layer: int, i: np.ndarray, f_pre: np.ndarray, g: np.ndarray, state: np.ndarray):
+        """The token mixer's element-wise part: returns (w = g * silu(h) in WIDE, new state h in ACT)."""
+        lb = self._lb[layer]
+        f = lb + nx.rshift_round((nx.GATE_ONE - lb) * nx.sigmoid_act(f_pre), nx.GATE_FRAC)  # LB + (1-LB)*sigma
+        c = nx.mul_gate(nx.silu_act(i), nx.GATE_ONE - f)                                      # silu(i)*(1-f)
+        h = nx.saturate(nx.mul_gate(state, f) + c)                                           # f*h + c
+        return nx.mul_wide(g, nx.silu_act(h)), h                                             # g*silu(h)
+
+    def glu(self, ab: np.ndarray) -> np.ndarray:
+        """The channel mixer's element-wise part: silu(a) * b."""
+        return nx.mul_wide(nx.silu_act(ab[: self.cfg.I]), ab[self.cfg.I:])
+
+    def step(self, token: int, state: list[np.ndarray], trace: dict | None = None):
+        """ACT logits (int64, V) of one token and the new state; ``trace`` collects intermediates."""
+        h = self.embed(token)
+        new_state = []
+        for layer in range(self.cfg.L):
+            p = f"model.layers.{layer}"
+            i, f_pre, g = self.bitlinear(h, f"{p}.attn.in", trace)
+            w, s = self.mlgru(layer, i, f_pre, g, state[layer])
+            new_state.append(s)
+            (o,) = self.bitlinear(w, f"{p}.attn.out", trace, norm_vector=g)
+            r = nx.saturate(h + o)
+            (ab,) = self.bitlinear(r, f"{p}.mlp.in", trace)
+            (d,) = self.bitlinear(self.glu(ab), f"{p}.mlp.out", trace)
+            h = nx.saturate(r + d)
+            if trace is not None:
+                trace[f"{p}.hidden"] = h
+        (logits,) = self.bitlinear(h, "head", trace)
+        return logits, new_state
+
+    def forward(self, ids, state=None) -> np.ndarray:
+        """Float64 logits (T x V) of a sequence, fed one token at a time."""
+        state = self.initial_state() if state is None else list(state)
+        rows = []
+        for t in np.asarray(ids, np.int64):
+            logits, state = self.step(int(t), state)
+            rows.append(nx.act_to_float(logits))
+        return np.stack(rows)
