@@ -1,0 +1,110 @@
+"""Converting released-format checkpoints (synthetic, with the real names, shapes and bf16 dtype)."""
+import json
+
+import numpy as np
+import pytest
+
+from mmfree.models import checkpoint as ckpt
+from mmfree.models import numerics as nx
+from mmfree.models.synthetic import random_tensors, write_checkpoint
+from mmfree.models.weight_image import WeightImage
+
+from helpers import SMALL, VECTORS
+
+
+def test_convert_reproduces_runtime_quantization(tmp_path):
+    tensors = random_tensors(SMALL, 11)
+    write_checkpoint(tmp_path, SMALL, tensors)
+    img = WeightImage.from_bytes(ckpt.convert(tmp_path))
+    for name in ["model.layers.1.attn.o_proj", "model.layers.0.mlp.gate_proj", "lm_head"]:
+        w = tensors[f"{name}.weight"]
+        m = np.float32(np.abs(w.astype(np.float64)).mean())
+        assert img.host_tensor(f"{name}.weight_scale")[0] == m            # scale over the whole tensor
+        assert np.array_equal(img.codes(name), np.clip(np.round(w * (np.float32(1) / m)), -1, 1))
+
+
+def test_gate_proj_halves_share_one_scale(tmp_path):
+    tensors = random_tensors(SMALL, 2)
+    tensors["model.layers.0.mlp.gate_proj.weight"][: SMALL.I] *= 4     # gate half larger than up half
+    write_checkpoint(tmp_path, SMALL, tensors)
+    img = WeightImage.from_bytes(ckpt.convert(tmp_path))
+    w = tensors["model.layers.0.mlp.gate_proj.weight"]
+    assert img.host_tensor("model.layers.0.mlp.gate_proj.weight_scale")[0] == np.float32(np.abs(w.astype(np.float64)).mean())
+
+
+def test_embedding_kept_bit_exact(tmp_path):
+    write_checkpoint(tmp_path, SMALL, seed=3)
+    _, raw, _ = ckpt.load_checkpoint(tmp_path)
+    img = WeightImage.from_bytes(ckpt.convert(tmp_path))
+    assert np.array_equal(img.embedding_bf16(), raw["model.embeddings.weight"][1])
+
+
+def test_sharded_checkpoint(tmp_path):
+    tensors = random_tensors(SMALL, 4)
+    names = sorted(tensors)
+    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    weight_map = {}
+    for f, ns in halves.items():
+        ckpt.write_safetensors(tmp_path / f, {n: tensors[n] for n in ns})
+        weight_map.update({n: f for n in ns})
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    write_checkpoint(tmp_path / "single", SMALL, tensors)
+    (tmp_path / "config.json").write_text((tmp_path / "single" / "config.json").read_text())
+    a = WeightImage.from_bytes(ckpt.convert(tmp_path))
+    b = WeightImage.from_bytes(ckpt.convert(tmp_path / "single"))
+    assert bytes(a.stream) == bytes(b.stream)
+
+
+def test_wrong_shape(tmp_path):
+    tensors = random_tensors(SMALL, 1)
+    tensors["model.layers.1.attn.g_proj.weight"] = tensors["model.layers.1.attn.g_proj.weight"][:, :32]
+    write_checkpoint(tmp_path, SMALL, tensors)
+    with pytest.raises(ckpt.CheckpointError, match=r"model.layers.1.attn.g_proj.weight has shape \(64, 32\)"):
+        ckpt.convert(tmp_path)
+
+
+def test_missing_tensor(tmp_path):
+    tensors = random_tensors(SMALL, 1)
+    del tensors["lm_head.norm.weight"]
+    write_checkpoint(tmp_path, SMALL, tensors)
+    with pytest.raises(ckpt.CheckpointError, match="lacks tensor lm_head.norm.weight"):
+        ckpt.convert(tmp_path)
+
+
+def test_unknown_architecture(tmp_path):
+    write_checkpoint(tmp_path, SMALL, seed=1)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["model_type"] = "llama"
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ckpt.CheckpointError, match="unknown architecture: model_type 'llama'"):
+        ckpt.convert(tmp_path)
+
+
+def test_unsupported_option(tmp_path):
+    write_checkpoint(tmp_path, SMALL, seed=1)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["use_short_conv"] = True
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ckpt.CheckpointError, match="use_short_conv=True is not supported"):
+        ckpt.convert(tmp_path)
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="no config.json"):
+        ckpt.convert(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ckpt.CheckpointError, match="unknown architecture"):
+        ckpt.convert(tmp_path)
+
+
+def test_truncated_safetensors(tmp_path):
+    write_checkpoint(tmp_path, SMALL, seed=1)
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-1000])
+    with pytest.raises(ckpt.CheckpointError, match="runs past the end"):
+        ckpt.convert(tmp_path)
+
+
+def test_intermediate_size_derived_from_hidden():
+    cfg, _, _ = ckpt.load_checkpoint(VECTORS / "small-d128-l3" / "checkpoint")
+    assert cfg.I == 256 * -(-int(128 * 4 * 2 / 3) // 256)
