@@ -1,0 +1,40 @@
+# Every target makes its own virtual environment first, so a fresh machine
+# with only Python, gcc and make needs nothing else.
+PY        ?= python3
+VENV      := .venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.installed
+PROMPT    ?= And God said
+TOKENS    ?= 32
+BACKEND   ?= golden
+PYTEST_ARGS ?=
+
+.PHONY: all venv generate test sim synth-units bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[sim,synth,dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## The main job: text generation with the bundled model.
+generate: $(STAMP)
+	$(BIN)/mmfree generate --prompt "$(PROMPT)" --max-new-tokens $(TOKENS) --backend $(BACKEND)
+
+## The whole test suite (what CI runs).
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+## RTL unit benches in Verilator.
+sim: $(STAMP)
+	$(BIN)/python -m pytest -m sim $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/golden_speed.py
+
+clean:
+	rm -rf $(VENV) sim_build build *.egg-info
