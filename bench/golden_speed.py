@@ -1,0 +1,54 @@
+"""Tokens/s of the integer golden model on a random model of the full MMfreeLM-370M shape.
+
+24 layers, hidden 1024, intermediate 2816, vocab 32000 (341 M ternary
+weights per token). Builds the weight image in memory (not timed), then times
+one-token steps of the integer model and of the float model.
+
+    python bench/golden_speed.py [--layers 24] [--tokens 16]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+
+from mmfree.models.config import ModelConfig
+from mmfree.models.golden_float import FloatModel
+from mmfree.models.golden_int import IntegerModel
+from mmfree.models.synthetic import SHAPE_370M, random_tensors
+from mmfree.models.weight_image import WeightImage, build_image
+
+
+def time_steps(model, ids) -> float:
+    state = model.initial_state()
+    _, state = model.step(int(ids[0]), state)            # warm-up
+    t0 = time.perf_counter()
+    for t in ids[1:]:
+        _, state = model.step(int(t), state)
+    return (len(ids) - 1) / (time.perf_counter() - t0)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=24)
+    ap.add_argument("--tokens", type=int, default=16)
+    args = ap.parse_args()
+    cfg = ModelConfig(num_hidden_layers=args.layers, **SHAPE_370M)
+    t0 = time.perf_counter()
+    image = WeightImage.from_bytes(build_image(cfg, random_tensors(cfg, 0)))
+    ids = np.random.default_rng(0).integers(0, cfg.V, args.tokens + 1)
+    integer = IntegerModel(image)
+    build = time.perf_counter() - t0
+    print(f"machine          {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print(f"model            random, {cfg.L} layers, hidden {cfg.D}, intermediate {cfg.I}, vocab {cfg.V}: "
+          f"{cfg.ternary_weight_count() / 1e6:.1f} M ternary weights per token")
+    print(f"image + decode   {build:.1f} s (not timed below)")
+    print(f"integer golden   {time_steps(integer, ids):.2f} tokens/s")
+    print(f"float golden     {time_steps(FloatModel(image), ids):.2f} tokens/s")
+
+
+if __name__ == "__main__":
+    main()
