@@ -1,0 +1,138 @@
+"""Ternary accumulate unit: ``lanes`` rows of a packed ternary matrix times int8 codes."""
+from __future__ import annotations
+
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from mmfree.models import numerics as nx
+
+__all__ = ["TernaryAccumulate", "weight_beat_layout"]
+
+#: Bits of one packed byte of five trits.
+PACKED_BITS = nx.PACKED_MAX.bit_length()
+#: Signed width of one activation code (|q| <= ACT_CODE_MAX).
+CODE_BITS = nx.ACT_CODE_MAX.bit_length() + 1
+
+
+def weight_beat_layout(lanes: int) -> data.StructLayout:
+    """One input beat: ``lanes`` packed bytes (row r in element r), the five codes, end of block."""
+    return data.StructLayout({
+        "weights": data.ArrayLayout(unsigned(PACKED_BITS), lanes),
+        "codes": data.ArrayLayout(signed(CODE_BITS), nx.TRITS_PER_BYTE),
+        "last": 1,
+    })
+
+
+def _decode_rom() -> Const:
+    """All 256 decodings as one constant: entry v is 5 trits, trit j as (plus, minus) bits."""
+    bits = 0
+    for value, trits in enumerate(nx.TRIT_DECODE_TABLE):
+        word = 0
+        for j, t in enumerate(trits):
+            word |= (int(t == 1) | int(t == -1) << 1) << (2 * j)
+        bits |= word << (2 * nx.TRITS_PER_BYTE * value)
+    return Const(bits, 2 * nx.TRITS_PER_BYTE * len(nx.TRIT_DECODE_TABLE))
+
+
+class TernaryAccumulate(wiring.Component):
+    """``acc[r] = sum_k q[k] * T[r, k]`` for ``lanes`` rows at once, five inputs per beat.
+
+    Each input beat carries, for one group of five consecutive inputs
+    ``k = 5g .. 5g+4``, one packed byte per row (``numerics.pack_trits``
+    digit order: ``byte = sum_j (t_j + 1) * 3**j``), which is the weight
+    image's block layout (``weight_image.pack_matrix`` with ``lanes`` rows per
+    block, or a bus slice of one), and the five int8 activation codes of
+    those inputs (|q| <= 127). ``last`` marks the final group of a row block:
+    the beat after it starts a new block from zero.
+
+    Per lane and beat: the byte is decoded through ``numerics.TRIT_DECODE_TABLE``
+    (a constant ROM; bytes 243..255 decode to zeros), each trit selects
+    ``+q_j``, ``-q_j`` or 0 (no multiplier), the five terms are added and the
+    sum is accumulated. When the ``last`` beat has been added the ``lanes``
+    accumulators are emitted as one output beat (row r in element r).
+
+    Parameters
+    ----------
+    lanes : int, rows computed in parallel (bytes per input beat), >= 1.
+    k : int, the longest input vector a block may have, >= 1; sets the
+        accumulator width ``numerics.accumulator_bits(k)``. A block of more
+        than ``ceil(k / 5)`` beats, or codes of -128, may overflow it.
+
+    Attributes
+    ----------
+    acc_bits : signed width of each output accumulator.
+    latency : cycles from the transfer of a ``last`` beat to ``o.valid``
+        (2: decode-and-add register, accumulate register).
+    Throughput: one input beat (``lanes`` x 5 weights) per cycle. Output
+    backpressure stalls the input only when a ``last`` beat reaches the
+    accumulator while the previous result is still waiting.
+
+    Raises
+    ------
+    TypeError / ValueError on a non-integer or out-of-range parameter.
+    """
+
+    latency = 2
+
+    def __init__(self, *, lanes: int, k: int):
+        for name, value in (("lanes", lanes), ("k", k)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an integer, not {value!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, not {value}")
+        self.lanes = lanes
+        self.k = k
+        self.acc_bits = nx.accumulator_bits(k)
+        super().__init__({
+            "i": In(stream.Signature(weight_beat_layout(lanes))),
+            "o": Out(stream.Signature(data.ArrayLayout(signed(self.acc_bits), lanes))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n = nx.TRITS_PER_BYTE
+        rom = _decode_rom()
+        # |sum of five terms| <= 5 * 127
+        term_bits = (n * nx.ACT_CODE_MAX).bit_length() + 1
+
+        # Stage 1 register: per-lane sum of the five selected terms.
+        partial = [Signal(signed(term_bits), name=f"partial{r}") for r in range(self.lanes)]
+        partial_valid = Signal()
+        partial_last = Signal()
+        # Stage 2: accumulators; the result waits in o.payload.
+        acc = [Signal(signed(self.acc_bits), name=f"acc{r}") for r in range(self.lanes)]
+
+        # A last beat in stage 1 needs the output register free; nothing else stalls.
+        stall = self.o.valid & ~self.o.ready & partial_valid & partial_last
+        m.d.comb += self.i.ready.eq(~stall)
+
+        with m.If(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+
+        with m.If(~stall):
+            m.d.sync += [partial_valid.eq(self.i.valid), partial_last.eq(self.i.payload.last)]
+            codes = self.i.payload.codes
+            for r in range(self.lanes):
+                trits = rom.word_select(self.i.payload.weights[r], 2 * n)
+                terms = []
+                for j in range(n):
+                    plus, minus = trits[2 * j], trits[2 * j + 1]
+                    # t * q as a select: +q, -q or 0
+                    terms.append(Mux(plus, codes[j], Mux(minus, -codes[j], 0)))
+                total = terms[0]
+                for t in terms[1:]:
+                    total = total + t
+                m.d.sync += partial[r].eq(total)
+
+            with m.If(partial_valid):
+                for r in range(self.lanes):
+                    total = acc[r] + partial[r]   # acc += sum_j t_j * q_j
+                    with m.If(partial_last):
+                        m.d.sync += [self.o.payload[r].eq(total), acc[r].eq(0)]
+                    with m.Else():
+                        m.d.sync += acc[r].eq(total)
+                with m.If(partial_last):
+                    m.d.sync += self.o.valid.eq(1)
+
+        return m

