@@ -17,41 +17,52 @@ class BackendError(RuntimeError):
     """A backend that cannot run (one-line message)."""
 
 
-class GoldenBackend:
+class _GoldenModelBackend:
+    """A backend over one of the golden models (which one: the subclass's ``model``)."""
+
+    name = ""
+
+    def __init__(self, image: WeightImage):
+        self.model = self.make_model(image)
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = self.model.initial_state()
+
+    def step(self, token: int) -> np.ndarray:
+        logits, self.state = self.model.step(token, self.state)
+        return self.to_float(logits)
+
+
+class GoldenBackend(_GoldenModelBackend):
     """The integer golden model: the accelerator's arithmetic, bit for bit."""
 
     name = "golden"
 
-    def __init__(self, image: WeightImage):
+    @staticmethod
+    def make_model(image):
         from mmfree.models.golden_int import IntegerModel
 
-        self.model = IntegerModel(image)
-        self.reset()
+        return IntegerModel(image)
 
-    def reset(self) -> None:
-        self.state = self.model.initial_state()
-
-    def step(self, token: int) -> np.ndarray:
-        logits, self.state = self.model.step(token, self.state)
+    @staticmethod
+    def to_float(logits):
         return nx.act_to_float(logits)
 
 
-class FloatBackend:
+class FloatBackend(_GoldenModelBackend):
     """The float32 golden model (the reference's arithmetic)."""
 
     name = "float"
 
-    def __init__(self, image: WeightImage):
+    @staticmethod
+    def make_model(image):
         from mmfree.models.golden_float import FloatModel
 
-        self.model = FloatModel(image)
-        self.reset()
+        return FloatModel(image)
 
-    def reset(self) -> None:
-        self.state = self.model.initial_state()
-
-    def step(self, token: int) -> np.ndarray:
-        logits, self.state = self.model.step(token, self.state)
+    @staticmethod
+    def to_float(logits):
         return logits.astype(np.float64)
 
 
