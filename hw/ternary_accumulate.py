@@ -92,7 +92,8 @@ class TernaryAccumulate(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         n = nx.TRITS_PER_BYTE
-        rom = _decode_rom()
+        # One constant signal shared by all lanes (a Const would be repeated per use).
+        rom = Signal(len(_decode_rom()), init=_decode_rom().value)
         # |sum of five terms| <= 5 * 127
         term_bits = (n * nx.ACT_CODE_MAX).bit_length() + 1
 
@@ -114,7 +115,8 @@ class TernaryAccumulate(wiring.Component):
             m.d.sync += [partial_valid.eq(self.i.valid), partial_last.eq(self.i.payload.last)]
             codes = self.i.payload.codes
             for r in range(self.lanes):
-                trits = rom.word_select(self.i.payload.weights[r], 2 * n)
+                trits = Signal(2 * n, name=f"trits{r}")
+                m.d.comb += trits.eq(rom.word_select(self.i.payload.weights[r], 2 * n))
                 terms = []
                 for j in range(n):
                     plus, minus = trits[2 * j], trits[2 * j + 1]

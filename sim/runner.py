@@ -166,8 +166,8 @@ def simulate(component, *, test_module: str, toplevel: str | None = None, testca
     """
     toplevel = toplevel or type(component).__name__.lower()
     params = dict(params or {})
-    if module_dir is not None and str(module_dir) not in sys.path:
-        sys.path.insert(0, str(module_dir))
+    if module_dir is not None and str(Path(module_dir).resolve()) not in sys.path:
+        sys.path.insert(0, str(Path(module_dir).resolve()))
     text = to_verilog(component, toplevel)
     runner, build_dir = _build(text, toplevel, waves=False)
     result, test_dir = _run(runner, build_dir, toplevel, test_module, testcase, params, seed, waves=False)
