@@ -20,7 +20,7 @@ from .generate import generate as generate_ids
 
 #: The bundled model every --model option defaults to.
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_MODEL = BUNDLED_MODELS / "tiny-random" / "tiny-random.img"
+DEFAULT_MODEL = BUNDLED_MODELS / "kjv" / "kjv.img"
 
 
 def _load_image(path) -> WeightImage:

@@ -13,10 +13,15 @@ The forward pass is the released checkpoints' arithmetic (spec §1-§4):
 Parameter names are the Hugging Face names of spec §5, so ``state_dict()``
 exports directly to ``model.safetensors``.
 
-The recurrence ``h_t = f_t ⊙ h_{t-1} + c_t`` runs as a Hillis-Steele
-parallel scan (log2 T elementwise steps, products of forget gates only, so
-it is as stable as the loop) in float32; ``forward`` also takes and returns
-the per-layer states so that a sequence can be fed in pieces.
+The recurrence ``h_t = f_t ⊙ h_{t-1} + c_t`` runs in training as a
+Hillis-Steele parallel scan (log2 T elementwise steps, products of forget
+gates only, so it is as stable as the loop) and in evaluation as the
+sequential loop of the reference kernel (same rounding as token-by-token
+decoding; int8 codes near a rounding tie make the model sensitive to the
+order of float operations, and the state carries such a difference on).
+``forward`` also takes and returns the per-layer states so that a sequence
+can be fed in pieces. Arithmetic is float32 (float64 if the parameters are
+float64).
 """
 from __future__ import annotations
 
@@ -89,10 +94,15 @@ class HGRNBitConfig:
         return asdict(self)
 
 
+def wide(x: torch.Tensor) -> torch.Tensor:
+    """Compute dtype: float32, or float64 when the model runs in float64 (for checks)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """``x · γ / sqrt(mean(x²) + eps)`` over the last axis, in float32."""
-    x32 = x.float()
-    return x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+    """``x · γ / sqrt(mean(x²) + eps)`` over the last axis, in float32 (or float64)."""
+    x32 = wide(x)
+    return x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps) * wide(weight)
 
 
 class RMSNorm(nn.Module):
@@ -140,7 +150,7 @@ class BitLinear(nn.Module):
 
     def forward(self, x):
         xn = self.norm(x)
-        w = self.weight.float()
+        w = wide(self.weight)
         if self.training and torch.is_grad_enabled():
             q, s = activation_codes(xn)
             t, ws = weight_codes(w)
@@ -176,6 +186,17 @@ def linear_scan(f: torch.Tensor, c: torch.Tensor, h0: torch.Tensor | None = None
     return b
 
 
+def linear_recurrence(f: torch.Tensor, c: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+    """Same as ``linear_scan`` as a loop over time: the reference kernel's order of
+    operations, so a whole-sequence forward equals the token-by-token one bit for bit."""
+    h = torch.zeros_like(c[:, 0]) if h0 is None else h0
+    out = []
+    for t in range(c.shape[1]):
+        h = f[:, t] * h + c[:, t]
+        out.append(h)
+    return torch.stack(out, dim=1)
+
+
 class HGRNBitAttention(nn.Module):
     """MLGRU token mixer (spec §3)."""
 
@@ -190,12 +211,12 @@ class HGRNBitAttention(nn.Module):
         self.g_norm = RMSNorm(D, config.rms_norm_eps)
 
     def forward(self, u, lower_bound, state=None):
-        i = self.i_proj(u).float()
-        f = torch.sigmoid(self.f_proj(u).float())
+        i = wide(self.i_proj(u))
+        f = torch.sigmoid(wide(self.f_proj(u)))
         if self.layer_idx > 0:
             f = lower_bound + (1 - lower_bound) * f
         c = F.silu(i) * (1 - f)
-        h = linear_scan(f, c, state)
+        h = linear_scan(f, c, state) if self.training else linear_recurrence(f, c, state)
         o = self.g_norm(self.g_proj(u)) * F.silu(h)
         return self.o_proj(o), h[:, -1]
 
@@ -211,7 +232,7 @@ class HGRNBitMLP(nn.Module):
         self.down_proj = BitLinear(I, D)
 
     def forward(self, v):
-        ab = self.gate_proj(v).float()
+        ab = wide(self.gate_proj(v))
         a, b = ab[..., : self.intermediate], ab[..., self.intermediate:]
         return self.down_proj(F.silu(a) * b)
 
@@ -242,11 +263,11 @@ class HGRNBitModel(nn.Module):
 
     def lower_bound_values(self) -> torch.Tensor:
         """``LB = cumsum_l(softmax_l(P)) − softmax_l(P)[0]``; LB[0] = 0."""
-        p = torch.softmax(self.lower_bounds.float(), dim=0)
+        p = torch.softmax(wide(self.lower_bounds), dim=0)
         return torch.cumsum(p, dim=0) - p[0]
 
     def forward(self, ids, states=None):
-        h = F.dropout(self.embeddings(ids).float(), self.dropout, self.training)
+        h = F.dropout(wide(self.embeddings(ids)), self.dropout, self.training)
         lb = self.lower_bound_values()
         new_states = []
         for l, layer in enumerate(self.layers):
@@ -280,7 +301,7 @@ class HGRNBitForCausalLM(nn.Module):
     def forward(self, ids, states=None):
         """ids (B, T) → logits (B, T, V) float32 and the per-layer final states [(B, D)]."""
         z, states = self.model(ids, states)
-        return self.lm_head(z).float(), states
+        return wide(self.lm_head(z)), states
 
     def num_parameters(self) -> dict:
         ternary = sum(m.weight.numel() for m in self.modules() if isinstance(m, BitLinear))
