@@ -1,12 +1,12 @@
 """SiLU of an ACT value: ``numerics.silu_act(x) = mul_gate(x, sigmoid_act(x))``."""
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from mmfree.models import numerics as nx
 
+from .fixed_point import mul_gate
 from .sigmoid import ACT_SHAPE, Sigmoid
 
 __all__ = ["SiLU"]
@@ -46,17 +46,8 @@ class SiLU(wiring.Component):
         advance = Signal()
         m.d.comb += [advance.eq(~self.o.valid | self.o.ready), sigmoid.o.ready.eq(advance)]
 
-        # x * g with g in GATE (16 fractional bits): + 2**15, >> 16, clamp to ACT.
-        product = Signal(signed(nx.ACT_BITS + nx.GATE_FRAC + 2))
-        m.d.comb += product.eq(sigmoid.o.payload.x * sigmoid.o.payload.gate)
-        rounded = Signal(signed(nx.ACT_BITS + 2))
-        m.d.comb += rounded.eq((product + (1 << (nx.GATE_FRAC - 1))) >> nx.GATE_FRAC)
+        # silu(x) = mul_gate(x, sigma(x)): x * g, + 2**15, >> 16, clamp to ACT
         with m.If(advance):
-            m.d.sync += self.o.valid.eq(sigmoid.o.valid)
-            with m.If(rounded > nx.ACT_MAX):
-                m.d.sync += self.o.payload.eq(nx.ACT_MAX)
-            with m.Elif(rounded < nx.ACT_MIN):
-                m.d.sync += self.o.payload.eq(nx.ACT_MIN)
-            with m.Else():
-                m.d.sync += self.o.payload.eq(rounded)
+            m.d.sync += [self.o.valid.eq(sigmoid.o.valid),
+                         self.o.payload.eq(mul_gate(sigmoid.o.payload.x, sigmoid.o.payload.gate))]
         return m

@@ -1,13 +1,14 @@
 """Ternary accumulate unit: ``lanes`` rows of a packed ternary matrix times int8 codes."""
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.lib.memory import Memory
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from mmfree.models import numerics as nx
 
-__all__ = ["TernaryAccumulate", "weight_beat_layout"]
+__all__ = ["TernaryAccumulate", "weight_beat_layout", "decode_words"]
 
 #: Bits of one packed byte of five trits.
 PACKED_BITS = nx.PACKED_MAX.bit_length()
@@ -24,20 +25,15 @@ def weight_beat_layout(lanes: int) -> data.StructLayout:
     })
 
 
-#: ROM entry stride: the 10 decoded bits padded to a power of two, so the
-#: entry offset is a wire shift of the byte (no multiplier in the address).
-DECODE_STRIDE = 1 << (2 * nx.TRITS_PER_BYTE - 1).bit_length()
-
-
-def _decode_rom() -> Const:
-    """All 256 decodings as one constant: entry v is 5 trits, trit j as (plus, minus) bits."""
-    bits = 0
-    for value, trits in enumerate(nx.TRIT_DECODE_TABLE):
+def decode_words() -> list[int]:
+    """The decode ROM, one word per byte value: trit j of ``TRIT_DECODE_TABLE[v]`` as bits (plus, minus) at 2j."""
+    words = []
+    for trits in nx.TRIT_DECODE_TABLE:
         word = 0
         for j, t in enumerate(trits):
             word |= (int(t == 1) | int(t == -1) << 1) << (2 * j)
-        bits |= word << (DECODE_STRIDE * value)
-    return Const(bits, DECODE_STRIDE * len(nx.TRIT_DECODE_TABLE))
+        words.append(word)
+    return words
 
 
 class TernaryAccumulate(wiring.Component):
@@ -52,7 +48,8 @@ class TernaryAccumulate(wiring.Component):
     the beat after it starts a new block from zero.
 
     Per lane and beat: the byte is decoded through ``numerics.TRIT_DECODE_TABLE``
-    (a constant ROM; bytes 243..255 decode to zeros), each trit selects
+    (256-word ROM ``Memory``s, one synchronous read port per lane, two lanes
+    per ROM as on a block RAM; bytes 243..255 decode to zeros), each trit selects
     ``+q_j``, ``-q_j`` or 0 (no multiplier), the five terms are added and the
     sum is accumulated. When the ``last`` beat has been added the ``lanes``
     accumulators are emitted as one output beat (row r in element r).
@@ -68,7 +65,7 @@ class TernaryAccumulate(wiring.Component):
     ----------
     acc_bits : signed width of each output accumulator.
     latency : cycles from the transfer of a ``last`` beat to ``o.valid``
-        (2: decode-and-add register, accumulate register).
+        (3: ROM read, select-and-add register, accumulate register).
     Throughput: one input beat (``lanes`` x 5 weights) per cycle. Output
     backpressure stalls the input only when a ``last`` beat reaches the
     accumulator while the previous result is still waiting.
@@ -78,7 +75,7 @@ class TernaryAccumulate(wiring.Component):
     TypeError / ValueError on a non-integer or out-of-range parameter.
     """
 
-    latency = 2
+    latency = 3
 
     def __init__(self, *, lanes: int, k: int):
         for name, value in (("lanes", lanes), ("k", k)):
@@ -97,49 +94,59 @@ class TernaryAccumulate(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         n = nx.TRITS_PER_BYTE
-        # One constant signal shared by all lanes (a Const would be repeated per use).
-        rom = Signal(len(_decode_rom()), init=_decode_rom().value)
         # |sum of five terms| <= 5 * 127
         term_bits = (n * nx.ACT_CODE_MAX).bit_length() + 1
 
-        # Stage 1 register: per-lane sum of the five selected terms.
+        # Stage 0: the decode ROM, one synchronous read port per lane; one ROM
+        # per two lanes (the two ports of a block RAM), codes and flags
+        # registered alongside.
+        ports = []
+        for pair in range(0, self.lanes, 2):
+            rom = Memory(shape=unsigned(2 * n), depth=len(nx.TRIT_DECODE_TABLE), init=decode_words())
+            m.submodules[f"decode{pair // 2}"] = rom
+            ports += [rom.read_port(domain="sync") for _ in range(min(2, self.lanes - pair))]
+        codes0 = Signal(data.ArrayLayout(signed(CODE_BITS), n))
+        valid0, last0 = Signal(), Signal()
+        # Stage 1: per-lane sum of the five selected terms.
         partial = [Signal(signed(term_bits), name=f"partial{r}") for r in range(self.lanes)]
-        partial_valid = Signal()
-        partial_last = Signal()
+        valid1, last1 = Signal(), Signal()
         # Stage 2: accumulators; the result waits in o.payload.
         acc = [Signal(signed(self.acc_bits), name=f"acc{r}") for r in range(self.lanes)]
 
         # A last beat in stage 1 needs the output register free; nothing else stalls.
-        stall = self.o.valid & ~self.o.ready & partial_valid & partial_last
+        stall = self.o.valid & ~self.o.ready & valid1 & last1
         m.d.comb += self.i.ready.eq(~stall)
 
         with m.If(self.o.ready):
             m.d.sync += self.o.valid.eq(0)
 
+        for r, port in enumerate(ports):
+            m.d.comb += [port.addr.eq(self.i.payload.weights[r]), port.en.eq(~stall)]
+        # -q_j once per beat, shared by every lane
+        negated = [Signal(signed(CODE_BITS + 1), name=f"negated{j}") for j in range(n)]
+        m.d.comb += [negated[j].eq(-codes0[j]) for j in range(n)]
+
         with m.If(~stall):
-            m.d.sync += [partial_valid.eq(self.i.valid), partial_last.eq(self.i.payload.last)]
-            codes = self.i.payload.codes
-            for r in range(self.lanes):
-                trits = Signal(2 * n, name=f"trits{r}")
-                m.d.comb += trits.eq(rom.word_select(self.i.payload.weights[r], DECODE_STRIDE))
+            m.d.sync += [valid0.eq(self.i.valid), last0.eq(self.i.payload.last),
+                         codes0.eq(self.i.payload.codes),
+                         valid1.eq(valid0), last1.eq(last0)]
+            for r, port in enumerate(ports):
+                trits = port.data
                 terms = []
                 for j in range(n):
                     plus, minus = trits[2 * j], trits[2 * j + 1]
                     # t * q as a select: +q, -q or 0
-                    terms.append(Mux(plus, codes[j], Mux(minus, -codes[j], 0)))
-                total = terms[0]
-                for t in terms[1:]:
-                    total = total + t
-                m.d.sync += partial[r].eq(total)
+                    terms.append(Mux(plus, codes0[j], Mux(minus, negated[j], 0)))
+                m.d.sync += partial[r].eq(sum(terms[1:], terms[0]))
 
-            with m.If(partial_valid):
+            with m.If(valid1):
                 for r in range(self.lanes):
                     total = acc[r] + partial[r]   # acc += sum_j t_j * q_j
-                    with m.If(partial_last):
+                    with m.If(last1):
                         m.d.sync += [self.o.payload[r].eq(total), acc[r].eq(0)]
                     with m.Else():
                         m.d.sync += acc[r].eq(total)
-                with m.If(partial_last):
+                with m.If(last1):
                     m.d.sync += self.o.valid.eq(1)
 
         return m

@@ -37,7 +37,7 @@ __all__ = ["PARAMS_ENV", "SimulationFailed", "SimResult", "bench_params", "setup
 #: Environment variable carrying the bench parameters (JSON) into the cocotb module.
 PARAMS_ENV = "MMFREE_BENCH_PARAMS"
 #: Verilator flags: Amaranth's Verilog trips WIDTH warnings (see shared/toolchain.md).
-BUILD_ARGS = ("-Wno-WIDTH", "-Wno-UNOPTFLAT", "-Wno-CMPCONST", "-Wno-UNSIGNED")
+BUILD_ARGS = ("-Wno-WIDTH", "-Wno-UNOPTFLAT", "-Wno-CMPCONST", "-Wno-UNSIGNED", "-Wno-CASEINCOMPLETE")
 #: Where the cached builds live (git-ignored), relative to the repository root.
 SIM_BUILD = Path(__file__).resolve().parent.parent / "sim_build"
 

@@ -70,7 +70,11 @@ def synth_counts(component, name: str, family: str = "xc7") -> dict[str, int]:
         src.write_text(text)
         stat = Path(tmp) / "stat.json"
         # The WebAssembly yosys sees the working directory only: relative names.
-        script = (f"read_verilog {src.name}; synth_xilinx -family {family} -noiopad -top {name}; "
+        # The ROMs are mapped to logic first: yosys 0.23's memory_libmap runs out
+        # of memory on a ROM with tens of read ports (one per lane).
+        script = (f"read_verilog {src.name}; hierarchy -top {name}; proc; opt_clean; "
+                  f"memory -nomap; memory_map; "
+                  f"synth_xilinx -family {family} -noiopad -top {name}; "
                   f"tee -q -o {stat.name} stat -json")
         subprocess.run([*yosys_command(), "-q", "-p", script], check=True, cwd=tmp)
         if not stat.exists():

@@ -15,6 +15,9 @@ from mmfree.hw.mlgru import MLGRU, MLGRU_IN, MLGRU_OUT
 from mmfree.models import numerics as nx
 from mmfree.models.golden_int import IntegerModel
 
+# Units built only to read their attributes are never elaborated.
+pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+
 try:  # only inside the simulator process
     import cocotb
 except ImportError:  # pragma: no cover

@@ -12,6 +12,9 @@ import pytest
 from mmfree.hw.reciprocal import RECIP_BITS, QuantReciprocal
 from mmfree.models import numerics as nx
 
+# Units built only to read their attributes are never elaborated.
+pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+
 try:  # only inside the simulator process
     import cocotb
 except ImportError:  # pragma: no cover

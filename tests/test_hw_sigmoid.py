@@ -13,6 +13,9 @@ from mmfree.hw.sigmoid import Sigmoid, sigmoid_rom
 from mmfree.hw.silu import SiLU
 from mmfree.models import numerics as nx
 
+# Units built only to read their attributes are never elaborated.
+pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+
 try:  # only inside the simulator process
     import cocotb
 except ImportError:  # pragma: no cover
