@@ -5,11 +5,11 @@ its operands, for use inside a unit's ``elaborate``.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Mux
+from amaranth.hdl import Mux, Signal
 
 from mmfree.models import numerics as nx
 
-__all__ = ["rshift_round", "saturate", "mul_gate"]
+__all__ = ["rshift_round", "saturate", "mul_gate", "pipeline_stages"]
 
 
 def rshift_round(v, n: int):
@@ -26,3 +26,14 @@ def saturate(v, bits: int = nx.ACT_BITS):
 def mul_gate(x, gate):
     """``numerics.mul_gate``: ACT x times GATE g, ``saturate(rshift_round(x * g, 16))``."""
     return saturate(rshift_round(x * gate, nx.GATE_FRAC))
+
+
+def pipeline_stages(m, advance):
+    """A register factory for a stall-together pipeline: ``stage(name, shape, value)``
+    returns a register loaded with ``value`` on every cycle where ``advance`` is high."""
+    def stage(name, shape, value):
+        reg = Signal(shape, name=name)
+        with m.If(advance):
+            m.d.sync += reg.eq(value)
+        return reg
+    return stage

@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 
 from mmfree.models import numerics as nx
 
-from .fixed_point import mul_gate, saturate
+from .fixed_point import mul_gate, saturate, pipeline_stages
 from .sigmoid import ACT_SHAPE, SigmoidLookup
 
 __all__ = ["GLU", "GLU_IN"]
@@ -44,11 +44,7 @@ class GLU(wiring.Component):
         advance = Signal()
         m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance)]
 
-        def stage(name, shape, value):
-            reg = Signal(shape, name=name)
-            with m.If(advance):
-                m.d.sync += reg.eq(value)
-            return reg
+        stage = pipeline_stages(m, advance)
 
         # 1: table read for sigma(a)
         sig_a = SigmoidLookup(m, self.i.payload.a, advance, "sigmoid_a")

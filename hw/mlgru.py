@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 
 from mmfree.models import numerics as nx
 
-from .fixed_point import mul_gate, rshift_round, saturate
+from .fixed_point import mul_gate, rshift_round, saturate, pipeline_stages
 from .sigmoid import ACT_SHAPE, GATE_SHAPE, SigmoidLookup
 
 __all__ = ["MLGRU", "MLGRU_IN", "MLGRU_OUT"]
@@ -54,11 +54,7 @@ class MLGRU(wiring.Component):
         advance = Signal()
         m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance)]
 
-        def stage(name, shape, value):
-            reg = Signal(shape, name=name)
-            with m.If(advance):
-                m.d.sync += reg.eq(value)
-            return reg
+        stage = pipeline_stages(m, advance)
 
         def valid_chain(valid, n):
             for k in range(n):

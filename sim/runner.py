@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -131,11 +132,11 @@ def _run(runner, build_dir: Path, toplevel: str, test_module: str, testcase, par
     # Keep cocotb's own pytest hook from calling sys.exit: we read the results ourselves.
     saved = os.environ.pop("PYTEST_CURRENT_TEST", None)
     try:
-        runner.test(hdl_toplevel=toplevel, hdl_toplevel_lang="verilog", test_module=test_module, testcase=testcase,
-                    build_dir=build_dir, test_dir=test_dir, extra_env=env, seed=seed,
-                    test_args=args, results_xml=str(results))
-    except SystemExit:
-        pass
+        # A failing cocotb run exits; results.xml, read below, says what happened.
+        with contextlib.suppress(SystemExit):
+            runner.test(hdl_toplevel=toplevel, hdl_toplevel_lang="verilog", test_module=test_module,
+                        testcase=testcase, build_dir=build_dir, test_dir=test_dir, extra_env=env, seed=seed,
+                        test_args=args, results_xml=str(results))
     finally:
         if saved is not None:
             os.environ["PYTEST_CURRENT_TEST"] = saved
