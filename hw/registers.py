@@ -149,6 +149,9 @@ REGISTERS: tuple[Register, ...] = (
     _counter("CYCLES_HEAD", 0x6C, "Cycles in phase HEAD."),
     _counter("BYTES_READ", 0x70, "Bytes received from the AXI4 read port(s)."),
     Register("TOKENS", 0x74, "RO", "Tokens run since the last clear_state."),
+    Register("MODEL_INNER", 0x78, "RW", "Shape of the loaded model, continued.", (
+        Field("intermediate", 0, 16, "I (the GLU's inner size)"),
+    )),
 )
 
 BY_NAME: dict[str, Register] = {r.name: r for r in REGISTERS}
