@@ -9,7 +9,7 @@ TOKENS    ?= 32
 BACKEND   ?= golden
 PYTEST_ARGS ?=
 
-.PHONY: all venv generate test sim synth-units bench clean
+.PHONY: all venv generate test sim synth-units bench bench-accel clean
 
 all: test
 
@@ -35,6 +35,10 @@ sim: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/golden_speed.py
+
+## Accelerator RTL cycles per token vs the DDR roofline (PYNQ-Z2, KV260): bench/results/accelerator.{json,png}.
+bench-accel: $(STAMP)
+	$(BIN)/python -m mmfree.bench.accelerator
 
 clean:
 	rm -rf $(VENV) sim_build build *.egg-info

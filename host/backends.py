@@ -2,10 +2,22 @@
 models now, and for the simulated and the real accelerator.
 
 A backend is reset to the zero state, then fed one token id per ``step``;
-each step returns the next-token logits as float64 (V,). Backends are chosen
-by name with :func:`open_backend`.
+each step returns the next-token logits as float64 (V,); ``close`` releases
+what it holds. Backends are chosen by name with :func:`open_backend`:
+
+* ``golden``: the integer golden model (what the accelerator computes);
+* ``float``: the float32 golden model;
+* ``sim``: the accelerator's RTL in Verilator (:mod:`mmfree.sim.transport`),
+  through the same driver as the board;
+* ``pynq``: the accelerator on a PYNQ board (:mod:`mmfree.host.pynq_transport`).
+
+Every failure to open or run a backend is a :class:`BackendError` with a
+one-line message.
 """
 from __future__ import annotations
+
+import contextlib
+from pathlib import Path
 
 import numpy as np
 
@@ -32,6 +44,9 @@ class _GoldenModelBackend:
     def step(self, token: int) -> np.ndarray:
         logits, self.state = self.model.step(token, self.state)
         return self.to_float(logits)
+
+    def close(self) -> None:
+        pass
 
 
 class GoldenBackend(_GoldenModelBackend):
@@ -66,10 +81,107 @@ class FloatBackend(_GoldenModelBackend):
         return logits.astype(np.float64)
 
 
-BACKENDS = {"golden": GoldenBackend, "float": FloatBackend}
+class _AcceleratorBackend:
+    """A backend over :class:`~mmfree.host.driver.AcceleratorDriver` on some transport.
+
+    ``last`` holds the last step's :class:`~mmfree.host.driver.StepResult`
+    (argmax, raw ACT logits, cycle counters).
+    """
+
+    name = ""
+    manifest = None  # a bitstream's manifest.json to check DESIGN_HASH against
+
+    def __init__(self, image: WeightImage, transport):
+        from .driver import AcceleratorDriver
+
+        self.driver = AcceleratorDriver(transport)
+        try:
+            with _one_line_errors():
+                self.driver.check_identity(self.manifest)
+                self.driver.load_image(image)
+        except BackendError:
+            self.driver.close()
+            raise
+        self.last = None
+
+    def reset(self) -> None:
+        with _one_line_errors():
+            self.driver.reset_state()
+
+    def step(self, token: int) -> np.ndarray:
+        with _one_line_errors():
+            self.last = self.driver.step(token)
+        return self.last.logits
+
+    def close(self) -> None:
+        self.driver.close()
 
 
-def open_backend(name: str, image: WeightImage):
+@contextlib.contextmanager
+def _one_line_errors():
+    """Turn driver, transport and range errors into :class:`BackendError` (one line)."""
+    from .driver import DriverError
+    from .transport import TransportError
+
+    try:
+        yield
+    except (DriverError, TransportError, ValueError) as e:
+        lines = str(e).strip().splitlines()
+        raise BackendError(lines[0] if lines else type(e).__name__) from None
+
+
+class SimBackend(_AcceleratorBackend):
+    """The accelerator's RTL in a Verilator simulation (``hw_config``: a :mod:`mmfree.hw.configs` name)."""
+
+    name = "sim"
+
+    def __init__(self, image: WeightImage, *, hw_config: str | None = None, bitstream=None):
+        if bitstream is not None:
+            raise BackendError("--bitstream applies to the pynq backend only")
+        try:
+            from mmfree.hw.configs import DEFAULT_SIM_CONFIG
+            from mmfree.sim.transport import SimTransport
+        except ImportError as e:
+            raise BackendError(f"the sim backend needs the simulation extra (pip install 'mmfree[sim]'): "
+                               f"{e}") from None
+        with _one_line_errors():
+            transport = SimTransport(hw_config or DEFAULT_SIM_CONFIG)
+        super().__init__(image, transport)
+
+
+class PynqBackend(_AcceleratorBackend):
+    """The accelerator on a PYNQ board: ``bitstream`` (default ``bitstreams/<hw_config>/mmfree.bit``),
+    checked against the ``manifest.json`` beside it."""
+
+    name = "pynq"
+
+    def __init__(self, image: WeightImage, *, hw_config: str | None = None, bitstream=None):
+        from .pynq_transport import PynqTransport
+
+        board = hw_config or "pynq-z2"
+        path = Path(bitstream) if bitstream is not None else BITSTREAMS / board / "mmfree.bit"
+        manifest = path.with_name("manifest.json")
+        self.manifest = manifest if manifest.is_file() else None
+        with _one_line_errors():
+            transport = PynqTransport(path)
+        super().__init__(image, transport)
+
+
+#: The repository's bitstream folder (bitstreams/<board>/mmfree.bit + manifest.json).
+BITSTREAMS = Path(__file__).resolve().parent.parent / "bitstreams"
+
+BACKENDS = {"golden": GoldenBackend, "float": FloatBackend, "sim": SimBackend, "pynq": PynqBackend}
+#: Backends that run the accelerator (they take ``hw_config`` and ``bitstream``).
+ACCELERATOR_BACKENDS = ("sim", "pynq")
+
+
+def open_backend(name: str, image: WeightImage, **options):
+    """The backend called ``name`` on ``image``; ``options`` (hw_config, bitstream) go to accelerator backends."""
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
-    return BACKENDS[name](image)
+    if name not in ACCELERATOR_BACKENDS:
+        given = [k for k, v in options.items() if v is not None]
+        if given:
+            raise BackendError(f"--{given[0].replace('_', '-')} applies to the sim and pynq backends only")
+        return BACKENDS[name](image)
+    return BACKENDS[name](image, **options)

@@ -12,6 +12,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from mmfree.hw.configs import CONFIGS as HW_CONFIGS
+from mmfree.hw.configs import DEFAULT_SIM_CONFIG
 from mmfree.models import checkpoint as ckpt
 from mmfree.models.weight_image import DEFAULT_ROWS_PER_BLOCK, ImageError, WeightImage
 
@@ -113,8 +115,14 @@ def info(image):
               help="0 = greedy")
 @click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0), help="0 = whole vocabulary")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--backend", default="golden", show_default=True, type=click.Choice(sorted(BACKENDS)))
-def generate(model, prompt, max_new_tokens, temperature, top_k, seed, backend):
+@click.option("--backend", default="golden", show_default=True, type=click.Choice(sorted(BACKENDS)),
+              help="golden/float: the golden models; sim: the RTL in Verilator; pynq: a PYNQ board")
+@click.option("--hw-config", default=None, type=click.Choice(sorted(HW_CONFIGS)),
+              help=f"accelerator configuration of --backend sim/pynq [default: {DEFAULT_SIM_CONFIG} for sim, "
+                   "pynq-z2 for pynq]")
+@click.option("--bitstream", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="--backend pynq: the overlay .bit (default bitstreams/<hw-config>/mmfree.bit)")
+def generate(model, prompt, max_new_tokens, temperature, top_k, seed, backend, hw_config, bitstream):
     """Generate text, printing it as it is produced."""
     image = _load_image(model)
     tok = _tokenizer(image)
@@ -123,23 +131,29 @@ def generate(model, prompt, max_new_tokens, temperature, top_k, seed, backend):
     ids = [image.config.bos_token_id] + tok.encode(prompt, add_special_tokens=False).ids
     _check_ids(ids, image.config.V)
     try:
-        engine = open_backend(backend, image)
+        engine = open_backend(backend, image, hw_config=hw_config, bitstream=bitstream)
     except BackendError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(prompt, nl=False)
-    out: list[int] = []
-    shown = ""
-    for t in generate_ids(engine, ids, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed,
-                          eos_id=image.config.eos_token_id):
-        if t == image.config.eos_token_id:
-            break
-        out.append(t)
-        text = tok.decode(out)
-        # Byte-level pieces can end mid-character: print only once complete.
-        if not text.endswith("\ufffd"):
-            click.echo(text[len(shown):], nl=False)
-            shown = text
-    click.echo(tok.decode(out)[len(shown):])
+    try:
+        click.echo(prompt, nl=False)
+        out: list[int] = []
+        shown = ""
+        for t in generate_ids(engine, ids, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed,
+                              eos_id=image.config.eos_token_id):
+            if t == image.config.eos_token_id:
+                break
+            out.append(t)
+            text = tok.decode(out)
+            # Byte-level pieces can end mid-character: print only once complete.
+            if not text.endswith("\ufffd"):
+                click.echo(text[len(shown):], nl=False)
+                shown = text
+        click.echo(tok.decode(out)[len(shown):])
+    except BackendError as e:
+        click.echo()  # end the partial line so the error stands on its own
+        raise click.ClickException(str(e)) from None
+    finally:
+        engine.close()
 
 
 def _parse_ids(text: str) -> list[int]:

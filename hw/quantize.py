@@ -11,7 +11,59 @@ from mmfree.models import numerics as nx
 from .reciprocal import RECIP_BITS, QuantReciprocal
 from .ternary_accumulate import CODE_BITS
 
-__all__ = ["QuantizeVector", "quantize_in_layout", "QUANTIZE_OUT"]
+__all__ = ["QuantizeVector", "quantize_in_layout", "QUANTIZE_OUT", "bit_length", "normalise_peak",
+           "shift_magnitude", "code_magnitude"]
+
+
+# --------------------------------------------------------------------------
+# The quantizer's arithmetic as expression builders, shared with the
+# BitLinear input unit (hw/rms_quantize.py), which quantizes several
+# consumers' vectors in one pass.
+# --------------------------------------------------------------------------
+def bit_length(m, value, *, name: str = "bitlen"):
+    """A combinational Signal holding ``value.bit_length()`` (a priority encoder)."""
+    width = len(value)
+    result = Signal(range(width + 1), name=name)
+    for b in range(width):
+        with m.If(value[b]):
+            m.d.comb += result.eq(b + 1)
+    return result
+
+
+def normalise_peak(m, peak, bits: int, *, name: str = "peak"):
+    """``numerics.normalize_shift`` and ``shift_magnitude`` of a peak, combinationally.
+
+    Returns Signals ``(peak_norm, shift, shift_right, shift_left)``:
+    ``shift = bitlen(peak) - bits`` (0 for a zero peak), ``peak_norm`` = the
+    peak shifted into ``[2**(bits-1), 2**bits)`` (0 for a zero peak), and the
+    shift split into its right (``shift >= 0``) and left (``-shift``) parts
+    for :func:`shift_magnitude`.
+    """
+    width = len(peak)
+    bitlen = bit_length(m, peak, name=f"{name}_bitlen")
+    peak_norm = Signal(bits, name=f"{name}_norm")
+    shift = Signal(signed(max(width, bits).bit_length() + 1), name=f"{name}_shift")
+    shift_right = Signal(range(width + 1), name=f"{name}_shift_right")
+    shift_left = Signal(range(bits + 1), name=f"{name}_shift_left")
+    with m.If(peak == 0):
+        pass                                        # all zero
+    with m.Elif(bitlen >= bits):
+        m.d.comb += [shift_right.eq(bitlen - bits), shift.eq(bitlen - bits),
+                     peak_norm.eq(peak >> shift_right)]
+    with m.Else():
+        m.d.comb += [shift_left.eq(bits - bitlen), shift.eq(bitlen - bits),
+                     peak_norm.eq(peak << shift_left)]
+    return peak_norm, shift, shift_right, shift_left
+
+
+def shift_magnitude(mag, shift_right, shift_left):
+    """``numerics.shift_magnitude``: ``mag >> sh`` (floor) or ``mag << -sh``, from the split shift."""
+    return Mux(shift_left != 0, mag << shift_left, mag >> shift_right)
+
+
+def code_magnitude(mag_norm, recip):
+    """``numerics.quantize_codes`` before the sign: ``(|p'| * R + 2**39) >> 40``."""
+    return (mag_norm * recip + (1 << (nx.QUANT_RECIP_SHIFT - 1))) >> nx.QUANT_RECIP_SHIFT
 
 
 def quantize_in_layout(x_bits: int) -> data.StructLayout:
@@ -104,14 +156,8 @@ class QuantizeVector(wiring.Component):
         m.d.comb += [mag.eq(Mux(product < 0, -product, product)),
                      wr.addr.eq(count), wr.data.mag.eq(mag), wr.data.neg.eq(product < 0)]
 
-        # 2. bitlen(M) by a priority encoder
-        bitlen = Signal(range(mag_bits + 1))
-        for b in range(mag_bits):
-            with m.If(peak[b]):
-                m.d.comb += bitlen.eq(b + 1)
-        excess = Signal(range(mag_bits + 1))       # bitlen - 23 when >= 0
-        deficit = Signal(range(norm + 1))          # 23 - bitlen when > 0
-        m.d.comb += [excess.eq(bitlen - norm), deficit.eq(norm - bitlen)]
+        # 2. sh = bitlen(M) - 23 and M' (zero for a zero vector)
+        new_norm, new_shift, new_right, new_left = normalise_peak(m, peak, norm)
 
         # 4. code pass: a three-stage pipeline that stalls as a whole on o.ready
         advance = Signal()
@@ -128,9 +174,9 @@ class QuantizeVector(wiring.Component):
                 m.d.sync += read_ptr.eq(read_ptr + 1)
             # |p'| = |p| >> sh or |p| << -sh (<= M' < 2**23)
             m.d.sync += [valid2.eq(valid1), last2.eq(last1), neg2.eq(rd.data.neg),
-                         mag2.eq(Mux(shift_left != 0, rd.data.mag << shift_left, rd.data.mag >> shift_right))]
+                         mag2.eq(shift_magnitude(rd.data.mag, shift_right, shift_left))]
             # q = sign * ((|p'| * R + 2**39) >> 40)
-            code = ((mag2 * recip_value + (1 << (nx.QUANT_RECIP_SHIFT - 1))) >> nx.QUANT_RECIP_SHIFT)
+            code = code_magnitude(mag2, recip_value)
             m.d.sync += [self.o.valid.eq(valid2), self.o.payload.last.eq(last2),
                          self.o.payload.code.eq(Mux(neg2, -code, code)),
                          self.o.payload.peak_norm.eq(peak_norm), self.o.payload.shift.eq(shift)]
@@ -149,17 +195,12 @@ class QuantizeVector(wiring.Component):
                         m.next = "NORMALISE"
             with m.State("NORMALISE"):
                 # sh = bitlen(M) - 23; M' = shift_magnitude(M, sh); zero vector: all 0
+                m.d.sync += [peak_norm.eq(new_norm), shift.eq(new_shift), shift_right.eq(new_right),
+                             shift_left.eq(new_left)]
                 with m.If(peak == 0):
-                    m.d.sync += [peak_norm.eq(0), shift.eq(0), shift_left.eq(0), shift_right.eq(0),
-                                 recip_value.eq(0)]
+                    m.d.sync += recip_value.eq(0)
                     m.next = "EMIT"
-                with m.Elif(bitlen >= norm):
-                    m.d.sync += [peak_norm.eq(peak >> excess), shift.eq(excess),
-                                 shift_right.eq(excess), shift_left.eq(0)]
-                    m.next = "DIVIDE"
                 with m.Else():
-                    m.d.sync += [peak_norm.eq(peak << deficit), shift.eq(-deficit),
-                                 shift_left.eq(deficit), shift_right.eq(0)]
                     m.next = "DIVIDE"
             with m.State("DIVIDE"):
                 m.d.comb += recip.i.valid.eq(1)

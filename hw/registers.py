@@ -38,6 +38,7 @@ class ErrorCode(enum.IntEnum):
     SHAPE = 3              # a record's sizes exceed what this build holds (see CAPACITY_*)
     AXI_READ = 4           # a read response was SLVERR/DECERR
     AXI_WRITE = 5          # a write response was SLVERR/DECERR
+    STREAM_SHORT = 6       # the datapath wanted more weight bytes than EMBED_STRIDE + STREAM_BYTES hold
 
 
 class Phase(enum.IntEnum):
@@ -59,6 +60,8 @@ class Field:
     lsb: int
     width: int
     doc: str
+    #: The field's own access kind where the register mixes kinds (``RO/W1C``); "" means the register's.
+    access: str = ""
 
     @property
     def mask(self) -> int:
@@ -119,9 +122,9 @@ REGISTERS: tuple[Register, ...] = (
         Field("clear_state", 1, 1, "zero the recurrent state of every layer (start of a sequence)"),
     )),
     Register("STATUS", 0x1C, "RO/W1C", "State of the accelerator.", (
-        Field("busy", 0, 1, "a token or a state clear is running (RO)"),
-        Field("done", 1, 1, "a token finished since this bit was last cleared (W1C)"),
-        Field("error", 8, 8, "ErrorCode of the last token (RO; cleared by the next START)"),
+        Field("busy", 0, 1, "a token or a state clear is running (RO)", "RO"),
+        Field("done", 1, 1, "a token finished since this bit was last cleared (W1C)", "W1C"),
+        Field("error", 8, 8, "ErrorCode of the last token (RO; cleared by the next START)", "RO"),
     )),
     Register("TOKEN", 0x20, "RW", "Token id to run at the next START (must be < VOCAB)."),
     Register("MODEL_DIMS", 0x24, "RW", "Shape of the loaded model.", (
@@ -163,7 +166,10 @@ def _check() -> None:
         raise AssertionError("register offsets must be unique, word aligned and inside the window")
     for r in REGISTERS:
         used = 0
+        kinds = set(r.access.split("/"))
         for f in r.fields:
+            if (f.access or r.access) not in kinds or (len(kinds) > 1 and not f.access):
+                raise AssertionError(f"field {r.name}.{f.name} needs an access kind out of {r.access}")
             if f.mask & used or f.lsb + f.width > 32:
                 raise AssertionError(f"fields of {r.name} overlap or exceed 32 bits")
             used |= f.mask

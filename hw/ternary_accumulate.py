@@ -1,19 +1,28 @@
-"""Ternary accumulate unit: ``lanes`` rows of a packed ternary matrix times int8 codes."""
+"""Ternary accumulate unit: a block of rows of a packed ternary matrix times int8 codes."""
 from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
-from amaranth.lib.memory import Memory
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from mmfree.models import numerics as nx
 
-__all__ = ["TernaryAccumulate", "weight_beat_layout", "decode_words"]
+__all__ = ["TernaryAccumulate", "weight_beat_layout", "decode_words", "DECODE_BITS"]
 
 #: Bits of one packed byte of five trits.
 PACKED_BITS = nx.PACKED_MAX.bit_length()
 #: Signed width of one activation code (|q| <= ACT_CODE_MAX).
 CODE_BITS = nx.ACT_CODE_MAX.bit_length() + 1
+#: Signed width of the decode ROM's offset ``-count(t = +1) - 1`` (-6 .. -1).
+OFFSET_BITS = 4
+#: Bits of one decode ROM word: (nonzero, positive) per trit, then the offset.
+DECODE_BITS = 2 * nx.TRITS_PER_BYTE + OFFSET_BITS
+
+
+def _signed_bits(lo: int, hi: int) -> int:
+    """Two's complement width holding every integer in [lo, hi]."""
+    return max(hi.bit_length(), (-lo - 1).bit_length()) + 1
 
 
 def weight_beat_layout(lanes: int) -> data.StructLayout:
@@ -26,65 +35,112 @@ def weight_beat_layout(lanes: int) -> data.StructLayout:
 
 
 def decode_words() -> list[int]:
-    """The decode ROM, one word per byte value: trit j of ``TRIT_DECODE_TABLE[v]`` as bits (plus, minus) at 2j."""
+    """The decode ROM, one word per byte value, from ``numerics.TRIT_DECODE_TABLE``.
+
+    Trit j of the byte sits at bits 2j (nonzero) and 2j+1 (positive); bits
+    10..13 hold ``-count(t = +1) - 1`` (4-bit two's complement): the +1s of
+    the one's-complement negations ``-q = (q XOR ~0) + 1``, and the -1 that
+    lets the accumulator add with a subtraction (see :class:`TernaryAccumulate`).
+    Bytes 243..255 decode to zero weights, as the table says.
+    """
     words = []
     for trits in nx.TRIT_DECODE_TABLE:
         word = 0
         for j, t in enumerate(trits):
-            word |= (int(t == 1) | int(t == -1) << 1) << (2 * j)
+            word |= (int(t != 0) | int(t == 1) << 1) << (2 * j)
+        offset = -int((trits == 1).sum()) - 1
+        word |= (offset & ((1 << OFFSET_BITS) - 1)) << (2 * nx.TRITS_PER_BYTE)
         words.append(word)
     return words
 
 
 class TernaryAccumulate(wiring.Component):
-    """``acc[r] = sum_k q[k] * T[r, k]`` for ``lanes`` rows at once, five inputs per beat.
+    """``acc[r] = sum_k q[k] * T[r, k]`` for a block of ``rows_per_block`` rows, ``lanes`` rows per beat.
 
-    Each input beat carries, for one group of five consecutive inputs
-    ``k = 5g .. 5g+4``, one packed byte per row (``numerics.pack_trits``
-    digit order: ``byte = sum_j (t_j + 1) * 3**j``), which is the weight
-    image's block layout (``weight_image.pack_matrix`` with ``lanes`` rows per
-    block, or a bus slice of one), and the five int8 activation codes of
-    those inputs (|q| <= 127). ``last`` marks the final group of a row block:
-    the beat after it starts a new block from zero.
+    Input: the weight image's block layout (``weight_image.pack_matrix`` with
+    ``rows_per_block`` = R rows per block): for each group of five
+    consecutive inputs ``k = 5g .. 5g+4``, R packed bytes, row r at byte r
+    (``numerics.pack_trits`` digit order: ``byte = sum_j (t_j + 1) * 3**j``).
+    With ``lanes`` = B bytes per beat, one group arrives as ``D = R / B``
+    consecutive beats (rows 0..B-1, B..2B-1, ...), each carrying the group's
+    five int8 activation codes; then the next group. ``last`` marks the final
+    beat of the block (the last beat of its last group); the beat after it
+    starts a new block from zero.
 
-    Per lane and beat: the byte is decoded through ``numerics.TRIT_DECODE_TABLE``
-    (256-word ROM ``Memory``s, one synchronous read port per lane, two lanes
-    per ROM as on a block RAM; bytes 243..255 decode to zeros), each trit selects
-    ``+q_j``, ``-q_j`` or 0 (no multiplier), the five terms are added and the
-    sum is accumulated. When the ``last`` beat has been added the ``lanes``
-    accumulators are emitted as one output beat (row r in element r).
+    Output: per block, D beats of B accumulators (rows in order: beat s holds
+    rows ``s*B .. s*B+B-1``, row ``s*B + r`` in element r).
+
+    Datapath per lane (one byte, five weights, per cycle), with no
+    multiplier, no three-way select, and one LUT per adder bit:
+
+    1. The byte addresses a 256-word decode ROM (:func:`decode_words`) in
+       block RAM, two lanes per ROM (the two ports of a RAMB18).
+    2. ``-t q = (q XOR ~0) + 1`` for t = +1, ``q`` for t = -1, 0 for t = 0,
+       so ``S - 1 = offset - sum_j g_j`` with ``g_j = nonzero_j ? q_j XOR
+       (positive_j ? ~0 : 0) : 0`` and the ROM's ``offset = -count(+1) - 1``.
+       Five pipelined subtractions ``x_j = x_(j-1) - g_j``: the running sum is
+       the minuend, so it drives the carry chain's generate input directly
+       and ``g_j``'s gating folds into the propagate LUT of its bit. One
+       register per subtraction keeps yosys from merging the chain into one
+       multi-operand adder (a compressor tree of about twice the LUTs).
+    3. ``acc' = (S - 1) - ~acc = acc + S`` (``~acc = -acc - 1``); the
+       accumulator is again the subtrahend, so its first-group mask
+       (``~(acc & ~first)``) folds into the propagate LUT too.
+
+    Each lane keeps D accumulators (rows ``s*B + lane``) in a D-word memory
+    (LUT RAM; a register when D = 1) addressed by the beat's position s in
+    its group: read, add, write back in one cycle. The first group of a
+    block adds to zero instead of reading, which frees the read port to
+    drain the previous block's results, word by word, into the output
+    register.
 
     Parameters
     ----------
-    lanes : int, rows computed in parallel (bytes per input beat), >= 1.
+    lanes : int, bytes per input beat (rows per beat; 5 weights each), >= 1.
     k : int, the longest input vector a block may have, >= 1; sets the
         accumulator width ``numerics.accumulator_bits(k)``. A block of more
-        than ``ceil(k / 5)`` beats, or codes of -128, may overflow it.
+        than ``ceil(k / 5)`` groups, or codes of -128, may overflow it.
+    rows_per_block : int, rows R of one block of the weight image, a positive
+        multiple of ``lanes`` (default ``lanes``).
 
     Attributes
     ----------
     acc_bits : signed width of each output accumulator.
-    latency : cycles from the transfer of a ``last`` beat to ``o.valid``
-        (3: ROM read, select-and-add register, accumulate register).
-    Throughput: one input beat (``lanes`` x 5 weights) per cycle. Output
-    backpressure stalls the input only when a ``last`` beat reaches the
-    accumulator while the previous result is still waiting.
+    depth : ``rows_per_block // lanes``, beats per group and output beats per block.
+    latency : cycles from the transfer of a ``last`` beat to ``o.valid`` of the
+        block's first output beat, the output being ready: 8 = ROM read (1),
+        the five subtractions (5), accumulate into the memory (1), drain into
+        the output register (1). The other D-1 output beats follow one per cycle.
+    Throughput: one input beat (``lanes`` x 5 weights) per cycle. The input
+    stalls only while a beat of a block's first group would overwrite a
+    result of the previous block that output backpressure has kept from
+    leaving; a block of G groups takes ``G * D`` cycles and its results
+    leave while the next block's first group goes in.
 
     Raises
     ------
     TypeError / ValueError on a non-integer or out-of-range parameter.
     """
 
-    latency = 3
+    latency = 3 + nx.TRITS_PER_BYTE
 
-    def __init__(self, *, lanes: int, k: int):
+    def __init__(self, *, lanes: int, k: int, rows_per_block: int | None = None):
         for name, value in (("lanes", lanes), ("k", k)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an integer, not {value!r}")
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, not {value}")
+        if rows_per_block is None:
+            rows_per_block = lanes
+        if not isinstance(rows_per_block, int) or isinstance(rows_per_block, bool):
+            raise TypeError(f"rows_per_block must be an integer, not {rows_per_block!r}")
+        if rows_per_block < 1 or rows_per_block % lanes:
+            raise ValueError(f"rows_per_block must be a positive multiple of lanes ({lanes}), "
+                             f"not {rows_per_block}")
         self.lanes = lanes
         self.k = k
+        self.rows_per_block = rows_per_block
+        self.depth = rows_per_block // lanes
         self.acc_bits = nx.accumulator_bits(k)
         super().__init__({
             "i": In(stream.Signature(weight_beat_layout(lanes))),
@@ -94,59 +150,112 @@ class TernaryAccumulate(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         n = nx.TRITS_PER_BYTE
-        # |sum of five terms| <= 5 * 127
-        term_bits = (n * nx.ACT_CODE_MAX).bit_length() + 1
+        depth = self.depth
+        code_min = -(1 << (CODE_BITS - 1))
 
-        # Stage 0: the decode ROM, one synchronous read port per lane; one ROM
-        # per two lanes (the two ports of a block RAM), codes and flags
-        # registered alongside.
+        # --- control: the pipeline advances as a whole; only the accumulate
+        # stage can hold it (see ``stall`` below).
+        advance = Signal()
+
+        def stage(name, shape, value, **kwargs):
+            reg = Signal(shape, name=name, **kwargs)
+            with m.If(advance):
+                m.d.sync += reg.eq(value)
+            return reg
+
+        # valid / last of the beat in each stage: 0 = ROM output, 1..5 = x_0..x_4
+        valid = [stage("valid0", 1, self.i.valid)]
+        last = [stage("last0", 1, self.i.payload.last)]
+        for s in range(1, n + 1):
+            valid.append(stage(f"valid{s}", 1, valid[-1]))
+            last.append(stage(f"last{s}", 1, last[-1]))
+        # Codes: code j is used by subtraction j, one stage later per j (shared by all lanes).
+        codes = [[stage(f"code{j}_0", signed(CODE_BITS), self.i.payload.codes[j]) for j in range(n)]]
+        for s in range(1, n):
+            codes.append([stage(f"code{j}_{s}", signed(CODE_BITS), codes[-1][j]) if j >= s else None
+                          for j in range(n)])
+
+        # --- stage 0: the decode ROMs in block RAM, two lanes per ROM.
         ports = []
         for pair in range(0, self.lanes, 2):
-            rom = Memory(shape=unsigned(2 * n), depth=len(nx.TRIT_DECODE_TABLE), init=decode_words())
+            rom = Memory(shape=unsigned(DECODE_BITS), depth=len(nx.TRIT_DECODE_TABLE), init=decode_words(),
+                         attrs={"ram_style": "block"})
             m.submodules[f"decode{pair // 2}"] = rom
             ports += [rom.read_port(domain="sync") for _ in range(min(2, self.lanes - pair))]
-        codes0 = Signal(data.ArrayLayout(signed(CODE_BITS), n))
-        valid0, last0 = Signal(), Signal()
-        # Stage 1: per-lane sum of the five selected terms.
-        partial = [Signal(signed(term_bits), name=f"partial{r}") for r in range(self.lanes)]
-        valid1, last1 = Signal(), Signal()
-        # Stage 2: accumulators; the result waits in o.payload.
-        acc = [Signal(signed(self.acc_bits), name=f"acc{r}") for r in range(self.lanes)]
+        for r, port in enumerate(ports):
+            m.d.comb += [port.addr.eq(self.i.payload.weights[r]), port.en.eq(advance)]
 
-        # A last beat in stage 1 needs the output register free; nothing else stalls.
-        stall = self.o.valid & ~self.o.ready & valid1 & last1
-        m.d.comb += self.i.ready.eq(~stall)
+        # --- stages 1..5: x_j = x_(j-1) - g_j, x_(-1) = offset; x_4 = S - 1.
+        partial = []
+        for r, port in enumerate(ports):
+            word = port.data
+            flags = word[:2 * n]
+            total = word[2 * n:].as_signed()
+            for j in range(n):
+                if j:
+                    # The flags wait beside the running sum. Kept as flip-flops:
+                    # yosys would otherwise pack the longer delays into SRLs (LUTs).
+                    flags = stage(f"flags{r}_{j}", 2 * (n - j), flags[2:],
+                                  attrs={"keep": 1, "shreg_extract": "no"})
+                nonzero, positive = flags[0], flags[1]
+                g = Mux(nonzero, codes[j][j] ^ positive.replicate(CODE_BITS).as_signed(), 0)
+                # g in [-128, 127], offset in [-6, -1]: -6 - 127 (j+1) <= x_j <= 128 (j+1) - 1
+                x_shape = signed(_signed_bits(-(n + 1) - (-code_min - 1) * (j + 1), -code_min * (j + 1) - 1))
+                total = stage(f"x{r}_{j}", x_shape, total - g)
+            partial.append(total)
+
+        # --- stage 6: the accumulator memory, D words of ``lanes`` accumulators;
+        # asynchronous read (LUT RAM), read-modify-write in one cycle.
+        acc_shape = data.ArrayLayout(signed(self.acc_bits), self.lanes)
+        acc_read = Signal(acc_shape)            # word ``acc_addr``, as an asynchronous read
+        acc_addr = Signal(range(max(depth, 2)))
+        acc_write = Signal(acc_shape)           # written to word ``sub`` when ``acc_we``
+        acc_we = Signal()
+        sub = Signal(range(max(depth, 2)))      # position s of the stage-6 beat in its group
+        if depth == 1:  # one word: a register (a zero-width address would upset Verilator)
+            acc_reg = Signal(acc_shape)
+            m.d.comb += acc_read.eq(acc_reg)
+            with m.If(acc_we):
+                m.d.sync += acc_reg.eq(acc_write)
+        else:
+            m.submodules.accumulators = accs = Memory(shape=acc_shape, depth=depth, init=[])
+            acc_rd = accs.read_port(domain="comb")
+            acc_wr = accs.write_port()
+            m.d.comb += [acc_rd.addr.eq(acc_addr), acc_read.eq(acc_rd.data),
+                         acc_wr.addr.eq(sub), acc_wr.data.eq(acc_write), acc_wr.en.eq(acc_we)]
+        first = Signal(init=1)                  # the stage-6 beat belongs to a block's first group
+        drain = Signal(range(depth + 1), init=depth)  # next result word to emit; depth: none pending
+
+        in_valid, in_last = valid[n], last[n]
+        pending = drain != depth
+        out_free = ~self.o.valid | self.o.ready
+        drain_go = pending & out_free
+        # A first-group beat overwrites word s, which must have left already
+        # (s < drain) or leave in this very cycle (s == drain).
+        # advance = ~(in_valid & first & pending & (sub == drain) & ~out_free), written
+        # as an OR: yosys 0.23 gives every flip-flop its own LUT for an inverted enable.
+        m.d.comb += [advance.eq(~in_valid | ~first | ~pending | (sub != drain) | out_free),
+                     self.i.ready.eq(advance)]
+
+        # The read port serves the drain while one is pending (only first-group
+        # beats, which add to zero, can be in stage 6 then), else the accumulation.
+        m.d.comb += [acc_addr.eq(Mux(pending, drain, sub)), acc_we.eq(in_valid & advance)]
+        for r in range(self.lanes):
+            # acc + S = (S - 1) - ~acc, with acc = 0 in a block's first group
+            masked = acc_read[r] & ~first.replicate(self.acc_bits)
+            m.d.comb += acc_write[r].eq(partial[r] - ~masked)
 
         with m.If(self.o.ready):
             m.d.sync += self.o.valid.eq(0)
-
-        for r, port in enumerate(ports):
-            m.d.comb += [port.addr.eq(self.i.payload.weights[r]), port.en.eq(~stall)]
-        # -q_j once per beat, shared by every lane
-        negated = [Signal(signed(CODE_BITS + 1), name=f"negated{j}") for j in range(n)]
-        m.d.comb += [negated[j].eq(-codes0[j]) for j in range(n)]
-
-        with m.If(~stall):
-            m.d.sync += [valid0.eq(self.i.valid), last0.eq(self.i.payload.last),
-                         codes0.eq(self.i.payload.codes),
-                         valid1.eq(valid0), last1.eq(last0)]
-            for r, port in enumerate(ports):
-                trits = port.data
-                terms = []
-                for j in range(n):
-                    plus, minus = trits[2 * j], trits[2 * j + 1]
-                    # t * q as a select: +q, -q or 0
-                    terms.append(Mux(plus, codes0[j], Mux(minus, negated[j], 0)))
-                m.d.sync += partial[r].eq(sum(terms[1:], terms[0]))
-
-            with m.If(valid1):
-                for r in range(self.lanes):
-                    total = acc[r] + partial[r]   # acc += sum_j t_j * q_j
-                    with m.If(last1):
-                        m.d.sync += [self.o.payload[r].eq(total), acc[r].eq(0)]
-                    with m.Else():
-                        m.d.sync += acc[r].eq(total)
-                with m.If(last1):
-                    m.d.sync += self.o.valid.eq(1)
+        with m.If(drain_go):
+            m.d.sync += [self.o.payload.eq(acc_read), self.o.valid.eq(1), drain.eq(drain + 1)]
+        with m.If(in_valid & advance):
+            m.d.sync += sub.eq(Mux(sub == depth - 1, 0, sub + 1))
+            with m.If(sub == depth - 1):
+                m.d.sync += first.eq(0)
+            # A ``last`` off the group's final beat still restarts cleanly (its
+            # results are then meaningless, but nothing hangs).
+            with m.If(in_last):
+                m.d.sync += [sub.eq(0), first.eq(1), drain.eq(0)]
 
         return m

@@ -42,6 +42,16 @@ PACKED_MAX = 3**TRITS_PER_BYTE - 1
 WEIGHT_SCALE_FLOOR = 1e-5
 
 
+def weight_scale_float64(latent: np.ndarray) -> float:
+    """``max(mean(|W|), 1e-5)`` over the whole tensor, in float64.
+
+    The float64 forward's weight scale (its ternary codes are the same as
+    float32's unless some |W|/m lies within an ulp of 1/2); the float32 scale
+    of :func:`ternarize` is this value rounded to float32.
+    """
+    return float(max(np.abs(np.asarray(latent, dtype=np.float32), dtype=np.float64).mean(), WEIGHT_SCALE_FLOOR))
+
+
 def ternarize(latent: np.ndarray) -> tuple[np.ndarray, np.float32]:
     """Run-time weight quantization of the reference implementation.
 
@@ -63,7 +73,7 @@ def ternarize(latent: np.ndarray) -> tuple[np.ndarray, np.float32]:
     w = np.asarray(latent, dtype=np.float32)
     # Mean in float64, rounded once to float32: the correctly rounded value of
     # the mean the reference computes in float32 (they agree to an ulp).
-    m = np.float32(max(np.abs(w, dtype=np.float64).mean(), WEIGHT_SCALE_FLOOR))
+    m = np.float32(weight_scale_float64(w))
     inv = np.float32(1.0) / m
     codes = np.clip(np.round(w * inv), -1, 1).astype(np.int8)
     return codes, m

@@ -263,8 +263,10 @@ def build_image(cfg: ModelConfig, tensors: dict[str, np.ndarray], *,
             header[w: w + 4] = (cons.rows, frac_g, cm, ec)
             gain_parts.append(_pad(g_mant.astype("<i2").tobytes()))
             matrix_parts.append(_pad(pack_matrix(codes, rows_per_block).tobytes()))
+            # m_float64 serves only the float64 golden model (FloatModel dtype=float64).
             cons_meta.append({"name": cons.name, "rows": cons.rows, "frac_g": frac_g, "cm": cm, "ec": ec,
-                              "m": float(m)})
+                              "m": float(m),
+                              "m_float64": nx.weight_scale_float64(tensors[f"{cons.name}.weight"])})
         offset = start + RECORD_HEADER_BYTES + len(_pad(a_mant.astype("<i2").tobytes())) + sum(map(len, gain_parts))
         for meta, part in zip(cons_meta, matrix_parts):
             meta["matrix_offset"], meta["matrix_size"] = offset, len(part)

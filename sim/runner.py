@@ -14,6 +14,13 @@
 * A failing run is repeated once against a traced build of the same design
   (same seed, so the same stimulus); the waveform is kept and its path is in
   the raised :class:`SimulationFailed` message.
+* A bench may wrap the component in hand-written Verilog (``extra_sources``,
+  e.g. ``sim/accel_tb.v`` around the accelerator plus ``sim/ddr_model.v``):
+  the component is converted under ``verilog_name``, ``toplevel`` names the
+  Verilog top, ``parameters`` are its Verilog parameters and ``plusargs`` go
+  to the simulator; all of them are part of the cache key.
+* :func:`build` returns the cached :class:`Build` itself, for callers that
+  start the simulator their own way (a long-lived server bench).
 """
 from __future__ import annotations
 
@@ -32,8 +39,8 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-__all__ = ["PARAMS_ENV", "SimulationFailed", "SimResult", "bench_params", "setup_verilator",
-           "to_verilog", "simulate", "build_times"]
+__all__ = ["PARAMS_ENV", "SimulationFailed", "SimResult", "Build", "bench_params", "setup_verilator",
+           "to_verilog", "build", "simulate", "build_times"]
 
 #: Environment variable carrying the bench parameters (JSON) into the cocotb module.
 PARAMS_ENV = "MMFREE_BENCH_PARAMS"
@@ -95,12 +102,17 @@ def bench_params() -> dict:
     return json.loads(os.environ.get(PARAMS_ENV, "{}"))
 
 
-def _build(verilog_text: str, toplevel: str, *, waves: bool):
+def _build(verilog_text: str, toplevel: str, *, waves: bool, extra_sources=(), parameters=None,
+           verilog_name: str | None = None):
     from cocotb_tools.runner import get_runner
 
     setup_verilator()
-    key = hashlib.sha256("\n".join([verilog_text, " ".join(BUILD_ARGS), _verilator_version(),
-                                    f"waves={waves}"]).encode()).hexdigest()[:16]
+    extra = [Path(p).resolve() for p in extra_sources]
+    parameters = dict(parameters or {})
+    key_parts = [verilog_text, " ".join(BUILD_ARGS), _verilator_version(), f"waves={waves}"]
+    if extra or parameters:  # (kept out of the key otherwise, so existing cached builds stay valid)
+        key_parts += [p.read_text() for p in extra] + [json.dumps(parameters, sort_keys=True)]
+    key = hashlib.sha256("\n".join(key_parts).encode()).hexdigest()[:16]
     build_dir = SIM_BUILD / f"{toplevel}-{key}{'-trace' if waves else ''}"
     stamp = build_dir / "BUILT"
     runner = get_runner("verilator")
@@ -110,11 +122,15 @@ def _build(verilog_text: str, toplevel: str, *, waves: bool):
         if not stamp.exists():
             shutil.rmtree(build_dir, ignore_errors=True)
             build_dir.mkdir(parents=True)
-            source = build_dir / f"{toplevel}.v"
+            source = build_dir / f"{verilog_name or toplevel}.v"
             source.write_text(verilog_text)
+            sources = [source]
+            for p in extra:  # copied, so the build directory says exactly what was built
+                sources.append(build_dir / p.name)
+                shutil.copyfile(p, sources[-1])
             start = time.monotonic()
-            runner.build(sources=[source], hdl_toplevel=toplevel, build_dir=build_dir,
-                         build_args=list(BUILD_ARGS), waves=waves, always=True)
+            runner.build(sources=sources, hdl_toplevel=toplevel, build_dir=build_dir,
+                         build_args=list(BUILD_ARGS), parameters=parameters, waves=waves, always=True)
             elapsed = time.monotonic() - start
             build_times.append((str(build_dir), elapsed))
             stamp.write_text(f"{elapsed:.1f}\n")
@@ -122,11 +138,11 @@ def _build(verilog_text: str, toplevel: str, *, waves: bool):
 
 
 def _run(runner, build_dir: Path, toplevel: str, test_module: str, testcase, params: dict,
-         seed: int, waves: bool) -> tuple[SimResult, Path]:
+         seed: int, waves: bool, plusargs=(), extra_env=None) -> tuple[SimResult, Path]:
     from cocotb_tools.check_results import get_results
 
     test_dir = Path(tempfile.mkdtemp(prefix="run-", dir=build_dir))
-    env = {PARAMS_ENV: json.dumps(params, sort_keys=True)}
+    env = {**(extra_env or {}), PARAMS_ENV: json.dumps(params, sort_keys=True)}
     args = ["--trace", "--trace-file", str(test_dir / "dump.vcd")] if waves else []
     results = test_dir / "results.xml"
     # Keep cocotb's own pytest hook from calling sys.exit: we read the results ourselves.
@@ -136,7 +152,7 @@ def _run(runner, build_dir: Path, toplevel: str, test_module: str, testcase, par
         with contextlib.suppress(SystemExit):
             runner.test(hdl_toplevel=toplevel, hdl_toplevel_lang="verilog", test_module=test_module,
                         testcase=testcase, build_dir=build_dir, test_dir=test_dir, extra_env=env, seed=seed,
-                        test_args=args, results_xml=str(results))
+                        test_args=args, plusargs=list(plusargs), results_xml=str(results))
     finally:
         if saved is not None:
             os.environ["PYTEST_CURRENT_TEST"] = saved
@@ -147,8 +163,42 @@ def _run(runner, build_dir: Path, toplevel: str, test_module: str, testcase, par
     return SimResult(results, tests, failed), test_dir
 
 
+class Build:
+    """A cached Verilator build of one design: run cocotb modules against it.
+
+    Attributes
+    ----------
+    runner : the ``cocotb_tools`` Verilator runner.
+    build_dir : the build directory (``sim_build/<toplevel>-<hash>``).
+    toplevel : the Verilog top module.
+    """
+
+    def __init__(self, runner, build_dir: Path, toplevel: str):
+        self.runner, self.build_dir, self.toplevel = runner, build_dir, toplevel
+
+    def run(self, test_module: str, *, testcase=None, params: dict | None = None, seed: int = 1,
+            plusargs=(), extra_env: dict | None = None) -> tuple[SimResult, Path]:
+        """Run ``test_module`` (importable) once; returns the result and the run's directory
+        (the simulator's working directory, kept; delete it when done)."""
+        return _run(self.runner, self.build_dir, self.toplevel, test_module, testcase, dict(params or {}),
+                    seed, False, plusargs, extra_env)
+
+
+def build(component, *, toplevel: str | None = None, verilog_name: str | None = None, extra_sources=(),
+          parameters: dict | None = None, waves: bool = False) -> Build:
+    """Convert ``component`` (as module ``verilog_name``, default ``toplevel``) and build it,
+    with ``extra_sources`` and the Verilog ``parameters`` of ``toplevel``; cached."""
+    toplevel = toplevel or type(component).__name__.lower()
+    text = to_verilog(component, verilog_name or toplevel)
+    runner, build_dir = _build(text, toplevel, waves=waves, extra_sources=extra_sources, parameters=parameters,
+                               verilog_name=verilog_name)
+    return Build(runner, build_dir, toplevel)
+
+
 def simulate(component, *, test_module: str, toplevel: str | None = None, testcase=None,
-             params: dict | None = None, seed: int = 1, module_dir: str | Path | None = None) -> SimResult:
+             params: dict | None = None, seed: int = 1, module_dir: str | Path | None = None,
+             verilog_name: str | None = None, extra_sources=(), parameters: dict | None = None,
+             plusargs=()) -> SimResult:
     """Run the cocotb module ``test_module`` against ``component`` in Verilator.
 
     Parameters
@@ -156,10 +206,15 @@ def simulate(component, *, test_module: str, toplevel: str | None = None, testca
     component : an Amaranth ``wiring.Component``; converted with its signature as ports.
     test_module : importable name of the cocotb module (``module_dir`` is put on
         ``sys.path`` first, e.g. the calling test's directory).
-    toplevel : Verilog module name (default: the component's class name, lower case).
+    toplevel : Verilog top module name (default: the component's class name, lower case).
     testcase : cocotb test name(s) to run (default: all in the module).
     params : JSON-able dict handed to the bench (:func:`bench_params`).
     seed : cocotb's random seed (``COCOTB_RANDOM_SEED``).
+    verilog_name : module name of the converted component when ``toplevel`` is a
+        hand-written wrapper among ``extra_sources`` (default: ``toplevel``).
+    extra_sources : further Verilog files of the design.
+    parameters : Verilog parameters of ``toplevel``.
+    plusargs : simulator plusargs (``+name=value``).
 
     Returns the :class:`SimResult`; raises :class:`SimulationFailed` (after a
     traced re-run whose VCD path is in the message) when any test failed or
@@ -169,14 +224,15 @@ def simulate(component, *, test_module: str, toplevel: str | None = None, testca
     params = dict(params or {})
     if module_dir is not None and str(Path(module_dir).resolve()) not in sys.path:
         sys.path.insert(0, str(Path(module_dir).resolve()))
-    text = to_verilog(component, toplevel)
-    runner, build_dir = _build(text, toplevel, waves=False)
-    result, test_dir = _run(runner, build_dir, toplevel, test_module, testcase, params, seed, waves=False)
+    text = to_verilog(component, verilog_name or toplevel)
+    design = dict(extra_sources=extra_sources, parameters=parameters, verilog_name=verilog_name)
+    runner, build_dir = _build(text, toplevel, waves=False, **design)
+    result, test_dir = _run(runner, build_dir, toplevel, test_module, testcase, params, seed, False, plusargs)
     if result.failed == 0 and result.tests > 0:
         shutil.rmtree(test_dir, ignore_errors=True)
         return result
-    trace_runner, trace_dir = _build(text, toplevel, waves=True)
-    _, trace_run = _run(trace_runner, trace_dir, toplevel, test_module, testcase, params, seed, waves=True)
+    trace_runner, trace_dir = _build(text, toplevel, waves=True, **design)
+    _, trace_run = _run(trace_runner, trace_dir, toplevel, test_module, testcase, params, seed, True, plusargs)
     wave = trace_run / "dump.vcd"
     msg = (f"{result.failed} of {result.tests} cocotb tests failed in {test_module} "
            f"(seed {seed}, params {params}); results {result.results_xml}; "

@@ -28,53 +28,75 @@ G = nx.TRITS_PER_BYTE
 # --------------------------------------------------------------------------
 # Stimulus (shared by the bench and its checks)
 # --------------------------------------------------------------------------
-def make_problems(lanes: int, k: int, seed: int):
+def make_problems(rows_per_block: int, k: int, seed: int):
     """List of (name, T [N x K'], q [K']) covering random and edge cases up to K' = k."""
     rng = np.random.default_rng(seed)
+    r = rows_per_block
     probs = []
     for n in range(4):
         kk = int(rng.integers(1, k + 1))
-        rows = int(rng.integers(1, 2 * lanes + 1))
+        rows = int(rng.integers(1, 2 * r + 1))
         t = rng.integers(-1, 2, size=(rows, kk)).astype(np.int8)
         q = rng.integers(-nx.ACT_CODE_MAX, nx.ACT_CODE_MAX + 1, size=kk)
         probs.append((f"random{n}", t, q))
     q_mix = np.where(rng.integers(0, 2, size=k) == 1, nx.ACT_CODE_MAX, -nx.ACT_CODE_MAX)
     q_max = np.full(k, nx.ACT_CODE_MAX)
     for w in (-1, 0, 1):
-        probs.append((f"all{w:+d}_max", np.full((lanes, k), w, np.int8), q_max))
-        probs.append((f"all{w:+d}_min", np.full((lanes, k), w, np.int8), -q_max))
-        probs.append((f"all{w:+d}_mix", np.full((lanes, k), w, np.int8), q_mix))
+        probs.append((f"all{w:+d}_max", np.full((r, k), w, np.int8), q_max))
+        probs.append((f"all{w:+d}_min", np.full((r, k), w, np.int8), -q_max))
+        probs.append((f"all{w:+d}_mix", np.full((r, k), w, np.int8), q_mix))
     # Rows of different constant sign against +-127: the accumulator extremes.
-    signs = np.resize(np.array([1, -1, 0], np.int8), lanes)[:, None]
+    signs = np.resize(np.array([1, -1, 0], np.int8), r)[:, None]
     probs.append(("rows_pm_max", np.repeat(signs, k, axis=1), q_max))
-    probs.append(("random_mix_max", rng.integers(-1, 2, size=(lanes, k)).astype(np.int8), q_mix))
+    probs.append(("random_mix_max", rng.integers(-1, 2, size=(r, k)).astype(np.int8), q_mix))
+    # Single-group blocks back to back (K' <= 5): results leave while the next block runs.
+    probs.append(("one_group", rng.integers(-1, 2, size=(3 * r, min(k, G))).astype(np.int8),
+                  rng.integers(-nx.ACT_CODE_MAX, nx.ACT_CODE_MAX + 1, size=min(k, G))))
     return probs
 
 
-def beats_and_expected(layout, lanes: int, probs, seed: int):
-    """Input payloads (ints) and the expected output beats (lists of ``lanes`` ints)."""
+def beats_and_expected(layout, lanes: int, rows_per_block: int, probs, seed: int):
+    """Input payloads (ints), their ``last`` bits, and the expected output beats (lists of ``lanes`` ints).
+
+    The weights are the image's own bytes (``pack_matrix``): a block of R rows,
+    per group R bytes, sliced into R / lanes beats.
+    """
     rng = np.random.default_rng(seed + 1)
-    beats, expected = [], []
+    r = rows_per_block
+    depth = r // lanes
+    beats, lasts, expected = [], [], []
     for _, t, q in probs:
         rows, kk = t.shape
-        blocks = -(-rows // lanes)
+        blocks = -(-rows // r)
         groups = -(-kk // G)
-        packed = pack_matrix(t, lanes).reshape(blocks, groups, lanes)
+        packed = pack_matrix(t, r).reshape(blocks, groups, depth, lanes)
         # Codes beyond K' meet zero (padding) weights: random values there must not count.
         qp = rng.integers(-nx.ACT_CODE_MAX, nx.ACT_CODE_MAX + 1, size=groups * G)
         qp[:kk] = q
-        tp = np.zeros((blocks * lanes, kk), np.int64)
+        tp = np.zeros((blocks * r, kk), np.int64)
         tp[:rows] = t
         ref = tp @ np.asarray(q, np.int64)
         for b in range(blocks):
             for g in range(groups):
-                beats.append(layout.const({
-                    "weights": [int(x) for x in packed[b, g]],
-                    "codes": [int(x) for x in qp[G * g: G * g + G]],
-                    "last": int(g == groups - 1),
-                }).as_value().value)
-            expected.append([int(x) for x in ref[b * lanes:(b + 1) * lanes]])
-    return beats, expected
+                for s in range(depth):
+                    last = int(g == groups - 1 and s == depth - 1)
+                    beats.append(layout.const({
+                        "weights": [int(x) for x in packed[b, g, s]],
+                        "codes": [int(x) for x in qp[G * g: G * g + G]],
+                        "last": last,
+                    }).as_value().value)
+                    lasts.append(last)
+            for s in range(depth):
+                row0 = b * r + s * lanes
+                expected.append([int(x) for x in ref[row0:row0 + lanes]])
+    return beats, lasts, expected
+
+
+def stimulus(p: dict):
+    """The bench's (beats, lasts, expected) for its parameters."""
+    layout = weight_beat_layout(p["lanes"])
+    probs = make_problems(p["rows_per_block"], p["k"], p["seed"])
+    return beats_and_expected(layout, p["lanes"], p["rows_per_block"], probs, p["seed"])
 
 
 # --------------------------------------------------------------------------
@@ -89,16 +111,14 @@ async def _run_bench(dut, idle: float, backpressure: float):
 
     p = bench_params()
     lanes, k, seed = p["lanes"], p["k"], p["seed"]
-    layout = weight_beat_layout(lanes)
     out_layout = data.ArrayLayout(signed(nx.accumulator_bits(k)), lanes)
-    probs = make_problems(lanes, k, seed)
-    beats, expected = beats_and_expected(layout, lanes, probs, seed)
+    beats, lasts, expected = stimulus(p)
 
     await start_clock_and_reset(dut)
     src = StreamDriver(dut, "i", idle=idle, seed=seed + 2)
     sink = StreamMonitor(dut, "o", backpressure=backpressure, seed=seed + 3)
     src.send(beats)
-    await sink.wait_for(len(expected), timeout_cycles=20 * len(beats) + 100)
+    await sink.wait_for(len(expected), timeout_cycles=20 * (len(beats) + len(expected)) + 100)
     for _ in range(10):  # nothing extra may come out
         await cocotb.triggers.RisingEdge(dut.clk)
 
@@ -107,18 +127,22 @@ async def _run_bench(dut, idle: float, backpressure: float):
     for n, (word, want) in enumerate(zip(sink.items, expected)):
         got = [int(x) for x in out_layout.from_bits(word)]
         assert got == want, f"output beat {n}: got {got[:8]}..., want {want[:8]}..."
-    return src, sink
+    return src, sink, lasts
 
 
 if cocotb is not None:
     @cocotb.test()
     async def bench_full_rate(dut):
         """No gaps, no backpressure: exact results, one beat per cycle, latency as published."""
-        src, sink = await _run_bench(dut, 0.0, 0.0)
+        from mmfree.sim.runner import bench_params
+
+        src, sink, lasts = await _run_bench(dut, 0.0, 0.0)
+        depth = bench_params()["rows_per_block"] // bench_params()["lanes"]
         ins = src.transfer_cycles
         assert ins[-1] - ins[0] == len(ins) - 1, "input did not run at one beat per cycle"
-        lasts = [c for c, w in zip(ins, src_beats_last(dut, src)) if w]
-        assert [o - i for o, i in zip(sink.transfer_cycles, lasts)] == [TernaryAccumulate.latency] * len(lasts)
+        # Block b's D results leave at (its last beat) + latency + s, s = 0..D-1.
+        want = [c + TernaryAccumulate.latency + s for c, w in zip(ins, lasts) if w for s in range(depth)]
+        assert sink.transfer_cycles == want, "output beats not at the published latency, one per cycle"
 
     @cocotb.test()
     async def bench_gaps_backpressure(dut):
@@ -127,18 +151,8 @@ if cocotb is not None:
 
     @cocotb.test()
     async def bench_heavy_backpressure(dut):
-        """Output mostly stalled: last beats must wait, nothing lost or duplicated."""
+        """Output mostly stalled: results must wait, nothing lost or duplicated."""
         await _run_bench(dut, 0.0, 0.9)
-
-
-def src_beats_last(dut, src):
-    """Per transferred input beat, its ``last`` bit (recomputed from the same stimulus)."""
-    from mmfree.sim.runner import bench_params
-
-    p = bench_params()
-    layout = weight_beat_layout(p["lanes"])
-    beats, _ = beats_and_expected(layout, p["lanes"], make_problems(p["lanes"], p["k"], p["seed"]), p["seed"])
-    return [int(layout.from_bits(b).last) for b in beats]
 
 
 # --------------------------------------------------------------------------
@@ -149,6 +163,13 @@ def src_beats_last(dut, src):
     (dict(lanes=8, k=0), ValueError, "k must be at least 1, not 0"),
     (dict(lanes=8.0, k=10), TypeError, "lanes must be an integer, not 8.0"),
     (dict(lanes=8, k=True), TypeError, "k must be an integer, not True"),
+    (dict(lanes=8, k=10, rows_per_block=12), ValueError,
+     "rows_per_block must be a positive multiple of lanes (8), not 12"),
+    (dict(lanes=8, k=10, rows_per_block=0), ValueError,
+     "rows_per_block must be a positive multiple of lanes (8), not 0"),
+    (dict(lanes=8, k=10, rows_per_block=-8), ValueError,
+     "rows_per_block must be a positive multiple of lanes (8), not -8"),
+    (dict(lanes=8, k=10, rows_per_block=16.0), TypeError, "rows_per_block must be an integer, not 16.0"),
 ])
 def test_parameter_errors(kwargs, exc, msg):
     with pytest.raises(exc) as info:
@@ -165,33 +186,43 @@ def test_widths_follow_numerics():
     unit = TernaryAccumulate(lanes=16, k=2048)
     assert unit.acc_bits == nx.accumulator_bits(2048)
     assert unit.o.payload.shape().size == 16 * nx.accumulator_bits(2048)
-    assert unit.latency == 3
+    assert unit.rows_per_block == 16 and unit.depth == 1
+    assert TernaryAccumulate(lanes=16, k=2048, rows_per_block=128).depth == 8
+    assert unit.latency == 8
 
 
-def test_stimulus_matches_reference():
+@pytest.mark.parametrize("lanes, rows_per_block", [(8, 8), (4, 16), (2, 16)])
+def test_stimulus_matches_reference(lanes, rows_per_block):
     """The bench's packing decodes back to the matrices it claims (guards the bench itself)."""
-    lanes, k = 8, 23
+    p = {"lanes": lanes, "k": 23, "rows_per_block": rows_per_block, "seed": 5}
     layout = weight_beat_layout(lanes)
-    probs = make_problems(lanes, k, 5)
-    beats, expected = beats_and_expected(layout, lanes, probs, 5)
-    got, acc = [], np.zeros(lanes, np.int64)
-    for word in beats:
+    beats, lasts, expected = stimulus(p)
+    depth = rows_per_block // lanes
+    got, acc, s = [], np.zeros((depth, lanes), np.int64), 0
+    for word, last in zip(beats, lasts):
         beat = layout.from_bits(word)
+        assert int(beat.last) == last
         q = np.array([int(c) for c in beat.codes])
         t = nx.unpack_trits(np.array([[int(w)] for w in beat.weights], np.uint8))
-        acc += t.astype(np.int64) @ q
-        if beat.last:
-            got.append([int(x) for x in acc])
+        acc[s] += t.astype(np.int64) @ q
+        s = (s + 1) % depth
+        if last:
+            assert s == 0
+            got += [[int(x) for x in row] for row in acc]
             acc[:] = 0
     assert got == expected
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("lanes, k", [(1, 1), (8, 40), (16, 643), (64, 2048)])
-def test_ternary_accumulate_verilator(lanes, k):
+@pytest.mark.parametrize("lanes, k, rows_per_block", [
+    (1, 1, 1), (1, 7, 3), (8, 40, 8), (8, 40, 16), (4, 23, 32), (16, 643, 16), (16, 200, 128), (64, 2048, 64),
+])
+def test_ternary_accumulate_verilator(lanes, k, rows_per_block):
     from mmfree.sim.runner import simulate
 
-    result = simulate(TernaryAccumulate(lanes=lanes, k=k), toplevel="ternary_accumulate",
-                      test_module=Path(__file__).stem, module_dir=Path(__file__).parent,
-                      params={"lanes": lanes, "k": k, "seed": 1000 + lanes + k})
+    result = simulate(TernaryAccumulate(lanes=lanes, k=k, rows_per_block=rows_per_block),
+                      toplevel="ternary_accumulate", test_module=Path(__file__).stem,
+                      module_dir=Path(__file__).parent,
+                      params={"lanes": lanes, "k": k, "rows_per_block": rows_per_block,
+                              "seed": 1000 + lanes + k + rows_per_block})
     assert result.tests == 3 and result.failed == 0

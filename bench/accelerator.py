@@ -1,0 +1,242 @@
+"""Cycles per token of the accelerator RTL, against the DDR roofline, per board configuration.
+
+For each configuration (``hw/configs.py``: ``pynq-z2``, ``kv260``) the
+accelerator's Verilator model runs, through the host driver exactly as
+``mmfree generate --backend sim`` does:
+
+* the bundled model (``models/kjv/kjv.img``);
+* random models of the full MMfreeLM-370M shape (hidden 1024, intermediate
+  2816, vocab 32000; ``models/synthetic.py``) with 1 and 2 layers. The
+  difference is one layer's cost; the 24-layer figure is
+  ``cycles(L=1) + 23 * (cycles(L=2) - cycles(L=1))``, and likewise for the
+  bytes read.
+
+Per token it records CYCLES_TOTAL, the phase counters and BYTES_READ, and
+checks the logits against the integer golden model bit for bit. Derived:
+
+* roofline cycles = bytes read per token (STREAM region + one embedding
+  row) / the configuration's DDR bytes per cycle: what the memory alone
+  needs; efficiency = roofline / measured;
+* projected tokens/s = clock / cycles per token;
+* simulated cycles per second (wall time of the simulator's waits).
+
+Writes ``<out>/accelerator.json`` (every figure) and ``<out>/accelerator.png``
+(measured vs roofline cycles per token per configuration).
+
+    python -m mmfree.bench.accelerator [--configs pynq-z2,kv260] [--tokens 3] [--out bench/results]
+    make bench-accel
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLED = REPO / "models" / "kjv" / "kjv.img"
+CACHE = REPO / "build" / "bench"
+FULL_LAYERS = 24
+
+
+def synthetic_370m(layers: int, cache: Path, progress) -> Path:
+    """A random weight image of the 370M shape with ``layers`` layers (built once, cached)."""
+    from mmfree.models.config import ModelConfig
+    from mmfree.models.synthetic import SHAPE_370M, random_tensors
+    from mmfree.models.weight_image import build_image
+
+    path = cache / f"random-370m-l{layers}.img"
+    if not path.exists():
+        progress(f"building {path.name} (once)")
+        cfg = ModelConfig(num_hidden_layers=layers, **SHAPE_370M)
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".part")
+        tmp.write_bytes(build_image(cfg, random_tensors(cfg, seed=layers),
+                                    source={"checkpoint": f"synthetic 370M shape, {layers} layers, seed {layers}"}))
+        tmp.replace(path)
+    return path
+
+
+def run_model(config, image, tokens: int, progress) -> dict:
+    """Run ``tokens`` tokens of ``image`` on the simulated accelerator of ``config``; per-token figures."""
+    from mmfree.host.driver import AcceleratorDriver
+    from mmfree.models.golden_int import IntegerModel
+    from mmfree.sim.transport import SimTransport
+
+    rng = np.random.default_rng(0)
+    ids = [image.config.bos_token_id] + [int(t) for t in rng.integers(0, image.config.V, tokens - 1)]
+    golden = IntegerModel(image)
+    state = golden.initial_state()
+    rows = []
+    with SimTransport(config, progress=progress) as transport:
+        driver = AcceleratorDriver(transport)
+        identity = driver.check_identity()
+        t0 = time.perf_counter()
+        driver.load_image(image)
+        load_s = time.perf_counter() - t0
+        for token in ids:
+            cycles0, wall0 = transport.cycles, transport.wait_wall_s
+            result = driver.step(token)
+            want, state = golden.step(token, state)
+            rows.append({"token": token, **result.counters,
+                         "bit_exact": bool(np.array_equal(result.logits_act.astype(np.int64), want)),
+                         "argmax_ok": result.argmax == int(np.argmax(want))
+                         and result.argmax_value == int(want[result.argmax]),
+                         "wall_s": result.wall_s,
+                         "sim_cycles": transport.cycles - cycles0,
+                         "sim_wall_s": transport.wait_wall_s - wall0})
+            progress(f"{config.name} {image.config.L}-layer token {token}: {result.counters['cycles_total']:,} cycles")
+    steady = rows[1:]        # every token costs the same (no KV cache); the first is kept apart anyway
+    cycles = [r["cycles_total"] for r in steady]
+    return {"config": config.name, "layers": image.config.L, "hidden": image.config.D,
+            "intermediate": image.config.I, "vocab": image.config.V, "tokens": rows,
+            "load_s": load_s, "design_hash": f"0x{identity.design_hash:08X}",
+            "cycles_per_token": float(np.median(cycles)),
+            "phases": {k: float(np.median([r[k] for r in steady])) for k in steady[0] if k.startswith("cycles_")},
+            "bytes_read": int(np.median([r["bytes_read"] for r in steady])),
+            "bit_exact": all(r["bit_exact"] and r["argmax_ok"] for r in rows),
+            "sim_cycles_per_s": sum(r["sim_cycles"] for r in rows) / max(sum(r["sim_wall_s"] for r in rows), 1e-9)}
+
+
+def derive(config, run: dict, name: str) -> dict:
+    """Roofline, efficiency and tokens/s of one measured (or projected) run."""
+    roofline = config.roofline_cycles(run["bytes_read"])
+    return {"config": config.name, "model": name, "cycles_per_token": run["cycles_per_token"],
+            "phases": run["phases"], "bytes_read": run["bytes_read"], "roofline_cycles": roofline,
+            "efficiency": roofline / run["cycles_per_token"],
+            "tokens_per_s": config.clock_hz / run["cycles_per_token"],
+            "roofline_tokens_per_s": config.clock_hz / roofline,
+            "clock_mhz": config.clock_hz / 1e6, "ddr_gb_per_s": config.ddr_bytes_per_second / 1e9}
+
+
+def project_full(one: dict, two: dict, layers: int = FULL_LAYERS) -> dict:
+    """The L-layer figures from measurements at 1 and 2 layers (one layer = their difference)."""
+    def scale(a, b):
+        return a + (layers - 1) * (b - a)
+
+    return {"cycles_per_token": scale(one["cycles_per_token"], two["cycles_per_token"]),
+            "per_layer_cycles": two["cycles_per_token"] - one["cycles_per_token"],
+            "phases": {k: scale(one["phases"][k], two["phases"][k]) for k in one["phases"]},
+            "bytes_read": int(scale(one["bytes_read"], two["bytes_read"]))}
+
+
+def plot(figures: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(f["model"] for f in figures))
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        rows = [f for f in figures if f["model"] == model]
+        x = np.arange(len(rows))
+        ax.bar(x - 0.2, [f["cycles_per_token"] for f in rows], 0.4, label="measured (RTL)")
+        ax.bar(x + 0.2, [f["roofline_cycles"] for f in rows], 0.4, label="DDR roofline")
+        for i, f in enumerate(rows):
+            ax.text(i - 0.2, f["cycles_per_token"], f"{100 * f['efficiency']:.0f} %\n{f['tokens_per_s']:.3g} tok/s",
+                    ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(x, [f"{f['config']}\n{f['ddr_gb_per_s']:.1f} GB/s" for f in rows])
+        ax.set_title(model, fontsize=10)
+        ax.set_ylabel("cycles per token")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    fig.suptitle("mmfree accelerator: measured cycles per token vs DDR roofline")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    from tqdm import tqdm
+
+    from mmfree.hw.configs import ConfigError, get_config
+    from mmfree.models.weight_image import ImageError, WeightImage
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", default="pynq-z2,kv260", help="comma-separated hw/configs.py names")
+    ap.add_argument("--models", default="bundled,370m", help="bundled and/or 370m")
+    ap.add_argument("--tokens", type=int, default=3, help="tokens per run (the first is reported apart)")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = ap.parse_args(argv)
+    try:
+        configs = [get_config(c) for c in args.configs.split(",") if c]
+        models = [m for m in args.models.split(",") if m]
+        bad = [m for m in models if m not in ("bundled", "370m")]
+        if bad:
+            raise ConfigError(f"unknown model {bad[0]!r} (choose from bundled, 370m)")
+        if args.tokens < 2:
+            raise ConfigError("--tokens must be at least 2")
+    except ConfigError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+
+    bar = tqdm(total=len(configs) * (("bundled" in models) + 2 * ("370m" in models)), unit="run",
+               file=sys.stderr, desc="accelerator bench")
+
+    def progress(line):
+        if line.startswith("building"):          # slow, once: worth a line of its own
+            bar.write(line, file=sys.stderr)
+        bar.set_postfix_str(line[-60:])
+
+    images = {}
+    try:
+        if "bundled" in models:
+            images["bundled"] = WeightImage.load(BUNDLED)
+        if "370m" in models:
+            for layers in (1, 2):
+                images[f"370m-l{layers}"] = WeightImage.load(synthetic_370m(layers, CACHE, progress))
+    except ImageError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+
+    runs, figures = [], []
+    from mmfree.host.driver import DriverError
+    from mmfree.host.transport import TransportError
+
+    try:
+        for config in configs:
+            measured = {}
+            for key, image in images.items():
+                measured[key] = run_model(config, image, args.tokens, progress)
+                runs.append({"model": key, **measured[key]})
+                bar.update()
+            if "bundled" in measured:
+                figures.append(derive(config, measured["bundled"], "bundled KJV model (6 layers, D 256)"))
+            if "370m-l1" in measured:
+                full = project_full(measured["370m-l1"], measured["370m-l2"])
+                fig = derive(config, full, f"370M shape, {FULL_LAYERS} layers (projected from 1 and 2)")
+                fig["per_layer_cycles"] = full["per_layer_cycles"]
+                figures.append(fig)
+    except (DriverError, TransportError) as e:
+        bar.close()
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    bar.close()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {"bench": "accelerator", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "configs": {c.name: c.to_dict() for c in configs}, "figures": figures, "runs": runs}
+    (args.out / "accelerator.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot(figures, args.out / "accelerator.png")
+
+    print(f"{'config':<10} {'model':<52} {'cycles/token':>13} {'roofline':>12} {'eff.':>6} {'tokens/s':>9}")
+    for f in figures:
+        print(f"{f['config']:<10} {f['model']:<52} {f['cycles_per_token']:>13,.0f} {f['roofline_cycles']:>12,.0f} "
+              f"{100 * f['efficiency']:>5.1f}% {f['tokens_per_s']:>9.2f}")
+    for r in runs:
+        print(f"{r['config']:<10} {r['model']:<10} {r['layers']:>2} layers: {r['cycles_per_token']:>11,.0f} cycles, "
+              f"{r['sim_cycles_per_s']:,.0f} simulated cycles/s, bit exact: {r['bit_exact']}")
+    print(f"wrote {args.out / 'accelerator.json'} and {args.out / 'accelerator.png'}")
+    return 0 if all(r["bit_exact"] for r in runs) else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

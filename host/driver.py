@@ -1,0 +1,396 @@
+"""The typed accelerator driver: the accelerator in model terms, over any transport.
+
+Running a model is a sentence of named stages::
+
+    driver = AcceleratorDriver(transport)
+    driver.check_identity()        # ID, VERSION, build configuration, capacity
+    driver.load_image(image)       # copy STREAM + EMBEDDING once, point the registers at them
+    driver.reset_state()           # zero every layer's recurrent state (start of a sequence)
+    result = driver.step(token)    # one token: logits, argmax, cycle counters
+
+Every register offset and field comes from :mod:`mmfree.hw.registers`; the
+logits' format from :mod:`mmfree.models.numerics`. The same code runs on a
+PYNQ board (:mod:`mmfree.host.pynq_transport`) and in the Verilator
+simulation (:mod:`mmfree.sim.transport`). Only numpy and plain-Python
+project modules are imported: no amaranth, no cocotb.
+
+Errors are one line: :class:`IdentityMismatch` (wrong device, build or
+model), :class:`DeviceTimeout` (no ``STATUS.done`` in time),
+:class:`DeviceError` (``STATUS.error`` set; names the
+:class:`~mmfree.hw.registers.ErrorCode`), ``ValueError`` for a token id out
+of range (refused before the device is touched).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from mmfree.hw import registers as regs
+from mmfree.models import numerics as nx
+from mmfree.models.weight_image import WeightImage
+
+from .transport import Transport
+
+__all__ = ["DriverError", "IdentityMismatch", "DeviceTimeout", "DeviceError", "BuildIdentity", "StepResult",
+           "AcceleratorDriver", "COUNTERS", "BUFFER_ALIGN", "timeout_cycles"]
+
+#: Registers reported by :meth:`AcceleratorDriver.counters`, in map order.
+COUNTERS: tuple[regs.Register, ...] = tuple(
+    r for r in regs.REGISTERS if r.name.startswith("CYCLES_") or r.name in ("BYTES_READ", "TOKENS"))
+#: Alignment of the regions inside the weight buffer (the image's own region alignment).
+BUFFER_ALIGN = 4096
+#: Slack of the completion bounds: a token must finish within this many times the
+#: cycles the bus needs just to carry its bytes, plus a fixed allowance.
+TIMEOUT_FACTOR = 16
+TIMEOUT_SLACK_CYCLES = 100_000
+
+
+class DriverError(RuntimeError):
+    """The accelerator cannot run this request (one-line message)."""
+
+
+class IdentityMismatch(DriverError):
+    """The device, its build or the model does not match what the driver expects."""
+
+
+class DeviceTimeout(DriverError):
+    """The accelerator did not finish within its time bound."""
+
+
+class DeviceError(DriverError):
+    """The accelerator finished with ``STATUS.error`` set; ``code`` is the ErrorCode."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def _error_name(code: int) -> str:
+    try:
+        return regs.ErrorCode(code).name
+    except ValueError:
+        return f"unknown error code {code}"
+
+
+def timeout_cycles(bytes_moved: int, bus_bytes_per_cycle: int) -> int:
+    """A generous completion bound for work that moves ``bytes_moved`` over the bus."""
+    return TIMEOUT_SLACK_CYCLES + TIMEOUT_FACTOR * math.ceil(bytes_moved / bus_bytes_per_cycle)
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildIdentity:
+    """What the ID, VERSION, DESIGN_HASH, BUILD_CONFIG and CAPACITY_* registers say about a build."""
+
+    magic: int
+    interface_version: int
+    numerics_version: int
+    design_hash: int
+    bus_bytes: int
+    ports: int
+    engine_bytes: int
+    rows_per_block: int
+    max_hidden: int
+    max_layers: int
+    max_intermediate: int
+    max_vocab_log2: int
+
+    #: The registers this is decoded from.
+    REGISTERS = ("ID", "VERSION", "DESIGN_HASH", "BUILD_CONFIG", "CAPACITY_DIMS", "CAPACITY_INNER")
+
+    @classmethod
+    def from_words(cls, words: Mapping[str, int]) -> "BuildIdentity":
+        """Decode the raw register words (a mapping from register name to value)."""
+        def field(reg: str, name: str) -> int:
+            return regs.BY_NAME[reg].field(name).get(words[reg])
+
+        return cls(magic=words["ID"], interface_version=field("VERSION", "interface"),
+                   numerics_version=field("VERSION", "numerics"), design_hash=words["DESIGN_HASH"],
+                   bus_bytes=1 << field("BUILD_CONFIG", "bus_bytes_log2"), ports=field("BUILD_CONFIG", "ports"),
+                   engine_bytes=1 << field("BUILD_CONFIG", "engine_bytes_log2"),
+                   rows_per_block=1 << field("BUILD_CONFIG", "rows_per_block_log2"),
+                   max_hidden=field("CAPACITY_DIMS", "max_hidden"), max_layers=field("CAPACITY_DIMS", "max_layers"),
+                   max_intermediate=field("CAPACITY_INNER", "max_intermediate"),
+                   max_vocab_log2=field("CAPACITY_INNER", "max_vocab_log2"))
+
+    @property
+    def max_vocab(self) -> int:
+        return 1 << self.max_vocab_log2
+
+    @property
+    def bus_bytes_per_cycle(self) -> int:
+        """Bytes the read ports together can carry per cycle (the bus's own bound)."""
+        return self.bus_bytes * max(self.ports, 1)
+
+    def check_device(self) -> None:
+        """Refuse a device that is not this accelerator, or a build of another interface/numerics."""
+        if self.magic != regs.ID_MAGIC:
+            raise IdentityMismatch(f"no mmfree accelerator at this address: ID reads 0x{self.magic:08X}, "
+                                   f"expected 0x{regs.ID_MAGIC:08X}")
+        if self.interface_version != regs.INTERFACE_VERSION:
+            raise IdentityMismatch(f"the accelerator implements register interface {self.interface_version}, "
+                                   f"this driver speaks {regs.INTERFACE_VERSION}; use a matching bitstream")
+        if self.numerics_version != nx.NUMERICS_VERSION:
+            raise IdentityMismatch(f"the accelerator implements numerics version {self.numerics_version}, "
+                                   f"this host's golden model is version {nx.NUMERICS_VERSION}")
+
+    def check_manifest(self, manifest: Mapping) -> None:
+        """Refuse a bitstream whose DESIGN_HASH (and build parameters, if listed) differ from its manifest."""
+        if "design_hash" not in manifest:
+            raise IdentityMismatch("the manifest has no design_hash")
+        want = manifest["design_hash"]
+        want = int(want, 16) if isinstance(want, str) else int(want)
+        if want & 0xFFFF_FFFF != self.design_hash:
+            raise IdentityMismatch(f"DESIGN_HASH reads 0x{self.design_hash:08X} but the manifest says "
+                                   f"0x{want & 0xFFFF_FFFF:08X}: the bitstream and its manifest do not belong "
+                                   "together")
+        build = manifest.get("config", {})
+        for key in ("bus_bytes", "ports", "engine_bytes", "rows_per_block", "max_hidden", "max_layers",
+                    "max_intermediate"):
+            if key in build and int(build[key]) != getattr(self, key):
+                raise IdentityMismatch(f"the device's {key} is {getattr(self, key)} but the manifest says "
+                                       f"{build[key]}")
+
+    def check_image(self, image: WeightImage) -> None:
+        """Refuse an image this build cannot run: its block size, or a dimension beyond the capacity."""
+        c = image.config
+        problems = []
+        if image.rows_per_block != self.rows_per_block:
+            problems.append(f"rows_per_block {image.rows_per_block} (this build streams {self.rows_per_block}; "
+                            f"convert with --rows-per-block {self.rows_per_block})")
+        for what, have, cap in (("hidden size", c.D, self.max_hidden), ("layers", c.L, self.max_layers),
+                                ("intermediate size", c.I, self.max_intermediate),
+                                ("vocabulary", c.V, self.max_vocab)):
+            if have > cap:
+                problems.append(f"{what} {have} (this build holds at most {cap})")
+        if problems:
+            raise IdentityMismatch("the model does not fit this accelerator build: " + "; ".join(problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    """What one token produced.
+
+    ``logits_act`` are the raw ACT (Q16.16 int32) logits the accelerator
+    wrote; ``logits`` the same as float64 (``numerics.act_to_float``);
+    ``argmax``/``argmax_value`` what the ARGMAX registers say (lowest index
+    on ties); ``counters`` the cycle/byte counters of this token
+    (lower-case register names); ``wall_s`` the host's time for the step.
+    """
+
+    token: int
+    argmax: int
+    argmax_value: int
+    logits_act: np.ndarray
+    logits: np.ndarray
+    counters: dict[str, int]
+    wall_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """Where a loaded image lives in device memory."""
+
+    stream_offset: int
+    stream_bytes: int
+    embed_offset: int
+    embed_stride: int
+    embed_bytes: int
+    vocab: int
+    hidden: int
+    layers: int
+    intermediate: int
+
+    @classmethod
+    def of(cls, image: WeightImage) -> "_Layout":
+        regions = image.meta["regions"]
+        stream_bytes = regions["stream"]["size"]
+        embed_offset = -(-stream_bytes // BUFFER_ALIGN) * BUFFER_ALIGN
+        return cls(0, stream_bytes, embed_offset, regions["embedding"]["row_stride"],
+                   regions["embedding"]["size"], image.config.V, image.config.D, image.config.L, image.config.I)
+
+    @property
+    def weight_buffer_bytes(self) -> int:
+        return self.embed_offset + self.embed_bytes
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Bus traffic of one token: the embedding row, the STREAM region, the logits."""
+        return self.embed_stride + self.stream_bytes + 4 * self.vocab
+
+
+class AcceleratorDriver:
+    """One accelerator behind ``transport``, in model terms (see the module docstring)."""
+
+    def __init__(self, transport: Transport):
+        self.transport = transport
+        self.identity: BuildIdentity | None = None
+        self.image: WeightImage | None = None
+        self._layout: _Layout | None = None
+        self._weights = None
+        self._logits = None
+
+    # -- registers --------------------------------------------------------
+    def _read(self, name: str) -> int:
+        return self.transport.read(regs.BY_NAME[name].offset)
+
+    def _write(self, name: str, value: int) -> None:
+        self.transport.write(regs.BY_NAME[name].offset, value)
+
+    def _read_many(self, names) -> dict[str, int]:
+        values = self.transport.read_many([regs.BY_NAME[n].offset for n in names])
+        return dict(zip(names, values))
+
+    @staticmethod
+    def _pack(name: str, **fields: int) -> int:
+        reg = regs.BY_NAME[name]
+        word = 0
+        for field, value in fields.items():
+            word |= reg.field(field).put(value)
+        return word
+
+    @staticmethod
+    def _get(name: str, field: str, word: int) -> int:
+        return regs.BY_NAME[name].field(field).get(word)
+
+    def _write_address(self, prefix: str, address: int) -> None:
+        self._write(f"{prefix}_ADDR_LO", address & 0xFFFF_FFFF)
+        self._write(f"{prefix}_ADDR_HI", address >> 32)
+
+    # -- identity ---------------------------------------------------------
+    def check_identity(self, manifest: Mapping | str | Path | None = None) -> BuildIdentity:
+        """Read and check the build identity (and, given a manifest dict or path, the design hash)."""
+        identity = BuildIdentity.from_words(self._read_many(BuildIdentity.REGISTERS))
+        identity.check_device()
+        if manifest is not None:
+            if not isinstance(manifest, Mapping):
+                try:
+                    manifest = json.loads(Path(manifest).read_text())
+                except (OSError, ValueError) as e:
+                    raise IdentityMismatch(f"cannot read manifest {manifest}: {e}") from None
+            identity.check_manifest(manifest)
+        if self.image is not None:
+            identity.check_image(self.image)
+        self.identity = identity
+        return identity
+
+    # -- model ------------------------------------------------------------
+    def load_image(self, image: WeightImage) -> None:
+        """Copy the image's STREAM and EMBEDDING regions to the device and point the registers at them.
+
+        Registers set: STREAM_ADDR, STREAM_BYTES, EMBED_ADDR, EMBED_STRIDE,
+        LOGITS_ADDR, MODEL_DIMS (D, L), MODEL_INNER (I), VOCAB.
+
+        One buffer holds STREAM (offset 0) and EMBEDDING (next 4 KiB
+        boundary); another receives the V int32 logits. Refuses an image the
+        build cannot run (:class:`IdentityMismatch`) before allocating
+        anything. Ends with :meth:`reset_state`.
+        """
+        identity = self.identity or self.check_identity()
+        identity.check_image(image)
+        layout = _Layout.of(image)
+        self._release()
+        weights = self.transport.allocate(layout.weight_buffer_bytes)
+        weights.write(bytes(image.stream), layout.stream_offset)
+        weights.write(bytes(image.region("embedding")), layout.embed_offset)
+        weights.sync_to_device()
+        logits = self.transport.allocate(4 * layout.vocab)
+        self._weights, self._logits = weights, logits
+        base = weights.physical_address
+        self._write_address("STREAM", base + layout.stream_offset)
+        self._write("STREAM_BYTES", layout.stream_bytes)
+        self._write_address("EMBED", base + layout.embed_offset)
+        self._write("EMBED_STRIDE", layout.embed_stride)
+        self._write_address("LOGITS", logits.physical_address)
+        self._write("MODEL_DIMS", self._pack("MODEL_DIMS", hidden=layout.hidden, layers=layout.layers))
+        self._write("MODEL_INNER", self._pack("MODEL_INNER", intermediate=layout.intermediate))
+        self._write("VOCAB", layout.vocab)
+        self.image, self._layout = image, layout
+        self.reset_state()
+
+    def _release(self) -> None:
+        for buf in (self._weights, self._logits):
+            if buf is not None:
+                buf.free()
+        self._weights = self._logits = None
+        self.image = self._layout = None
+
+    def _require_image(self) -> _Layout:
+        if self._layout is None:
+            raise DriverError("no model loaded: call load_image first")
+        return self._layout
+
+    def step_timeout_s(self) -> float:
+        """Device-time bound of one token (see :func:`timeout_cycles`)."""
+        layout = self._require_image()
+        return timeout_cycles(layout.bytes_per_token, self.identity.bus_bytes_per_cycle) / self.transport.clock_hz
+
+    def reset_state(self, timeout_s: float | None = None) -> None:
+        """Zero every layer's recurrent state (CONTROL.clear_state) and wait until the device is idle."""
+        layout = self._require_image()
+        if timeout_s is None:
+            timeout_s = timeout_cycles(4 * layout.hidden * layout.layers, 4) / self.transport.clock_hz
+        self._wait_idle("before clear_state")
+        self._write("CONTROL", self._pack("CONTROL", clear_state=1))
+        self._wait_idle("after clear_state", timeout_s)
+
+    def _wait_idle(self, when: str, timeout_s: float | None = None) -> None:
+        """Wait until STATUS.busy is clear: the accelerator ignores START and clear_state while
+        a token runs (one may still run after a :class:`DeviceTimeout`)."""
+        if timeout_s is None:
+            timeout_s = self.step_timeout_s()
+        busy = regs.BY_NAME["STATUS"].field("busy")
+        if not self.transport.wait(timeout_s, lambda: not busy.get(self._read("STATUS"))):
+            raise DeviceTimeout(f"the accelerator stayed busy {timeout_s * 1e3:.3g} ms of device time {when}")
+
+    def step(self, token: int, timeout_s: float | None = None) -> StepResult:
+        """Run one token; return its logits, argmax and counters.
+
+        Raises ``ValueError`` for a token id outside the loaded vocabulary
+        (before touching the device), :class:`DeviceTimeout` when
+        STATUS.done does not come within ``timeout_s`` of device time
+        (default :meth:`step_timeout_s`), :class:`DeviceError` when
+        STATUS.error is set.
+        """
+        layout = self._require_image()
+        if isinstance(token, bool) or not isinstance(token, (int, np.integer)) or not 0 <= token < layout.vocab:
+            raise ValueError(f"token id {token!r} out of range (vocabulary has {layout.vocab} ids: "
+                             f"0..{layout.vocab - 1})")
+        token = int(token)
+        if timeout_s is None:
+            timeout_s = self.step_timeout_s()
+        start = time.perf_counter()
+        self._wait_idle(f"before token {token}")
+        done = regs.BY_NAME["STATUS"].field("done")
+        self._write("STATUS", done.put(1))                       # W1C: forget the previous token's done
+        self._write("TOKEN", token)
+        self._write("CONTROL", self._pack("CONTROL", start=1))
+        if not self.transport.wait(timeout_s, lambda: done.get(self._read("STATUS"))):
+            raise DeviceTimeout(f"token {token}: no STATUS.done within {timeout_s * 1e3:.3g} ms of device time "
+                                f"({timeout_s * self.transport.clock_hz:,.0f} cycles)")
+        words = self._read_many(("STATUS", "ARGMAX", "ARGMAX_VALUE") + tuple(r.name for r in COUNTERS))
+        code = self._get("STATUS", "error", words["STATUS"])
+        if code:
+            raise DeviceError(f"token {token}: the accelerator stopped with error {_error_name(code)}", code)
+        self._logits.sync_from_device()
+        logits_act = np.frombuffer(self._logits.read(4 * layout.vocab), dtype="<i4").copy()
+        argmax_value = words["ARGMAX_VALUE"] - (1 << 32) if words["ARGMAX_VALUE"] >> 31 else words["ARGMAX_VALUE"]
+        return StepResult(token=token, argmax=words["ARGMAX"], argmax_value=argmax_value, logits_act=logits_act,
+                          logits=nx.act_to_float(logits_act),
+                          counters={r.name.lower(): words[r.name] for r in COUNTERS},
+                          wall_s=time.perf_counter() - start)
+
+    def counters(self) -> dict[str, int]:
+        """The cycle and byte counters of the last token (lower-case register names)."""
+        words = self._read_many(tuple(r.name for r in COUNTERS))
+        return {r.name.lower(): words[r.name] for r in COUNTERS}
+
+    def close(self) -> None:
+        """Release the buffers and the transport."""
+        self._release()
+        self.transport.close()

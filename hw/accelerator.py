@@ -1,0 +1,344 @@
+"""The accelerator's top level: registers, DDR reader, weight FIFO, token datapath, logits writer."""
+from __future__ import annotations
+
+import math
+
+from amaranth.hdl import Cat, Module, ResetInserter, Signal
+from amaranth.lib import enum, wiring
+from amaranth.lib.wiring import In, Out
+
+from . import registers as regs
+from .axi import AXI4LiteSignature, AXI4ReadSignature, AXI4Signature, AXI4WriteSignature, FlatInterface, flat_ports
+from .axi_reader import AxiReader
+from .axi_writer import AxiWriter
+from .control_registers import ADDR_WIDTH as REG_ADDR_WIDTH, ControlRegisters
+from .weight_fifo import WeightFifo
+
+__all__ = ["Accelerator", "CORE_PORTS", "build_constants"]
+
+#: Ports the token datapath must have (``hw.token_core.TokenCore`` or a stand-in): name -> (direction, width);
+#: ``weights`` and ``logits`` are streams. ``intermediate`` is optional.
+CORE_PORTS = {"start": (In, 1), "clear_state": (In, 1), "hidden": (In, 16), "layers": (In, 16),
+              "embed_stride": (In, 16), "busy": (Out, 1), "done": (Out, 1), "error": (Out, 8),
+              "argmax": (Out, 32), "argmax_value": (Out, 32), "phase": (Out, 3), "weight_wait": (Out, 1)}
+
+_PHASE_COUNTERS = {regs.Phase.EMBED: "cycles_embed", regs.Phase.PREP: "cycles_prep",
+                   regs.Phase.MATVEC: "cycles_matvec", regs.Phase.ELEMENTWISE: "cycles_elementwise",
+                   regs.Phase.HEAD: "cycles_head"}
+
+
+class _State(enum.Enum, shape=3):
+    IDLE = 0
+    CLEAR = 1        # the core zeroes its recurrent state
+    PREPARE = 2      # embedding row address: EMBED_ADDR + TOKEN * EMBED_STRIDE
+    LAUNCH = 3       # hand the reads (and the logits write) to the masters
+    RUN = 4          # the core computes; reads run ahead into the weight FIFO
+    DRAIN = 5        # the core is done: discard unread data, wait for every response
+    ABORT = 6        # an AXI error or a starved core: core held in reset, drain as above
+    FINISH = 7
+
+
+def _log2_exact(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value & (value - 1):
+        raise ValueError(f"{name} must be a power of two, not {value!r}")
+    return value.bit_length() - 1
+
+
+def _int_in(name, value, lo, hi):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], not {value}")
+
+
+def build_constants(*, bus_bytes, ports, engine_bytes, rows_per_block, max_hidden, max_layers,
+                    max_intermediate, max_vocab, design_hash) -> dict[str, int]:
+    """The build-identity registers (DESIGN_HASH, BUILD_CONFIG, CAPACITY_*) of a build."""
+    b = regs.BY_NAME
+    return {
+        "DESIGN_HASH": design_hash,
+        "BUILD_CONFIG": (b["BUILD_CONFIG"].field("bus_bytes_log2").put(_log2_exact("bus_bytes", bus_bytes)) |
+                         b["BUILD_CONFIG"].field("ports").put(ports) |
+                         b["BUILD_CONFIG"].field("engine_bytes_log2").put(_log2_exact("engine_bytes", engine_bytes)) |
+                         b["BUILD_CONFIG"].field("rows_per_block_log2").put(
+                             _log2_exact("rows_per_block", rows_per_block))),
+        "CAPACITY_DIMS": (b["CAPACITY_DIMS"].field("max_hidden").put(max_hidden) |
+                          b["CAPACITY_DIMS"].field("max_layers").put(max_layers)),
+        "CAPACITY_INNER": (b["CAPACITY_INNER"].field("max_intermediate").put(max_intermediate) |
+                           b["CAPACITY_INNER"].field("max_vocab_log2").put(max(1, math.ceil(math.log2(max_vocab))))),
+    }
+
+
+class Accelerator(wiring.Component):
+    """One token per START: the MatMul-free LM accelerator with AXI4 memory ports and AXI4-Lite registers.
+
+    On ``CONTROL.start`` (register map: ``hw/registers.py``):
+
+    1. if ``TOKEN >= VOCAB``: ``STATUS.error = TOKEN_RANGE`` and done, with no
+       memory access;
+    2. otherwise two reads are queued on the :class:`AxiReader`: the token's
+       embedding row (``EMBED_STRIDE`` bytes at ``EMBED_ADDR + TOKEN *
+       EMBED_STRIDE``) and the whole STREAM region (``STREAM_BYTES`` at
+       ``STREAM_ADDR``); the data passes through the :class:`WeightFifo` to the
+       core's ``weights``, and ``core.start`` is pulsed. The reader issues a
+       burst whenever there is room downstream for it, so DDR keeps streaming
+       while the core computes.
+    3. the core's ``logits`` (V int32) are written by the :class:`AxiWriter`
+       to ``LOGITS_ADDR`` (if nonzero; else discarded);
+    4. done (``STATUS.done`` set, ``irq`` high until it is cleared) when the
+       core is done, every write is acknowledged and every read has drained
+       (data the core did not take is discarded).
+
+    Errors never hang it: a read or write response SLVERR/DECERR
+    (``AXI_READ``/``AXI_WRITE``), or a core that wants weight bytes after
+    the requested ones are all delivered (``STREAM_SHORT``), abort the
+    token: no more bursts are issued, the core is held in reset (its state
+    memories keep their contents, partly updated: clear the state before the
+    next sequence), outstanding bursts complete (writes with empty strobes)
+    and are discarded, then done with the error code. A core error (done
+    with ``error`` nonzero) drains the same way with the core's code.
+
+    ``CONTROL.clear_state`` (when no token runs) is passed to the core; a
+    START written together with it, or while the clear runs, runs after it.
+    A START while a token runs is ignored.
+
+    Counters (cleared at START): CYCLES_TOTAL (START to done),
+    CYCLES_WEIGHT_WAIT (``core.weight_wait``), CYCLES_<phase> (``core.phase``),
+    BYTES_READ (R beats x bus width); TOKENS counts error-free tokens since
+    the last clear_state.
+
+    Ports (flat, with the names Vivado's IP packager infers)
+    -----
+    m_axi_p0_* : AXI4 master, read and write channels (the logits writes use it).
+    m_axi_p1_* .. m_axi_p<ports-1>_* : AXI4 read-only masters.
+    s_axil_* : AXI4-Lite slave, 8 address bits (the register window).
+    irq : level interrupt, ``STATUS.done``.
+
+    Parameters
+    ----------
+    bus_bytes : 8 (Zynq-7000 HP, 64-bit) or 16 (Zynq UltraScale+ HP, 128-bit).
+    ports : 1..4 AXI read ports.
+    engine_bytes : weight bytes per ``core.weights`` beat (power of two, 4..256).
+    rows_per_block : the weight image's rows_per_block (power of two, multiple of engine_bytes).
+    fifo_bytes : weight FIFO depth (power of two).
+    max_hidden, max_layers, max_intermediate, max_vocab : the core's capacity.
+    design_hash : the build's content hash, low 32 bits (DESIGN_HASH register).
+    outstanding : read (and write) bursts in flight per port, 1..16.
+    addr_width : AXI address bits (32).
+    core : the token datapath (default ``TokenCore`` with these parameters);
+        any component with the ``CORE_PORTS`` and the ``weights``/``logits`` streams.
+
+    Attributes
+    ----------
+    reader, writer, weight_fifo, registers : the units, for inspection.
+    constants : the build-identity register values.
+    """
+
+    def __init__(self, *, bus_bytes: int, ports: int, engine_bytes: int, rows_per_block: int, fifo_bytes: int,
+                 max_hidden: int, max_layers: int, max_intermediate: int, max_vocab: int, design_hash: int = 0,
+                 outstanding: int = 4, addr_width: int = 32, core=None):
+        if bus_bytes not in (8, 16):
+            raise ValueError(f"bus_bytes must be 8 or 16, not {bus_bytes!r}")
+        _int_in("ports", ports, 1, 4)
+        _log2_exact("engine_bytes", engine_bytes)
+        _int_in("engine_bytes", engine_bytes, 4, 256)
+        _log2_exact("rows_per_block", rows_per_block)
+        if rows_per_block % engine_bytes or rows_per_block >= (1 << 16):
+            raise ValueError(f"rows_per_block must be a multiple of engine_bytes ({engine_bytes}) "
+                             f"below 65536, not {rows_per_block}")
+        _int_in("max_hidden", max_hidden, 1, 65535)
+        _int_in("max_layers", max_layers, 1, 65535)
+        _int_in("max_intermediate", max_intermediate, 1, 65535)
+        _int_in("max_vocab", max_vocab, 1, 1 << 24)
+        _int_in("design_hash", design_hash, 0, (1 << 32) - 1)
+        _int_in("outstanding", outstanding, 1, 16)
+        self.params = dict(bus_bytes=bus_bytes, ports=ports, engine_bytes=engine_bytes,
+                           rows_per_block=rows_per_block, fifo_bytes=fifo_bytes, max_hidden=max_hidden,
+                           max_layers=max_layers, max_intermediate=max_intermediate, max_vocab=max_vocab,
+                           design_hash=design_hash, outstanding=outstanding, addr_width=addr_width)
+        width = max(engine_bytes, bus_bytes * (1 << (ports - 1).bit_length()))
+        if (not isinstance(fifo_bytes, int) or isinstance(fifo_bytes, bool) or fifo_bytes < 2 * width
+                or fifo_bytes & (fifo_bytes - 1)):
+            raise ValueError(f"fifo_bytes must be a power of two of at least {2 * width}, not {fifo_bytes!r}")
+        self.reader = AxiReader(bus_bytes=bus_bytes, ports=ports, addr_width=addr_width, outstanding=outstanding)
+        self.writer = AxiWriter(bus_bytes=bus_bytes, addr_width=addr_width, outstanding=outstanding)
+        self.weight_fifo = WeightFifo(in_bytes=self.reader.word_bytes, out_bytes=engine_bytes,
+                                      depth_bytes=fifo_bytes)
+        self.constants = build_constants(bus_bytes=bus_bytes, ports=ports, engine_bytes=engine_bytes,
+                                         rows_per_block=rows_per_block, max_hidden=max_hidden,
+                                         max_layers=max_layers, max_intermediate=max_intermediate,
+                                         max_vocab=max_vocab, design_hash=design_hash)
+        self.registers = ControlRegisters(constants=self.constants)
+        if core is None:
+            from .token_core import TokenCore
+            core = TokenCore(engine_bytes=engine_bytes, rows_per_block=rows_per_block, max_hidden=max_hidden,
+                             max_layers=max_layers, max_intermediate=max_intermediate, max_vocab=max_vocab)
+        self._check_core(core, engine_bytes)
+        self.core = core
+
+        self._read_sig = AXI4ReadSignature(addr_width=addr_width, data_bytes=bus_bytes)
+        self._write_sig = AXI4WriteSignature(addr_width=addr_width, data_bytes=bus_bytes)
+        members = flat_ports("m_axi_p0", AXI4Signature(addr_width=addr_width, data_bytes=bus_bytes))
+        for p in range(1, ports):
+            members.update(flat_ports(f"m_axi_p{p}", self._read_sig))
+        members.update(flat_ports("s_axil", AXI4LiteSignature(addr_width=REG_ADDR_WIDTH).flip()))
+        members["irq"] = Out(1)
+        super().__init__(members)
+
+    @staticmethod
+    def _check_core(core, engine_bytes):
+        members = getattr(getattr(core, "signature", None), "members", None)
+        if members is None:
+            raise TypeError(f"core must be a wiring.Component, not {core!r}")
+        for name, (flow, width) in CORE_PORTS.items():
+            if name not in members or not members[name].is_port or members[name].flow != flow:
+                raise ValueError(f"core has no {flow.name.lower()}put port {name!r}")
+        for name in ("weights", "logits"):
+            if name not in members or members[name].is_port:
+                raise ValueError(f"core has no stream port {name!r}")
+        width = members["weights"].signature.members["payload"].shape
+        if getattr(width, "width", None) != 8 * engine_bytes:
+            raise ValueError(f"core.weights must carry {8 * engine_bytes}-bit beats (engine_bytes), not {width!r}")
+
+    def elaborate(self, platform):
+        m = Module()
+        P, B = self.params["ports"], self.params["bus_bytes"]
+        m.submodules.registers = rg = self.registers
+        m.submodules.reader = reader = self.reader
+        m.submodules.writer = writer = self.writer
+        m.submodules.weight_fifo = fifo = self.weight_fifo
+        core_reset = Signal()
+        m.submodules.core = ResetInserter(core_reset)(self.core)
+        core = self.core
+
+        # ---- the flat top-level ports ----------------------------------------------------
+        wiring.connect(m, wiring.flipped(FlatInterface(self, "s_axil", AXI4LiteSignature(
+            addr_width=REG_ADDR_WIDTH).flip())), rg.axil)
+        for p in range(P):
+            wiring.connect(m, wiring.flipped(FlatInterface(self, f"m_axi_p{p}", self._read_sig)), reader.bus[p])
+        wiring.connect(m, wiring.flipped(FlatInterface(self, "m_axi_p0", self._write_sig)), writer.bus)
+        m.d.comb += self.irq.eq(rg.status_done)
+
+        # ---- data path: reader -> weight FIFO -> core -> (writer) ------------------------------
+        wiring.connect(m, reader.data, fifo.i)
+        wiring.connect(m, fifo.o, core.weights)
+        m.d.comb += [core.hidden.eq(rg.model_dims_hidden), core.layers.eq(rg.model_dims_layers),
+                     core.embed_stride.eq(rg.embed_stride[:16])]
+        if "intermediate" in core.signature.members:
+            m.d.comb += core.intermediate.eq(rg.model_inner_intermediate)
+
+        state = Signal(_State)
+        error = Signal(8)
+        start_pending = Signal()
+        clear_pending = Signal()
+        settle = Signal()                                   # the core's busy follows its pulse a cycle later
+        embed_row = Signal(48)                              # TOKEN * EMBED_STRIDE
+        embed_sent = Signal()
+        stream_sent = Signal()
+        write_sent = Signal()
+        logits_on = Signal()                                # LOGITS_ADDR != 0 for this token
+        logits_left = Signal(32)
+        tokens = Signal(32)
+        running = Signal()                                  # a token is in progress (counters run)
+        addr_mask = (1 << self.params["addr_width"]) - 1
+
+        embed_addr = Cat(rg.embed_addr_lo, rg.embed_addr_hi)
+        stream_addr = Cat(rg.stream_addr_lo, rg.stream_addr_hi)
+        logits_addr = Cat(rg.logits_addr_lo, rg.logits_addr_hi)
+
+        with m.If(rg.control_start & ((state == _State.IDLE) | (state == _State.CLEAR))):
+            m.d.sync += start_pending.eq(1)
+        with m.If(rg.control_clear_state & (state == _State.IDLE)):
+            m.d.sync += clear_pending.eq(1)
+
+        # Logits: to the writer while it expects them, otherwise dropped so the core never stalls.
+        to_writer = logits_on & (logits_left != 0) & (state == _State.RUN)
+        with m.If(to_writer):
+            m.d.comb += [writer.data.payload.eq(core.logits.payload.value), writer.data.valid.eq(core.logits.valid),
+                         core.logits.ready.eq(writer.data.ready)]
+        with m.Else():
+            m.d.comb += core.logits.ready.eq(1)
+        with m.If(core.logits.valid & core.logits.ready & (logits_left != 0)):
+            m.d.sync += logits_left.eq(logits_left - 1)
+
+        reads_delivered = embed_sent & stream_sent & reader.idle & fifo.empty
+
+        with m.Switch(state):
+            with m.Case(_State.IDLE):
+                with m.If(clear_pending & ~core.busy):
+                    m.d.comb += core.clear_state.eq(1)
+                    m.d.sync += [clear_pending.eq(0), tokens.eq(0), settle.eq(1), state.eq(_State.CLEAR)]
+                with m.Elif(start_pending & ~clear_pending & ~core.busy):
+                    m.d.sync += [start_pending.eq(0), error.eq(0)]
+                    with m.If(rg.token >= rg.vocab):
+                        m.d.sync += [error.eq(regs.ErrorCode.TOKEN_RANGE), state.eq(_State.FINISH)]
+                    with m.Else():
+                        m.d.sync += [embed_row.eq(rg.token * rg.embed_stride[:16]), state.eq(_State.PREPARE),
+                                     embed_sent.eq(0), stream_sent.eq(0), write_sent.eq(0),
+                                     logits_on.eq(logits_addr != 0), logits_left.eq(rg.vocab)]
+                        m.d.comb += fifo.flush.eq(1)
+            with m.Case(_State.CLEAR):
+                m.d.sync += settle.eq(0)
+                with m.If(~settle & ~core.busy):
+                    m.d.sync += state.eq(_State.IDLE)
+            with m.Case(_State.PREPARE):
+                m.d.sync += state.eq(_State.LAUNCH)
+            with m.Case(_State.LAUNCH):
+                m.d.comb += [reader.cmd.valid.eq(~stream_sent),
+                             reader.cmd.payload.addr.eq(((embed_addr + embed_row) & addr_mask)),
+                             reader.cmd.payload.length.eq(rg.embed_stride)]
+                with m.If(embed_sent):
+                    m.d.comb += [reader.cmd.payload.addr.eq(stream_addr & addr_mask),
+                                 reader.cmd.payload.length.eq(rg.stream_bytes)]
+                with m.If(reader.cmd.ready & ~stream_sent):
+                    m.d.sync += [embed_sent.eq(1), stream_sent.eq(embed_sent)]
+                m.d.comb += [writer.cmd.valid.eq(logits_on & ~write_sent),
+                             writer.cmd.payload.addr.eq(logits_addr & addr_mask),
+                             writer.cmd.payload.words.eq(rg.vocab)]
+                with m.If(writer.cmd.ready & writer.cmd.valid):
+                    m.d.sync += write_sent.eq(1)
+                with m.If(stream_sent & (write_sent | ~logits_on)):
+                    m.d.comb += core.start.eq(1)
+                    m.d.sync += state.eq(_State.RUN)
+            with m.Case(_State.RUN):
+                with m.If(reader.read_error):
+                    m.d.sync += [error.eq(regs.ErrorCode.AXI_READ), state.eq(_State.ABORT)]
+                with m.Elif(writer.write_error):
+                    m.d.sync += [error.eq(regs.ErrorCode.AXI_WRITE), state.eq(_State.ABORT)]
+                with m.Elif(core.done):
+                    m.d.sync += [error.eq(core.error), state.eq(_State.DRAIN)]
+                with m.Elif(reads_delivered & core.weight_wait):
+                    m.d.sync += [error.eq(regs.ErrorCode.STREAM_SHORT), state.eq(_State.ABORT)]
+            with m.Case(_State.DRAIN, _State.ABORT):
+                m.d.comb += [reader.abort.eq(1), writer.abort.eq(1), fifo.flush.eq(1),
+                             core_reset.eq(state == _State.ABORT)]
+                # A write error found while the last responses come back still counts.
+                with m.If(writer.write_error & (error == 0)):
+                    m.d.sync += error.eq(regs.ErrorCode.AXI_WRITE)
+                with m.If(reader.idle & writer.idle):
+                    m.d.sync += state.eq(_State.FINISH)
+            with m.Case(_State.FINISH):
+                m.d.comb += rg.status_done_set.eq(1)
+                m.d.sync += state.eq(_State.IDLE)
+                with m.If(error == 0):
+                    m.d.sync += tokens.eq(tokens + 1)
+
+        # ---- status and counters ------------------------------------------------------------
+        m.d.comb += [running.eq((state != _State.IDLE) & (state != _State.CLEAR)),
+                     rg.status_busy.eq((state != _State.IDLE) | core.busy | start_pending | clear_pending),
+                     rg.status_error.eq(error), rg.tokens.eq(tokens),
+                     rg.argmax.eq(core.argmax), rg.argmax_value.eq(core.argmax_value)]
+        starting = (state == _State.IDLE) & start_pending & ~clear_pending & ~core.busy
+        counters = {"cycles_total": 1, "cycles_weight_wait": core.weight_wait,
+                    "bytes_read": reader.beats * B}
+        for phase, name in _PHASE_COUNTERS.items():
+            counters[name] = core.phase == phase
+        for name, increment in counters.items():
+            port = getattr(rg, name)
+            count = Signal(32, name=f"count_{name}")
+            m.d.comb += port.eq(count)
+            with m.If(starting):
+                m.d.sync += count.eq(0)
+            with m.Elif(running & (state != _State.FINISH)):
+                m.d.sync += count.eq(count + increment)
+        return m

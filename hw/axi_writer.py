@@ -1,0 +1,168 @@
+"""Burst write master: a stream of 32-bit words to consecutive memory addresses."""
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .axi import AXI4WriteSignature, AxiBurst, BOUNDARY_BYTES, CACHE_NORMAL, MAX_BURST_BEATS, check_widths
+from .stream_fifo import StreamFifo
+
+__all__ = ["AxiWriter", "write_command_layout"]
+
+
+def write_command_layout(addr_width: int) -> data.StructLayout:
+    """A write command: ``words`` 32-bit words to bus address ``addr`` (a multiple of 4)."""
+    return data.StructLayout({"addr": unsigned(addr_width), "words": unsigned(32)})
+
+
+class AxiWriter(wiring.Component):
+    """Write ``words`` 32-bit words from ``data`` to memory at ``addr`` with AXI4 INCR bursts.
+
+    A command is cut into bursts at every ``burst_bytes`` address boundary
+    (the largest power of two of at most 256 beats and 4 KiB, so no burst
+    crosses 4 KiB); AW of a burst is issued as soon as the command is
+    known, up to ``outstanding`` bursts ahead of their write responses. Words
+    are packed little-endian into bus beats at their address lanes; WSTRB
+    marks the lanes written, so ``addr`` need only be 4-byte aligned and
+    partial first and last beats leave their other bytes untouched.
+
+    Ports
+    -----
+    cmd : stream of :func:`write_command_layout` (low two bits of ``addr``
+        ignored). Accepted once the previous command's bursts are all issued.
+    data : stream of ``unsigned(32)``, the words in address order, exactly
+        ``words`` per command.
+    bus : AXI4 write master (``AXI4WriteSignature``): one ID (0), ARCACHE 0b0011.
+    abort : while high, no burst is issued, ``data`` is not taken, and every
+        burst already issued is completed with beats whose WSTRB is 0 (they
+        write nothing), as AXI requires a burst's every beat. Hold it until
+        ``idle``.
+    idle : every issued burst has its write response; no command in progress.
+    write_error : one-cycle pulse for each write response SLVERR or DECERR.
+
+    Parameters
+    ----------
+    bus_bytes : int, AXI data width in bytes (power of two, 4..128).
+    addr_width : int, address bits (12..64).
+    outstanding : int, 1..16 bursts issued ahead of their write responses.
+
+    Attributes
+    ----------
+    latency : cycles from a command transfer to AWVALID (2).
+    Throughput: one 32-bit word per cycle (the logits arrive slower than that).
+    """
+
+    latency = 2
+
+    def __init__(self, *, bus_bytes: int, addr_width: int = 32, outstanding: int = 4):
+        check_widths(addr_width=addr_width, data_bytes=bus_bytes)
+        if not isinstance(outstanding, int) or isinstance(outstanding, bool):
+            raise TypeError(f"outstanding must be an integer, not {outstanding!r}")
+        if not 1 <= outstanding <= 16:
+            raise ValueError(f"outstanding must be in [1, 16], not {outstanding}")
+        self.bus_bytes, self.addr_width, self.outstanding = bus_bytes, addr_width, outstanding
+        self.burst_bytes = min(BOUNDARY_BYTES, MAX_BURST_BEATS * bus_bytes)
+        super().__init__({
+            "cmd": In(stream.Signature(write_command_layout(addr_width))),
+            "data": In(stream.Signature(unsigned(32))),
+            "bus": Out(AXI4WriteSignature(addr_width=addr_width, data_bytes=bus_bytes)),
+            "abort": In(1),
+            "idle": Out(1),
+            "write_error": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        B = self.bus_bytes
+        L = B // 4                                          # 32-bit lanes per beat
+        lane_bits = max(1, (L - 1).bit_length())
+        size_log2 = (B - 1).bit_length()
+        burst_words = self.burst_bytes // 4
+        max_beats = self.burst_bytes // B
+        bus = self.bus
+
+        # ---- AW: cut the command into bursts ------------------------------------------------
+        addr = Signal(self.addr_width)
+        left = Signal(32)                                   # words not yet given a burst
+        m.d.comb += self.cmd.ready.eq((left == 0) & ~self.abort)
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += [addr.eq(self.cmd.payload.addr & ~3), left.eq(self.cmd.payload.words)]
+
+        # words = min(left, (burst_bytes - addr % burst_bytes) / 4); beats = ceil((lane0 + words) / L)
+        room = Signal(range(burst_words + 1))
+        nwords = Signal(range(burst_words + 1))
+        lane0 = Signal(range(max(L, 2)))
+        nbeats = Signal(range(max_beats + 1))
+        m.d.comb += [room.eq((self.burst_bytes - addr[:(self.burst_bytes - 1).bit_length()]) >> 2),
+                     nwords.eq(Mux(left < room, left, room)),
+                     lane0.eq(addr[2:size_log2] if L > 1 else 0),
+                     nbeats.eq((lane0 + nwords + L - 1) >> (lane_bits if L > 1 else 0))]
+
+        info_layout = data.StructLayout({"beats": range(max_beats + 1), "words": range(burst_words + 1),
+                                         "lane": range(max(L, 2))})
+        m.submodules.bursts = bursts = StreamFifo(shape=info_layout, depth=max(2, self.outstanding))
+        in_flight = Signal(range(self.outstanding + 1))     # bursts issued without a write response
+        aw_valid = Signal()
+        issue = Signal()
+        m.d.comb += [issue.eq((left != 0) & ~self.abort & ~aw_valid & (in_flight < self.outstanding) &
+                              bursts.i.ready),
+                     bursts.i.valid.eq(issue),
+                     bursts.i.payload.beats.eq(nbeats), bursts.i.payload.words.eq(nwords),
+                     bursts.i.payload.lane.eq(lane0)]
+        with m.If(issue):
+            m.d.sync += [addr.eq(addr + (nwords << 2)), left.eq(left - nwords), aw_valid.eq(1),
+                         bus.awaddr.eq(addr & ~(B - 1)), bus.awlen.eq(nbeats - 1)]
+        with m.Elif(bus.awready):
+            m.d.sync += aw_valid.eq(0)
+        with m.If(self.abort):
+            m.d.sync += left.eq(0)
+        m.d.comb += [bus.awid.eq(0), bus.awsize.eq(size_log2), bus.awburst.eq(AxiBurst.INCR),
+                     bus.awcache.eq(CACHE_NORMAL), bus.awprot.eq(0), bus.awvalid.eq(aw_valid)]
+
+        # ---- W: pack words into beats at their lanes ----------------------------------------
+        beats_left = Signal(range(max_beats + 1))           # beats of the current burst still to send
+        words_left = Signal(range(burst_words + 1))
+        lane = Signal(range(max(L, 2)))
+        part_data = Signal(8 * B)                           # the beat being assembled
+        part_strb = Signal(B)
+        out_free = Signal()
+        m.d.comb += [out_free.eq(~bus.wvalid | bus.wready),
+                     bursts.o.ready.eq(beats_left == 0)]
+        with m.If(bus.wvalid & bus.wready):
+            m.d.sync += bus.wvalid.eq(0)
+        with m.If(bursts.o.valid & bursts.o.ready):
+            m.d.sync += [beats_left.eq(bursts.o.payload.beats), words_left.eq(bursts.o.payload.words),
+                         lane.eq(bursts.o.payload.lane)]
+
+        word_data = Signal(8 * B)
+        word_strb = Signal(B)
+        m.d.comb += [word_data.eq(Cat(*[self.data.payload for _ in range(L)])),  # the word on every lane
+                     word_strb.eq(Const(0xF, 4) << (lane << 2))]
+        completes = Signal()
+        m.d.comb += completes.eq((lane == L - 1) | (words_left == 1))
+        m.d.comb += self.data.ready.eq((beats_left != 0) & (words_left != 0) & ~self.abort &
+                                       (~completes | out_free))
+        lane_mask = Signal(8 * B)
+        m.d.comb += lane_mask.eq(Cat(*[Mux(word_strb[4 * j], 0xFFFFFFFF, 0) for j in range(L)]))
+        new_data = (part_data & ~lane_mask) | (word_data & lane_mask)
+        with m.If(self.data.valid & self.data.ready):
+            m.d.sync += words_left.eq(words_left - 1)
+            with m.If(completes):
+                m.d.sync += [bus.wdata.eq(new_data), bus.wstrb.eq(part_strb | word_strb),
+                             bus.wlast.eq(beats_left == 1), bus.wvalid.eq(1),
+                             beats_left.eq(beats_left - 1), lane.eq(0), part_strb.eq(0)]
+            with m.Else():
+                m.d.sync += [part_data.eq(new_data), part_strb.eq(part_strb | word_strb), lane.eq(lane + 1)]
+        with m.Elif(self.abort & (beats_left != 0) & out_free):
+            # Complete the issued burst: what was assembled is sent, the rest writes nothing.
+            m.d.sync += [bus.wdata.eq(part_data), bus.wstrb.eq(part_strb), bus.wlast.eq(beats_left == 1),
+                         bus.wvalid.eq(1), beats_left.eq(beats_left - 1), lane.eq(0), part_strb.eq(0)]
+
+        # ---- B: responses ------------------------------------------------------------------
+        got_b = Signal()
+        m.d.comb += [bus.bready.eq(1), got_b.eq(bus.bvalid & bus.bready),
+                     self.write_error.eq(got_b & bus.bresp[1])]
+        m.d.sync += in_flight.eq(in_flight + issue - got_b)
+        m.d.comb += self.idle.eq((left == 0) & ~aw_valid & (in_flight == 0))
+        return m

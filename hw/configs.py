@@ -1,0 +1,138 @@
+"""Named accelerator configurations: build parameters and the memory system they meet.
+
+One table, plain Python (no amaranth import), read by the simulator transport
+(which builds ``Accelerator(**config.accelerator_params())`` and the DDR
+model with ``config.ddr_params()``), by the benchmark, and later by the
+synthesis flow. A configuration is chosen by name (``--config pynq-z2``).
+
+The DDR figures are the roofline the benchmark compares against: the bytes
+per cycle the board's memory delivers to the fabric at the accelerator's
+clock, shared by all read ports.
+
+* ``pynq-z2``: Zynq-7020, two 64-bit HP ports, 150 MHz fabric clock,
+  14 B/cycle = 2.1 GB/s (what the 16-bit DDR3-1066 of the board sustains).
+* ``kv260``: Zynq UltraScale+ K26, four 128-bit HP ports, 250 MHz,
+  64 B/cycle = 16 GB/s (64-bit DDR4-2400, about 83 % of its 19.2 GB/s peak).
+* ``sim-default``: the PYNQ-Z2 memory system with capacities sized for the
+  bundled model (and the tiny test model): a smaller, faster Verilator build
+  for CI and ``mmfree generate --backend sim``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from fractions import Fraction
+
+__all__ = ["AcceleratorConfig", "CONFIGS", "ConfigError", "DEFAULT_SIM_CONFIG", "get_config"]
+
+
+class ConfigError(ValueError):
+    """An unknown or inconsistent configuration (one-line message)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AcceleratorConfig:
+    """Build parameters of one accelerator and the memory system it is measured against.
+
+    Attributes
+    ----------
+    name : the configuration's name (``CONFIGS`` key).
+    bus_bytes : AXI4 data width of each read port in bytes (8 or 16).
+    ports : number of AXI4 read ports (1..4).
+    engine_bytes : packed weight bytes the matrix engine consumes per cycle.
+    rows_per_block : the weight image's ``rows_per_block`` this build expects.
+    fifo_bytes : weight FIFO depth between the DDR reader and the datapath.
+    outstanding : read bursts in flight per port.
+    max_hidden, max_layers, max_intermediate, max_vocab : on-chip capacity.
+    clock_hz : fabric clock the projections use.
+    ddr_bytes_per_cycle : DDR bandwidth at ``clock_hz`` (a fraction, shared by the ports).
+    ddr_latency_cycles : read latency of the DDR model (address to first beat).
+    ddr_bytes : size of the simulated DDR (images and buffers must fit).
+    """
+
+    name: str
+    bus_bytes: int
+    ports: int
+    engine_bytes: int
+    rows_per_block: int
+    fifo_bytes: int
+    outstanding: int
+    max_hidden: int
+    max_layers: int
+    max_intermediate: int
+    max_vocab: int
+    clock_hz: float
+    ddr_bytes_per_cycle: Fraction
+    ddr_latency_cycles: int
+    ddr_bytes: int
+    description: str = ""
+
+    def __post_init__(self):
+        if self.bus_bytes not in (8, 16):
+            raise ConfigError(f"{self.name}: bus_bytes must be 8 or 16, not {self.bus_bytes}")
+        if not 1 <= self.ports <= 4:
+            raise ConfigError(f"{self.name}: ports must be 1..4, not {self.ports}")
+        if self.rows_per_block % self.engine_bytes:
+            raise ConfigError(f"{self.name}: rows_per_block {self.rows_per_block} is not a multiple of "
+                             f"engine_bytes {self.engine_bytes}")
+        if self.ddr_bytes_per_cycle <= 0 or self.ddr_bytes_per_cycle > self.bus_bytes * self.ports:
+            raise ConfigError(f"{self.name}: ddr_bytes_per_cycle must be in (0, bus_bytes * ports]")
+
+    @property
+    def ddr_bytes_per_second(self) -> float:
+        return float(self.ddr_bytes_per_cycle) * self.clock_hz
+
+    @property
+    def max_vocab_log2(self) -> int:
+        """Width of the logits counter: the build holds V <= 2**max_vocab_log2."""
+        return max(1, math.ceil(math.log2(self.max_vocab)))
+
+    def accelerator_params(self, design_hash: int = 0) -> dict:
+        """Keyword arguments of ``hw.accelerator.Accelerator`` for this build."""
+        return dict(bus_bytes=self.bus_bytes, ports=self.ports, engine_bytes=self.engine_bytes,
+                    rows_per_block=self.rows_per_block, fifo_bytes=self.fifo_bytes,
+                    max_hidden=self.max_hidden, max_layers=self.max_layers,
+                    max_intermediate=self.max_intermediate, max_vocab=self.max_vocab,
+                    design_hash=design_hash, outstanding=self.outstanding)
+
+    def ddr_params(self) -> dict:
+        """Parameters of the simulated DDR (sim/ddr_model.v) for this configuration."""
+        bw = Fraction(self.ddr_bytes_per_cycle)
+        return dict(bandwidth_num=bw.numerator, bandwidth_den=bw.denominator,
+                    latency_cycles=self.ddr_latency_cycles, size_bytes=self.ddr_bytes)
+
+    def roofline_cycles(self, bytes_moved: int) -> float:
+        """Cycles the DDR needs to deliver ``bytes_moved`` at its sustained bandwidth."""
+        return bytes_moved / float(self.ddr_bytes_per_cycle)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["ddr_bytes_per_cycle"] = float(self.ddr_bytes_per_cycle)
+        return d
+
+
+_FULL_370M = dict(max_hidden=1024, max_layers=24, max_intermediate=2816, max_vocab=32000,
+                  ddr_bytes=96 << 20)
+
+CONFIGS: dict[str, AcceleratorConfig] = {c.name: c for c in (
+    AcceleratorConfig("pynq-z2", bus_bytes=8, ports=2, engine_bytes=16, rows_per_block=64, fifo_bytes=16384,
+                      outstanding=4, clock_hz=150e6, ddr_bytes_per_cycle=Fraction(14), ddr_latency_cycles=24,
+                      description="Zynq-7020, 2 x 64-bit HP ports, 150 MHz, 2.1 GB/s", **_FULL_370M),
+    AcceleratorConfig("kv260", bus_bytes=16, ports=4, engine_bytes=64, rows_per_block=64, fifo_bytes=65536,
+                      outstanding=4, clock_hz=250e6, ddr_bytes_per_cycle=Fraction(64), ddr_latency_cycles=48,
+                      description="Zynq UltraScale+ K26, 4 x 128-bit HP ports, 250 MHz, 16 GB/s", **_FULL_370M),
+    AcceleratorConfig("sim-default", bus_bytes=8, ports=2, engine_bytes=16, rows_per_block=64, fifo_bytes=16384,
+                      outstanding=4, clock_hz=150e6, ddr_bytes_per_cycle=Fraction(14), ddr_latency_cycles=24,
+                      max_hidden=256, max_layers=8, max_intermediate=768, max_vocab=4096, ddr_bytes=8 << 20,
+                      description="PYNQ-Z2 memory system, capacity of the bundled model (D 256, L 6, I 768, V 4096)"),
+)}
+
+#: What ``mmfree generate --backend sim`` builds unless told otherwise.
+DEFAULT_SIM_CONFIG = "sim-default"
+
+
+def get_config(name: str) -> AcceleratorConfig:
+    """The configuration called ``name``; :class:`ConfigError` (one line) otherwise."""
+    if name not in CONFIGS:
+        raise ConfigError(f"unknown accelerator configuration {name!r} (choose from {', '.join(CONFIGS)})")
+    return CONFIGS[name]

@@ -1,0 +1,113 @@
+"""Build the ``accel_tb`` bench: an ``Accelerator`` on the simulated DDR, in Verilator.
+
+``sim/accel_tb.v`` (its header documents every port) instantiates
+``accel_dut``, the module :class:`AccelDut` generates here: the accelerator
+with its AXI4 read ports packed into vectors (port p of ``rd_araddr`` at
+``[p*32 +: 32]``) so that one Verilog file serves 1 to 4 ports, and
+``sim/ddr_model.v`` behind it.
+
+Typical use (host side)::
+
+    from mmfree.hw.accelerator import Accelerator
+    from mmfree.hw.configs import get_config
+    cfg = get_config("sim-default")
+    tb = build_accel_tb(Accelerator(**cfg.accelerator_params(design_hash)), cfg.ddr_params())
+    result, run_dir = tb.run("mmfree.sim.accel_server", extra_env={...})
+
+and inside the cocotb module, ``AxiLiteBus.from_prefix(dut, "s_axil")`` for the
+registers and :class:`mmfree.sim.ddr_access.DdrHostAccess` for the memory.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from amaranth.hdl import Module, Shape
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from mmfree.hw.axi import AXI4LiteSignature, AXI4ReadSignature, AXI4WriteSignature, flat_ports
+from mmfree.hw.control_registers import ADDR_WIDTH as REG_ADDR_WIDTH
+
+from .runner import Build, build
+
+__all__ = ["AccelDut", "TB_SOURCES", "DUT_NAME", "TOPLEVEL", "tb_parameters", "build_accel_tb",
+           "simulate_accel_tb"]
+
+_HERE = Path(__file__).resolve().parent
+#: The hand-written Verilog of the bench.
+TB_SOURCES = (_HERE / "ddr_model.v", _HERE / "accel_tb.v")
+#: Module name of the generated accelerator wrapper, and of the bench's top.
+DUT_NAME = "accel_dut"
+TOPLEVEL = "accel_tb"
+#: ddr_params() keys -> accel_tb Verilog parameters.
+_DDR_PARAMETERS = {"bandwidth_num": "BW_NUM", "bandwidth_den": "BW_DEN", "latency_cycles": "LATENCY",
+                   "size_bytes": "SIZE_BYTES"}
+
+
+class AccelDut(wiring.Component):
+    """``accel_dut``: an ``Accelerator`` whose AXI4 ports are packed vectors ``rd_*`` (all read
+    ports, port p at bits ``[p*w +: w]``) and ``wr_*`` (port 0's write channels); ``s_axil_*``
+    and ``irq`` as on the accelerator."""
+
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+        p = accelerator.params
+        self.ports, self.addr_width, self.bus_bytes = p["ports"], p["addr_width"], p["bus_bytes"]
+        self._read = AXI4ReadSignature(addr_width=self.addr_width, data_bytes=self.bus_bytes)
+        self._write = AXI4WriteSignature(addr_width=self.addr_width, data_bytes=self.bus_bytes)
+        members = flat_ports("s_axil", AXI4LiteSignature(addr_width=REG_ADDR_WIDTH).flip())
+        members["irq"] = Out(1)
+        for path, m in self._read.members.flatten():
+            members[f"rd_{path[-1]}"] = (Out if m.flow == Out else In)(Shape.cast(m.shape).width * self.ports)
+        members.update(flat_ports("wr", self._write))
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.accelerator = acc = self.accelerator
+        for name, member in flat_ports("s_axil", AXI4LiteSignature(addr_width=REG_ADDR_WIDTH).flip()).items():
+            inner, outer = getattr(acc, name), getattr(self, name)
+            m.d.comb += (outer.eq(inner) if member.flow == Out else inner.eq(outer))
+        m.d.comb += self.irq.eq(acc.irq)
+        for path, member in self._read.members.flatten():
+            name, w = path[-1], Shape.cast(member.shape).width
+            for p in range(self.ports):
+                inner, outer = getattr(acc, f"m_axi_p{p}_{name}"), getattr(self, f"rd_{name}")[p * w:(p + 1) * w]
+                m.d.comb += (outer.eq(inner) if member.flow == Out else inner.eq(outer))
+        for path, member in self._write.members.flatten():
+            name = path[-1]
+            inner, outer = getattr(acc, f"m_axi_p0_{name}"), getattr(self, f"wr_{name}")
+            m.d.comb += (outer.eq(inner) if member.flow == Out else inner.eq(outer))
+        return m
+
+
+def tb_parameters(accelerator, ddr: dict) -> dict:
+    """Verilog parameters of ``accel_tb`` for ``accelerator`` and a configuration's ``ddr_params()``."""
+    p = accelerator.params
+    missing = sorted(set(_DDR_PARAMETERS) - set(ddr))
+    if missing:
+        raise ValueError(f"ddr parameters lack {', '.join(missing)}")
+    out = {"PORTS": p["ports"], "DATA_BYTES": p["bus_bytes"], "ADDR_W": p["addr_width"]}
+    for key, name in _DDR_PARAMETERS.items():
+        value = ddr[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "latency_cycles" else 1):
+            raise ValueError(f"ddr parameter {key} must be a positive integer, not {value!r}")
+        out[name] = value
+    if out["LATENCY"] < 2:
+        raise ValueError(f"ddr parameter latency_cycles must be at least 2, not {out['LATENCY']}")
+    if out["SIZE_BYTES"] >= 1 << 31:
+        raise ValueError(f"ddr parameter size_bytes must be below 2 GiB, not {out['SIZE_BYTES']}")
+    return out
+
+
+def build_accel_tb(accelerator, ddr: dict, *, waves: bool = False) -> Build:
+    """The cached Verilator build of ``accel_tb`` around ``accelerator`` (an ``Accelerator``)."""
+    return build(AccelDut(accelerator), toplevel=TOPLEVEL, verilog_name=DUT_NAME, extra_sources=TB_SOURCES,
+                 parameters=tb_parameters(accelerator, ddr), waves=waves)
+
+
+def simulate_accel_tb(accelerator, ddr: dict, **kwargs):
+    """``runner.simulate`` of a cocotb module against ``accel_tb`` (keyword arguments as there)."""
+    from .runner import simulate
+    return simulate(AccelDut(accelerator), toplevel=TOPLEVEL, verilog_name=DUT_NAME, extra_sources=TB_SOURCES,
+                    parameters=tb_parameters(accelerator, ddr), **kwargs)

@@ -1,0 +1,251 @@
+"""RmsQuantize against ``golden_int.norm_stats`` / ``quantize_vector`` / ``numerics.output_scale``
+(bit exact), in Verilator.
+
+This file is both the pytest module and the cocotb bench module (``bench_*``).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bitlinear_cases import (KJV, golden_input, load_image, params_from_record, random_gain, random_params,
+                             random_vector, record_gains, record_inputs)
+from mmfree.hw.rms_quantize import CODES_LAYOUT, X_LAYOUT, RmsQuantize, rms_params_layout
+from mmfree.models import numerics as nx
+from mmfree.models.weight_image import MAX_CONSUMERS, NormSource
+
+# Units built only to read their attributes are never elaborated.
+pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+
+try:  # only inside the simulator process
+    import cocotb
+except ImportError:  # pragma: no cover
+    cocotb = None
+
+#: Real records of the bundled model (inputs from the integer model's run over these tokens).
+KJV_RECORDS = ("model.layers.0.attn.in", "model.layers.1.attn.out", "model.layers.2.mlp.in",
+               "model.layers.3.mlp.out", "head")
+KJV_TOKENS = (1, 263, 90)
+
+
+def cases(max_k: int, seed: int) -> list[tuple]:
+    """(label, params, A, [G_c], x, n): real records, random records anywhere in the supported
+    ranges, and the edges (zero vector, one-LSB vector, the largest |x * G|, V = 0, eps = 0)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    if max_k >= 768:
+        image = load_image(KJV)
+        inputs = record_inputs(KJV, KJV_TOKENS)
+        for name in KJV_RECORDS:
+            rec = image.record(name)
+            a, g = record_gains(image, rec)
+            x, n = inputs[name]
+            if n is None:  # the norm field is unused: noise there must not matter
+                n = random_vector(rng, len(x), 31)
+            out.append((name, params_from_record(rec), a, g, x, n))
+
+    def add(label, params, a=None, g=None, x=None, n=None, x_bits=None):
+        k = params["k"]
+        a = random_gain(rng, k) if a is None else a
+        g = [random_gain(rng, k) for _ in range(params["consumers"])] if g is None else g
+        if x is None:
+            bits = x_bits or int(rng.integers(1, 32 if params["x_frac"] == nx.ACT_FRAC else 48))
+            x = random_vector(rng, k, bits)
+        n = random_vector(rng, k, int(rng.integers(1, 32))) if n is None else n
+        out.append((label, params, np.asarray(a), [np.asarray(v) for v in g], np.asarray(x), np.asarray(n)))
+
+    for i in range(10):
+        k = int(rng.integers(1, max_k + 1))
+        add(f"random{i}", random_params(rng, k))
+    k = max_k
+    add("max_k_gate_wide", random_params(rng, k, consumers=3, source=NormSource.GATE, x_frac=nx.WIDE_FRAC))
+    add("k1", random_params(rng, 1))
+    add("k5", random_params(rng, min(5, max_k)))
+    add("zero_x", random_params(rng, k), x=np.zeros(k, np.int64))
+    add("one_lsb", random_params(rng, k, source=NormSource.NONE, x_frac=nx.WIDE_FRAC),
+        x=np.where(np.arange(k) == k // 2, 1, 0))
+    top = -(1 << (nx.WIDE_BITS - 1))
+    add("largest_product", random_params(rng, k, consumers=3, source=NormSource.INPUT, x_frac=nx.WIDE_FRAC),
+        a=np.full(k, -(1 << 15)), g=[np.full(k, -(1 << 15))] * 3,
+        x=np.resize(np.array([top, -top - 1, 0, 1]), k))
+    # A = 0 and n = 0: s = 0 and S_n = 0, so V = 0 (all-zero outputs, inv = z = 0)
+    add("v_zero", random_params(rng, k, source=NormSource.GATE), a=np.zeros(k, np.int64), n=np.zeros(k, np.int64))
+    # A = 0 without a pre-norm: V = K * eps alone
+    add("eps_only", random_params(rng, k, source=NormSource.NONE), a=np.zeros(k, np.int64))
+    # Large sa, eps_shift 63: the eps term shifts right to zero
+    p = random_params(rng, k, source=NormSource.NONE, x_frac=0)
+    p.update(frac_a=0, eps_shift=63)
+    add("eps_underflow", p, x_bits=47)
+    # A tiny x with the largest fractions: the eps term shifts left as far as it can
+    p = random_params(rng, k, source=NormSource.NONE, x_frac=nx.WIDE_FRAC)
+    p.update(frac_a=31, eps_shift=23)
+    add("eps_left_max", p, x=np.where(np.arange(k) == 0, 1, 0), a=np.where(np.arange(k) == 0, 1, 1 << 14))
+    return out
+
+
+def gain_beats(lanes: int, k: int, vectors, rng) -> list[list[int]]:
+    """Each vector as ceil(k / lanes) beats; lanes beyond K carry random values (must be ignored)."""
+    beats = []
+    per = -(-k // lanes)
+    for v in vectors:
+        padded = rng.integers(-(1 << 15), 1 << 15, size=per * lanes)
+        padded[:k] = v
+        beats += [[int(e) for e in padded[b * lanes:(b + 1) * lanes]] for b in range(per)]
+    return beats
+
+
+def stimulus(max_k: int, lanes: int, seed: int):
+    """Payload ints for params, gains, x; and the expected codes beats and scales per case."""
+    rng = np.random.default_rng(seed + 1)
+    params_l = rms_params_layout(max_k)
+    gains_l = RmsQuantize(max_k=max_k, gain_lanes=lanes).gains.payload.shape()
+    params, gains, xs, want_codes, want_scales = [], [], [], [], []
+    for label, prm, a, g, x, n in cases(max_k, seed):
+        k = prm["k"]
+        params.append(params_l.const(prm).as_value().value)
+        gains += [gains_l.const(b).as_value().value for b in gain_beats(lanes, k, [a] + g[:prm["consumers"]], rng)]
+        for i in range(k):
+            xs.append(X_LAYOUT.const({"value": int(x[i]), "norm": int(n[i]), "last": int(i == k - 1)})
+                      .as_value().value)
+        ref = golden_input(prm, a, g, x, n)
+        groups = -(-k // nx.TRITS_PER_BYTE)
+        padded = [np.concatenate([c, np.zeros(groups * 5 - k, np.int64)]) for c in ref["codes"]]
+        for gi in range(groups):
+            want_codes.append((label, gi, [[int(c[5 * gi + j]) for j in range(5)] for c in padded],
+                               int(gi == groups - 1)))
+        want_scales.append((label, prm["consumers"], ref))
+    return params, gains, xs, want_codes, want_scales
+
+
+def check(codes_items, scales_items, want_codes, want_scales, scales_layout):
+    assert len(codes_items) == len(want_codes), f"{len(codes_items)} codes beats, want {len(want_codes)}"
+    for word, (label, gi, want, last) in zip(codes_items, want_codes):
+        beat = CODES_LAYOUT.from_bits(word)
+        got = [[int(beat.codes[c][j]) for j in range(5)] for c in range(MAX_CONSUMERS)]
+        assert (got, int(beat.last)) == (want, last), f"{label} group {gi}: codes {got}, want {want}"
+    assert len(scales_items) == len(want_scales)
+    for word, (label, consumers, ref) in zip(scales_items, want_scales):
+        s = scales_layout.from_bits(word)
+        got = {"sumsq": int(s.sumsq), "sa": int(s.sa), "inv": int(s.inv), "z": int(s.z)}
+        assert got == {key: ref[key] for key in got}, f"{label}: stats {got}, want {[ref[k] for k in got]}"
+        for c in range(consumers):
+            got = (int(s.scale[c]), int(s.peak_norm[c]), int(s.shift[c]))
+            want = (ref["scale"][c], ref["peak_norm"][c], ref["shift"][c])
+            assert got == want, f"{label} consumer {c}: (scale, M', sh) {got}, want {want}"
+            if ref["exp"][c] is not None:
+                assert int(s.exp[c]) == ref["exp"][c], f"{label} consumer {c}: exp {int(s.exp[c])}, want {ref['exp'][c]}"
+
+
+async def _run(dut, idle, backpressure):
+    from cocotb.triggers import RisingEdge
+
+    from mmfree.sim.runner import bench_params
+    from mmfree.sim.stream import StreamDriver, StreamMonitor, start_clock_and_reset
+
+    p = bench_params()
+    unit = RmsQuantize(max_k=p["max_k"], gain_lanes=p["lanes"])
+    params, gains, xs, want_codes, want_scales = stimulus(p["max_k"], p["lanes"], p["seed"])
+    await start_clock_and_reset(dut)
+    drivers = [StreamDriver(dut, name, idle=idle, seed=p["seed"] + i) for i, name in enumerate(("params", "gains", "x"))]
+    codes = StreamMonitor(dut, "codes", backpressure=backpressure, seed=p["seed"] + 5)
+    scales = StreamMonitor(dut, "scales", backpressure=backpressure, seed=p["seed"] + 6)
+    for drv, words in zip(drivers, (params, gains, xs)):
+        drv.send(words)
+    budget = sum(unit.codes_cycles(w[1]["k"]) for w in cases(p["max_k"], p["seed"])) + 2000 * len(params)
+    await scales.wait_for(len(params), timeout_cycles=int(budget * (1 + 4 * (idle + backpressure))))
+    for _ in range(20):
+        await RisingEdge(dut.clk)
+    assert not codes.protocol_errors and not scales.protocol_errors, codes.protocol_errors + scales.protocol_errors
+    check(codes.items, scales.items, want_codes, want_scales, unit.scales.payload.shape())
+
+
+if cocotb is not None:
+    @cocotb.test()
+    async def bench_exact(dut):
+        """Every case back to back, no gaps: exact codes and scalars."""
+        await _run(dut, 0.0, 0.0)
+
+    @cocotb.test()
+    async def bench_gaps_backpressure(dut):
+        """Random gaps on all three inputs, backpressure on both outputs: exact, protocol kept."""
+        await _run(dut, 0.3, 0.5)
+
+    @cocotb.test()
+    async def bench_latency(dut):
+        """Gains first, then x: the last codes beat leaves exactly ``codes_cycles(K)`` cycles after
+        x's last element (the max pass cannot start earlier); the next vector's x is taken
+        from the end of this one's code pass, before its scales are out."""
+        from mmfree.sim.runner import bench_params
+        from mmfree.sim.stream import StreamDriver, StreamMonitor, start_clock_and_reset
+
+        p = bench_params()
+        unit = RmsQuantize(max_k=p["max_k"], gain_lanes=p["lanes"])
+        params, gains, xs, want_codes, want_scales = stimulus(p["max_k"], p["lanes"], p["seed"])
+        cs = cases(p["max_k"], p["seed"])
+        k0, k1 = cs[0][1]["k"], cs[1][1]["k"]
+        n_gain0 = (1 + cs[0][1]["consumers"]) * -(-k0 // p["lanes"])
+        await start_clock_and_reset(dut)
+        pd, gd, xd = (StreamDriver(dut, name) for name in ("params", "gains", "x"))
+        codes = StreamMonitor(dut, "codes")
+        scales = StreamMonitor(dut, "scales")
+        pd.send(params[:2])
+        gd.send(gains[:n_gain0])
+        while len(gd.transfer_cycles) < n_gain0:
+            await cocotb.triggers.RisingEdge(dut.clk)
+        xd.send(xs[:k0 + k1])
+        groups0 = -(-k0 // 5)
+        await codes.wait_for(groups0, timeout_cycles=k0 + unit.codes_cycles(k0) + 100)
+        assert codes.transfer_cycles[groups0 - 1] - xd.transfer_cycles[k0 - 1] == unit.codes_cycles(k0)
+        await scales.wait_for(1, timeout_cycles=2000)
+        # The second vector's x started going in while the first was still computing its scales.
+        assert len(xd.transfer_cycles) > k0 and xd.transfer_cycles[k0] < scales.transfer_cycles[0]
+        check(codes.items[:groups0], scales.items, want_codes[:groups0], want_scales[:1],
+              unit.scales.payload.shape())
+
+
+@pytest.mark.parametrize("kwargs, exc, msg", [
+    (dict(max_k=0, gain_lanes=8), ValueError, "max_k must be in 1..65535, not 0"),
+    (dict(max_k=70000, gain_lanes=8), ValueError, "max_k must be in 1..65535, not 70000"),
+    (dict(max_k=64.0, gain_lanes=8), TypeError, "max_k must be an integer, not 64.0"),
+    (dict(max_k=64, gain_lanes=3), ValueError, "gain_lanes must be a power of two in 1..32, not 3"),
+    (dict(max_k=64, gain_lanes=64), ValueError, "gain_lanes must be a power of two in 1..32, not 64"),
+])
+def test_parameter_errors(kwargs, exc, msg):
+    with pytest.raises(exc) as info:
+        RmsQuantize(**kwargs)
+    assert str(info.value) == msg
+
+
+def test_widths_cover_the_stimulus():
+    """Every case's eps exponent, V and scale exponent fit the unit's widths; the stimulus reaches
+    both ends of the eps shifter, V = 0, and both shift directions of the quantizer."""
+    unit = RmsQuantize(max_k=768, gain_lanes=8)
+    exps, shifts, vs = [], [], []
+    for label, prm, a, g, x, n in cases(768, 3):
+        ref = golden_input(prm, a, g, x, n)
+        vs.append(ref["sumsq"])
+        shifts += ref["shift"]
+        exps += [e for e in ref["exp"] if e is not None]
+    assert max(vs).bit_length() <= unit.v_bits and 0 in vs
+    assert unit.exp_range[0] <= min(exps) and max(exps) <= unit.exp_range[1]
+    assert min(shifts) < 0 < max(shifts)
+    assert max(vs).bit_length() > 150           # eps_left_max: a long left shift of the eps term
+
+
+def test_codes_cycles_formula():
+    unit = RmsQuantize(max_k=256, gain_lanes=8)
+    assert unit.codes_cycles(256) == 2 * 256 + RmsQuantize.CODES_OVERHEAD
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("max_k, lanes", [(768, 8), (96, 32), (37, 4)])
+def test_rms_quantize_verilator(max_k, lanes):
+    from mmfree.sim.runner import simulate
+
+    result = simulate(RmsQuantize(max_k=max_k, gain_lanes=lanes), toplevel="rms_quantize",
+                      test_module=Path(__file__).stem, module_dir=Path(__file__).parent,
+                      params={"max_k": max_k, "lanes": lanes, "seed": 7 + max_k})
+    assert result.tests == 3 and result.failed == 0
