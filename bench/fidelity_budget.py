@@ -53,6 +53,7 @@ import json
 import math
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,7 @@ class Formats:
     gain_bits: int = nx.GAIN_BITS
     sumsq_bits: int = nx.SUMSQ_BITS
     quant_norm_bits: int = nx.QUANT_NORM_BITS
+    tie_exact: bool = False
 
     def table(self) -> np.ndarray:
         step = 2.0 ** (self.sigmoid_segments_log2 - nx.SIGMOID_RANGE_LOG2)
@@ -109,11 +111,13 @@ def _bitlen(v: np.ndarray) -> np.ndarray:
 class BudgetModel:
     """The integer model's arithmetic in float64 with switchable approximations (see module doc)."""
 
-    def __init__(self, image: WeightImage, on=APPROXIMATIONS, formats: Formats = Formats()):
+    def __init__(self, image: WeightImage, on=APPROXIMATIONS, formats: Formats = Formats(), *,
+                 exact_ties: bool = False):
         unknown = set(on) - set(APPROXIMATIONS)
         if unknown:
             raise ValueError(f"unknown approximation {sorted(unknown)[0]!r}; known: {', '.join(APPROXIMATIONS)}")
         self.on = frozenset(on)
+        self.exact_ties = exact_ties
         self.fmt = fmt = formats
         self.sigmoid_table = fmt.table()
         self.image = image
@@ -260,9 +264,18 @@ class BudgetModel:
                 recip = (nx.ACT_CODE_MAX << recip_shift) // np.maximum(peak_n, 1)
                 # |p'| * R < 2**b * 2**25: exact in int64 for the b <= 37 tried here
                 q = (mn.astype(np.int64) * recip[:, None] + (1 << (recip_shift - 1))) >> recip_shift
+                if fmt.tie_exact:
+                    # R is floored, so q is round(127 |p'| / M') or one less: one compare fixes it
+                    q = q + ((2 * q + 1) * peak_n[:, None] <= 2 * nx.ACT_CODE_MAX * mn.astype(np.int64))
             else:
                 peak_n = peak * 2.0 ** (-sh)
-                q = np.floor(nx.ACT_CODE_MAX * mag / np.where(live, peak, 1.0)[:, None] + 0.5)
+                ratio = nx.ACT_CODE_MAX * mag / np.where(live, peak, 1.0)[:, None]
+                q = np.floor(ratio + 0.5)
+                if self.exact_ties:
+                    # decide values within 1e-6 of a rounding tie with exact rationals
+                    for r, kk in zip(*np.nonzero(np.abs(ratio - np.floor(ratio) - 0.5) < 1e-6)):
+                        exact = Fraction(nx.ACT_CODE_MAX) * Fraction(float(mag[r, kk])) / Fraction(float(peak[r]))
+                        q[r, kk] = math.floor(exact + Fraction(1, 2))
             q = np.where(p < 0, -q, q).astype(np.float32)
             q[~live] = 0
             if codes_out is not None:
@@ -351,10 +364,10 @@ def _nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def measure(image: WeightImage, ids: np.ndarray, variants: dict[str, tuple[frozenset, Formats]],
-            chunk: int = 512, progress=None) -> dict:
+            chunk: int = 512, progress=None, exact_ties: bool = False) -> dict:
     """Figures of every variant (name: (approximations on, formats)) against the exact (all-off)
     model over ids (predicting ids[1:])."""
-    exact = BudgetModel(image, on=())
+    exact = BudgetModel(image, on=(), exact_ties=exact_ties)
     models = {name: BudgetModel(image, on=on, formats=fmt) for name, (on, fmt) in variants.items()}
     ex_state = exact.initial_state()
     free_state = {name: m.initial_state() for name, m in models.items()}

@@ -169,22 +169,29 @@ def _parse_ids(text: str) -> list[int]:
 @main.command()
 @model_option
 @click.option("--ids", required=True, help='token ids, e.g. "1 2 3"')
-@click.option("--arith", type=click.Choice(["float", "integer"]), default="integer", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="output .npy (T x V)")
+@click.option("--arith", type=click.Choice(["float", "float64", "integer"]), default="integer", show_default=True,
+              help="float: the float golden model in float32 (the reference's arithmetic); float64: the same "
+                   "in float64; integer: the accelerator's arithmetic")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="output .npy (T x V; float64 for --arith float64, else float32)")
 def logits(model, ids, arith, out):
-    """Write the logits of every position (float32 .npy, one row per position)."""
+    """Write the logits of every position (.npy, one row per position)."""
     image = _load_image(model)
     token_ids = _parse_ids(ids)
     _check_ids(token_ids, image.config.V)
-    if arith == "float":
+    if arith in ("float", "float64"):
         from mmfree.models.golden_float import FloatModel
 
-        result = FloatModel(image).forward(token_ids)
+        try:
+            fm = FloatModel(image, dtype=np.float64 if arith == "float64" else np.float32)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
+        result = fm.forward(token_ids)
     else:
         from mmfree.models.golden_int import IntegerModel
 
         result = IntegerModel(image).forward(token_ids)
-    np.save(out, np.asarray(result, np.float32))
+    np.save(out, np.asarray(result, np.float64 if arith == "float64" else np.float32))
     click.echo(f"wrote {out}: {len(token_ids)} x {image.config.V} logits ({arith} arithmetic)")
 
 

@@ -310,7 +310,7 @@ class Accelerator(wiring.Component):
                 with m.Elif(reads_delivered & core.weight_wait):
                     m.d.sync += [error.eq(regs.ErrorCode.STREAM_SHORT), state.eq(_State.ABORT)]
             with m.Case(_State.DRAIN, _State.ABORT):
-                m.d.comb += [reader.abort.eq(1), writer.abort.eq(1), fifo.flush.eq(1),
+                m.d.comb += [reader.cancel.eq(1), writer.cancel.eq(1), fifo.flush.eq(1),
                              core_reset.eq(state == _State.ABORT)]
                 # A write error found while the last responses come back still counts.
                 with m.If(writer.write_error & (error == 0)):

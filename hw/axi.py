@@ -39,15 +39,15 @@ class AxiResp:
 CACHE_NORMAL = 0b0011
 
 
-def check_widths(*, addr_width: int, data_bytes: int, id_width: int = 1) -> None:
-    """Validate AXI widths (exact ``ValueError``/``TypeError`` messages)."""
-    for name, value in (("addr_width", addr_width), ("data_bytes", data_bytes), ("id_width", id_width)):
+def check_widths(*, addr_width: int, data_bytes: int, id_width: int = 1, data_name: str = "data_bytes") -> None:
+    """Validate AXI widths (exact ``ValueError``/``TypeError`` messages; ``data_name`` names the data width)."""
+    for name, value in (("addr_width", addr_width), (data_name, data_bytes), ("id_width", id_width)):
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"{name} must be an integer, not {value!r}")
     if not 12 <= addr_width <= 64:
         raise ValueError(f"addr_width must be in [12, 64], not {addr_width}")
     if data_bytes not in (4, 8, 16, 32, 64, 128):
-        raise ValueError(f"data_bytes must be a power of two from 4 to 128, not {data_bytes}")
+        raise ValueError(f"{data_name} must be a power of two from 4 to 128, not {data_bytes}")
     if not 1 <= id_width <= 16:
         raise ValueError(f"id_width must be in [1, 16], not {id_width}")
 

@@ -60,7 +60,7 @@ class AxiReader(wiring.Component):
         in address order (byte j of a word at bits ``[8j+7:8j]``).
     bus : ``ports`` AXI4 read master interfaces (``AXI4ReadSignature``),
         ``bus[p]``. One ID (0), INCR bursts of ``bus_bytes`` beats, ARCACHE 0b0011.
-    abort : while high, no burst is issued, the command being issued is
+    cancel : while high, no burst is issued, the command being issued is
         dropped, and every beat still arriving (and every word buffered) is
         discarded instead of delivered. Hold it until ``idle``.
     idle : no command in progress, no burst in flight, nothing buffered.
@@ -89,7 +89,7 @@ class AxiReader(wiring.Component):
 
     def __init__(self, *, bus_bytes: int, ports: int, addr_width: int = 32, outstanding: int = 4,
                  burst_bytes: int | None = None):
-        check_widths(addr_width=addr_width, data_bytes=bus_bytes)
+        check_widths(addr_width=addr_width, data_bytes=bus_bytes, data_name="bus_bytes")
         _int_param("ports", ports, 1, 4)
         _int_param("outstanding", outstanding, 1, 16)
         largest = min(BOUNDARY_BYTES, MAX_BURST_BEATS * bus_bytes)
@@ -108,7 +108,7 @@ class AxiReader(wiring.Component):
             "cmd": In(stream.Signature(read_command_layout(addr_width))),
             "data": Out(stream.Signature(unsigned(8 * self.word_bytes))),
             "bus": Out(AXI4ReadSignature(addr_width=addr_width, data_bytes=bus_bytes)).array(ports),
-            "abort": In(1),
+            "cancel": In(1),
             "idle": Out(1),
             "read_error": Out(1),
             "beats": Out(range(ports + 1)),
@@ -127,7 +127,7 @@ class AxiReader(wiring.Component):
         addr = Signal(self.addr_width)
         left = Signal(32)                                   # bytes of the command not yet issued
         rr = Signal(range(max(P, 2)))                       # port of the next burst
-        m.d.comb += self.cmd.ready.eq((left == 0) & ~self.abort)
+        m.d.comb += self.cmd.ready.eq((left == 0) & ~self.cancel)
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += [addr.eq(self.cmd.payload.addr & ~(ALIGN_BYTES - 1)),
                          left.eq(self.cmd.payload.length & ~(ALIGN_BYTES - 1))]
@@ -166,12 +166,12 @@ class AxiReader(wiring.Component):
                         with m.If(can[(r + k) % P]):
                             m.d.comb += [chosen.eq((r + k) % P), found.eq(1)]
         issue = Signal()
-        m.d.comb += [issue.eq((left != 0) & ~self.abort & found & order.i.ready),
+        m.d.comb += [issue.eq((left != 0) & ~self.cancel & found & order.i.ready),
                      order.i.valid.eq(issue), order.i.payload.port.eq(chosen), order.i.payload.words.eq(nwords)]
         with m.If(issue):
             m.d.sync += [addr.eq(addr + nbytes), left.eq(left - nbytes),
                          rr.eq(Mux(chosen == P - 1, 0, chosen + 1))]
-        with m.If(self.abort):
+        with m.If(self.cancel):
             m.d.sync += [left.eq(0), rr.eq(0)]
 
         # ---- per port: AR register, R beats widened into the reorder FIFO -------------------
@@ -218,20 +218,20 @@ class AxiReader(wiring.Component):
             for p in range(P):
                 with m.Case(p):
                     m.d.comb += [head_valid.eq(fifos[p].o.valid), head_payload.eq(fifos[p].o.payload)]
-        m.d.comb += [self.data.valid.eq((cur_left != 0) & head_valid & ~self.abort),
+        m.d.comb += [self.data.valid.eq((cur_left != 0) & head_valid & ~self.cancel),
                      self.data.payload.eq(head_payload)]
         take = Signal()
         m.d.comb += take.eq(self.data.valid & self.data.ready)
         for p in range(P):
-            m.d.comb += fifos[p].o.ready.eq(self.abort | (take & (mport == p)))
+            m.d.comb += fifos[p].o.ready.eq(self.cancel | (take & (mport == p)))
         load = Signal()
-        m.d.comb += [load.eq(((cur_left == 0) | ((cur_left == 1) & take)) & order.o.valid & ~self.abort),
-                     order.o.ready.eq(load | self.abort)]
+        m.d.comb += [load.eq(((cur_left == 0) | ((cur_left == 1) & take)) & order.o.valid & ~self.cancel),
+                     order.o.ready.eq(load | self.cancel)]
         with m.If(load):
             m.d.sync += [cur_left.eq(order.o.payload.words), mport.eq(order.o.payload.port)]
         with m.Elif(take):
             m.d.sync += cur_left.eq(cur_left - 1)
-        with m.If(self.abort):
+        with m.If(self.cancel):
             m.d.sync += [cur_left.eq(0), mport.eq(0)]
 
         busy = left != 0

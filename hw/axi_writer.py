@@ -34,7 +34,7 @@ class AxiWriter(wiring.Component):
     data : stream of ``unsigned(32)``, the words in address order, exactly
         ``words`` per command.
     bus : AXI4 write master (``AXI4WriteSignature``): one ID (0), ARCACHE 0b0011.
-    abort : while high, no burst is issued, ``data`` is not taken, and every
+    cancel : while high, no burst is issued, ``data`` is not taken, and every
         burst already issued is completed with beats whose WSTRB is 0 (they
         write nothing), as AXI requires a burst's every beat. Hold it until
         ``idle``.
@@ -56,7 +56,7 @@ class AxiWriter(wiring.Component):
     latency = 2
 
     def __init__(self, *, bus_bytes: int, addr_width: int = 32, outstanding: int = 4):
-        check_widths(addr_width=addr_width, data_bytes=bus_bytes)
+        check_widths(addr_width=addr_width, data_bytes=bus_bytes, data_name="bus_bytes")
         if not isinstance(outstanding, int) or isinstance(outstanding, bool):
             raise TypeError(f"outstanding must be an integer, not {outstanding!r}")
         if not 1 <= outstanding <= 16:
@@ -67,7 +67,7 @@ class AxiWriter(wiring.Component):
             "cmd": In(stream.Signature(write_command_layout(addr_width))),
             "data": In(stream.Signature(unsigned(32))),
             "bus": Out(AXI4WriteSignature(addr_width=addr_width, data_bytes=bus_bytes)),
-            "abort": In(1),
+            "cancel": In(1),
             "idle": Out(1),
             "write_error": Out(1),
         })
@@ -85,7 +85,7 @@ class AxiWriter(wiring.Component):
         # ---- AW: cut the command into bursts ------------------------------------------------
         addr = Signal(self.addr_width)
         left = Signal(32)                                   # words not yet given a burst
-        m.d.comb += self.cmd.ready.eq((left == 0) & ~self.abort)
+        m.d.comb += self.cmd.ready.eq((left == 0) & ~self.cancel)
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += [addr.eq(self.cmd.payload.addr & ~3), left.eq(self.cmd.payload.words)]
 
@@ -105,7 +105,7 @@ class AxiWriter(wiring.Component):
         in_flight = Signal(range(self.outstanding + 1))     # bursts issued without a write response
         aw_valid = Signal()
         issue = Signal()
-        m.d.comb += [issue.eq((left != 0) & ~self.abort & ~aw_valid & (in_flight < self.outstanding) &
+        m.d.comb += [issue.eq((left != 0) & ~self.cancel & ~aw_valid & (in_flight < self.outstanding) &
                               bursts.i.ready),
                      bursts.i.valid.eq(issue),
                      bursts.i.payload.beats.eq(nbeats), bursts.i.payload.words.eq(nwords),
@@ -115,7 +115,7 @@ class AxiWriter(wiring.Component):
                          bus.awaddr.eq(addr & ~(B - 1)), bus.awlen.eq(nbeats - 1)]
         with m.Elif(bus.awready):
             m.d.sync += aw_valid.eq(0)
-        with m.If(self.abort):
+        with m.If(self.cancel):
             m.d.sync += left.eq(0)
         m.d.comb += [bus.awid.eq(0), bus.awsize.eq(size_log2), bus.awburst.eq(AxiBurst.INCR),
                      bus.awcache.eq(CACHE_NORMAL), bus.awprot.eq(0), bus.awvalid.eq(aw_valid)]
@@ -141,7 +141,7 @@ class AxiWriter(wiring.Component):
                      word_strb.eq(Const(0xF, 4) << (lane << 2))]
         completes = Signal()
         m.d.comb += completes.eq((lane == L - 1) | (words_left == 1))
-        m.d.comb += self.data.ready.eq((beats_left != 0) & (words_left != 0) & ~self.abort &
+        m.d.comb += self.data.ready.eq((beats_left != 0) & (words_left != 0) & ~self.cancel &
                                        (~completes | out_free))
         lane_mask = Signal(8 * B)
         m.d.comb += lane_mask.eq(Cat(*[Mux(word_strb[4 * j], 0xFFFFFFFF, 0) for j in range(L)]))
@@ -154,7 +154,7 @@ class AxiWriter(wiring.Component):
                              beats_left.eq(beats_left - 1), lane.eq(0), part_strb.eq(0)]
             with m.Else():
                 m.d.sync += [part_data.eq(new_data), part_strb.eq(part_strb | word_strb), lane.eq(lane + 1)]
-        with m.Elif(self.abort & (beats_left != 0) & out_free):
+        with m.Elif(self.cancel & (beats_left != 0) & out_free):
             # Complete the issued burst: what was assembled is sent, the rest writes nothing.
             m.d.sync += [bus.wdata.eq(part_data), bus.wstrb.eq(part_strb), bus.wlast.eq(beats_left == 1),
                          bus.wvalid.eq(1), beats_left.eq(beats_left - 1), lane.eq(0), part_strb.eq(0)]

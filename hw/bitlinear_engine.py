@@ -10,6 +10,7 @@ from mmfree.models import numerics as nx
 from mmfree.models.weight_image import (CONSUMER_WORD, MAX_CONSUMERS, RECORD_HEADER_BYTES, RECORD_MAGIC,
                                         STREAM_ALIGN, RecordKind)
 
+from .rescale import EXP_SHAPE, Rescale
 from .rms_quantize import (CODES_LAYOUT, EC_BITS, EPS_SHIFT_MAX, EPS_SHIFT_MIN, FRAC_MAX, SCALE_OUT_BITS,
                            X_FRAC_MAX, X_LAYOUT, RmsQuantize)
 from .stream_fifo import StreamFifo
@@ -34,62 +35,8 @@ def _tag_layout(rows_per_block: int) -> data.StructLayout:
     })
 
 
-def _rescale_in_layout(acc_bits: int, exp_bits: int) -> data.StructLayout:
-    return data.StructLayout({
-        "acc": signed(acc_bits), "scale": unsigned(SCALE_OUT_BITS), "exp": signed(exp_bits),
-        "consumer": unsigned(2), "last": 1,
-    })
-
-
-class _InlineRescale(wiring.Component):
-    """``numerics.rescale`` of one accumulator per cycle, carrying the output's consumer and last flag.
-
-    (A stand-in until the shared ``hw/rescale.py`` unit exists.)
-    ``prod = acc * scale``; for ``exp < 0``: ``saturate(rshift_round(prod, -exp))``
-    computed as ``((prod >> (-exp - 1)) + 1) >> 1`` (floor shifts; the shift
-    is capped at the product's width, where both forms are 0); for
-    ``exp >= 0``: ``saturate(prod << exp)``. Two pipeline stages that stall
-    together on ``o.ready``.
-    """
-
-    latency = 2
-
-    def __init__(self, *, acc_bits: int, exp_bits: int):
-        self.acc_bits, self.exp_bits = acc_bits, exp_bits
-        super().__init__({
-            "i": In(stream.Signature(_rescale_in_layout(acc_bits, exp_bits))),
-            "o": Out(stream.Signature(Y_LAYOUT)),
-        })
-
-    def elaborate(self, platform):
-        m = Module()
-        prod_bits = self.acc_bits + SCALE_OUT_BITS + 1
-        advance = ~self.o.valid | self.o.ready
-        m.d.comb += self.i.ready.eq(advance)
-        prod = Signal(signed(prod_bits))
-        exp = Signal(signed(self.exp_bits))
-        valid1, consumer1, last1 = Signal(), Signal(2), Signal()
-        with m.If(advance):
-            m.d.sync += [valid1.eq(self.i.valid), prod.eq(self.i.payload.acc * self.i.payload.scale),
-                         exp.eq(self.i.payload.exp), consumer1.eq(self.i.payload.consumer),
-                         last1.eq(self.i.payload.last)]
-        lo, hi = nx.ACT_MIN, nx.ACT_MAX
-        right = Signal(range(prod_bits + 1))
-        m.d.comb += right.eq(Mux(-exp - 1 > prod_bits, prod_bits, -exp - 1))
-        rounded = ((prod >> right) + 1) >> 1
-        left = Signal(signed(prod_bits + nx.ACT_BITS))
-        m.d.comb += left.eq(prod << exp[:5])
-        value = Signal(signed(nx.ACT_BITS))
-        with m.If(exp < 0):
-            m.d.comb += value.eq(Mux(rounded > hi, hi, Mux(rounded < lo, lo, rounded)))
-        with m.Elif(exp >= nx.ACT_BITS):
-            m.d.comb += value.eq(Mux(prod > 0, hi, Mux(prod < 0, lo, 0)))
-        with m.Else():
-            m.d.comb += value.eq(Mux(left > hi, hi, Mux(left < lo, lo, left)))
-        with m.If(advance):
-            m.d.sync += [self.o.valid.eq(valid1), self.o.payload.value.eq(value),
-                         self.o.payload.consumer.eq(consumer1), self.o.payload.last.eq(last1)]
-        return m
+#: What travels beside each element through the rescale: its consumer and last flag.
+_SIDE_LAYOUT = data.StructLayout({"consumer": unsigned(2), "last": 1})
 
 
 class BitLinearEngine(wiring.Component):
@@ -223,7 +170,8 @@ class BitLinearEngine(wiring.Component):
         scales_layout = data.StructLayout({"scale": data.ArrayLayout(unsigned(SCALE_OUT_BITS), C),
                                            "exp": data.ArrayLayout(signed(rms.exp_bits), C)})
         m.submodules.scale_fifo = scale_fifo = StreamFifo(shape=scales_layout, depth=2)
-        m.submodules.rescale = rescale = _InlineRescale(acc_bits=self.acc_bits, exp_bits=rms.exp_bits)
+        m.submodules.rescale = rescale = Rescale(acc_bits=self.acc_bits)
+        m.submodules.side_fifo = side_fifo = StreamFifo(shape=_SIDE_LAYOUT, depth=Rescale.latency + 1)
         m.submodules.codes = code_mem = Memory(shape=CODES_LAYOUT.members["codes"], depth=groups_max,
                                                init=[])
         code_wr, code_rd = code_mem.write_port(), code_mem.read_port(domain="sync")
@@ -287,7 +235,7 @@ class BitLinearEngine(wiring.Component):
                      self.weight_wait.eq(want & ~self.weights.valid)]
         beat = self.weights.payload
         count = Signal(range(max(self.header_beats, -(-self.max_k // gl), 2) + 1))   # beats of the part
-        align = Signal(range(align_beats))         # beats of the part modulo 64 bytes
+        align = Signal(range(max(align_beats, 2)))  # beats of the part modulo 64 bytes
         part = Signal(range(C + 2))
         data_beats = Signal(range(-(-self.max_k // gl) + 1))   # ceil(K / (E/2))
         padding = Signal()                         # consuming a part's padding beats
@@ -457,16 +405,22 @@ class BitLinearEngine(wiring.Component):
         element_go = Signal()
         beat_pop = Signal()
         ri = rescale.i.payload
-        m.d.comb += [ri.acc.eq(acc_fifo.o.payload[ser_lane]), ri.consumer.eq(ser_tag.consumer),
-                     ri.last.eq(ser_tag.last & (ser_row + 1 == ser_tag.rows))]
+        m.d.comb += [ri.acc.eq(acc_fifo.o.payload[ser_lane]), side_fifo.i.payload.consumer.eq(ser_tag.consumer),
+                     side_fifo.i.payload.last.eq(ser_tag.last & (ser_row + 1 == ser_tag.rows))]
+        exp_lo, exp_hi = -(1 << (EXP_SHAPE.width - 1)), (1 << (EXP_SHAPE.width - 1)) - 1
         with m.Switch(ser_tag.consumer):
             for c in range(C):
                 with m.Case(c):
-                    m.d.comb += [ri.scale.eq(cur.scale[c]), ri.exp.eq(cur.exp[c])]
+                    # Clamping exp to the rescale's port range is exact: |acc * scale| < 2**46
+                    # rounds to 0 for any right shift of 48 or more, and any exp >= 32 saturates.
+                    e = cur.exp[c]
+                    m.d.comb += [ri.scale.eq(cur.scale[c]),
+                                 ri.exp.eq(Mux(e < exp_lo, exp_lo, Mux(e > exp_hi, exp_hi, e)))]
         with m.If(ser_active & acc_fifo.o.valid):
             with m.If(row_exists):
-                m.d.comb += [rescale.i.valid.eq(1), element_go.eq(rescale.i.ready),
-                             beat_pop.eq(rescale.i.ready & beat_end)]
+                fire = rescale.i.ready & side_fifo.i.ready
+                m.d.comb += [rescale.i.valid.eq(side_fifo.i.ready), side_fifo.i.valid.eq(rescale.i.ready),
+                             element_go.eq(fire), beat_pop.eq(fire & beat_end)]
             with m.Else():
                 m.d.comb += beat_pop.eq(1)                 # rows beyond N: drop the beat
         m.d.comb += [acc_fifo.o.ready.eq(beat_pop), block_end.eq(beat_pop & (ser_beat == D - 1))]
@@ -493,6 +447,11 @@ class BitLinearEngine(wiring.Component):
                          self.y.payload.value.eq(lb_beat.word_select(lb_lane, nx.GAIN_BITS)),
                          self.y.payload.last.eq(lb_left == 1)]
         with m.Else():
-            m.d.comb += [self.y.valid.eq(rescale.o.valid), self.y.payload.eq(rescale.o.payload),
-                         rescale.o.ready.eq(self.y.ready), owed_sub.eq(rescale.o.valid & self.y.ready)]
+            out = rescale.o.valid & side_fifo.o.valid
+            m.d.comb += [self.y.valid.eq(out), self.y.payload.value.eq(rescale.o.payload),
+                         self.y.payload.consumer.eq(side_fifo.o.payload.consumer),
+                         self.y.payload.last.eq(side_fifo.o.payload.last),
+                         rescale.o.ready.eq(self.y.ready & side_fifo.o.valid),
+                         side_fifo.o.ready.eq(self.y.ready & rescale.o.valid),
+                         owed_sub.eq(out & self.y.ready)]
         return m

@@ -10,6 +10,7 @@ from amaranth.lib.wiring import In, Out
 from mmfree.models import numerics as nx
 
 from . import registers as regs
+from .argmax import Argmax
 from .bitlinear_engine import BitLinearEngine
 from .embedding import Bf16ToAct
 from .fixed_point import saturate
@@ -132,6 +133,7 @@ class TokenCore(wiring.Component):
         m.submodules.mlgru = mlgru = ResetInserter(flush)(MLGRU())
         m.submodules.glu = glu = ResetInserter(flush)(GLU())
         m.submodules.embed = embed = ResetInserter(flush)(Bf16ToAct())
+        m.submodules.argmax = argmax = ResetInserter(flush)(Argmax(max_length=self.max_vocab))
         m.submodules.mlgru_side = side = ResetInserter(flush)(
             SyncFIFOBuffered(width=_MLGRU_SIDE.size, depth=MLGRU.latency + 4))
 
@@ -171,7 +173,6 @@ class TokenCore(wiring.Component):
                 with m.If(self.start):
                     m.d.comb += flush.eq(1)
                     m.d.sync += [step.eq(RecordStep.ATTN_IN), layer.eq(0), state_base.eq(0), row.eq(0),
-                                 best_value.eq(nx.ACT_MIN), best_index.eq(0),
                                  embed_beats.eq(self.embed_stride // E)]
                     with m.If(too_big):
                         m.d.sync += [error.eq(regs.ErrorCode.SHAPE), self.done.eq(1)]
@@ -319,13 +320,12 @@ class TokenCore(wiring.Component):
                     m.d.comb += [abuf_w.addr.eq(s1_row), abuf_w.data.eq(s1_value), abuf_w.en.eq(s1_valid),
                                  s1_ready.eq(1)]
             with m.Case(RecordStep.HEAD):
-                m.d.comb += [self.logits.valid.eq(s1_valid), self.logits.payload.value.eq(s1_value),
-                             self.logits.payload.last.eq(s1_last), s1_ready.eq(self.logits.ready)]
-                with m.If(self.logits.valid & self.logits.ready):
-                    # Strictly greater: the lowest index wins ties, as numpy.argmax.
-                    with m.If((s1_row == 0) | (s1_value > best_value)):
-                        m.d.sync += [best_value.eq(s1_value), best_index.eq(s1_row)]
-                    m.d.comb += finish.eq(s1_last)
+                # Every logit goes out and through the argmax in the same transfer.
+                m.d.comb += [self.logits.valid.eq(s1_valid & argmax.i.ready),
+                             self.logits.payload.value.eq(s1_value), self.logits.payload.last.eq(s1_last),
+                             argmax.i.valid.eq(s1_valid & self.logits.ready),
+                             argmax.i.payload.value.eq(s1_value), argmax.i.payload.last.eq(s1_last),
+                             s1_ready.eq(self.logits.ready & argmax.i.ready)]
 
         # MLGRU results: the new state back to the layer's slot, w and g to attn.out.
         side_out = data.View(_MLGRU_SIDE, side.r_data)
@@ -336,6 +336,11 @@ class TokenCore(wiring.Component):
         with m.If(mlgru.o.valid & mlgru_x.ready):
             m.d.comb += [state_w.addr.eq(state_base + side_out.row), state_w.data.eq(mlgru.o.payload.h),
                          state_w.en.eq(1)]
+
+        # The token ends when the argmax of its logits is known.
+        m.d.comb += [argmax.o.ready.eq(1), finish.eq(argmax.o.valid)]
+        with m.If(argmax.o.valid):
+            m.d.sync += [best_value.eq(argmax.o.payload.value), best_index.eq(argmax.o.payload.index)]
 
         # GLU results: mlp.out's input, the last one when I have come out.
         glu_row = Signal(16)
