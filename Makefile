@@ -33,6 +33,10 @@ test: $(STAMP)
 sim: $(STAMP)
 	$(BIN)/python -m pytest -m sim $(PYTEST_ARGS)
 
+## Synthesis estimates of every RTL unit (yosys synth_xilinx, xc7 and xcup): build/synth/units.json, docs/units.md.
+synth-units: $(STAMP)
+	$(BIN)/python -m mmfree.sim.synth --all --json build/synth/units.json --doc docs/units.md
+
 bench: $(STAMP)
 	$(BIN)/python bench/golden_speed.py
 

@@ -106,15 +106,18 @@ class RmsQuantize(wiring.Component):
     ``G_c`` (int16 mantissas), it computes what ``IntegerModel.bitlinear``
     computes before the matrix product:
 
-    1. **Max pass** (one element per cycle): ``M_c = max|x * G_c|``,
-       ``max|x * A|`` and, with a pre-norm, ``max|n|`` (n = x for
-       ``NormSource.INPUT``, the ``norm`` field for ``GATE``).
+    1. **Max pass, fused with the gain load**: as each beat of ``gain_lanes``
+       gains arrives (x being complete), the same lanes of x are read (x is
+       stored in ``gain_lanes`` banks) and ``max|x * A|`` or ``M_c = max|x * G_c|``
+       is updated for that part: no pass of its own. ``max|n|`` (n = x for
+       ``NormSource.INPUT``, the ``norm`` field for ``GATE``) is taken while x
+       is loaded.
     2. **Normalise and divide**: ``sh_c``, ``M'_c`` (``numerics.normalize_shift``),
        ``sa``, ``sn``; one :class:`~mmfree.hw.reciprocal.QuantReciprocal` per
        consumer, in parallel.
-    3. **Code pass** (one element per cycle): the codes
-       ``q = sign * ((|p_c'| * R_c + 2**39) >> 40)`` (one :data:`CODES_LAYOUT`
-       beat per five elements), ``s = sum rshift_round(|x * A|, sa)**2`` and
+    3. **Code pass**, ``elements_per_cycle`` (P) elements per cycle: the codes
+       ``q = sign * ((|p_c'| * R_c + 2**39) >> 40)`` (packed five to a
+       :data:`CODES_LAYOUT` beat), ``s = sum rshift_round(|x * A|, sa)**2`` and
        ``S_n = sum rshift_round(|n|, sn)**2``.
     4. **Epsilon**: ``numerics.eps_term`` with base K (``NONE``) or ``S_n``,
        shifted serially (32, 8 or 1 bit per cycle) in a ``v_bits`` register;
@@ -126,13 +129,19 @@ class RmsQuantize(wiring.Component):
     checking, ``M'_c``, ``sh_c``, ``V``, ``sa``, ``inv``, ``z``. ``V = 0`` or
     ``M'_c = 0`` (the golden model's all-zero outputs) give ``scale = 0``.
 
+    What P costs: per element 4 products of x (WIDE) by an int16 gain, 2
+    squares of 17 bits and 3 code products of 23 x 25 bits (P = 4: 16 + 8 +
+    12 multipliers); x and the gains are read ``gain_lanes`` wide, so P must
+    divide ``gain_lanes``; the code packer takes at most one group of five
+    per cycle, so P <= 4.
+
     Ports
     -----
     params : stream of :func:`rms_params_layout`: one beat per vector, first.
     gains : stream of ``gain_lanes`` int16 mantissas per beat: A, then
         ``G_0 .. G_{n-1}``, each exactly ``ceil(K / gain_lanes)`` beats (element
         j of a part in beat ``j // gain_lanes``, lane ``j % gain_lanes``; lanes
-        beyond K are ignored).
+        beyond K are ignored). Taken once x is complete.
     x : stream of :data:`X_LAYOUT`: the K elements, ``last`` on the final one.
         Accepted whenever the previous vector's code pass has read its input,
         independently of ``params``/``gains`` (the next record's input may
@@ -144,31 +153,41 @@ class RmsQuantize(wiring.Component):
     ----------
     max_k : int, the longest vector, 1..65535.
     gain_lanes : int, gain mantissas per ``gains`` beat, a power of two, 1..32.
+    elements_per_cycle : int, P, elements per cycle of the code pass: 1, 2 or 4,
+        at most ``gain_lanes`` (default 1).
 
     Attributes
     ----------
     v_bits : width of ``V`` (from the supported header ranges, see ``FRAC_MAX`` etc.).
     exp_bits : signed width of the scale exponents.
-    codes_cycles(k) : cycles from the start of the max pass (gains loaded and
-        x complete) to the transfer of the last codes beat, the output ready:
-        ``2 k + CODES_OVERHEAD``.
+    codes_cycles(k) : cycles from the transfer of the last gains beat (x
+        complete) to the transfer of the last codes beat, the output ready:
+        ``ceil(k / P) + CODES_OVERHEAD`` (+1 when the final group needs a
+        flush of its own).
+    first_codes_cycles : cycles from the transfer of the last gains beat to the
+        transfer of the first codes beat (K >= 5).
     Throughput: one vector at a time; ``params`` of the next vector is taken
     after this one's ``scales`` beat has left.
     """
 
-    #: Fixed cycles of :meth:`codes_cycles` beyond one cycle per element and pass.
-    CODES_OVERHEAD = 4 + 3 + QuantReciprocal.latency + 5
+    #: Max-pass drain (3), normalise (1), divide (1 + QuantReciprocal.latency), code pipeline (6).
+    CODES_OVERHEAD = 3 + 1 + 1 + QuantReciprocal.latency + 6
 
-    def __init__(self, *, max_k: int, gain_lanes: int):
-        for name, value in (("max_k", max_k), ("gain_lanes", gain_lanes)):
+    def __init__(self, *, max_k: int, gain_lanes: int, elements_per_cycle: int = 1):
+        for name, value in (("max_k", max_k), ("gain_lanes", gain_lanes),
+                            ("elements_per_cycle", elements_per_cycle)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an integer, not {value!r}")
         if not 1 <= max_k <= 65535:
             raise ValueError(f"max_k must be in 1..65535, not {max_k}")
         if gain_lanes not in (1, 2, 4, 8, 16, 32):
             raise ValueError(f"gain_lanes must be a power of two in 1..32, not {gain_lanes}")
+        if elements_per_cycle not in (1, 2, 4) or elements_per_cycle > gain_lanes:
+            raise ValueError(f"elements_per_cycle must be 1, 2 or 4 and at most gain_lanes ({gain_lanes}), "
+                             f"not {elements_per_cycle}")
         self.max_k = max_k
         self.gain_lanes = gain_lanes
+        self.elements_per_cycle = elements_per_cycle
         self.bounds = _Bounds(max_k)
         self.v_bits = self.bounds.v_bits
         self._rsqrt_z_bits = rsqrt_z_bits(self.v_bits)
@@ -188,19 +207,36 @@ class RmsQuantize(wiring.Component):
         })
 
     def codes_cycles(self, k: int) -> int:
-        return 2 * k + self.CODES_OVERHEAD
+        P = self.elements_per_cycle
+        issues = -(-k // P)
+        # The final issue may complete two groups: the second leaves one cycle later.
+        before = (issues - 1) * P
+        flush = int(before % 5 + min(P, k - before) > 5)
+        return issues + self.CODES_OVERHEAD + flush
+
+    @property
+    def first_codes_cycles(self) -> int:
+        return self.CODES_OVERHEAD + -(-nx.TRITS_PER_BYTE // self.elements_per_cycle)
 
     def elaborate(self, platform):
         m = Module()
         b = self.bounds
         C = MAX_CONSUMERS
-        gl = self.gain_lanes
-        gl_log2 = gl.bit_length() - 1
+        gl, P = self.gain_lanes, self.elements_per_cycle
+        gl_log2, P_log2 = gl.bit_length() - 1, P.bit_length() - 1
         words = -(-self.max_k // gl)
+        G = nx.TRITS_PER_BYTE
 
         # ---- storage ---------------------------------------------------------
-        m.submodules.x_mem = x_mem = Memory(shape=X_LAYOUT, depth=self.max_k, init=[])
-        x_wr, x_rd = x_mem.write_port(), x_mem.read_port(domain="sync")
+        # x in gain_lanes banks (element j in bank j % gl, word j // gl), so a
+        # gain beat meets its x lanes in one read.
+        x_elem = data.StructLayout({"value": signed(nx.WIDE_BITS), "norm": signed(nx.ACT_BITS)})
+        x_wr, x_rd = [], []
+        for lane in range(gl):
+            mem = Memory(shape=x_elem, depth=words, init=[])
+            m.submodules[f"x{lane}"] = mem
+            x_wr.append(mem.write_port())
+            x_rd.append(mem.read_port(domain="sync"))
         gain_word = data.ArrayLayout(signed(nx.GAIN_BITS), gl)
         gain_wr, gain_rd = [], []
         for part in range(1 + C):   # part 0: A; part 1 + c: G_c
@@ -220,84 +256,140 @@ class RmsQuantize(wiring.Component):
 
         # ---- x: loaded whenever the previous vector's code pass has read it --
         x_full = Signal()
-        x_count = Signal(range(self.max_k))
+        x_lane = Signal(range(gl))
+        x_word = Signal(range(words + 1))
+        x_first = Signal(init=1)
         x_release = Signal()                          # the code pass issued its last read
-        m.d.comb += [self.x.ready.eq(~x_full), x_wr.addr.eq(x_count), x_wr.data.eq(self.x.payload),
-                     x_wr.en.eq(self.x.valid & ~x_full)]
-        with m.If(self.x.valid & ~x_full):
-            m.d.sync += x_count.eq(x_count + 1)
+        peak_x = Signal(nx.WIDE_BITS)                 # max|x| and max|norm|: the pre-norm's max|n|
+        peak_norm_in = Signal(nx.ACT_BITS)
+        load = self.x.valid & ~x_full
+        m.d.comb += self.x.ready.eq(~x_full)
+        for lane, port in enumerate(x_wr):
+            m.d.comb += [port.addr.eq(x_word), port.data.value.eq(self.x.payload.value),
+                         port.data.norm.eq(self.x.payload.norm), port.en.eq(load & (x_lane == lane))]
+        mag_x = Signal(nx.WIDE_BITS)
+        mag_norm_in = Signal(nx.ACT_BITS)
+        m.d.comb += [mag_x.eq(Mux(self.x.payload.value < 0, -self.x.payload.value, self.x.payload.value)),
+                     mag_norm_in.eq(Mux(self.x.payload.norm < 0, -self.x.payload.norm, self.x.payload.norm))]
+        with m.If(load):
+            m.d.sync += [x_first.eq(0), x_lane.eq(x_lane + 1),
+                         peak_x.eq(Mux(x_first | (mag_x > peak_x), mag_x, peak_x)),
+                         peak_norm_in.eq(Mux(x_first | (mag_norm_in > peak_norm_in), mag_norm_in, peak_norm_in))]
+            with m.If(x_lane == gl - 1):
+                m.d.sync += [x_lane.eq(0), x_word.eq(x_word + 1)]
             with m.If(self.x.payload.last):
-                m.d.sync += [x_full.eq(1), x_count.eq(0)]
+                m.d.sync += [x_full.eq(1), x_lane.eq(0), x_word.eq(0), x_first.eq(1)]
         with m.If(x_release):
             m.d.sync += x_full.eq(0)
 
-        # ---- gains: part by part into the gain memories -----------------------
+        # ---- gains: part by part into the gain memories, with the max pass -----
         part = Signal(range(1 + C))
         beat = Signal(range(words + 1))
         beats_per_part = Signal(range(words + 1))
+        gain_take = Signal()
         for index, port in enumerate(gain_wr):
             m.d.comb += [port.addr.eq(beat), port.data.eq(self.gains.payload),
-                         port.en.eq(self.gains.valid & self.gains.ready & (part == index))]
-
-        # ---- the element pipeline (both passes), stalling together -------------
-        advance = Signal()
-        m.d.comb += advance.eq(~self.codes.valid | self.codes.ready)
-        issue = Signal()                          # stage 0: read element `ptr`
-        code_pass = Signal()                      # 0: max pass, 1: code pass
-        ptr = Signal(range(self.max_k + 1))
-        word = Signal(range(words + 1))
-        lane = Signal(range(gl))
-        for port in [x_rd] + gain_rd:
-            m.d.comb += port.en.eq(advance)
-        m.d.comb += x_rd.addr.eq(ptr)
-        for port in gain_rd:
-            m.d.comb += port.addr.eq(word)
-        valid1, last1, lane1 = Signal(), Signal(), Signal(range(gl))
-        with m.If(advance):
-            m.d.sync += [valid1.eq(issue), last1.eq(ptr == k_last), lane1.eq(lane)]
-            with m.If(issue):
-                m.d.sync += [ptr.eq(ptr + 1), lane.eq(lane + 1)]
-                if gl > 1:
-                    with m.If(lane == gl - 1):
-                        m.d.sync += word.eq(word + 1)
-                else:
-                    m.d.sync += word.eq(word + 1)
-
-        # Stage 2: the products p = x * G_c, x * A; the norm vector's element.
-        xv = x_rd.data
-        valid2, last2 = Signal(), Signal()
-        prod_a = Signal(signed(nx.WIDE_BITS + nx.GAIN_BITS))
-        prod = [Signal(signed(nx.WIDE_BITS + nx.GAIN_BITS), name=f"prod{c}") for c in range(C)]
-        norm_el = Signal(signed(nx.WIDE_BITS))
-        with m.If(advance):
-            m.d.sync += [valid2.eq(valid1), last2.eq(last1),
-                         prod_a.eq(xv.value * gain_rd[0].data[lane1]),
-                         norm_el.eq(Mux(p.source == NormSource.GATE, xv.norm, xv.value))]
-            m.d.sync += [prod[c].eq(xv.value * gain_rd[1 + c].data[lane1]) for c in range(C)]
-
-        # Stage 3: magnitudes and signs.
-        valid3, last3 = Signal(), Signal()
-        mag_a = Signal(MAG_BITS)
-        mag = [Signal(MAG_BITS, name=f"mag{c}") for c in range(C)]
-        neg3 = [Signal(name=f"neg{c}") for c in range(C)]
-        mag_n = Signal(nx.WIDE_BITS)
-        with m.If(advance):
-            m.d.sync += [valid3.eq(valid2), last3.eq(last2),
-                         mag_a.eq(Mux(prod_a < 0, -prod_a, prod_a)),
-                         mag_n.eq(Mux(norm_el < 0, -norm_el, norm_el))]
-            for c in range(C):
-                m.d.sync += [mag[c].eq(Mux(prod[c] < 0, -prod[c], prod[c])), neg3[c].eq(prod[c] < 0)]
-
-        # Max pass, stage 4: the peaks.
+                         port.en.eq(gain_take & (part == index))]
         peak_a = Signal(MAG_BITS)
         peak = [Signal(MAG_BITS, name=f"peak{c}") for c in range(C)]
-        peak_n = Signal(nx.WIDE_BITS)
+        # Stage 1: the beat (x lanes being read); stage 2: products; stage 3: magnitudes; then the max.
+        g1_valid, g1_last, g1_part = Signal(), Signal(), Signal(range(1 + C))
+        g1_gain = Signal(gain_word)
+        g1_base = Signal(range(words * gl + 1))
+        m.d.sync += g1_valid.eq(gain_take)
+        with m.If(gain_take):
+            m.d.sync += [g1_gain.eq(self.gains.payload), g1_part.eq(part), g1_base.eq(beat << gl_log2),
+                         g1_last.eq((part == p.consumers) & (beat == beats_per_part - 1))]
+        g2_valid, g2_last, g2_part = Signal(), Signal(), Signal(range(1 + C))
+        g2_prod = [Signal(signed(nx.WIDE_BITS + nx.GAIN_BITS), name=f"g2_prod{i}") for i in range(gl)]
+        g2_mask = Signal(gl)
+        m.d.sync += [g2_valid.eq(g1_valid), g2_last.eq(g1_last), g2_part.eq(g1_part)]
+        for i in range(gl):
+            m.d.sync += [g2_prod[i].eq(x_rd[i].data.value * g1_gain[i]), g2_mask[i].eq(g1_base + i <= k_last)]
+        g3_valid, g3_last, g3_part = Signal(), Signal(), Signal(range(1 + C))
+        g3_mag = [Signal(MAG_BITS, name=f"g3_mag{i}") for i in range(gl)]
+        m.d.sync += [g3_valid.eq(g2_valid), g3_last.eq(g2_last), g3_part.eq(g2_part)]
+        for i in range(gl):
+            m.d.sync += g3_mag[i].eq(Mux(g2_mask[i], Mux(g2_prod[i] < 0, -g2_prod[i], g2_prod[i]), 0))
+        lane_max = g3_mag
+        while len(lane_max) > 1:   # a tree of comparators over the beat's lanes
+            lane_max = [Mux(a > b_, a, b_) for a, b_ in zip(lane_max[0::2], lane_max[1::2])] + \
+                lane_max[len(lane_max) & ~1:]
+        beat_max = lane_max[0]
         max_done = Signal()
-        with m.If(advance & valid3 & ~code_pass):
-            m.d.sync += [peak_a.eq(Mux(mag_a > peak_a, mag_a, peak_a)),
-                         peak_n.eq(Mux(mag_n > peak_n, mag_n, peak_n))]
-            m.d.sync += [peak[c].eq(Mux(mag[c] > peak[c], mag[c], peak[c])) for c in range(C)]
-            m.d.comb += max_done.eq(last3)
+        with m.If(g3_valid):
+            with m.Switch(g3_part):
+                with m.Case(0):
+                    m.d.sync += peak_a.eq(Mux(beat_max > peak_a, beat_max, peak_a))
+                for c in range(C):
+                    with m.Case(1 + c):
+                        m.d.sync += peak[c].eq(Mux(beat_max > peak[c], beat_max, peak[c]))
+            m.d.comb += max_done.eq(g3_last)
+
+        # ---- the code pass: P elements per cycle, stalling together -------------
+        advance = Signal()
+        m.d.comb += advance.eq(~self.codes.valid | self.codes.ready)
+        issue = Signal()
+        ptr = Signal(range(self.max_k + P + 1))
+        code_pass = Signal()
+        for port in x_rd + gain_rd:
+            m.d.comb += [port.addr.eq(Mux(code_pass, ptr >> gl_log2, beat)),
+                         port.en.eq(Mux(code_pass, advance, gain_take))]
+        valid1, last1 = Signal(), Signal()
+        chunk1 = Signal(range(max(gl // P, 2)))       # which P lanes of the word
+        base1 = Signal(range(self.max_k + P + 1))
+        with m.If(advance):
+            m.d.sync += [valid1.eq(issue), last1.eq(ptr + P > k_last), chunk1.eq((ptr & (gl - 1)) >> P_log2),
+                         base1.eq(ptr)]
+            with m.If(issue):
+                m.d.sync += ptr.eq(ptr + P)
+
+        def lanes_of(values, name):
+            """The P lanes ``chunk1 * P + j`` of a list of gl per-lane values."""
+            out = []
+            for j in range(P):
+                sel = Signal.like(values[j], name=f"{name}{j}")
+                with m.Switch(chunk1):
+                    for ch in range(gl // P):
+                        with m.Case(ch):
+                            m.d.comb += sel.eq(values[ch * P + j])
+                out.append(sel)
+            return out
+
+        xv = lanes_of([port.data.value for port in x_rd], "x_lane")
+        xn = lanes_of([port.data.norm for port in x_rd], "norm_lane")
+        av = lanes_of([gain_rd[0].data[i] for i in range(gl)], "a_lane")
+        gv = [lanes_of([gain_rd[1 + c].data[i] for i in range(gl)], f"g{c}_lane") for c in range(C)]
+
+        # Stage 2: the products p = x * G_c, x * A; the norm vector's element; lane masks.
+        valid2, last2 = Signal(), Signal()
+        prod_a = [Signal(signed(nx.WIDE_BITS + nx.GAIN_BITS), name=f"prod_a{j}") for j in range(P)]
+        prod = [[Signal(signed(nx.WIDE_BITS + nx.GAIN_BITS), name=f"prod{c}_{j}") for j in range(P)]
+                for c in range(C)]
+        norm_el = [Signal(signed(nx.WIDE_BITS), name=f"norm_el{j}") for j in range(P)]
+        mask2 = Signal(P)
+        with m.If(advance):
+            m.d.sync += [valid2.eq(valid1), last2.eq(last1)]
+            for j in range(P):
+                m.d.sync += [prod_a[j].eq(xv[j] * av[j]), mask2[j].eq(base1 + j <= k_last),
+                             norm_el[j].eq(Mux(p.source == NormSource.GATE, xn[j], xv[j]))]
+                m.d.sync += [prod[c][j].eq(xv[j] * gv[c][j]) for c in range(C)]
+
+        # Stage 3: magnitudes and signs (lanes beyond K count as zero).
+        valid3, last3 = Signal(), Signal()
+        mask3 = Signal(P)
+        mag_a = [Signal(MAG_BITS, name=f"mag_a{j}") for j in range(P)]
+        mag = [[Signal(MAG_BITS, name=f"mag{c}_{j}") for j in range(P)] for c in range(C)]
+        neg3 = [[Signal(name=f"neg{c}_{j}") for j in range(P)] for c in range(C)]
+        mag_n = [Signal(nx.WIDE_BITS, name=f"mag_n{j}") for j in range(P)]
+        with m.If(advance):
+            m.d.sync += [valid3.eq(valid2), last3.eq(last2), mask3.eq(mask2)]
+            for j in range(P):
+                m.d.sync += [mag_a[j].eq(Mux(mask2[j], Mux(prod_a[j] < 0, -prod_a[j], prod_a[j]), 0)),
+                             mag_n[j].eq(Mux(mask2[j], Mux(norm_el[j] < 0, -norm_el[j], norm_el[j]), 0))]
+                for c in range(C):
+                    m.d.sync += [mag[c][j].eq(Mux(prod[c][j] < 0, -prod[c][j], prod[c][j])),
+                                 neg3[c][j].eq(prod[c][j] < 0)]
 
         # The scalars of the code pass (latched after the max pass).
         peak_norm = [Signal(nx.QUANT_NORM_BITS, name=f"peak_norm{c}") for c in range(C)]
@@ -315,59 +407,90 @@ class RmsQuantize(wiring.Component):
             """``numerics.sumsq_magnitudes`` of one magnitude, from the split shift."""
             return Mux(rounding, ((value >> right)[:SUMSQ_MAG_BITS + 1] + 1) >> 1, value << left)[:SUMSQ_MAG_BITS]
 
-        # Code pass, stage 4: normalised magnitudes.
+        # Stage 4: normalised magnitudes.
         valid4, last4 = Signal(), Signal()
-        mag_a4 = Signal(SUMSQ_MAG_BITS)
-        mag_n4 = Signal(SUMSQ_MAG_BITS)
-        mag4 = [Signal(nx.QUANT_NORM_BITS, name=f"mag_norm{c}") for c in range(C)]
-        neg4 = [Signal(name=f"neg4_{c}") for c in range(C)]
+        mask4 = Signal(P)
+        mag_a4 = [Signal(SUMSQ_MAG_BITS, name=f"mag_a4_{j}") for j in range(P)]
+        mag_n4 = [Signal(SUMSQ_MAG_BITS, name=f"mag_n4_{j}") for j in range(P)]
+        mag4 = [[Signal(nx.QUANT_NORM_BITS, name=f"mag_norm{c}_{j}") for j in range(P)] for c in range(C)]
+        neg4 = [[Signal(name=f"neg4_{c}_{j}") for j in range(P)] for c in range(C)]
         with m.If(advance):
-            m.d.sync += [valid4.eq(valid3 & code_pass), last4.eq(last3),
-                         mag_a4.eq(sumsq_magnitude(mag_a, sa_round, sa_right, sa_left)),
-                         mag_n4.eq(sumsq_magnitude(mag_n, sn_round, sn_right, sn_left))]
-            for c in range(C):
-                m.d.sync += [mag4[c].eq(shift_magnitude(mag[c], shift_right[c], shift_left[c])),
-                             neg4[c].eq(neg3[c])]
+            m.d.sync += [valid4.eq(valid3), last4.eq(last3), mask4.eq(mask3)]
+            for j in range(P):
+                m.d.sync += [mag_a4[j].eq(sumsq_magnitude(mag_a[j], sa_round, sa_right, sa_left)),
+                             mag_n4[j].eq(sumsq_magnitude(mag_n[j], sn_round, sn_right, sn_left))]
+                for c in range(C):
+                    m.d.sync += [mag4[c][j].eq(shift_magnitude(mag[c][j], shift_right[c], shift_left[c])),
+                                 neg4[c][j].eq(neg3[c][j])]
 
         # Stage 5: squares and the codes q = sign * ((|p'| * R + 2**39) >> 40),
         # zero for an absent consumer.
         valid5, last5 = Signal(), Signal()
-        sq_a = Signal(2 * SUMSQ_MAG_BITS)
-        sq_n = Signal(2 * SUMSQ_MAG_BITS)
-        code5 = [Signal(signed(CODE_BITS), name=f"code{c}") for c in range(C)]
+        count5 = Signal(range(P + 1))                 # lanes within K
+        sq_a = [Signal(2 * SUMSQ_MAG_BITS, name=f"sq_a{j}") for j in range(P)]
+        sq_n = [Signal(2 * SUMSQ_MAG_BITS, name=f"sq_n{j}") for j in range(P)]
+        code5 = [[Signal(signed(CODE_BITS), name=f"code{c}_{j}") for j in range(P)] for c in range(C)]
         with m.If(advance):
-            m.d.sync += [valid5.eq(valid4), last5.eq(last4), sq_a.eq(mag_a4 * mag_a4), sq_n.eq(mag_n4 * mag_n4)]
-            for c in range(C):
-                magnitude = code_magnitude(mag4[c], recip[c])
-                m.d.sync += code5[c].eq(Mux(c < p.consumers, Mux(neg4[c], -magnitude, magnitude), 0))
+            m.d.sync += [valid5.eq(valid4), last5.eq(last4), count5.eq(sum(mask4[j] for j in range(P)))]
+            for j in range(P):
+                m.d.sync += [sq_a[j].eq(mag_a4[j] * mag_a4[j]), sq_n[j].eq(mag_n4[j] * mag_n4[j])]
+                for c in range(C):
+                    magnitude = code_magnitude(mag4[c][j], recip[c])
+                    m.d.sync += code5[c][j].eq(Mux(c < p.consumers, Mux(neg4[c][j], -magnitude, magnitude), 0))
 
-        # Stage 6: the sums and the codes, five to a beat.
+        # Stage 6: the sums, and the codes packed five to a beat through a
+        # buffer (at most 4 waiting + P new <= 8).
         sumsq = Signal(b.sumsq_bits)
         sumsq_n = Signal(b.sumsq_bits)
-        slot = Signal(range(nx.TRITS_PER_BYTE))
-        building = Signal(CODES_LAYOUT)
+        slots = G + P - 1
+        buf = [[Signal(signed(CODE_BITS), name=f"buf{c}_{s_}") for s_ in range(slots)] for c in range(C)]
+        held = Signal(range(G))                       # codes waiting in buf
+        flush = Signal()                              # a final partial group still to go
         code_done = Signal()
         with m.If(self.codes.valid & self.codes.ready):
             m.d.sync += self.codes.valid.eq(0)
+        total = Signal(range(slots + 1))
+        m.d.comb += total.eq(held + count5)
+        merged = [[Signal(signed(CODE_BITS), name=f"merged{c}_{s_}") for s_ in range(slots)] for c in range(C)]
+        for c in range(C):
+            for s_ in range(slots):
+                # slot s: a waiting code, the new lane s - held, or zero (padding of the last group)
+                value = Mux(s_ < held, buf[c][s_], 0)
+                for j in range(P):
+                    value = Mux((s_ >= held) & (s_ - held == j) & (j < count5), code5[c][j], value)
+                m.d.comb += merged[c][s_].eq(value)
         with m.If(advance & valid5):
-            m.d.sync += [sumsq.eq(sumsq + sq_a), sumsq_n.eq(sumsq_n + sq_n)]
-            group = Signal(CODES_LAYOUT)
-            m.d.comb += group.eq(building)
-            with m.Switch(slot):
-                for j in range(nx.TRITS_PER_BYTE):
-                    with m.Case(j):
-                        m.d.comb += [group.codes[c][j].eq(code5[c]) for c in range(C)]
-            with m.If((slot == nx.TRITS_PER_BYTE - 1) | last5):
-                m.d.sync += [self.codes.payload.codes.eq(group.codes), self.codes.payload.last.eq(last5),
-                             self.codes.valid.eq(1), building.eq(0), slot.eq(0)]
-                m.d.comb += code_done.eq(last5)
+            m.d.sync += [sumsq.eq(sumsq + sum(sq_a[1:], sq_a[0])), sumsq_n.eq(sumsq_n + sum(sq_n[1:], sq_n[0]))]
+            with m.If(total >= G):
+                m.d.sync += [self.codes.valid.eq(1), self.codes.payload.last.eq(last5 & (total == G)),
+                             held.eq(total - G)]
+                for c in range(C):
+                    m.d.sync += [self.codes.payload.codes[c][j].eq(merged[c][j]) for j in range(G)]
+                    m.d.sync += [buf[c][s_].eq(merged[c][s_ + G]) for s_ in range(slots - G)]
+                with m.If(last5):
+                    with m.If(total == G):
+                        m.d.comb += code_done.eq(1)
+                    with m.Else():
+                        m.d.sync += flush.eq(1)
             with m.Else():
-                m.d.sync += [building.eq(group), slot.eq(slot + 1)]
+                m.d.sync += held.eq(total)
+                m.d.sync += [buf[c][s_].eq(merged[c][s_]) for c in range(C) for s_ in range(slots)]
+                with m.If(last5):
+                    # the final group, padded with zeros
+                    m.d.sync += [self.codes.valid.eq(1), self.codes.payload.last.eq(1), held.eq(0)]
+                    for c in range(C):
+                        m.d.sync += [self.codes.payload.codes[c][j].eq(merged[c][j]) for j in range(G)]
+                    m.d.comb += code_done.eq(1)
+        with m.If(advance & flush):
+            m.d.sync += [self.codes.valid.eq(1), self.codes.payload.last.eq(1), held.eq(0), flush.eq(0)]
+            for c in range(C):
+                m.d.sync += [self.codes.payload.codes[c][j].eq(Mux(j < held, buf[c][j], 0)) for j in range(G)]
+            m.d.comb += code_done.eq(1)
 
         # ---- scalars after the passes -------------------------------------------
         norm_now = [normalise_peak(m, peak[c], nx.QUANT_NORM_BITS, name=f"peak{c}") for c in range(C)]
         bitlen_a = bit_length(m, peak_a, name="bitlen_a")
-        bitlen_n = bit_length(m, peak_n, name="bitlen_n")
+        bitlen_n = bit_length(m, Mux(p.source == NormSource.GATE, peak_norm_in, peak_x), name="bitlen_n")
         for recip_unit, value in zip(recips, peak_norm):
             m.d.comb += [recip_unit.i.payload.eq(value), recip_unit.o.ready.eq(1)]
 
@@ -390,23 +513,18 @@ class RmsQuantize(wiring.Component):
                 with m.If(self.params.valid):
                     m.d.sync += [p.eq(self.params.payload), k_last.eq(self.params.payload.k - 1),
                                  beats_per_part.eq((self.params.payload.k + gl - 1) >> gl_log2),
-                                 part.eq(0), beat.eq(0)]
+                                 part.eq(0), beat.eq(0), peak_a.eq(0)] + [peak[c].eq(0) for c in range(C)]
                     m.next = "GAINS"
             with m.State("GAINS"):
-                m.d.comb += self.gains.ready.eq(1)
-                with m.If(self.gains.valid):
+                # Gains only with x complete: each beat meets its x lanes for the max.
+                m.d.comb += [self.gains.ready.eq(x_full), gain_take.eq(self.gains.valid & x_full)]
+                with m.If(gain_take):
                     m.d.sync += beat.eq(beat + 1)
                     with m.If(beat == beats_per_part - 1):
                         m.d.sync += [beat.eq(0), part.eq(part + 1)]
                         with m.If(part == p.consumers):
-                            m.next = "WAIT_X"
-            with m.State("WAIT_X"):
-                with m.If(x_full):
-                    m.d.sync += [ptr.eq(0), word.eq(0), lane.eq(0), code_pass.eq(0),
-                                 peak_a.eq(0), peak_n.eq(0)] + [peak[c].eq(0) for c in range(C)]
-                    m.next = "MAX_PASS"
-            with m.State("MAX_PASS"):
-                m.d.comb += issue.eq(ptr <= k_last)
+                            m.next = "MAX_DRAIN"
+            with m.State("MAX_DRAIN"):
                 with m.If(max_done):
                     m.next = "NORMALISE"
             with m.State("NORMALISE"):
@@ -429,13 +547,13 @@ class RmsQuantize(wiring.Component):
             with m.State("DIVIDE_WAIT"):
                 with m.If(recips[0].o.valid):
                     m.d.sync += [recip[c].eq(recips[c].o.payload) for c in range(C)]
-                    m.d.sync += [ptr.eq(0), word.eq(0), lane.eq(0), code_pass.eq(1), sumsq.eq(0),
-                                 sumsq_n.eq(0), slot.eq(0), building.eq(0)]
+                    m.d.sync += [ptr.eq(0), code_pass.eq(1), sumsq.eq(0), sumsq_n.eq(0), held.eq(0), flush.eq(0)]
                     m.next = "CODE_PASS"
             with m.State("CODE_PASS"):
                 m.d.comb += issue.eq(ptr <= k_last)
-                m.d.comb += x_release.eq(advance & (ptr == k_last))
+                m.d.comb += x_release.eq(advance & issue & (ptr + P > k_last))
                 with m.If(code_done):
+                    m.d.sync += code_pass.eq(0)
                     m.next = "EPS"
             with m.State("EPS"):
                 # eps = floor(base * eps_mant * 2**e), e = 2 q - eps_shift,

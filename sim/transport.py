@@ -211,7 +211,8 @@ class SimTransport(Transport):
     def _log_hint(self) -> str:
         self._keep_log = True
         if self._sim_error is not None and not isinstance(self._sim_error, SystemExit):
-            return f": {type(self._sim_error).__name__}: {str(self._sim_error).strip()[:200]} (log: {self.log_path})"
+            first = (str(self._sim_error).strip().splitlines() or [""])[0][:200]
+            return f": {type(self._sim_error).__name__}: {first} (log: {self.log_path})"
         last = ""
         try:
             lines = [x for x in Path(self.log_path).read_text(errors="replace").splitlines() if x.strip()]

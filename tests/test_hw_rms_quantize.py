@@ -146,7 +146,7 @@ async def _run(dut, idle, backpressure):
     from mmfree.sim.stream import StreamDriver, StreamMonitor, start_clock_and_reset
 
     p = bench_params()
-    unit = RmsQuantize(max_k=p["max_k"], gain_lanes=p["lanes"])
+    unit = RmsQuantize(max_k=p["max_k"], gain_lanes=p["lanes"], elements_per_cycle=p["P"])
     params, gains, xs, want_codes, want_scales = stimulus(p["max_k"], p["lanes"], p["seed"])
     await start_clock_and_reset(dut)
     drivers = [StreamDriver(dut, name, idle=idle, seed=p["seed"] + i) for i, name in enumerate(("params", "gains", "x"))]
@@ -154,7 +154,7 @@ async def _run(dut, idle, backpressure):
     scales = StreamMonitor(dut, "scales", backpressure=backpressure, seed=p["seed"] + 6)
     for drv, words in zip(drivers, (params, gains, xs)):
         drv.send(words)
-    budget = sum(unit.codes_cycles(w[1]["k"]) for w in cases(p["max_k"], p["seed"])) + 2000 * len(params)
+    budget = sum(3 * w[1]["k"] for w in cases(p["max_k"], p["seed"])) + 2000 * len(params)
     await scales.wait_for(len(params), timeout_cycles=int(budget * (1 + 4 * (idle + backpressure))))
     for _ in range(20):
         await RisingEdge(dut.clk)
@@ -175,14 +175,15 @@ if cocotb is not None:
 
     @cocotb.test()
     async def bench_latency(dut):
-        """Gains first, then x: the last codes beat leaves exactly ``codes_cycles(K)`` cycles after
-        x's last element (the max pass cannot start earlier); the next vector's x is taken
-        from the end of this one's code pass, before its scales are out."""
+        """x first, then the gains: the first and the last codes beats leave exactly
+        ``first_codes_cycles`` and ``codes_cycles(K)`` cycles after the last gains beat (the max
+        pass rides on the gain load); the next vector's x is taken from the end of this one's
+        code pass, before its scales are out."""
         from mmfree.sim.runner import bench_params
         from mmfree.sim.stream import StreamDriver, StreamMonitor, start_clock_and_reset
 
         p = bench_params()
-        unit = RmsQuantize(max_k=p["max_k"], gain_lanes=p["lanes"])
+        unit = RmsQuantize(max_k=p["max_k"], gain_lanes=p["lanes"], elements_per_cycle=p["P"])
         params, gains, xs, want_codes, want_scales = stimulus(p["max_k"], p["lanes"], p["seed"])
         cs = cases(p["max_k"], p["seed"])
         k0, k1 = cs[0][1]["k"], cs[1][1]["k"]
@@ -192,13 +193,16 @@ if cocotb is not None:
         codes = StreamMonitor(dut, "codes")
         scales = StreamMonitor(dut, "scales")
         pd.send(params[:2])
-        gd.send(gains[:n_gain0])
-        while len(gd.transfer_cycles) < n_gain0:
-            await cocotb.triggers.RisingEdge(dut.clk)
         xd.send(xs[:k0 + k1])
+        while len(xd.transfer_cycles) < k0:
+            await cocotb.triggers.RisingEdge(dut.clk)
+        gd.send(gains[:n_gain0])
         groups0 = -(-k0 // 5)
-        await codes.wait_for(groups0, timeout_cycles=k0 + unit.codes_cycles(k0) + 100)
-        assert codes.transfer_cycles[groups0 - 1] - xd.transfer_cycles[k0 - 1] == unit.codes_cycles(k0)
+        await codes.wait_for(groups0, timeout_cycles=n_gain0 + unit.codes_cycles(k0) + 100)
+        last_gain = gd.transfer_cycles[n_gain0 - 1]
+        if k0 >= 5:
+            assert codes.transfer_cycles[0] - last_gain == unit.first_codes_cycles
+        assert codes.transfer_cycles[groups0 - 1] - last_gain == unit.codes_cycles(k0)
         await scales.wait_for(1, timeout_cycles=2000)
         # The second vector's x started going in while the first was still computing its scales.
         assert len(xd.transfer_cycles) > k0 and xd.transfer_cycles[k0] < scales.transfer_cycles[0]
@@ -212,6 +216,10 @@ if cocotb is not None:
     (dict(max_k=64.0, gain_lanes=8), TypeError, "max_k must be an integer, not 64.0"),
     (dict(max_k=64, gain_lanes=3), ValueError, "gain_lanes must be a power of two in 1..32, not 3"),
     (dict(max_k=64, gain_lanes=64), ValueError, "gain_lanes must be a power of two in 1..32, not 64"),
+    (dict(max_k=64, gain_lanes=8, elements_per_cycle=3), ValueError,
+     "elements_per_cycle must be 1, 2 or 4 and at most gain_lanes (8), not 3"),
+    (dict(max_k=64, gain_lanes=2, elements_per_cycle=4), ValueError,
+     "elements_per_cycle must be 1, 2 or 4 and at most gain_lanes (2), not 4"),
 ])
 def test_parameter_errors(kwargs, exc, msg):
     with pytest.raises(exc) as info:
@@ -236,16 +244,22 @@ def test_widths_cover_the_stimulus():
 
 
 def test_codes_cycles_formula():
-    unit = RmsQuantize(max_k=256, gain_lanes=8)
-    assert unit.codes_cycles(256) == 2 * 256 + RmsQuantize.CODES_OVERHEAD
+    """ceil(K / P) issues plus the fixed overhead; one more when the final issue completes two groups."""
+    assert RmsQuantize(max_k=256, gain_lanes=8).codes_cycles(256) == 256 + RmsQuantize.CODES_OVERHEAD
+    four = RmsQuantize(max_k=256, gain_lanes=8, elements_per_cycle=4)
+    # K = 256: 252 codes leave 2 waiting, the last 4 make 6: one group, then a flush
+    assert four.codes_cycles(256) == 64 + RmsQuantize.CODES_OVERHEAD + 1
+    # K = 19: 16 codes leave 1 waiting, the last 3 make a padded final group
+    assert four.codes_cycles(19) == 5 + RmsQuantize.CODES_OVERHEAD
+    assert four.codes_cycles(24) == 6 + RmsQuantize.CODES_OVERHEAD
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("max_k, lanes", [(768, 8), (96, 32), (37, 4)])
-def test_rms_quantize_verilator(max_k, lanes):
+@pytest.mark.parametrize("max_k, lanes, P", [(768, 8, 1), (768, 8, 4), (96, 32, 2), (37, 4, 1), (37, 4, 4)])
+def test_rms_quantize_verilator(max_k, lanes, P):
     from mmfree.sim.runner import simulate
 
-    result = simulate(RmsQuantize(max_k=max_k, gain_lanes=lanes), toplevel="rms_quantize",
+    result = simulate(RmsQuantize(max_k=max_k, gain_lanes=lanes, elements_per_cycle=P), toplevel="rms_quantize",
                       test_module=Path(__file__).stem, module_dir=Path(__file__).parent,
-                      params={"max_k": max_k, "lanes": lanes, "seed": 7 + max_k})
+                      params={"max_k": max_k, "lanes": lanes, "P": P, "seed": 7 + max_k + P})
     assert result.tests == 3 and result.failed == 0
