@@ -127,30 +127,50 @@ def project_full(one: dict, two: dict, layers: int = FULL_LAYERS) -> dict:
 
 
 def plot(figures: list[dict], path: Path) -> None:
+    """One panel per (model, configuration): the measured cycles per token, stacked by phase,
+    beside the DDR roofline; linear scales from zero, so bar heights compare."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     models = list(dict.fromkeys(f["model"] for f in figures))
-    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
-    for ax, model in zip(axes[0], models):
-        rows = [f for f in figures if f["model"] == model]
-        x = np.arange(len(rows))
-        ax.bar(x - 0.2, [f["cycles_per_token"] for f in rows], 0.4, label="measured (RTL)")
-        ax.bar(x + 0.2, [f["roofline_cycles"] for f in rows], 0.4, label="DDR roofline")
-        for i, f in enumerate(rows):
-            ax.text(i - 0.2, f["cycles_per_token"], f"{100 * f['efficiency']:.0f} %\n{f['tokens_per_s']:.3g} tok/s",
-                    ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(x, [f"{f['config']}\n{f['ddr_gb_per_s']:.1f} GB/s" for f in rows])
-        ax.set_title(model, fontsize=10)
-        ax.set_ylabel("cycles per token")
-        ax.set_yscale("log")
-        ax.legend(fontsize=8)
-    fig.suptitle("mmfree accelerator: measured cycles per token vs DDR roofline")
-    fig.tight_layout()
+    configs = list(dict.fromkeys(f["config"] for f in figures))
+    phases = ["cycles_embed", "cycles_prep", "cycles_matvec", "cycles_elementwise", "cycles_head"]
+    colors = ["#9e9e9e", "#e6a23c", "#3b7dd8", "#67c23a", "#a06cd5"]
+    fig, axes = plt.subplots(len(models), len(configs), figsize=(4.2 * len(configs), 3.6 * len(models)),
+                             squeeze=False)
+    for r, model in enumerate(models):
+        for c, config in enumerate(configs):
+            ax = axes[r][c]
+            (f,) = [f for f in figures if f["model"] == model and f["config"] == config] or [None]
+            if f is None:
+                ax.axis("off")
+                continue
+            bottom = 0.0
+            for name, color in zip(phases, colors):
+                value = f["phases"].get(name, 0.0)
+                ax.bar(0, value, 0.6, bottom=bottom, color=color,
+                       label=name.removeprefix("cycles_") if r == c == 0 else None)
+                bottom += value
+            ax.bar(1, f["roofline_cycles"], 0.6, color="#f56c6c", label="DDR roofline" if r == c == 0 else None)
+            ax.text(0, f["cycles_per_token"], f"{f['cycles_per_token']:,.0f}\n{100 * f['efficiency']:.1f} % of roofline"
+                    f"\n{f['tokens_per_s']:,.1f} tok/s", ha="center", va="bottom", fontsize=8)
+            ax.text(1, f["roofline_cycles"], f"{f['roofline_cycles']:,.0f}", ha="center", va="bottom", fontsize=8)
+            ax.set_xticks([0, 1], ["measured (RTL)", "roofline"])
+            ax.set_ylim(0, 1.35 * max(f["cycles_per_token"], f["roofline_cycles"]))
+            ax.set_title(f"{config} ({f['ddr_gb_per_s']:.1f} GB/s, {f['clock_mhz']:.0f} MHz)\n{model}", fontsize=9)
+            ax.set_ylabel("cycles per token")
+    fig.legend(loc="lower center", ncol=6, fontsize=8)
+    fig.suptitle("mmfree accelerator RTL: cycles per token vs the DDR roofline")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def replot(json_path: Path) -> None:
+    """Redraw the PNG from a JSON this bench wrote."""
+    plot(json.loads(json_path.read_text())["figures"], json_path.with_suffix(".png"))
 
 
 def main(argv=None) -> int:
