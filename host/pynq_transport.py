@@ -104,8 +104,12 @@ class PynqTransport(Transport):
         self.register_window = REGISTER_SPACE_BYTES
         self._mmio = pynq.MMIO(int(ip["phys_addr"]), max(int(ip.get("addr_range", 0)), REGISTER_SPACE_BYTES))
         self._allocate = pynq.allocate
-        if clock_hz is None:
-            clock_hz = float(pynq.ps.Clocks.fclk0_mhz) * 1e6
+        if clock_hz is None:  # PL clock 0: fclk0 on Zynq-7000, pl_clk0 on Zynq UltraScale+
+            clocks = pynq.ps.Clocks
+            mhz = getattr(clocks, "fclk0_mhz", None) or getattr(clocks, "pl_clk0_mhz", None)
+            if not mhz:
+                raise TransportError("cannot read the PL clock from pynq; pass clock_hz")
+            clock_hz = float(mhz) * 1e6
         self.clock_hz = float(clock_hz)
         self._buffers: list[PynqBuffer] = []
 

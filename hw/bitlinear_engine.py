@@ -22,6 +22,8 @@ __all__ = ["BitLinearEngine", "Y_LAYOUT", "X_LAYOUT"]
 Y_LAYOUT = data.StructLayout({"consumer": unsigned(2), "value": signed(nx.ACT_BITS), "last": 1})
 
 _WORD = 32
+# ceil(K / 5) without a divider: floor(n * 52429 / 2**18) = n // 5 for every n < 2**16 + 8.
+_DIV5_MUL, _DIV5_SHIFT = 52429, 18
 _HEADER_WORDS_USED = CONSUMER_WORD + 4 * MAX_CONSUMERS      # words 0..19 carry fields
 
 
@@ -97,18 +99,23 @@ class BitLinearEngine(wiring.Component):
     Attributes
     ----------
     header_beats : ``RECORD_HEADER_BYTES / E``.
-    prep_cycles(k, consumers) : cycles from the first header beat to the
-        first matrix beat when beats and x are always there (x complete
-        before the gains end): ``header_beats + 2 + gain_beats(k, consumers)
-        + RmsQuantize.codes_cycles(k) + 1`` (= ``PREP_OVERHEAD + ...``).
-        The pass cost ``2 k`` is one element per cycle per pass; the eps,
-        rsqrt and scale steps overlap the first matrix block.
-    matvec_beats(k, rows) : matrix beats of a record, padding included.
+    prep_cycles(k, consumers) : cycles from a BITLINEAR record's first header
+        beat to its first matrix beat when beats are always there and x is
+        complete before the gains end: the header and gain beats (minus the
+        last gain part's padding, which the input stage does not wait for),
+        the input stage's ``first_codes_cycles`` (the max pass rides on the
+        gain load; normalise, reciprocals, the first group of codes) and
+        ``PREP_OVERHEAD``. Eps, rsqrt and the scales overlap the matrices.
+    matvec_cycles(k, rows) : cycles from the first to one past the last matrix
+        beat, the output side keeping up (``K / 5 >= E``): the matrix beats
+        (``matvec_beats``) plus the cycles the first block waits for codes
+        (none when ``R / E >= 5 / P``).
     """
 
-    def __init__(self, *, engine_bytes: int, rows_per_block: int, max_k: int, max_rows: int):
+    def __init__(self, *, engine_bytes: int, rows_per_block: int, max_k: int, max_rows: int,
+                 elements_per_cycle: int = 1):
         for name, value in (("engine_bytes", engine_bytes), ("rows_per_block", rows_per_block),
-                            ("max_k", max_k), ("max_rows", max_rows)):
+                            ("max_k", max_k), ("max_rows", max_rows), ("elements_per_cycle", elements_per_cycle)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an integer, not {value!r}")
         if engine_bytes not in (8, 16, 32, 64):
@@ -120,6 +127,9 @@ class BitLinearEngine(wiring.Component):
             raise ValueError(f"max_k must be in 1..65535, not {max_k}")
         if not 1 <= max_rows < (1 << 24):
             raise ValueError(f"max_rows must be in 1..16777215, not {max_rows}")
+        if elements_per_cycle not in (1, 2, 4):
+            raise ValueError(f"elements_per_cycle must be 1, 2 or 4, not {elements_per_cycle}")
+        self.elements_per_cycle = elements_per_cycle
         self.engine_bytes, self.rows_per_block = engine_bytes, rows_per_block
         self.max_k, self.max_rows = max_k, max_rows
         self.header_beats = RECORD_HEADER_BYTES // engine_bytes
@@ -132,8 +142,8 @@ class BitLinearEngine(wiring.Component):
         })
 
     # -- cycle model ---------------------------------------------------------
-    #: Fixed cycles of :meth:`prep_cycles` besides the beats and the input stage.
-    PREP_OVERHEAD = 3
+    #: Fixed cycles of :meth:`prep_cycles`: the header check and the input stage's params.
+    PREP_OVERHEAD = 2
 
     def part_beats(self, nbytes: int) -> int:
         """Beats of one record part of ``nbytes`` bytes, padded to 64 bytes."""
@@ -143,12 +153,29 @@ class BitLinearEngine(wiring.Component):
         return (1 + consumers) * self.part_beats(2 * k)
 
     def prep_cycles(self, k: int, consumers: int) -> int:
-        return (self.header_beats + self.gain_beats(k, consumers) + 2 * k + RmsQuantize.CODES_OVERHEAD
+        rms = RmsQuantize(max_k=max(k, self.max_k), gain_lanes=self.engine_bytes // 2,
+                          elements_per_cycle=self.elements_per_cycle)
+        last_padding = self.part_beats(2 * k) - -(-2 * k // self.engine_bytes)
+        return (self.header_beats + self.gain_beats(k, consumers) - last_padding + rms.first_codes_cycles
                 + self.PREP_OVERHEAD)
 
     def matvec_beats(self, k: int, rows) -> int:
         groups = -(-k // nx.TRITS_PER_BYTE)
         return sum(self.part_beats(-(-n // self.rows_per_block) * groups * self.rows_per_block) for n in rows)
+
+    def matvec_cycles(self, k: int, rows) -> int:
+        # Codes of group g leave the input stage t_g cycles after group 0's (one issue of
+        # P elements per cycle; a final group completed together with another leaves a
+        # cycle later); a beat of group g can follow at t_g at the earliest.
+        P, D = self.elements_per_cycle, self.rows_per_block // self.engine_bytes
+        groups = -(-k // nx.TRITS_PER_BYTE)
+        t = [min(nx.TRITS_PER_BYTE * g + nx.TRITS_PER_BYTE - 1, k - 1) // P for g in range(groups)]
+        if groups >= 2 and t[-1] == t[-2]:
+            t[-1] += 1
+        now = 0
+        for g in range(groups):
+            now = max(now, t[g] - t[0]) + D
+        return self.matvec_beats(k, rows) + now - groups * D
 
     # -- hardware ------------------------------------------------------------
     def elaborate(self, platform):
@@ -161,7 +188,8 @@ class BitLinearEngine(wiring.Component):
         align_beats = STREAM_ALIGN // E              # parts end on 64-byte boundaries
         groups_max = -(-self.max_k // nx.TRITS_PER_BYTE)
 
-        m.submodules.input = rms = RmsQuantize(max_k=self.max_k, gain_lanes=gl)
+        m.submodules.input = rms = RmsQuantize(max_k=self.max_k, gain_lanes=gl,
+                                               elements_per_cycle=self.elements_per_cycle)
         m.submodules.accumulate = acc = TernaryAccumulate(lanes=E, k=self.max_k, rows_per_block=R)
         acc_beat = acc.o.payload.shape()
         m.submodules.acc_fifo = acc_fifo = StreamFifo(shape=acc_beat, depth=max(2, 2 * D))
@@ -221,7 +249,7 @@ class BitLinearEngine(wiring.Component):
         with m.If(rms.codes.valid):
             m.d.sync += code_addr.eq(code_addr + 1)
             with m.If(rms.codes.payload.last):
-                m.d.sync += [code_addr.eq(0), groups.eq(code_addr + 1), codes_done.eq(1)]
+                m.d.sync += [code_addr.eq(0), codes_done.eq(1)]
         # The scales wait in a FIFO for the record's first output block.
         m.d.comb += [scale_fifo.i.valid.eq(rms.scales.valid), rms.scales.ready.eq(scale_fifo.i.ready)]
         for c in range(C):
@@ -251,6 +279,7 @@ class BitLinearEngine(wiring.Component):
         grp = Signal(range(groups_max + 1))
         sub = Signal(range(max(D, 2)))
         rows_left = Signal(range(self.max_rows + 1))     # rows of this consumer from the current block on
+        matvec_started = Signal()
         block_first = (grp == 0) & (sub == 0) & ~padding
         block_last_beat = (grp == groups - 1) & (sub == D - 1)
         consumer_last_block = rows_left <= R
@@ -292,8 +321,9 @@ class BitLinearEngine(wiring.Component):
                         m.next = "CHECK"
             with m.State("CHECK"):
                 m.d.comb += [phase.eq(1), busy_record.eq(1)]
+                # ceil(K / 5) = floor((K + 4) * 52429 / 2**18), exact for K < 2**16
                 m.d.sync += [data_beats.eq((k + gl - 1) >> gl_log2), part.eq(0), padding.eq(0), count.eq(0),
-                             lb_left.eq(k)]
+                             lb_left.eq(k), groups.eq(((k[:17] + 4) * _DIV5_MUL) >> _DIV5_SHIFT)]
                 with m.If(~header_ok):
                     m.d.sync += error.eq(1)
                     m.next = "ERROR"
@@ -321,19 +351,20 @@ class BitLinearEngine(wiring.Component):
                     with m.If(part_done):
                         m.d.sync += [padding.eq(0), count.eq(0), part.eq(part + 1)]
                         with m.If(part == consumers):
-                            m.next = "CODES"
-            with m.State("CODES"):
-                m.d.comb += [phase.eq(1), busy_record.eq(1)]
-                with m.If(codes_done):
-                    m.d.sync += [codes_done.eq(0), cons.eq(0), grp.eq(0), sub.eq(0), rows_left.eq(rows[0]),
-                                 padding.eq(0)]
-                    m.next = "MATVEC"
+                            m.d.sync += [cons.eq(0), grp.eq(0), sub.eq(0), rows_left.eq(rows[0]),
+                                         matvec_started.eq(0)]
+                            m.next = "MATVEC"
             with m.State("MATVEC"):
-                m.d.comb += [phase.eq(2), busy_record.eq(1)]
+                # The matrices follow the code pass group by group: a beat needs its
+                # group's codes written (the first block runs behind the code pass).
+                m.d.comb += [phase.eq(Mux(matvec_started, 2, 1)), busy_record.eq(1)]
                 # A beat moves into stage B when it is free (or frees this cycle), and a
                 # block's first beat also needs room for its tag.
                 stage_free = ~b_valid | acc.i.ready
-                m.d.comb += want.eq(padding | (stage_free & (~block_first | tag_fifo.i.ready)))
+                codes_there = codes_done | (grp < code_addr)
+                m.d.comb += want.eq(padding | (stage_free & codes_there & (~block_first | tag_fifo.i.ready)))
+                with m.If(take):
+                    m.d.sync += matvec_started.eq(1)
                 tag = tag_fifo.i.payload
                 m.d.comb += [tag.consumer.eq(cons), tag.rows.eq(Mux(consumer_last_block, rows_left, R)),
                              tag.last.eq(consumer_last_block), tag.first.eq((cons == 0) & (rows_left == rows[0])),
@@ -364,6 +395,7 @@ class BitLinearEngine(wiring.Component):
                             with m.Case(c):
                                 m.d.sync += rows_left.eq(rows[c + 1])
                     with m.If(cons == consumers - 1):
+                        m.d.sync += codes_done.eq(0)
                         m.next = "HEADER"
             with m.State("GATES"):
                 # After every earlier output has left: K gates, E/2 per beat, then padding.

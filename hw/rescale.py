@@ -15,7 +15,6 @@ __all__ = ["Rescale", "rescale_in_layout", "SCALE_SHAPE", "EXP_SHAPE"]
 SCALE_SHAPE = unsigned(nx.SCALE_BITS + 1)
 #: The per-vector exponent; sane scales give about -70 .. 0, the port takes -128 .. 127.
 EXP_SHAPE = signed(8)
-#: ``rshift_round(p, n)`` is 0 for n > P + 1 when |p| < 2**P: the shift saturates there.
 _ACT_OUT = signed(nx.ACT_BITS)
 
 
@@ -85,7 +84,8 @@ class Rescale(wiring.Component):
         m = Module()
         prod_bits = self.acc_bits + SCALE_SHAPE.width          # signed: |p| < 2**(prod_bits - 2)
         wide_bits = prod_bits + nx.ACT_BITS                     # w = p << 32
-        max_shift = wide_bits                                   # beyond it the result is 0 (or -1 >> ...)
+        # rshift_round(w, s) = 0 for every s >= wide_bits (|w| < 2**(wide_bits - 2)): clamp s there
+        max_shift = wide_bits
 
         advance = Signal()
         m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance)]

@@ -100,13 +100,30 @@ class FloatModel:
                 )
 
     # -- building blocks --------------------------------------------------
-    def bitlinear(self, x: np.ndarray, name: str) -> np.ndarray:
-        """BitLinear over the last axis of x (one row per position)."""
+    def bitlinear(self, x: np.ndarray, name: str, folded: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """BitLinear over the last axis of x (one row per position).
+
+        ``folded = (w, a)`` says that x = w * a / (a per-row positive factor)
+        (the pre-norm's input and gain, docs/numerics.md): in float64 the
+        codes are then rounded from ``127 |w*a*gamma| / max|w*a*gamma|``, the
+        same real number as x^ * s with one rounding instead of a chain, so
+        an exact tie (common at layer 0, whose inputs are bf16) rounds by the
+        spec's rule instead of by the chain's last-bit error.
+        """
         codes, gamma, m = self._linear[name]
         t = self.dtype
         xn = rms_norm(x, gamma, self.eps)
         scale = t(nx.ACT_CODE_MAX) / np.maximum(np.max(np.abs(xn), axis=-1, keepdims=True), t(nx.ACT_ABSMAX_FLOOR))
-        q = np.clip(nx.round_half_away(xn * scale), -128, 127).astype(F32)
+        if t is np.float64:
+            w, a = (x, None) if folded is None else folded
+            p = w * gamma if a is None else w * (a * gamma)        # a * gamma: exact (bf16 * bf16)
+            peak = np.max(np.abs(p), axis=-1, keepdims=True)
+            # The reference's floor on max|x^| (1e-5) only matters for a (near) zero vector.
+            live = np.max(np.abs(xn), axis=-1, keepdims=True) >= nx.ACT_ABSMAX_FLOOR
+            ratio = np.where(live, (nx.ACT_CODE_MAX * p) / np.where(peak > 0, peak, 1.0), xn * scale)
+            q = np.clip(nx.round_half_away(ratio), -128, 127).astype(F32)
+        else:
+            q = np.clip(nx.round_half_away(xn * scale), -128, 127).astype(F32)
         acc = (q @ codes.T).astype(t, copy=False)   # exact: integers below 2**24
         return acc * (m / scale)
 
@@ -116,10 +133,11 @@ class FloatModel:
     def _layer(self, layer: int, h: np.ndarray, state: np.ndarray):
         """One block on rows of h (T x D); state is the (D,) recurrent state before row 0."""
         p = f"model.layers.{layer}"
-        u = rms_norm(h, self.norm(f"{p}.attn_norm.weight"), self.eps)
-        i = self.bitlinear(u, f"{p}.attn.i_proj")
-        f = sigmoid(self.bitlinear(u, f"{p}.attn.f_proj"))
-        g = self.bitlinear(u, f"{p}.attn.g_proj")
+        a_attn = self.norm(f"{p}.attn_norm.weight")
+        u = rms_norm(h, a_attn, self.eps)
+        i = self.bitlinear(u, f"{p}.attn.i_proj", (h, a_attn))
+        f = sigmoid(self.bitlinear(u, f"{p}.attn.f_proj", (h, a_attn)))
+        g = self.bitlinear(u, f"{p}.attn.g_proj", (h, a_attn))
         one = self.dtype(1.0)
         if layer > 0:
             lb = self.lower_bounds[layer]
@@ -129,16 +147,20 @@ class FloatModel:
         for t in range(c.shape[0]):            # h_t = f * h_{t-1} + c
             state = f[t] * state + c[t]
             states[t] = state
-        o = rms_norm(g, self.norm(f"{p}.attn.g_norm.weight"), self.eps) * silu(states)
-        r = h + self.bitlinear(o, f"{p}.attn.o_proj")
-        v = rms_norm(r, self.norm(f"{p}.mlp_norm.weight"), self.eps)
-        ab = self.bitlinear(v, f"{p}.mlp.gate_proj")
+        a_g = self.norm(f"{p}.attn.g_norm.weight")
+        silu_h = silu(states)
+        o = rms_norm(g, a_g, self.eps) * silu_h
+        r = h + self.bitlinear(o, f"{p}.attn.o_proj", (g * silu_h, a_g))
+        a_mlp = self.norm(f"{p}.mlp_norm.weight")
+        v = rms_norm(r, a_mlp, self.eps)
+        ab = self.bitlinear(v, f"{p}.mlp.gate_proj", (r, a_mlp))
         a, b = ab[:, : self.cfg.I], ab[:, self.cfg.I:]
         out = r + self.bitlinear(silu(a) * b, f"{p}.mlp.down_proj")
         return out, state
 
     def _head(self, h: np.ndarray) -> np.ndarray:
-        return self.bitlinear(rms_norm(h, self.norm("model.norm.weight"), self.eps), "lm_head")
+        a = self.norm("model.norm.weight")
+        return self.bitlinear(rms_norm(h, a, self.eps), "lm_head", (h, a))
 
     # -- entry points -----------------------------------------------------
     def initial_state(self) -> list[np.ndarray]:

@@ -472,5 +472,5 @@ def rescale(acc: np.ndarray, scale: int, exp: int) -> np.ndarray:
     prod = np.asarray(acc, np.int64) * scale
     if exp >= 0:
         limit = (ACT_MAX >> exp) + 1
-        return np.clip(prod, -limit, limit) << exp if exp < 32 else saturate(np.sign(prod) * (1 << 62))
+        return saturate(np.clip(prod, -limit, limit) << exp) if exp < 32 else saturate(np.sign(prod) * (1 << 62))
     return saturate(rshift_round(prod, -exp))

@@ -90,7 +90,8 @@ def group_cells(cells: dict[str, int]) -> dict[str, float]:
             groups["BRAM"] += n
         elif name.startswith("MUXF"):
             groups["MUXF"] += n
-        elif name not in ("BUFG", "INV"):  # the clock buffer; INV folds into its load in Vivado
+        elif name not in ("BUFG", "INV") and not name.startswith("$"):
+            # BUFG: the clock buffer; INV folds into its load in Vivado; $scopeinfo: flatten's names
             groups["other"] += n
     groups["LUT"] = groups["LUT_logic"] + groups["LUT_mem"]
     return groups

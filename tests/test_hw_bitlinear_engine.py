@@ -265,41 +265,42 @@ def test_stimulus_covers_the_edges():
                for r in recs.values() for c in r.get("consumers", []))
 
 
-CONFIGS = [  # (E, R, image of the other benches, kjv records?, max_k, max_rows)
-    (8, 64, "odd64", True, 768, 4096),
-    (16, 64, "odd64", True, 768, 4096),
-    (64, 64, "odd64", True, 768, 4096),
-    (8, 24, "odd24", False, 72, 144),
+CONFIGS = [  # (E, R, P, image of the other benches, kjv records?, max_k, max_rows)
+    (8, 64, 1, "odd64", True, 768, 4096),
+    (16, 64, 1, "odd64", True, 768, 4096),
+    (64, 64, 4, "odd64", True, 768, 4096),
+    (8, 24, 2, "odd24", False, 72, 144),
 ]
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("E, R, odd, kjv, max_k, max_rows", CONFIGS)
-def test_bitlinear_engine_verilator(E, R, odd, kjv, max_k, max_rows, tmp_path):
+@pytest.mark.parametrize("E, R, P, odd, kjv, max_k, max_rows", CONFIGS)
+def test_bitlinear_engine_verilator(E, R, P, odd, kjv, max_k, max_rows, tmp_path):
     from mmfree.sim.runner import simulate
 
-    engine = BitLinearEngine(engine_bytes=E, rows_per_block=R, max_k=max_k, max_rows=max_rows)
+    engine = BitLinearEngine(engine_bytes=E, rows_per_block=R, max_k=max_k, max_rows=max_rows,
+                             elements_per_cycle=P)
     report = tmp_path / "cycles.json"
     result = simulate(engine, toplevel="bitlinear_engine", test_module=Path(__file__).stem,
                       module_dir=Path(__file__).parent,
-                      params={"E": E, "R": R, "odd": odd, "kjv": kjv, "max_k": max_k, "max_rows": max_rows,
-                              "seed": 40 + E + R, "report": str(report)})
+                      params={"E": E, "R": R, "P": P, "odd": odd, "kjv": kjv, "max_k": max_k,
+                              "max_rows": max_rows, "seed": 40 + E + R, "report": str(report)})
     assert result.tests == 5 and result.failed == 0
     if not kjv:
         return
-    # The cycle figures: prep and matrix beats exactly as published where the output side
-    # keeps up (K / 5 >= E), never faster.
+    # The cycle figures: exactly as published where the output side keeps up (K / 5 >= E),
+    # never faster.
     image = load_image(KJV)
     rows = json.loads(report.read_text())
-    print(f"\nE = {E}, R = {R}: cycles per record (bundled model, layer 1 and head)")
+    print(f"\nE = {E}, R = {R}, P = {P}: cycles per record (bundled model, layer 1 and head)")
     for r in rows:
         print(f"  {r['record']:34s} beats {r['beats']:6d}  prep {r['prep']:5d}  matvec {r['matvec']:6d}  "
               f"total {r['total']:6d}")
         if r["kind"] != "BITLINEAR":
             continue
-        beats = engine.matvec_beats(r["k"], r["rows"])
-        assert r["matvec"] >= beats and r["prep"] >= engine.prep_cycles(r["k"], r["consumers"]), r
+        cycles = engine.matvec_cycles(r["k"], r["rows"])
+        assert r["matvec"] >= cycles and r["prep"] >= engine.prep_cycles(r["k"], r["consumers"]), r
         if r["k"] // 5 >= E:
             # The output side keeps up, and the previous record lasts long enough for this
             # one's input (one element per cycle) to be complete before its gains are.
-            assert r["matvec"] == beats and r["prep"] == engine.prep_cycles(r["k"], r["consumers"]), r
+            assert r["matvec"] == cycles and r["prep"] == engine.prep_cycles(r["k"], r["consumers"]), r

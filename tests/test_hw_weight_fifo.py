@@ -80,9 +80,9 @@ if cocotb is not None:
     @cocotb.test()
     async def bench_capacity_and_flush(dut):
         """With the output stalled it takes depth_bytes and a little more, never less; flush empties it."""
-        from cocotb.triggers import ClockCycles
+        from cocotb.triggers import ClockCycles, FallingEdge
 
-        from mmfree.sim.stream import StreamMonitor
+        from mmfree.sim.stream import StreamDriver
 
         p, src, sink = await _setup(dut, 0.0, 1.0)                  # output never ready
         n_words = 2 * p["depth_bytes"] // p["in_bytes"]
@@ -91,10 +91,13 @@ if cocotb is not None:
         taken = len(src.transfer_cycles)
         slack = 4 * max(p["in_bytes"], p["out_bytes"])              # output and converter registers
         assert p["depth_bytes"] <= taken * p["in_bytes"] <= p["depth_bytes"] + slack, taken
+        src._task.cancel()                                          # the words still queued are dropped
+        await FallingEdge(dut.clk)
+        dut.i__valid.value = 0
         dut.flush.value = 1
-        await ClockCycles(dut.clk, 1)
+        await FallingEdge(dut.clk)
         dut.flush.value = 0
-        src.queue.clear()
+        src = StreamDriver(dut, "i", seed=p["seed"] + 2)
         await ClockCycles(dut.clk, 4)
         assert int(dut.empty.value) == 1 and int(dut.o__valid.value) == 0
         sink.backpressure = 0.0

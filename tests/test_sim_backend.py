@@ -20,7 +20,7 @@ from mmfree.host.cli import DEFAULT_MODEL
 from mmfree.host.generate import generate
 from mmfree.models.weight_image import WeightImage
 
-pytestmark = pytest.mark.sim
+pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
 PROMPT = "And God said"
 TOKENS = 32
