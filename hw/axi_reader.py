@@ -81,11 +81,11 @@ class AxiReader(wiring.Component):
     ----------
     word_bytes : bytes per ``data`` word.
     reorder_words : depth of each port's reorder FIFO in ``data`` words.
-    latency : cycles from the command transfer to ARVALID (2); the memory's
+    latency : cycles from the command transfer to ARVALID (3); the memory's
         latency follows, then 2 + 1 (widening) cycles to ``data.valid``.
     """
 
-    latency = 2
+    latency = 3
 
     def __init__(self, *, bus_bytes: int, ports: int, addr_width: int = 32, outstanding: int = 4,
                  burst_bytes: int | None = None):
@@ -132,13 +132,19 @@ class AxiReader(wiring.Component):
             m.d.sync += [addr.eq(self.cmd.payload.addr & ~(ALIGN_BYTES - 1)),
                          left.eq(self.cmd.payload.length & ~(ALIGN_BYTES - 1))]
 
-        # nbytes = min(left, burst_bytes - addr % burst_bytes): the burst ends at the next boundary
+        # nbytes = min(left, burst_bytes - addr % burst_bytes): the burst ends at the next boundary.
+        # Registered (a cycle after addr/left change) to keep the 32-bit compare off the issue path;
+        # a burst is at least one beat per port per cycle, so issuing every other cycle is enough.
         room = Signal(range(self.burst_bytes + 1))
-        nbytes = Signal(range(self.burst_bytes + 1))
+        next_bytes = Signal(range(self.burst_bytes + 1))
         m.d.comb += [room.eq(self.burst_bytes - addr[:(self.burst_bytes - 1).bit_length()]),
-                     nbytes.eq(Mux(left < room, left, room))]
+                     next_bytes.eq(Mux(left < room, left, room))]
+        nbytes = Signal(range(self.burst_bytes + 1))
         nwords = Signal(range(burst_words + 1))
-        m.d.comb += nwords.eq(nbytes >> word_log2)
+        size_valid = Signal()                               # nbytes/nwords describe addr/left
+        m.d.sync += [nbytes.eq(next_bytes), nwords.eq(next_bytes >> word_log2), size_valid.eq(1)]
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += size_valid.eq(0)
 
         # Burst order for the merger: port and word count of every issued burst.
         order_depth = 1 << max(2, (2 * P * self.outstanding - 1).bit_length())
@@ -166,10 +172,10 @@ class AxiReader(wiring.Component):
                         with m.If(can[(r + k) % P]):
                             m.d.comb += [chosen.eq((r + k) % P), found.eq(1)]
         issue = Signal()
-        m.d.comb += [issue.eq((left != 0) & ~self.cancel & found & order.i.ready),
+        m.d.comb += [issue.eq((left != 0) & size_valid & ~self.cancel & found & order.i.ready),
                      order.i.valid.eq(issue), order.i.payload.port.eq(chosen), order.i.payload.words.eq(nwords)]
         with m.If(issue):
-            m.d.sync += [addr.eq(addr + nbytes), left.eq(left - nbytes),
+            m.d.sync += [addr.eq(addr + nbytes), left.eq(left - nbytes), size_valid.eq(0),
                          rr.eq(Mux(chosen == P - 1, 0, chosen + 1))]
         with m.If(self.cancel):
             m.d.sync += [left.eq(0), rr.eq(0)]

@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from mmfree.models import numerics as nx
 from mmfree.models.weight_image import (CONSUMER_WORD, MAX_CONSUMERS, RECORD_HEADER_BYTES, RECORD_MAGIC,
-                                        STREAM_ALIGN, RecordKind)
+                                        STREAM_ALIGN, NormSource, RecordKind)
 
 from .rescale import EXP_SHAPE, Rescale
 from .rms_quantize import (CODES_LAYOUT, EC_BITS, EPS_SHIFT_MAX, EPS_SHIFT_MIN, FRAC_MAX, SCALE_OUT_BITS,
@@ -22,9 +22,11 @@ __all__ = ["BitLinearEngine", "Y_LAYOUT", "X_LAYOUT"]
 Y_LAYOUT = data.StructLayout({"consumer": unsigned(2), "value": signed(nx.ACT_BITS), "last": 1})
 
 _WORD = 32
+# Header word order (weight_image's module docstring; it exports only CONSUMER_WORD):
+# [RECORD_MAGIC | kind, K, n, frac_a, norm source, eps mantissa, eps shift, x_frac, (N, frac_g, Cm, ec) x 3].
+_W_K, _W_CONSUMERS, _W_FRAC_A, _W_SOURCE, _W_EPS_MANT, _W_EPS_SHIFT, _W_X_FRAC = range(1, CONSUMER_WORD)
 # ceil(K / 5) without a divider: floor(n * 52429 / 2**18) = n // 5 for every n < 2**16 + 8.
 _DIV5_MUL, _DIV5_SHIFT = 52429, 18
-_HEADER_WORDS_USED = CONSUMER_WORD + 4 * MAX_CONSUMERS      # words 0..19 carry fields
 
 
 def _tag_layout(rows_per_block: int) -> data.StructLayout:
@@ -52,14 +54,16 @@ class BitLinearEngine(wiring.Component):
     * ``BITLINEAR`` (``golden_int.IntegerModel.bitlinear``): the header's
       scalars and the gains (A, then each consumer's G; ``E/2`` per beat) go
       to :class:`~mmfree.hw.rms_quantize.RmsQuantize`, which also takes the
-      record's input vector from ``x`` and returns the int8 codes (five per
-      word, into the code memory) and each consumer's output scale. Then
-      every consumer's packed matrix streams through
-      :class:`~mmfree.hw.ternary_accumulate.TernaryAccumulate` one beat per
-      cycle (the code word of the beat's group read alongside), with no
-      bubble between blocks or consumers; the accumulators (``E`` per beat)
-      are buffered and rescaled one per cycle (``numerics.rescale``) onto
-      ``y``. Rows padded up to a multiple of R are dropped.
+      record's input vector from ``x`` (its max pass rides on the gain
+      load) and returns the int8 codes (five per word, into the code memory)
+      and each consumer's output scale. Every consumer's packed matrix then
+      streams through :class:`~mmfree.hw.ternary_accumulate.TernaryAccumulate`
+      one beat per cycle (the code word of the beat's group read alongside),
+      with no bubble between blocks or consumers; the first block follows the
+      code pass group by group instead of waiting for it, and the eps, rsqrt
+      and scale steps run under it. The accumulators (``E`` per beat) are
+      buffered and rescaled one per cycle (:class:`~mmfree.hw.rescale.Rescale`)
+      onto ``y``. Rows padded up to a multiple of R are dropped.
     * ``LOWER_BOUND``: after every earlier output has left, the D gates (GATE,
       zero-extended) go out on ``y`` with consumer 0.
 
@@ -95,6 +99,8 @@ class BitLinearEngine(wiring.Component):
     rows_per_block : int, R, the image's rows_per_block: a positive multiple of E, at most 4096.
     max_k : int, the longest input vector (max(D, I)), 1..65535.
     max_rows : int, the most rows of a consumer (max(2I, V)), 1..2**24 - 1.
+    elements_per_cycle : int, P, elements per cycle of the input stage's code
+        pass: 1, 2 or 4 (default 1; see ``RmsQuantize`` for what it costs).
 
     Attributes
     ----------
@@ -214,8 +220,8 @@ class BitLinearEngine(wiring.Component):
 
         kind = header[:16]
         magic_ok = header[16:32] == (RECORD_MAGIC >> 16)
-        k = word(1)
-        consumers = word(2)
+        k = word(_W_K)
+        consumers = word(_W_CONSUMERS)
         rows = [word(CONSUMER_WORD + 4 * c) for c in range(C)]
         frac_g = [word(CONSUMER_WORD + 4 * c + 1) for c in range(C)]
         cm = [word(CONSUMER_WORD + 4 * c + 2) for c in range(C)]
@@ -224,9 +230,11 @@ class BitLinearEngine(wiring.Component):
         def within(v, lo, hi):
             return (v >= lo) & (v <= hi)
 
-        bitlinear_ok = (within(consumers, 1, C) & within(word(3), 0, FRAC_MAX) & within(word(4), 0, 2)
-                        & within(word(5), 0, (1 << nx.EPS_MANT_BITS) - 1)
-                        & within(word(6), EPS_SHIFT_MIN, EPS_SHIFT_MAX) & within(word(7), 0, X_FRAC_MAX))
+        bitlinear_ok = (within(consumers, 1, C) & within(word(_W_FRAC_A), 0, FRAC_MAX)
+                        & within(word(_W_SOURCE), 0, max(NormSource))
+                        & within(word(_W_EPS_MANT), 0, (1 << nx.EPS_MANT_BITS) - 1)
+                        & within(word(_W_EPS_SHIFT), EPS_SHIFT_MIN, EPS_SHIFT_MAX)
+                        & within(word(_W_X_FRAC), 0, X_FRAC_MAX))
         for c in range(C):
             bitlinear_ok &= (c >= consumers) | (within(rows[c], 1, self.max_rows) & within(frac_g[c], 0, FRAC_MAX)
                                                 & within(cm[c], 0, (1 << nx.SCALE_BITS) - 1)
@@ -235,8 +243,9 @@ class BitLinearEngine(wiring.Component):
             (kind == RecordKind.LOWER_BOUND) | ((kind == RecordKind.BITLINEAR) & bitlinear_ok))
 
         p = rms.params.payload
-        m.d.comb += [p.k.eq(k), p.consumers.eq(consumers), p.frac_a.eq(word(3)), p.source.eq(word(4)),
-                     p.eps_mant.eq(word(5)), p.eps_shift.eq(word(6)), p.x_frac.eq(word(7))]
+        m.d.comb += [p.k.eq(k), p.consumers.eq(consumers), p.frac_a.eq(word(_W_FRAC_A)),
+                     p.source.eq(word(_W_SOURCE)), p.eps_mant.eq(word(_W_EPS_MANT)),
+                     p.eps_shift.eq(word(_W_EPS_SHIFT)), p.x_frac.eq(word(_W_X_FRAC))]
         for c in range(C):
             m.d.comb += [p.frac_g[c].eq(frac_g[c]), p.cm[c].eq(cm[c]), p.ec[c].eq(ec[c])]
 

@@ -73,9 +73,12 @@ class FloatModel:
     State: a list of L vectors of length D in ``dtype`` (zero at the start).
     """
 
-    def __init__(self, image: WeightImage, *, dtype=np.float32):
+    def __init__(self, image: WeightImage, *, dtype=np.float32, exact_ties: bool = False):
         if dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+        if exact_ties and dtype is not np.float64:
+            raise ValueError("exact_ties needs dtype float64")
+        self.exact_ties = exact_ties
         self.image = image
         self.dtype = dt = dtype
         self.cfg = cfg = image.config
@@ -104,17 +107,17 @@ class FloatModel:
         """BitLinear over the last axis of x (one row per position).
 
         ``folded = (w, a)`` says that x = w * a / (a per-row positive factor)
-        (the pre-norm's input and gain, docs/numerics.md): in float64 the
-        codes are then rounded from ``127 |w*a*gamma| / max|w*a*gamma|``, the
-        same real number as x^ * s with one rounding instead of a chain, so
-        an exact tie (common at layer 0, whose inputs are bf16) rounds by the
-        spec's rule instead of by the chain's last-bit error.
+        (the pre-norm's input and gain, docs/numerics.md). With
+        ``exact_ties`` the codes are rounded from
+        ``127 * (w*a*gamma) / max|w*a*gamma|``: the same real number as
+        x^ * s, computed with one rounding (the products of bf16 values are
+        exact), so a value exactly on a tie rounds by the spec's rule.
         """
         codes, gamma, m = self._linear[name]
         t = self.dtype
         xn = rms_norm(x, gamma, self.eps)
         scale = t(nx.ACT_CODE_MAX) / np.maximum(np.max(np.abs(xn), axis=-1, keepdims=True), t(nx.ACT_ABSMAX_FLOOR))
-        if t is np.float64:
+        if self.exact_ties:
             w, a = (x, None) if folded is None else folded
             p = w * gamma if a is None else w * (a * gamma)        # a * gamma: exact (bf16 * bf16)
             peak = np.max(np.abs(p), axis=-1, keepdims=True)

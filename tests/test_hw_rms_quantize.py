@@ -5,7 +5,6 @@ This file is both the pytest module and the cocotb bench module (``bench_*``).
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
