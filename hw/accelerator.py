@@ -90,8 +90,9 @@ class Accelerator(wiring.Component):
        (data the core did not take is discarded).
 
     Errors never hang it: a read or write response SLVERR/DECERR
-    (``AXI_READ``/``AXI_WRITE``), or a core that wants weight bytes after
-    the requested ones are all delivered (``STREAM_SHORT``), abort the
+    (``AXI_READ``/``AXI_WRITE``), or a core that still wants weight bytes
+    ``starve_cycles`` cycles after the requested ones were all delivered,
+    with no weight beat, logit or done meanwhile (``STREAM_SHORT``), abort the
     token: no more bursts are issued, the core is held in reset (its state
     memories keep their contents, partly updated: clear the state before the
     next sequence), outstanding bursts complete (writes with empty strobes)
@@ -125,6 +126,7 @@ class Accelerator(wiring.Component):
     design_hash : the build's content hash, low 32 bits (DESIGN_HASH register).
     outstanding : read (and write) bursts in flight per port, 1..16.
     addr_width : AXI address bits (32).
+    starve_cycles : how long a starved core (see above) waits before STREAM_SHORT (65536).
     core : the token datapath (default ``TokenCore`` with these parameters);
         any component with the ``CORE_PORTS`` and the ``weights``/``logits`` streams.
 
@@ -136,7 +138,7 @@ class Accelerator(wiring.Component):
 
     def __init__(self, *, bus_bytes: int, ports: int, engine_bytes: int, rows_per_block: int, fifo_bytes: int,
                  max_hidden: int, max_layers: int, max_intermediate: int, max_vocab: int, design_hash: int = 0,
-                 outstanding: int = 4, addr_width: int = 32, core=None):
+                 outstanding: int = 4, addr_width: int = 32, starve_cycles: int = 1 << 16, core=None):
         if bus_bytes not in (8, 16):
             raise ValueError(f"bus_bytes must be 8 or 16, not {bus_bytes!r}")
         _int_in("ports", ports, 1, 4)
@@ -152,6 +154,8 @@ class Accelerator(wiring.Component):
         _int_in("max_vocab", max_vocab, 1, 1 << 24)
         _int_in("design_hash", design_hash, 0, (1 << 32) - 1)
         _int_in("outstanding", outstanding, 1, 16)
+        _int_in("starve_cycles", starve_cycles, 1, 1 << 24)
+        self.starve_cycles = starve_cycles
         self.params = dict(bus_bytes=bus_bytes, ports=ports, engine_bytes=engine_bytes,
                            rows_per_block=rows_per_block, fifo_bytes=fifo_bytes, max_hidden=max_hidden,
                            max_layers=max_layers, max_intermediate=max_intermediate, max_vocab=max_vocab,
@@ -261,7 +265,16 @@ class Accelerator(wiring.Component):
         with m.If(core.logits.valid & core.logits.ready & (logits_left != 0)):
             m.d.sync += logits_left.eq(logits_left - 1)
 
+        # Starved: every requested byte delivered, the core wants more, and nothing moves. An idle
+        # engine also "wants" the next record header while the core finishes the head, so only a
+        # long stretch without a weight beat, a logit or done counts (a hung core gives none).
         reads_delivered = embed_sent & stream_sent & reader.idle & fifo.empty
+        starved = Signal(range(self.starve_cycles + 1))
+        progress = (core.weights.valid & core.weights.ready) | (core.logits.valid & core.logits.ready) | core.done
+        with m.If((state == _State.RUN) & reads_delivered & core.weight_wait & ~progress):
+            m.d.sync += starved.eq(starved + 1)
+        with m.Else():
+            m.d.sync += starved.eq(0)
 
         with m.Switch(state):
             with m.Case(_State.IDLE):
@@ -307,7 +320,7 @@ class Accelerator(wiring.Component):
                     m.d.sync += [error.eq(regs.ErrorCode.AXI_WRITE), state.eq(_State.ABORT)]
                 with m.Elif(core.done):
                     m.d.sync += [error.eq(core.error), state.eq(_State.DRAIN)]
-                with m.Elif(reads_delivered & core.weight_wait):
+                with m.Elif(starved == self.starve_cycles):
                     m.d.sync += [error.eq(regs.ErrorCode.STREAM_SHORT), state.eq(_State.ABORT)]
             with m.Case(_State.DRAIN, _State.ABORT):
                 m.d.comb += [reader.cancel.eq(1), writer.cancel.eq(1), fifo.flush.eq(1),

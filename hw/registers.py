@@ -38,7 +38,7 @@ class ErrorCode(enum.IntEnum):
     SHAPE = 3              # a record's sizes exceed what this build holds (see CAPACITY_*)
     AXI_READ = 4           # a read response was SLVERR/DECERR
     AXI_WRITE = 5          # a write response was SLVERR/DECERR
-    STREAM_SHORT = 6       # the datapath wanted more weight bytes than EMBED_STRIDE + STREAM_BYTES hold
+    STREAM_SHORT = 6       # the datapath still wanted weight bytes long after EMBED_STRIDE + STREAM_BYTES
 
 
 class Phase(enum.IntEnum):

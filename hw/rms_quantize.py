@@ -2,8 +2,9 @@
 
 This is the "RMSNorm + activation quantizer" of a BitLinear record
 (``golden_int.norm_stats`` + ``quantize_vector`` + ``numerics.output_scale``):
-one max pass, one reciprocal per consumer, one code-and-square pass, one
-reciprocal square root per vector, and one output scale per consumer.
+a max pass riding on the gain load, one reciprocal per consumer, one
+code-and-square pass, one reciprocal square root per vector, and one output
+scale per consumer.
 """
 from __future__ import annotations
 
@@ -27,17 +28,17 @@ __all__ = ["RmsQuantize", "X_LAYOUT", "CODES_LAYOUT", "rms_params_layout", "scal
 # The header-field ranges the hardware supports. Widths below follow from
 # them; the engine refuses a record header outside them (its ``error``).
 # --------------------------------------------------------------------------
-#: Gain fractions frac_a, frac_g in [0, FRAC_MAX] (gain peaks down to 2**-17).
+#: Gain fractions frac_a, frac_g in [0, FRAC_MAX] (gain peaks in [2**-17, 2**15)).
 FRAC_MAX = 31
-#: eps_shift in [EPS_SHIFT_MIN, EPS_SHIFT_MAX]: eps from 2**-40 up to 1.
+#: eps_shift in [EPS_SHIFT_MIN, EPS_SHIFT_MAX]: eps (24-bit mantissa) in [2**-40, 2).
 EPS_SHIFT_MIN = nx.EPS_MANT_BITS - 1
 EPS_SHIFT_MAX = 63
 #: x_frac in [0, X_FRAC_MAX] (ACT and WIDE inputs).
 X_FRAC_MAX = nx.WIDE_FRAC
 #: The weight-scale exponent ec is a signed EC_BITS-bit value.
 EC_BITS = 8
-#: Output scale width (``numerics.output_scale``: scale < 2**25).
-SCALE_OUT_BITS = 25
+#: Output scale width (``numerics.output_scale``: ``scale = (Cm * F') >> 24 < 2**25``).
+SCALE_OUT_BITS = nx.SCALE_BITS + 1
 
 #: |x * G| of a WIDE x and an int16 gain: at most 2**62 (63 bits).
 MAG_BITS = nx.WIDE_BITS + nx.GAIN_BITS - 1

@@ -1,7 +1,7 @@
 """A synchronous stream FIFO in one ``lib.memory`` block (block RAM on an FPGA)."""
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Shape, Signal
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out

@@ -16,9 +16,11 @@ STREAM region, whose first 16 bytes are a header of four little-endian u32:
 
 Every 32-bit word taken (row and STREAM, in order) goes through
 ``h = rotl(h, 5) ^ word`` from ``h = 0``; logit i is ``h ^ i`` (as int32),
-``argmax``/``argmax_value`` the largest (lowest index on ties). ``clear_state``
-keeps it busy for :data:`CLEAR_CYCLES` cycles. :func:`expected` is the
-Python model.
+``argmax``/``argmax_value`` the largest (lowest index on ties), done
+:data:`CLEAR_CYCLES` cycles after the last logit; from the first logit to
+done it holds ``weight_wait`` high as TokenCore's idle engine does (it
+wants the next record header). ``clear_state`` keeps it busy for
+:data:`CLEAR_CYCLES` cycles. :func:`expected` is the Python model.
 """
 from __future__ import annotations
 
@@ -147,8 +149,10 @@ class ChecksumCore(wiring.Component):
                     with m.If(take):
                         m.d.sync += [left.eq(left - 1), wait.eq(stall)]
             with m.State("LOGITS"):
+                # Like TokenCore's idle engine, it "wants" the next record header meanwhile.
                 value = Signal(signed(32))
                 m.d.comb += [self.busy.eq(1), self.phase.eq(regs.Phase.HEAD), value.eq(h ^ index),
+                             self.weight_wait.eq(~self.weights.valid),
                              self.logits.valid.eq(1), self.logits.payload.value.eq(value),
                              self.logits.payload.last.eq(index == n_logits - 1)]
                 with m.If(self.logits.ready):
@@ -156,6 +160,13 @@ class ChecksumCore(wiring.Component):
                     with m.If(value > best):
                         m.d.sync += [best.eq(value), best_i.eq(index)]
                     with m.If(index == n_logits - 1):
-                        m.d.sync += [self.done.eq(1), self.error.eq(0)]
-                        m.next = "IDLE"
+                        m.d.sync += clear.eq(CLEAR_CYCLES)
+                        m.next = "TAIL"
+            with m.State("TAIL"):
+                # A few cycles of finishing work after the last logit, weight_wait still high.
+                m.d.comb += [self.busy.eq(1), self.phase.eq(regs.Phase.HEAD), self.weight_wait.eq(~self.weights.valid)]
+                m.d.sync += clear.eq(clear - 1)
+                with m.If(clear == 1):
+                    m.d.sync += [self.done.eq(1), self.error.eq(0)]
+                    m.next = "IDLE"
         return m

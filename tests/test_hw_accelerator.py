@@ -9,7 +9,6 @@ This file is both the pytest module and the cocotb bench module (``bench_*``).
 from __future__ import annotations
 
 import random
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -50,11 +49,12 @@ CASES = {
 }
 CAPACITY = dict(rows_per_block=64, max_hidden=256, max_layers=8, max_intermediate=768, max_vocab=4096)
 DESIGN_HASH = 0x5EED_C0DE
+STARVE_CYCLES = 1 << 16            # the Accelerator's default
 
 
 def make_accelerator(case: str) -> Accelerator:
     acc, _ = CASES[case]
-    return Accelerator(**acc, **CAPACITY, design_hash=DESIGN_HASH, outstanding=4,
+    return Accelerator(**acc, **CAPACITY, design_hash=DESIGN_HASH, outstanding=4, starve_cycles=STARVE_CYCLES,
                        core=ChecksumCore(engine_bytes=acc["engine_bytes"]))
 
 
@@ -254,12 +254,14 @@ if cocotb is not None:
 
     @cocotb.test()
     async def bench_stream_short(dut):
-        """The core wants more than STREAM_BYTES: STREAM_SHORT, no hang."""
+        """The core wants more than STREAM_BYTES: STREAM_SHORT after starve_cycles, no hang."""
         tb = await _tb(dut)
         stream = tb.make_stream(2048, logits=4, beats=10_000)
         await tb.load_model(vocab=4, stride=64, stream=stream)
-        assert await tb.run_token(0) == regs.ErrorCode.STREAM_SHORT
+        assert await tb.run_token(0, max_cycles=200_000) == regs.ErrorCode.STREAM_SHORT
         assert await tb.read("BYTES_READ") == 64 + len(stream)
+        assert await tb.read("CYCLES_TOTAL") > tb.p["starve_cycles"]
+        assert await tb.read("TOKENS") == 0
 
     @cocotb.test()
     async def bench_read_error(dut):
@@ -367,7 +369,8 @@ def test_accelerator_verilator(case):
                acc_params["engine_bytes"])
     result = simulate_accel_tb(make_accelerator(case), dict(ddr, size_bytes=DDR_BYTES),
                                test_module=Path(__file__).stem, module_dir=Path(__file__).parent,
-                               params={**acc_params, "seed": 7, "ddr_bytes_per_cycle": rate})
+                               params={**acc_params, "seed": 7, "ddr_bytes_per_cycle": rate,
+                                       "starve_cycles": STARVE_CYCLES})
     assert result.failed == 0 and result.tests == 12
 
 
