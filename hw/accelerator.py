@@ -164,6 +164,8 @@ class Accelerator(wiring.Component):
         if (not isinstance(fifo_bytes, int) or isinstance(fifo_bytes, bool) or fifo_bytes < 2 * width
                 or fifo_bytes & (fifo_bytes - 1)):
             raise ValueError(f"fifo_bytes must be a power of two of at least {2 * width}, not {fifo_bytes!r}")
+        if core is not None:  # checked before any unit is built, so a refusal leaves nothing unused
+            self._check_core(core, engine_bytes)
         self.reader = AxiReader(bus_bytes=bus_bytes, ports=ports, addr_width=addr_width, outstanding=outstanding)
         self.writer = AxiWriter(bus_bytes=bus_bytes, addr_width=addr_width, outstanding=outstanding)
         self.weight_fifo = WeightFifo(in_bytes=self.reader.word_bytes, out_bytes=engine_bytes,
@@ -177,7 +179,7 @@ class Accelerator(wiring.Component):
             from .token_core import TokenCore
             core = TokenCore(engine_bytes=engine_bytes, rows_per_block=rows_per_block, max_hidden=max_hidden,
                              max_layers=max_layers, max_intermediate=max_intermediate, max_vocab=max_vocab)
-        self._check_core(core, engine_bytes)
+            self._check_core(core, engine_bytes)
         self.core = core
 
         self._read_sig = AXI4ReadSignature(addr_width=addr_width, data_bytes=bus_bytes)
