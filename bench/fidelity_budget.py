@@ -88,6 +88,7 @@ class Formats:
     sumsq_bits: int = nx.SUMSQ_BITS
     quant_norm_bits: int = nx.QUANT_NORM_BITS
     tie_exact: bool = False
+    wide: bool = True
 
     def table(self) -> np.ndarray:
         step = 2.0 ** (self.sigmoid_segments_log2 - nx.SIGMOID_RANGE_LOG2)
@@ -193,7 +194,8 @@ class BudgetModel:
         rec = self.records[name]
         on = self.on
         fmt = self.fmt
-        xf = fmt.act_frac * rec["x_frac"] // nx.ACT_FRAC               # ACT or WIDE input
+        wide_input = rec["x_frac"] != nx.ACT_FRAC and fmt.wide
+        xf = 2 * fmt.act_frac if wide_input else fmt.act_frac            # WIDE or ACT input
         fa, k = rec["frac_a"], rec["k"]
         source = NormSource[rec["norm_source"]]
         if source == NormSource.INPUT:
@@ -335,11 +337,14 @@ class BudgetModel:
                 state = sat(self.act(state * f[t]) + c[t])
                 states[t] = state
         w = g * self.silu(states)
+        if not self.fmt.wide:
+            w = self.act(w)
         (o,) = self.bitlinear(w, f"{p}.attn.out", norm_vector=g, codes_out=codes_out)
         r = sat(h + o)
         (ab,) = self.bitlinear(r, f"{p}.mlp.in", codes_out=codes_out)
         a, b = ab[:, : self.cfg.I], ab[:, self.cfg.I:]
-        (d,) = self.bitlinear(self.silu(a) * b, f"{p}.mlp.out", codes_out=codes_out)
+        glu = self.silu(a) * b
+        (d,) = self.bitlinear(glu if self.fmt.wide else self.act(glu), f"{p}.mlp.out", codes_out=codes_out)
         return sat(r + d), states
 
     def head(self, h: np.ndarray, codes_out: list | None = None) -> np.ndarray:
