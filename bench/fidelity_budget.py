@@ -292,10 +292,10 @@ class BudgetModel:
                 exp = (c["ec"] + sh + fa - fg - sa + z - nx.RSQRT_RECIP_SHIFT + fmt.act_frac
                        + nx.RATIO_DROP_BITS + nx.SCALE_BITS)
                 if "act" in on:
-                    if np.any(exp[live] >= 0):
-                        raise ValueError("non-negative rescale exponent")
                     drop = np.where(live, -exp, 1)[:, None]
-                    y = (acc.astype(np.int64) * scale[:, None] + (np.int64(1) << (drop - 1))) >> drop
+                    prod = acc.astype(np.int64) * scale[:, None]
+                    y = np.where(drop > 0, (prod + (np.int64(1) << np.maximum(drop - 1, 0))) >> np.maximum(drop, 0),
+                                 prod * 2.0 ** np.maximum(-drop, 0))
                     y = np.clip(y, -(2**(15 + fmt.act_frac)), 2**(15 + fmt.act_frac) - 1) * 2.0**-fmt.act_frac
                 else:
                     y = acc * (scale * 2.0 ** (exp - fmt.act_frac))[:, None]
