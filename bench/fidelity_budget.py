@@ -89,11 +89,14 @@ class Formats:
     quant_norm_bits: int = nx.QUANT_NORM_BITS
     tie_exact: bool = False
     wide: bool = True
+    sigmoid_order: int = 1
+    sigmoid_range_log2: int = nx.SIGMOID_RANGE_LOG2
+
 
     def table(self) -> np.ndarray:
-        step = 2.0 ** (self.sigmoid_segments_log2 - nx.SIGMOID_RANGE_LOG2)
+        step = 2.0 ** (self.sigmoid_segments_log2 - self.sigmoid_range_log2)
         return np.array([math.floor(2.0**self.gate_frac / (1.0 + math.exp(-j / step)) + 0.5)
-                         for j in range((1 << self.sigmoid_segments_log2) + 1)], np.int64)
+                         for j in range((1 << self.sigmoid_segments_log2) + self.sigmoid_order)], np.int64)
 
 
 def _gain_mantissas(g: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
@@ -171,14 +174,19 @@ class BudgetModel:
         a = np.abs(x) * 2.0**fmt.act_frac
         if "sigmoid" in self.on:
             table, segments = self.sigmoid_table, 1 << fmt.sigmoid_segments_log2
-            seg = 2.0 ** (fmt.act_frac + nx.SIGMOID_RANGE_LOG2 - fmt.sigmoid_segments_log2)
+            seg = 2.0 ** (fmt.act_frac + fmt.sigmoid_range_log2 - fmt.sigmoid_segments_log2)
             j = np.floor(a / seg)
             inside = j < segments
             jc = np.minimum(j, segments - 1).astype(np.int64)
             r = a - jc * seg
             lo = table[jc].astype(np.float64)
-            d = (table[jc + 1] - table[jc]) * r
-            s = lo + (np.floor((d + seg / 2) / seg) if "gate" in self.on else d / seg)
+            if fmt.sigmoid_order == 2:      # Newton form through T[j], T[j+1], T[j+2]
+                u = r / seg
+                d = (table[jc + 1] - table[jc]) * u + (table[jc + 2] - 2 * table[jc + 1] + table[jc]) * u * (u - 1) / 2
+                s = lo + (np.floor(d + 0.5) if "gate" in self.on else d)
+            else:
+                d = (table[jc + 1] - table[jc]) * r
+                s = lo + (np.floor((d + seg / 2) / seg) if "gate" in self.on else d / seg)
             s = np.where(inside, s, 2.0**fmt.gate_frac) / 2.0**fmt.gate_frac
         else:
             s = self.gate(1.0 / (1.0 + np.exp(-np.abs(x))))

@@ -217,7 +217,14 @@ class TokenCore(wiring.Component):
             m.d.sync += [beats_taken.eq(0), element.eq(0), beat_full.eq(0)]
         with m.If(fsm_state == _State.RUN):
             wiring.connect(m, wiring.flipped(self.weights), engine.weights)
-        m.d.comb += self.weight_wait.eq(engine.weight_wait
+        # After the head's matrix the idle engine still asks for a next header;
+        # the stream is over, so that is not waiting for weights.
+        head_streamed = Signal()
+        with m.If(flush):
+            m.d.sync += head_streamed.eq(0)
+        with m.Elif((step == RecordStep.HEAD) & (engine.phase == 2)):
+            m.d.sync += head_streamed.eq(1)
+        m.d.comb += self.weight_wait.eq((engine.weight_wait & ~(head_streamed & (engine.phase != 2)))
                                         | ((fsm_state == _State.EMBED) & self.weights.ready
                                            & ~self.weights.valid))
 

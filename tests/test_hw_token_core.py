@@ -82,6 +82,8 @@ async def run_tokens(dut, p: dict) -> None:
         await _wait_done(dut, 40 * len(src.queue) + 20000)
         await RisingEdge(dut.clk)
         assert int(dut.error.value) == regs.ErrorCode.NONE, f"token {n}: error {int(dut.error.value)}"
+        # The stream is over: the idle engine's wish for a next header is no weight wait.
+        assert int(dut.weight_wait.value) == 0, f"token {n}: weight_wait high after the last record"
         assert not src.queue, f"token {n}: {len(src.queue)} weight beats left unread"
         got = np.array([((w & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000 for w in sink.items[before:]], np.int64)
         assert len(got) == cfg.V, f"token {n}: {len(got)} logits, expected {cfg.V}"
