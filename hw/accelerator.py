@@ -138,7 +138,8 @@ class Accelerator(wiring.Component):
 
     def __init__(self, *, bus_bytes: int, ports: int, engine_bytes: int, rows_per_block: int, fifo_bytes: int,
                  max_hidden: int, max_layers: int, max_intermediate: int, max_vocab: int, design_hash: int = 0,
-                 outstanding: int = 4, addr_width: int = 32, starve_cycles: int = 1 << 16, core=None):
+                 outstanding: int = 4, addr_width: int = 32, starve_cycles: int = 1 << 16,
+                 elements_per_cycle: int = 1, core=None):
         if bus_bytes not in (8, 16):
             raise ValueError(f"bus_bytes must be 8 or 16, not {bus_bytes!r}")
         _int_in("ports", ports, 1, 4)
@@ -159,7 +160,8 @@ class Accelerator(wiring.Component):
         self.params = dict(bus_bytes=bus_bytes, ports=ports, engine_bytes=engine_bytes,
                            rows_per_block=rows_per_block, fifo_bytes=fifo_bytes, max_hidden=max_hidden,
                            max_layers=max_layers, max_intermediate=max_intermediate, max_vocab=max_vocab,
-                           design_hash=design_hash, outstanding=outstanding, addr_width=addr_width)
+                           design_hash=design_hash, outstanding=outstanding, addr_width=addr_width,
+                           elements_per_cycle=elements_per_cycle)
         width = max(engine_bytes, bus_bytes * (1 << (ports - 1).bit_length()))
         if (not isinstance(fifo_bytes, int) or isinstance(fifo_bytes, bool) or fifo_bytes < 2 * width
                 or fifo_bytes & (fifo_bytes - 1)):
@@ -178,7 +180,8 @@ class Accelerator(wiring.Component):
         if core is None:
             from .token_core import TokenCore
             core = TokenCore(engine_bytes=engine_bytes, rows_per_block=rows_per_block, max_hidden=max_hidden,
-                             max_layers=max_layers, max_intermediate=max_intermediate, max_vocab=max_vocab)
+                             max_layers=max_layers, max_intermediate=max_intermediate, max_vocab=max_vocab,
+                             elements_per_cycle=elements_per_cycle)
             self._check_core(core, engine_bytes)
         self.core = core
 

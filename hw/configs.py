@@ -48,6 +48,8 @@ class AcceleratorConfig:
     ddr_bytes_per_cycle : DDR bandwidth at ``clock_hz`` (a fraction, shared by the ports).
     ddr_latency_cycles : read latency of the DDR model (address to first beat).
     ddr_bytes : size of the simulated DDR (images and buffers must fit).
+    elements_per_cycle : input-stage elements per cycle of the BitLinear engine (1, 2 or 4): the
+        per-record prep passes shrink by this factor, which matters when the weight stream is fast.
     """
 
     name: str
@@ -66,6 +68,7 @@ class AcceleratorConfig:
     ddr_latency_cycles: int
     ddr_bytes: int
     description: str = ""
+    elements_per_cycle: int = 1
 
     def __post_init__(self):
         if self.bus_bytes not in (8, 16):
@@ -93,7 +96,8 @@ class AcceleratorConfig:
                     rows_per_block=self.rows_per_block, fifo_bytes=self.fifo_bytes,
                     max_hidden=self.max_hidden, max_layers=self.max_layers,
                     max_intermediate=self.max_intermediate, max_vocab=self.max_vocab,
-                    design_hash=design_hash, outstanding=self.outstanding)
+                    design_hash=design_hash, outstanding=self.outstanding,
+                    elements_per_cycle=self.elements_per_cycle)
 
     def ddr_params(self) -> dict:
         """Parameters of the simulated DDR (sim/ddr_model.v) for this configuration."""
@@ -119,7 +123,7 @@ CONFIGS: dict[str, AcceleratorConfig] = {c.name: c for c in (
                       outstanding=4, clock_hz=150e6, ddr_bytes_per_cycle=Fraction(14), ddr_latency_cycles=24,
                       description="Zynq-7020, 2 x 64-bit HP ports, 150 MHz, 2.1 GB/s", **_FULL_370M),
     AcceleratorConfig("kv260", bus_bytes=16, ports=4, engine_bytes=64, rows_per_block=64, fifo_bytes=65536,
-                      outstanding=4, clock_hz=250e6, ddr_bytes_per_cycle=Fraction(64), ddr_latency_cycles=48,
+                      outstanding=4, elements_per_cycle=4, clock_hz=250e6, ddr_bytes_per_cycle=Fraction(64), ddr_latency_cycles=48,
                       description="Zynq UltraScale+ K26, 4 x 128-bit HP ports, 250 MHz, 16 GB/s", **_FULL_370M),
     AcceleratorConfig("sim-default", bus_bytes=8, ports=2, engine_bytes=16, rows_per_block=64, fifo_bytes=16384,
                       outstanding=4, clock_hz=150e6, ddr_bytes_per_cycle=Fraction(14), ddr_latency_cycles=24,

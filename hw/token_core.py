@@ -92,10 +92,12 @@ class TokenCore(wiring.Component):
     ----------
     engine_bytes, rows_per_block : the engine's beat width and the image's rows_per_block.
     max_hidden, max_layers, max_intermediate, max_vocab : on-chip capacity.
+    elements_per_cycle : the engine's input-stage elements per cycle (1, 2 or 4;
+        see :class:`~mmfree.hw.bitlinear_engine.BitLinearEngine`).
     """
 
     def __init__(self, *, engine_bytes: int, rows_per_block: int, max_hidden: int, max_layers: int,
-                 max_intermediate: int, max_vocab: int):
+                 max_intermediate: int, max_vocab: int, elements_per_cycle: int = 1):
         for name, value in (("max_hidden", max_hidden), ("max_layers", max_layers),
                             ("max_intermediate", max_intermediate), ("max_vocab", max_vocab)):
             if not isinstance(value, int) or isinstance(value, bool):
@@ -110,7 +112,8 @@ class TokenCore(wiring.Component):
         # Built here so a bad engine_bytes / rows_per_block raises at construction.
         self._engine = BitLinearEngine(engine_bytes=engine_bytes, rows_per_block=rows_per_block,
                                        max_k=max(max_hidden, max_intermediate),
-                                       max_rows=max(2 * max_intermediate, max_vocab, max_hidden))
+                                       max_rows=max(2 * max_intermediate, max_vocab, max_hidden),
+                                       elements_per_cycle=elements_per_cycle)
         super().__init__({
             "weights": In(stream.Signature(unsigned(8 * engine_bytes))),
             "logits": Out(stream.Signature(LOGIT_LAYOUT)),

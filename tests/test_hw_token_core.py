@@ -120,15 +120,16 @@ def test_parameter_errors(kwargs, exc, msg):
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("engine_bytes, idle, backpressure", [(16, 0.0, 0.0), (8, 0.3, 0.3)])
-def test_token_core_verilator(engine_bytes, idle, backpressure):
+@pytest.mark.parametrize("engine_bytes, elements_per_cycle, idle, backpressure",
+                         [(16, 1, 0.0, 0.0), (8, 1, 0.3, 0.3), (64, 4, 0.2, 0.2)])
+def test_token_core_verilator(engine_bytes, elements_per_cycle, idle, backpressure):
     from mmfree.hw.token_core import TokenCore
     from mmfree.sim.runner import simulate
 
     image = WeightImage.load(TINY)
     cfg = image.config
     core = TokenCore(engine_bytes=engine_bytes, rows_per_block=64, max_hidden=cfg.D, max_layers=cfg.L,
-                     max_intermediate=cfg.I, max_vocab=cfg.V)
+                     max_intermediate=cfg.I, max_vocab=cfg.V, elements_per_cycle=elements_per_cycle)
     result = simulate(core, toplevel="token_core", test_module=Path(__file__).stem,
                       module_dir=Path(__file__).parent,
                       params={"image": str(TINY), "engine_bytes": engine_bytes, "tokens": [5, 17, 300, 0],
