@@ -165,7 +165,10 @@ def _units() -> list[UnitSpec]:
     from mmfree.hw.mlgru import MLGRU
     from mmfree.hw.quantize import QuantizeVector
     from mmfree.hw.reciprocal import QuantReciprocal
+    from mmfree.hw.bitlinear_engine import BitLinearEngine
     from mmfree.hw.rescale import Rescale
+    from mmfree.hw.rms_quantize import RmsQuantize
+    from mmfree.hw.rsqrt import RsqrtFixed
     from mmfree.hw.sigmoid import Sigmoid
     from mmfree.hw.silu import SiLU
     from mmfree.models import numerics as nx
@@ -201,6 +204,23 @@ def _units() -> list[UnitSpec]:
                  "1 element per cycle per pass (2 passes per vector)",
                  "the element memory (block RAM), a 48 x 16-bit product, the normalising shifts, "
                  "the reciprocal and a 40-bit code multiply"),
+        UnitSpec("rsqrt", "rsqrt_fixed", lambda: RsqrtFixed(v_bits=RmsQuantize(max_k=2816, gain_lanes=8).v_bits),
+                 "v_bits as RmsQuantize(max_k=2816)", "1 rsqrt per vector (digit-by-digit, sequential)",
+                 "a 31-step digit-by-digit square root and a 31-step restoring divider: a few wide "
+                 "subtract-and-compare stages, no multiplier"),
+        UnitSpec("rms_quantize", "rms_quantize", lambda: RmsQuantize(max_k=2816, gain_lanes=8),
+                 "max_k=2816, gain_lanes=8 (E=16), P=1",
+                 "1 element per cycle per pass (max pass overlaps the gain load)",
+                 "the RMSNorm + quantizer of a record: x and gain memories (block RAM), four 48 x 16-bit "
+                 "products per element (three consumers and the norm gain), squares for the sum of "
+                 "squares, per-consumer reciprocals, rsqrt, exact wide eps/V registers and the output "
+                 "scale products (DSP blocks)"),
+        UnitSpec("bitlinear_engine", "bitlinear_engine",
+                 lambda: BitLinearEngine(engine_bytes=16, rows_per_block=64, max_k=2816, max_rows=32000),
+                 "E=16, R=64, max_k=2816, max_rows=32000",
+                 "16 weight bytes (80 weights) per cycle",
+                 "RmsQuantize, TernaryAccumulate at 80 weight-lanes, the code memory, the accumulator "
+                 "FIFO and Rescale, plus the record header parser"),
     ]
 
 
