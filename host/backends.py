@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmfree.hw.boards import BOARDS
 from mmfree.models import numerics as nx
 from mmfree.models.weight_image import WeightImage
 
@@ -150,21 +151,56 @@ class SimBackend(_AcceleratorBackend):
 
 
 class PynqBackend(_AcceleratorBackend):
-    """The accelerator on a PYNQ board: ``bitstream`` (default ``bitstreams/<hw_config>/mmfree.bit``),
-    checked against the ``manifest.json`` beside it."""
+    """The accelerator on a PYNQ board.
+
+    ``bitstream`` (default ``bitstreams/<hw_config>/mmfree.bit``, ``hw_config``
+    defaulting to the board PYNQ names in ``$BOARD``, else ``pynq-z2``) is
+    loaded with the ``manifest.json`` beside it, which must exist: the
+    DESIGN_HASH register must equal the manifest's ``design_hash`` (and the
+    build parameters its ``config``), or the backend refuses the pair before
+    touching the model. The accelerator's clock is the manifest's
+    ``clock_hz``. The weight image is copied to the board once, here.
+    """
 
     name = "pynq"
 
     def __init__(self, image: WeightImage, *, hw_config: str | None = None, bitstream=None):
-        from .pynq_transport import PynqTransport
+        import json
 
-        board = hw_config or "pynq-z2"
-        path = Path(bitstream) if bitstream is not None else BITSTREAMS / board / "mmfree.bit"
-        manifest = path.with_name("manifest.json")
-        self.manifest = manifest if manifest.is_file() else None
+        from .pynq_transport import PynqTransport, import_pynq
+
+        board = hw_config or _pynq_board()
         with _one_line_errors():
-            transport = PynqTransport(path)
+            import_pynq()                  # a missing pynq is the first thing to say
+        if bitstream is None and board not in BOARDS:
+            raise BackendError(f"configuration {board!r} is not a board build (boards: {', '.join(BOARDS)})")
+        path = Path(bitstream) if bitstream is not None else BITSTREAMS / board / "mmfree.bit"
+        if not path.is_file():
+            hint = "" if bitstream is not None else (
+                f" (build it with `make bitstream BOARD={board}` on a machine with Vivado and copy "
+                f"bitstreams/{board}/ here: docs/board.md)")
+            raise BackendError(f"{path}: no such bitstream{hint}")
+        manifest_path = path.with_name("manifest.json")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            clock_hz = float(manifest["clock_hz"])
+        except FileNotFoundError:
+            raise BackendError(f"{manifest_path}: no manifest beside the bitstream; the pynq backend refuses a "
+                               "bitstream it cannot identify (copy the manifest.json of its build)") from None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise BackendError(f"{manifest_path}: not a build manifest ({type(e).__name__}: {e})") from None
+        self.manifest = manifest
+        with _one_line_errors():
+            transport = PynqTransport(path, clock_hz=clock_hz)
         super().__init__(image, transport)
+
+
+def _pynq_board() -> str:
+    """The board a PYNQ image says it is (``$BOARD``: ``Pynq-Z2``, ``KV260``), else pynq-z2."""
+    import os
+
+    name = os.environ.get("BOARD", "").lower()
+    return name if name in BOARDS else "pynq-z2"
 
 
 #: The repository's bitstream folder (bitstreams/<board>/mmfree.bit + manifest.json).

@@ -118,8 +118,8 @@ def info(image):
 @click.option("--backend", default="golden", show_default=True, type=click.Choice(sorted(BACKENDS)),
               help="golden/float: the golden models; sim: the RTL in Verilator; pynq: a PYNQ board")
 @click.option("--hw-config", default=None, type=click.Choice(sorted(HW_CONFIGS)),
-              help=f"accelerator configuration of --backend sim/pynq [default: {DEFAULT_SIM_CONFIG} for sim, "
-                   "pynq-z2 for pynq]")
+              help=f"accelerator configuration of --backend sim/pynq [default: {DEFAULT_SIM_CONFIG} for sim; "
+                   "for pynq the board $BOARD names, else pynq-z2]")
 @click.option("--bitstream", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="--backend pynq: the overlay .bit (default bitstreams/<hw-config>/mmfree.bit)")
 def generate(model, prompt, max_new_tokens, temperature, top_k, seed, backend, hw_config, bitstream):
@@ -154,6 +154,97 @@ def generate(model, prompt, max_new_tokens, temperature, top_k, seed, backend, h
         raise click.ClickException(str(e)) from None
     finally:
         engine.close()
+
+
+class _CountingBackend:
+    """A backend that keeps each step's hardware counters (accelerator backends hold them in ``last``)."""
+
+    def __init__(self, backend):
+        self.backend, self.counters = backend, []
+
+    def reset(self):
+        self.backend.reset()
+
+    def step(self, token):
+        logits = self.backend.step(token)
+        last = getattr(self.backend, "last", None)
+        self.counters.append(dict(last.counters) if last is not None else None)
+        return logits
+
+
+@main.command()
+@model_option
+@click.option("--prompt", default="And God said", show_default=True, help="prompt text")
+@click.option("--tokens", default=32, show_default=True, type=click.IntRange(min=1), help="tokens to generate")
+@click.option("--backend", default="golden", show_default=True, type=click.Choice(sorted(BACKENDS)),
+              help="golden/float: the golden models; sim: the RTL in Verilator; pynq: a PYNQ board")
+@click.option("--hw-config", default=None, type=click.Choice(sorted(HW_CONFIGS)),
+              help="as for generate (pynq: default the board $BOARD names, else pynq-z2)")
+@click.option("--bitstream", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="--backend pynq: the overlay .bit (default bitstreams/<hw-config>/mmfree.bit)")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="also write the figures to this file")
+def bench(model, prompt, tokens, backend, hw_config, bitstream, json_out):
+    """Tokens per second of greedy generation, and the accelerator's counters per token.
+
+    The host figure is wall time of whole steps (driver, transfers, host
+    code). Accelerator backends also report the hardware counters (CYCLES_*,
+    BYTES_READ) averaged over the steps, and the device time they mean at the
+    accelerator's clock (for --backend sim: the simulated build's clock).
+    """
+    import json
+    import time
+
+    image = _load_image(model)
+    tok = _tokenizer(image)
+    if not prompt.strip():
+        raise click.ClickException("empty prompt")
+    ids = [image.config.bos_token_id] + tok.encode(prompt, add_special_tokens=False).ids
+    _check_ids(ids, image.config.V)
+    try:
+        engine = open_backend(backend, image, hw_config=hw_config, bitstream=bitstream)
+    except BackendError as e:
+        raise click.ClickException(str(e)) from None
+    counting = _CountingBackend(engine)
+    try:
+        start = time.perf_counter()
+        out = list(generate_ids(counting, ids, tokens))
+        wall = time.perf_counter() - start
+        clock = engine.driver.transport.clock_hz if hasattr(engine, "driver") else None
+    except BackendError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        engine.close()
+    steps = len(counting.counters)
+    figures = {"backend": backend, "model": str(model), "prompt_tokens": len(ids), "generated": len(out),
+               "steps": steps, "wall_s": round(wall, 4), "host_tokens_per_s": round(steps / wall, 3)}
+    manifest = getattr(engine, "manifest", None)
+    if manifest:
+        figures["bitstream"] = {k: manifest.get(k) for k in ("board", "design_hash", "clock_hz", "tool_version")}
+    click.echo(f"backend          {backend}" + (f": {manifest.get('board')} bitstream, DESIGN_HASH "
+                                                f"{manifest.get('design_hash')}" if manifest else ""))
+    click.echo(f"model            {model.name}: D {image.config.D}, L {image.config.L}, V {image.config.V}")
+    click.echo(f"steps            {len(ids)} prompt + {len(out)} generated = {steps} tokens through the model")
+    click.echo(f"host             {wall:.3f} s wall: {figures['host_tokens_per_s']:,.2f} tokens/s "
+               f"({1e3 * wall / steps:.2f} ms per token)")
+    counters = [c for c in counting.counters if c]
+    if counters and clock:
+        mean = {k: sum(c[k] for c in counters) / len(counters) for k in counters[0]}
+        device_s = mean["cycles_total"] / clock
+        figures.update(clock_hz=clock, counters_mean={k: round(v, 1) for k, v in mean.items()},
+                       device_s_per_token=device_s, device_tokens_per_s=round(1 / device_s, 3),
+                       read_bytes_per_s=round(mean["bytes_read"] / device_s))
+        click.echo(f"device           {mean['cycles_total']:,.0f} cycles per token at {clock / 1e6:g} MHz = "
+                   f"{1e3 * device_s:.3f} ms: {1 / device_s:,.1f} tokens/s (hardware counters)")
+        phases = ", ".join(f"{k[len('cycles_'):]} {mean[k]:,.0f}" for k in mean
+                           if k.startswith("cycles_") and k not in ("cycles_total", "cycles_weight_wait"))
+        click.echo(f"phases           {phases} cycles")
+        click.echo(f"weight wait      {mean['cycles_weight_wait']:,.0f} cycles "
+                   f"({100 * mean['cycles_weight_wait'] / mean['cycles_total']:.1f} % of the token)")
+        click.echo(f"memory           {mean['bytes_read']:,.0f} bytes read per token: "
+                   f"{mean['bytes_read'] / device_s / 1e9:.3f} GB/s")
+    if json_out is not None:
+        json_out.write_text(json.dumps(figures, indent=1) + "\n")
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -195,52 +286,34 @@ def logits(model, ids, arith, out):
     click.echo(f"wrote {out}: {len(token_ids)} x {image.config.V} logits ({arith} arithmetic)")
 
 
-def perplexities(image: WeightImage, ids: list[int], progress: bool = True) -> dict:
-    """Float and integer perplexity over ``ids`` (predicting ids[1:]) and greedy agreement."""
-    from tqdm import tqdm
-
-    from mmfree.models.golden_float import FloatModel
-    from mmfree.models.golden_int import IntegerModel
-
-    def nll(logits_rows, targets):
-        z = logits_rows - logits_rows.max(axis=1, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        return -logp[np.arange(len(targets)), targets]
-
-    ids = np.asarray(ids, np.int64)
-    fl = FloatModel(image).forward(ids[:-1]).astype(np.float64)
-    im = IntegerModel(image)
-    state = im.initial_state()
-    rows = []
-    for t in tqdm(ids[:-1], desc="integer model", unit="tok", file=sys.stderr, disable=not progress, leave=False):
-        lg, state = im.step(int(t), state)
-        rows.append(lg)
-    from mmfree.models import numerics as nx
-
-    il = nx.act_to_float(np.stack(rows))
-    targets = ids[1:]
-    return {"tokens": len(targets), "ppl_float": float(np.exp(nll(fl, targets).mean())),
-            "ppl_integer": float(np.exp(nll(il, targets).mean())),
-            "greedy_agreement": float(np.mean(fl.argmax(1) == il.argmax(1)))}
-
-
 @main.command("eval")
 @model_option
 @click.option("--text-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
 @click.option("--max-tokens", default=4096, show_default=True, type=click.IntRange(min=2))
 def eval_(model, text_file, max_tokens):
-    """Perplexity of a text under float and integer arithmetic, and their greedy agreement."""
+    """Perplexity of a text under float32, float64 and integer arithmetic, and their greedy agreement.
+
+    The fidelity target (docs/numerics.md) compares integer with float64.
+    """
+    from tqdm import tqdm
+
+    from mmfree.models.fidelity import evaluate
+
     image = _load_image(model)
     tok = _tokenizer(image)
     text = text_file.read_text(errors="replace")
     ids = ([image.config.bos_token_id] + tok.encode(text, add_special_tokens=False).ids)[:max_tokens]
     if len(ids) < 2:
         raise click.ClickException(f"{text_file}: too little text to evaluate")
-    r = perplexities(image, ids)
-    click.echo(f"tokens            {r['tokens']}")
-    click.echo(f"perplexity float  {r['ppl_float']:.4f}")
-    click.echo(f"perplexity int    {r['ppl_integer']:.4f}  ({100 * (r['ppl_integer'] / r['ppl_float'] - 1):+.3f} %)")
-    click.echo(f"greedy agreement  {100 * r['greedy_agreement']:.2f} %")
+    with tqdm(total=len(ids) - 1, desc="integer model", unit="tok", file=sys.stderr, leave=False) as bar:
+        r = evaluate(image, ids, progress=lambda n: bar.update(n - bar.n))
+    ref = r.perplexity("float64")
+    click.echo(f"tokens                      {r.positions}")
+    for arith in ("float32", "float64", "integer"):
+        click.echo(f"perplexity {arith:8s}         {r.perplexity(arith):.4f}  "
+                   f"({100 * (r.perplexity(arith) / ref - 1):+.3f} % vs float64)")
+    for a, b in (("integer", "float64"), ("integer", "float32"), ("float32", "float64")):
+        click.echo(f"greedy agreement {a}/{b}  {100 * r.agreement(a, b):.2f} %")
 
 
 if __name__ == "__main__":

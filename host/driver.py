@@ -38,13 +38,16 @@ from mmfree.models.weight_image import WeightImage
 from .transport import Transport
 
 __all__ = ["DriverError", "IdentityMismatch", "DeviceTimeout", "DeviceError", "BuildIdentity", "StepResult",
-           "AcceleratorDriver", "COUNTERS", "BUFFER_ALIGN", "timeout_cycles"]
+           "AcceleratorDriver", "COUNTERS", "BUFFER_ALIGN", "LOGIT_WORD", "timeout_cycles"]
 
 #: Registers reported by :meth:`AcceleratorDriver.counters`, in map order.
 COUNTERS: tuple[regs.Register, ...] = tuple(
     r for r in regs.REGISTERS if r.name.startswith("CYCLES_") or r.name in ("BYTES_READ", "TOKENS"))
 #: Alignment of the regions inside the weight buffer (the image's own region alignment).
 BUFFER_ALIGN = 4096
+#: One logit in the LOGITS_ADDR buffer: ACT (``numerics.ACT_BITS``, Q15.32) sign-extended to a
+#: little-endian integer of ``registers.LOGIT_WORD_BYTES`` (int64).
+LOGIT_WORD = np.dtype(f"<i{regs.LOGIT_WORD_BYTES}")
 #: Slack of the completion bounds: a token must finish within this many times the
 #: cycles the bus needs just to carry its bytes, plus a fixed allowance.
 TIMEOUT_FACTOR = 16
@@ -176,11 +179,12 @@ class BuildIdentity:
 class StepResult:
     """What one token produced.
 
-    ``logits_act`` are the raw ACT (Q16.16 int32) logits the accelerator
-    wrote; ``logits`` the same as float64 (``numerics.act_to_float``);
-    ``argmax``/``argmax_value`` what the ARGMAX registers say (lowest index
-    on ties); ``counters`` the cycle/byte counters of this token
-    (lower-case register names); ``wall_s`` the host's time for the step.
+    ``logits_act`` are the raw ACT logits the accelerator wrote (int64,
+    ``numerics.ACT_FRAC`` fractional bits); ``logits`` the same as float64
+    (``numerics.act_to_float``); ``argmax``/``argmax_value`` what the ARGMAX
+    and ARGMAX_VALUE_LO/HI registers say (lowest index on ties; the value in
+    ACT); ``counters`` the cycle/byte counters of this token (lower-case
+    register names); ``wall_s`` the host's time for the step.
     """
 
     token: int
@@ -221,7 +225,12 @@ class _Layout:
     @property
     def bytes_per_token(self) -> int:
         """Bus traffic of one token: the embedding row, the STREAM region, the logits."""
-        return self.embed_stride + self.stream_bytes + 4 * self.vocab
+        return self.embed_stride + self.stream_bytes + self.logits_bytes
+
+    @property
+    def logits_bytes(self) -> int:
+        """The logits buffer: V words of :data:`LOGIT_WORD`."""
+        return LOGIT_WORD.itemsize * self.vocab
 
 
 class AcceleratorDriver:
@@ -287,7 +296,7 @@ class AcceleratorDriver:
         LOGITS_ADDR, MODEL_DIMS (D, L), MODEL_INNER (I), VOCAB.
 
         One buffer holds STREAM (offset 0) and EMBEDDING (next 4 KiB
-        boundary); another receives the V int32 logits. Refuses an image the
+        boundary); another receives the V int64 logits. Refuses an image the
         build cannot run (:class:`IdentityMismatch`) before allocating
         anything. Ends with :meth:`reset_state`.
         """
@@ -299,7 +308,7 @@ class AcceleratorDriver:
         weights.write(bytes(image.stream), layout.stream_offset)
         weights.write(bytes(image.region("embedding")), layout.embed_offset)
         weights.sync_to_device()
-        logits = self.transport.allocate(4 * layout.vocab)
+        logits = self.transport.allocate(layout.logits_bytes)
         self._weights, self._logits = weights, logits
         base = weights.physical_address
         self._write_address("STREAM", base + layout.stream_offset)
@@ -373,13 +382,15 @@ class AcceleratorDriver:
         if not self.transport.wait(timeout_s, lambda: done.get(self._read("STATUS"))):
             raise DeviceTimeout(f"token {token}: no STATUS.done within {timeout_s * 1e3:.3g} ms of device time "
                                 f"({timeout_s * self.transport.clock_hz:,.0f} cycles)")
-        words = self._read_many(("STATUS", "ARGMAX", "ARGMAX_VALUE") + tuple(r.name for r in COUNTERS))
+        words = self._read_many(("STATUS", "ARGMAX", "ARGMAX_VALUE_LO", "ARGMAX_VALUE_HI")
+                                + tuple(r.name for r in COUNTERS))
         code = self._get("STATUS", "error", words["STATUS"])
         if code:
             raise DeviceError(f"token {token}: the accelerator stopped with error {_error_name(code)}", code)
         self._logits.sync_from_device()
-        logits_act = np.frombuffer(self._logits.read(4 * layout.vocab), dtype="<i4").copy()
-        argmax_value = words["ARGMAX_VALUE"] - (1 << 32) if words["ARGMAX_VALUE"] >> 31 else words["ARGMAX_VALUE"]
+        logits_act = np.frombuffer(self._logits.read(layout.logits_bytes), dtype=LOGIT_WORD).astype(np.int64)
+        argmax_value = words["ARGMAX_VALUE_HI"] << 32 | words["ARGMAX_VALUE_LO"]
+        argmax_value -= (argmax_value >> 63) << 64                    # two's complement 64 bits
         return StepResult(token=token, argmax=words["ARGMAX"], argmax_value=argmax_value, logits_act=logits_act,
                           logits=nx.act_to_float(logits_act),
                           counters={r.name.lower(): words[r.name] for r in COUNTERS},

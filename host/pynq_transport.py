@@ -46,7 +46,9 @@ class PynqBuffer(DeviceBuffer):
     """A ``pynq.allocate`` buffer of bytes."""
 
     def __init__(self, array):
-        super().__init__(int(array.physical_address), int(array.nbytes))
+        # PYNQ 3 names the bus address device_address (physical_address is its older alias).
+        address = getattr(array, "device_address", None)
+        super().__init__(int(array.physical_address if address is None else address), int(array.nbytes))
         self._array = array
 
     def write(self, data: bytes, offset: int = 0) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from amaranth.hdl import Cat, Module, ResetInserter, Signal
+from amaranth.hdl import Cat, Module, ResetInserter, Signal, signed
 from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -12,15 +12,17 @@ from .axi import AXI4LiteSignature, AXI4ReadSignature, AXI4Signature, AXI4WriteS
 from .axi_reader import AxiReader
 from .axi_writer import AxiWriter
 from .control_registers import ADDR_WIDTH as REG_ADDR_WIDTH, ControlRegisters
+from .stream_fifo import check_ram_style
 from .weight_fifo import WeightFifo
 
 __all__ = ["Accelerator", "CORE_PORTS", "build_constants"]
 
 #: Ports the token datapath must have (``hw.token_core.TokenCore`` or a stand-in): name -> (direction, width);
-#: ``weights`` and ``logits`` are streams. ``intermediate`` is optional.
+#: ``weights`` and ``logits`` are streams. ``intermediate`` is optional. ``argmax_value`` and the logits'
+#: ``value`` are signed, at most 64 bits (TokenCore: ACT, 48), and sign-extended to 64 on the way out.
 CORE_PORTS = {"start": (In, 1), "clear_state": (In, 1), "hidden": (In, 16), "layers": (In, 16),
               "embed_stride": (In, 16), "busy": (Out, 1), "done": (Out, 1), "error": (Out, 8),
-              "argmax": (Out, 32), "argmax_value": (Out, 32), "phase": (Out, 3), "weight_wait": (Out, 1)}
+              "argmax": (Out, 32), "argmax_value": (Out, 48), "phase": (Out, 3), "weight_wait": (Out, 1)}
 
 _PHASE_COUNTERS = {regs.Phase.EMBED: "cycles_embed", regs.Phase.PREP: "cycles_prep",
                    regs.Phase.MATVEC: "cycles_matvec", regs.Phase.ELEMENTWISE: "cycles_elementwise",
@@ -83,8 +85,10 @@ class Accelerator(wiring.Component):
        core's ``weights``, and ``core.start`` is pulsed. The reader issues a
        burst whenever there is room downstream for it, so DDR keeps streaming
        while the core computes.
-    3. the core's ``logits`` (V int32) are written by the :class:`AxiWriter`
-       to ``LOGITS_ADDR`` (if nonzero; else discarded);
+    3. the core's ``logits`` (V of them, each sign-extended to an int64 word,
+       ``registers.LOGIT_WORD_BYTES``) are written by the :class:`AxiWriter` to
+       ``LOGITS_ADDR`` (if nonzero; else discarded); ARGMAX_VALUE_LO/HI hold
+       the largest, sign-extended the same way;
     4. done (``STATUS.done`` set, ``irq`` high until it is cleared) when the
        core is done, every write is acknowledged and every read has drained
        (data the core did not take is discarded).
@@ -123,10 +127,13 @@ class Accelerator(wiring.Component):
     rows_per_block : the weight image's rows_per_block (power of two, multiple of engine_bytes).
     fifo_bytes : weight FIFO depth (power of two).
     max_hidden, max_layers, max_intermediate, max_vocab : the core's capacity.
-    design_hash : the build's content hash, low 32 bits (DESIGN_HASH register).
+    design_hash : the build's content hash, its first 32 bits (DESIGN_HASH register).
     outstanding : read (and write) bursts in flight per port, 1..16.
     addr_width : AXI address bits (32).
     starve_cycles : how long a starved core (see above) waits before STREAM_SHORT (65536).
+    large_ram_style : None, or the synthesis ``ram_style`` of the two largest memories, the
+        weight FIFO and the recurrent state (``"ultra"`` on UltraScale+: UltraRAM instead
+        of ~50 block RAMs at the kv260 configuration).
     core : the token datapath (default ``TokenCore`` with these parameters);
         any component with the ``CORE_PORTS`` and the ``weights``/``logits`` streams.
 
@@ -139,7 +146,7 @@ class Accelerator(wiring.Component):
     def __init__(self, *, bus_bytes: int, ports: int, engine_bytes: int, rows_per_block: int, fifo_bytes: int,
                  max_hidden: int, max_layers: int, max_intermediate: int, max_vocab: int, design_hash: int = 0,
                  outstanding: int = 4, addr_width: int = 32, starve_cycles: int = 1 << 16,
-                 elements_per_cycle: int = 1, core=None):
+                 elements_per_cycle: int = 1, large_ram_style: str | None = None, core=None):
         if bus_bytes not in (8, 16):
             raise ValueError(f"bus_bytes must be 8 or 16, not {bus_bytes!r}")
         _int_in("ports", ports, 1, 4)
@@ -161,7 +168,8 @@ class Accelerator(wiring.Component):
                            rows_per_block=rows_per_block, fifo_bytes=fifo_bytes, max_hidden=max_hidden,
                            max_layers=max_layers, max_intermediate=max_intermediate, max_vocab=max_vocab,
                            design_hash=design_hash, outstanding=outstanding, addr_width=addr_width,
-                           elements_per_cycle=elements_per_cycle)
+                           elements_per_cycle=elements_per_cycle, large_ram_style=large_ram_style)
+        check_ram_style(large_ram_style)
         width = max(engine_bytes, bus_bytes * (1 << (ports - 1).bit_length()))
         if (not isinstance(fifo_bytes, int) or isinstance(fifo_bytes, bool) or fifo_bytes < 2 * width
                 or fifo_bytes & (fifo_bytes - 1)):
@@ -169,9 +177,10 @@ class Accelerator(wiring.Component):
         if core is not None:  # checked before any unit is built, so a refusal leaves nothing unused
             self._check_core(core, engine_bytes)
         self.reader = AxiReader(bus_bytes=bus_bytes, ports=ports, addr_width=addr_width, outstanding=outstanding)
-        self.writer = AxiWriter(bus_bytes=bus_bytes, addr_width=addr_width, outstanding=outstanding)
+        self.writer = AxiWriter(bus_bytes=bus_bytes, word_bytes=regs.LOGIT_WORD_BYTES, addr_width=addr_width,
+                                outstanding=outstanding)
         self.weight_fifo = WeightFifo(in_bytes=self.reader.word_bytes, out_bytes=engine_bytes,
-                                      depth_bytes=fifo_bytes)
+                                      depth_bytes=fifo_bytes, ram_style=large_ram_style)
         self.constants = build_constants(bus_bytes=bus_bytes, ports=ports, engine_bytes=engine_bytes,
                                          rows_per_block=rows_per_block, max_hidden=max_hidden,
                                          max_layers=max_layers, max_intermediate=max_intermediate,
@@ -181,7 +190,7 @@ class Accelerator(wiring.Component):
             from .token_core import TokenCore
             core = TokenCore(engine_bytes=engine_bytes, rows_per_block=rows_per_block, max_hidden=max_hidden,
                              max_layers=max_layers, max_intermediate=max_intermediate, max_vocab=max_vocab,
-                             elements_per_cycle=elements_per_cycle)
+                             elements_per_cycle=elements_per_cycle, state_ram_style=large_ram_style)
             self._check_core(core, engine_bytes)
         self.core = core
 
@@ -261,9 +270,11 @@ class Accelerator(wiring.Component):
             m.d.sync += clear_pending.eq(1)
 
         # Logits: to the writer while it expects them, otherwise dropped so the core never stalls.
+        # A signed value assigned to the 64-bit word is sign-extended.
         to_writer = logits_on & (logits_left != 0) & (state == _State.RUN)
         with m.If(to_writer):
-            m.d.comb += [writer.data.payload.eq(core.logits.payload.value), writer.data.valid.eq(core.logits.valid),
+            m.d.comb += [writer.data.payload.eq(core.logits.payload.value.as_signed()),
+                         writer.data.valid.eq(core.logits.valid),
                          core.logits.ready.eq(writer.data.ready)]
         with m.Else():
             m.d.comb += core.logits.ready.eq(1)
@@ -345,7 +356,10 @@ class Accelerator(wiring.Component):
         m.d.comb += [running.eq((state != _State.IDLE) & (state != _State.CLEAR)),
                      rg.status_busy.eq((state != _State.IDLE) | core.busy | start_pending | clear_pending),
                      rg.status_error.eq(error), rg.tokens.eq(tokens),
-                     rg.argmax.eq(core.argmax), rg.argmax_value.eq(core.argmax_value)]
+                     rg.argmax.eq(core.argmax)]
+        argmax_value = Signal(signed(64))                   # sign-extended ACT
+        m.d.comb += [argmax_value.eq(core.argmax_value.as_signed()),
+                     rg.argmax_value_lo.eq(argmax_value[:32]), rg.argmax_value_hi.eq(argmax_value[32:])]
         starting = (state == _State.IDLE) & start_pending & ~clear_pending & ~core.busy
         counters = {"cycles_total": 1, "cycles_weight_wait": core.weight_wait,
                     "bytes_read": reader.beats * B}

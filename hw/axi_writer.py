@@ -1,4 +1,4 @@
-"""Burst write master: a stream of 32-bit words to consecutive memory addresses."""
+"""Burst write master: a stream of 32- or 64-bit words to consecutive memory addresses."""
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
@@ -12,27 +12,28 @@ __all__ = ["AxiWriter", "write_command_layout"]
 
 
 def write_command_layout(addr_width: int) -> data.StructLayout:
-    """A write command: ``words`` 32-bit words to bus address ``addr`` (a multiple of 4)."""
+    """A write command: ``words`` words to bus address ``addr`` (a multiple of the word size)."""
     return data.StructLayout({"addr": unsigned(addr_width), "words": unsigned(32)})
 
 
 class AxiWriter(wiring.Component):
-    """Write ``words`` 32-bit words from ``data`` to memory at ``addr`` with AXI4 INCR bursts.
+    """Write ``words`` words of ``word_bytes`` from ``data`` to memory at ``addr`` with AXI4 INCR bursts.
 
     A command is cut into bursts at every ``burst_bytes`` address boundary
     (the largest power of two of at most 256 beats and 4 KiB, so no burst
     crosses 4 KiB); AW of a burst is issued as soon as the command is
     known, up to ``outstanding`` bursts ahead of their write responses. Words
     are packed little-endian into bus beats at their address lanes; WSTRB
-    marks the lanes written, so ``addr`` need only be 4-byte aligned and
-    partial first and last beats leave their other bytes untouched.
+    marks the lanes written, so ``addr`` need only be aligned to the word
+    size and partial first and last beats leave their other bytes untouched.
 
     Ports
     -----
-    cmd : stream of :func:`write_command_layout` (low two bits of ``addr``
-        ignored). Accepted once the previous command's bursts are all issued.
-    data : stream of ``unsigned(32)``, the words in address order, exactly
-        ``words`` per command.
+    cmd : stream of :func:`write_command_layout` (the low ``log2(word_bytes)``
+        bits of ``addr`` ignored). Accepted once the previous command's bursts
+        are all issued.
+    data : stream of ``unsigned(8 * word_bytes)``, the words in address order
+        (each stored little-endian), exactly ``words`` per command.
     bus : AXI4 write master (``AXI4WriteSignature``): one ID (0), ARCACHE 0b0011.
     cancel : while high, no burst is issued, ``data`` is not taken, and every
         burst already issued is completed with beats whose WSTRB is 0 (they
@@ -44,28 +45,37 @@ class AxiWriter(wiring.Component):
     Parameters
     ----------
     bus_bytes : int, AXI data width in bytes (power of two, 4..128).
+    word_bytes : int, 4 or 8 (default 4), bytes per ``data`` word; at most ``bus_bytes``.
     addr_width : int, address bits (12..64).
     outstanding : int, 1..16 bursts issued ahead of their write responses.
 
     Attributes
     ----------
     latency : cycles from a command transfer to AWVALID (2).
-    Throughput: one 32-bit word per cycle (the logits arrive slower than that).
+    Throughput: one word per cycle (the accelerator's logits, int64 words,
+    arrive at most one per cycle).
     """
 
     latency = 2
 
-    def __init__(self, *, bus_bytes: int, addr_width: int = 32, outstanding: int = 4):
+    def __init__(self, *, bus_bytes: int, word_bytes: int = 4, addr_width: int = 32, outstanding: int = 4):
         check_widths(addr_width=addr_width, data_bytes=bus_bytes, data_name="bus_bytes")
+        if not isinstance(word_bytes, int) or isinstance(word_bytes, bool):
+            raise TypeError(f"word_bytes must be an integer, not {word_bytes!r}")
+        if word_bytes not in (4, 8):
+            raise ValueError(f"word_bytes must be 4 or 8, not {word_bytes}")
+        if word_bytes > bus_bytes:
+            raise ValueError(f"word_bytes ({word_bytes}) must not exceed bus_bytes ({bus_bytes})")
         if not isinstance(outstanding, int) or isinstance(outstanding, bool):
             raise TypeError(f"outstanding must be an integer, not {outstanding!r}")
         if not 1 <= outstanding <= 16:
             raise ValueError(f"outstanding must be in [1, 16], not {outstanding}")
-        self.bus_bytes, self.addr_width, self.outstanding = bus_bytes, addr_width, outstanding
+        self.bus_bytes, self.word_bytes = bus_bytes, word_bytes
+        self.addr_width, self.outstanding = addr_width, outstanding
         self.burst_bytes = min(BOUNDARY_BYTES, MAX_BURST_BEATS * bus_bytes)
         super().__init__({
             "cmd": In(stream.Signature(write_command_layout(addr_width))),
-            "data": In(stream.Signature(unsigned(32))),
+            "data": In(stream.Signature(unsigned(8 * word_bytes))),
             "bus": Out(AXI4WriteSignature(addr_width=addr_width, data_bytes=bus_bytes)),
             "cancel": In(1),
             "idle": Out(1),
@@ -74,11 +84,12 @@ class AxiWriter(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        B = self.bus_bytes
-        L = B // 4                                          # 32-bit lanes per beat
+        B, W = self.bus_bytes, self.word_bytes
+        L = B // W                                          # word lanes per beat
         lane_bits = max(1, (L - 1).bit_length())
         size_log2 = (B - 1).bit_length()
-        burst_words = self.burst_bytes // 4
+        word_log2 = (W - 1).bit_length()
+        burst_words = self.burst_bytes // W
         max_beats = self.burst_bytes // B
         bus = self.bus
 
@@ -87,16 +98,16 @@ class AxiWriter(wiring.Component):
         left = Signal(32)                                   # words not yet given a burst
         m.d.comb += self.cmd.ready.eq((left == 0) & ~self.cancel)
         with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [addr.eq(self.cmd.payload.addr & ~3), left.eq(self.cmd.payload.words)]
+            m.d.sync += [addr.eq(self.cmd.payload.addr & ~(W - 1)), left.eq(self.cmd.payload.words)]
 
-        # words = min(left, (burst_bytes - addr % burst_bytes) / 4); beats = ceil((lane0 + words) / L)
+        # words = min(left, (burst_bytes - addr % burst_bytes) / W); beats = ceil((lane0 + words) / L)
         room = Signal(range(burst_words + 1))
         nwords = Signal(range(burst_words + 1))
         lane0 = Signal(range(max(L, 2)))
         nbeats = Signal(range(max_beats + 1))
-        m.d.comb += [room.eq((self.burst_bytes - addr[:(self.burst_bytes - 1).bit_length()]) >> 2),
+        m.d.comb += [room.eq((self.burst_bytes - addr[:(self.burst_bytes - 1).bit_length()]) >> word_log2),
                      nwords.eq(Mux(left < room, left, room)),
-                     lane0.eq(addr[2:size_log2] if L > 1 else 0),
+                     lane0.eq(addr[word_log2:size_log2] if L > 1 else 0),
                      nbeats.eq((lane0 + nwords + L - 1) >> (lane_bits if L > 1 else 0))]
 
         info_layout = data.StructLayout({"beats": range(max_beats + 1), "words": range(burst_words + 1),
@@ -111,7 +122,7 @@ class AxiWriter(wiring.Component):
                      bursts.i.payload.beats.eq(nbeats), bursts.i.payload.words.eq(nwords),
                      bursts.i.payload.lane.eq(lane0)]
         with m.If(issue):
-            m.d.sync += [addr.eq(addr + (nwords << 2)), left.eq(left - nwords), aw_valid.eq(1),
+            m.d.sync += [addr.eq(addr + (nwords << word_log2)), left.eq(left - nwords), aw_valid.eq(1),
                          bus.awaddr.eq(addr & ~(B - 1)), bus.awlen.eq(nbeats - 1)]
         with m.Elif(bus.awready):
             m.d.sync += aw_valid.eq(0)
@@ -138,13 +149,13 @@ class AxiWriter(wiring.Component):
         word_data = Signal(8 * B)
         word_strb = Signal(B)
         m.d.comb += [word_data.eq(Cat(*[self.data.payload for _ in range(L)])),  # the word on every lane
-                     word_strb.eq(Const(0xF, 4) << (lane << 2))]
+                     word_strb.eq(Const((1 << W) - 1, W) << (lane << word_log2))]
         completes = Signal()
         m.d.comb += completes.eq((lane == L - 1) | (words_left == 1))
         m.d.comb += self.data.ready.eq((beats_left != 0) & (words_left != 0) & ~self.cancel &
                                        (~completes | out_free))
         lane_mask = Signal(8 * B)
-        m.d.comb += lane_mask.eq(Cat(*[Mux(word_strb[4 * j], 0xFFFFFFFF, 0) for j in range(L)]))
+        m.d.comb += lane_mask.eq(Cat(*[Mux(word_strb[W * j], (1 << (8 * W)) - 1, 0) for j in range(L)]))
         new_data = (part_data & ~lane_mask) | (word_data & lane_mask)
         with m.If(self.data.valid & self.data.ready):
             m.d.sync += words_left.eq(words_left - 1)

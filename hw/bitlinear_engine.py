@@ -1,18 +1,19 @@
 """The BitLinear engine: one STREAM record of the weight image per run, bit exact with ``golden_int``."""
 from __future__ import annotations
 
+import numpy as np
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from mmfree.models import numerics as nx
-from mmfree.models.weight_image import (CONSUMER_WORD, MAX_CONSUMERS, RECORD_HEADER_BYTES, RECORD_MAGIC,
-                                        STREAM_ALIGN, NormSource, RecordKind)
+from mmfree.models.weight_image import (CONSUMER_WORD, GAIN_WORD, GATE_WORD, MAX_CONSUMERS, RECORD_HEADER_BYTES,
+                                        RECORD_MAGIC, STREAM_ALIGN, NormSource, RecordKind)
 
-from .rescale import EXP_SHAPE, Rescale
-from .rms_quantize import (CODES_LAYOUT, EC_BITS, EPS_SHIFT_MAX, EPS_SHIFT_MIN, FRAC_MAX, SCALE_OUT_BITS,
-                           X_FRAC_MAX, X_LAYOUT, RmsQuantize)
+from .rescale import EXP_SHAPE, SCALE_OUT_BITS, Rescale
+from .rms_quantize import (CODES_LAYOUT, EC_BITS, EPS_SHIFT_MAX, EPS_SHIFT_MIN, FRAC_MAX, X_FRAC_MAX, X_LAYOUT,
+                           RmsQuantize)
 from .stream_fifo import StreamFifo
 from .ternary_accumulate import TernaryAccumulate
 
@@ -22,6 +23,10 @@ __all__ = ["BitLinearEngine", "Y_LAYOUT", "X_LAYOUT"]
 Y_LAYOUT = data.StructLayout({"consumer": unsigned(2), "value": signed(nx.ACT_BITS), "last": 1})
 
 _WORD = 32
+#: Bytes of one gain word (a 24-bit mantissa, sign-extended) and of one lower-bound gate (GATE, uint32).
+_GAIN_WORD_BYTES = np.dtype(GAIN_WORD).itemsize
+_GATE_WORD_BYTES = np.dtype(GATE_WORD).itemsize
+assert _GAIN_WORD_BYTES == _GATE_WORD_BYTES, "gains and gates share the engine's word lanes"
 # Header word order (weight_image's module docstring; it exports only CONSUMER_WORD):
 # [RECORD_MAGIC | kind, K, n, frac_a, norm source, eps mantissa, eps shift, x_frac, (N, frac_g, Cm, ec) x 3].
 _W_K, _W_CONSUMERS, _W_FRAC_A, _W_SOURCE, _W_EPS_MANT, _W_EPS_SHIFT, _W_X_FRAC = range(1, CONSUMER_WORD)
@@ -52,7 +57,8 @@ class BitLinearEngine(wiring.Component):
     part, padding included) and is idle again.
 
     * ``BITLINEAR`` (``golden_int.IntegerModel.bitlinear``): the header's
-      scalars and the gains (A, then each consumer's G; ``E/2`` per beat) go
+      scalars and the gains (A, then each consumer's G; int32 words holding
+      24-bit mantissas, ``E/4`` per beat, the low 24 bits of each taken) go
       to :class:`~mmfree.hw.rms_quantize.RmsQuantize`, which also takes the
       record's input vector from ``x`` (its max pass rides on the gain
       load) and returns the int8 codes (five per word, into the code memory)
@@ -64,8 +70,9 @@ class BitLinearEngine(wiring.Component):
       and scale steps run under it. The accumulators (``E`` per beat) are
       buffered and rescaled one per cycle (:class:`~mmfree.hw.rescale.Rescale`)
       onto ``y``. Rows padded up to a multiple of R are dropped.
-    * ``LOWER_BOUND``: after every earlier output has left, the D gates (GATE,
-      zero-extended) go out on ``y`` with consumer 0.
+    * ``LOWER_BOUND``: after every earlier output has left, the D gates
+      (uint32 words, GATE Q0.32, zero-extended to ACT width) go out on ``y``
+      with consumer 0.
 
     The output side (buffer, rescale, ``y``) runs on its own: the next
     record's header, gains and codes proceed while the previous record's last
@@ -76,10 +83,12 @@ class BitLinearEngine(wiring.Component):
     -----
     weights : stream of ``8 E``-bit beats, byte i at bits ``[8i, 8i+8)``.
     x : stream of :data:`~mmfree.hw.rms_quantize.X_LAYOUT`: a BITLINEAR
-        record's K inputs, in the record's ``x_frac`` format (WIDE width),
-        ``last`` on the final one; ``norm`` is the pre-norm's input n for
-        ``NormSource.GATE`` records (ignored otherwise). LOWER_BOUND records take none.
-    y : stream of :data:`Y_LAYOUT`: consumer 0's rows, then consumer 1's, ...,
+        record's K inputs (``value``, signed 48: ACT, the record's ``x_frac``
+        being 32), ``last`` on the final one; ``norm`` (signed 48, ACT) is the
+        pre-norm's input n for ``NormSource.GATE`` records (ignored otherwise).
+        LOWER_BOUND records take none.
+    y : stream of :data:`Y_LAYOUT`: ``value`` signed 48 (ACT; a gate is
+        0 .. 2**32 - 1, Q0.32); consumer 0's rows, then consumer 1's, ...,
         ``last`` on each consumer's final row; or the gates.
     busy : a record is in progress or outputs are still owed.
     phase : 1 while a header, gains or the input stage run (prep), 2 while
@@ -87,8 +96,8 @@ class BitLinearEngine(wiring.Component):
     error : a header with a wrong magic or kind, K or N out of range (0 or above
         ``max_k`` / ``max_rows``), or a field outside the supported ranges
         (``hw.rms_quantize``: consumers 1..3, norm source 0..2, frac_a and
-        frac_g 0..31, eps_shift 23..63, eps mantissa and Cm below 2**24,
-        x_frac 0..32, ec a signed byte). The engine then takes no more beats;
+        frac_g 0..39, eps_shift 23..63, eps mantissa below 2**24, Cm below
+        2**31, x_frac 0..32, ec a signed byte). The engine then takes no more beats;
         sticky until ``clear_error``, which also returns it to idle.
     weight_wait : the engine wants a weight beat and ``weights.valid`` is low
         (this includes waiting for the next record's header).
@@ -100,15 +109,19 @@ class BitLinearEngine(wiring.Component):
     max_k : int, the longest input vector (max(D, I)), 1..65535.
     max_rows : int, the most rows of a consumer (max(2I, V)), 1..2**24 - 1.
     elements_per_cycle : int, P, elements per cycle of the input stage's code
-        pass: 1, 2 or 4 (default 1; see ``RmsQuantize`` for what it costs).
+        pass: 1, 2 or 4, at most ``E/4`` (default 1; see ``RmsQuantize`` for
+        what it costs).
 
     Attributes
     ----------
     header_beats : ``RECORD_HEADER_BYTES / E``.
+    gain_beats(k, consumers) : ``(1 + consumers) * part_beats(4 k)``.
     prep_cycles(k, consumers) : cycles from a BITLINEAR record's first header
         beat to its first matrix beat when beats are always there and x is
-        complete before the gains end: the header and gain beats (minus the
-        last gain part's padding, which the input stage does not wait for),
+        complete before the gains end: the header beats, the gain beats
+        (``gain_beats``: ``1 + consumers`` parts of K int32 words, each padded
+        to 64 bytes, ``E/4`` words per beat) minus the last gain part's
+        padding (which the input stage does not wait for),
         the input stage's ``first_codes_cycles`` (the max pass rides on the
         gain load; normalise, reciprocals, the first group of codes) and
         ``PREP_OVERHEAD``. Eps, rsqrt and the scales overlap the matrices.
@@ -133,13 +146,17 @@ class BitLinearEngine(wiring.Component):
             raise ValueError(f"max_k must be in 1..65535, not {max_k}")
         if not 1 <= max_rows < (1 << 24):
             raise ValueError(f"max_rows must be in 1..16777215, not {max_rows}")
-        if elements_per_cycle not in (1, 2, 4):
-            raise ValueError(f"elements_per_cycle must be 1, 2 or 4, not {elements_per_cycle}")
+        if elements_per_cycle not in (1, 2, 4) or elements_per_cycle > engine_bytes // _GAIN_WORD_BYTES:
+            raise ValueError(f"elements_per_cycle must be 1, 2 or 4 and at most engine_bytes / "
+                             f"{_GAIN_WORD_BYTES} ({engine_bytes // _GAIN_WORD_BYTES}), not {elements_per_cycle}")
         self.elements_per_cycle = elements_per_cycle
         self.engine_bytes, self.rows_per_block = engine_bytes, rows_per_block
         self.max_k, self.max_rows = max_k, max_rows
         self.header_beats = RECORD_HEADER_BYTES // engine_bytes
         self.acc_bits = nx.accumulator_bits(max_k)
+        # The input stage, built here: its cycle figures serve prep_cycles.
+        self._input = RmsQuantize(max_k=max_k, gain_lanes=engine_bytes // _GAIN_WORD_BYTES,
+                                  elements_per_cycle=elements_per_cycle)
         super().__init__({
             "weights": In(stream.Signature(unsigned(8 * engine_bytes))),
             "x": In(stream.Signature(X_LAYOUT)),
@@ -156,13 +173,12 @@ class BitLinearEngine(wiring.Component):
         return -(-nbytes // STREAM_ALIGN) * STREAM_ALIGN // self.engine_bytes
 
     def gain_beats(self, k: int, consumers: int) -> int:
-        return (1 + consumers) * self.part_beats(2 * k)
+        """Beats of a BITLINEAR record's gain parts: A and each consumer's G, K int32 words each."""
+        return (1 + consumers) * self.part_beats(_GAIN_WORD_BYTES * k)
 
     def prep_cycles(self, k: int, consumers: int) -> int:
-        rms = RmsQuantize(max_k=max(k, self.max_k), gain_lanes=self.engine_bytes // 2,
-                          elements_per_cycle=self.elements_per_cycle)
-        last_padding = self.part_beats(2 * k) - -(-2 * k // self.engine_bytes)
-        return (self.header_beats + self.gain_beats(k, consumers) - last_padding + rms.first_codes_cycles
+        last_padding = self.part_beats(_GAIN_WORD_BYTES * k) - -(-_GAIN_WORD_BYTES * k // self.engine_bytes)
+        return (self.header_beats + self.gain_beats(k, consumers) - last_padding + self._input.first_codes_cycles
                 + self.PREP_OVERHEAD)
 
     def matvec_beats(self, k: int, rows) -> int:
@@ -189,13 +205,12 @@ class BitLinearEngine(wiring.Component):
         E, R = self.engine_bytes, self.rows_per_block
         D = R // E                                   # beats per group, accumulator beats per block
         C = MAX_CONSUMERS
-        gl = E // 2                                  # int16 values per beat
+        gl = E // _GAIN_WORD_BYTES                   # gain (or gate) words per beat
         gl_log2 = gl.bit_length() - 1
         align_beats = STREAM_ALIGN // E              # parts end on 64-byte boundaries
         groups_max = -(-self.max_k // nx.TRITS_PER_BYTE)
 
-        m.submodules.input = rms = RmsQuantize(max_k=self.max_k, gain_lanes=gl,
-                                               elements_per_cycle=self.elements_per_cycle)
+        m.submodules.input = rms = self._input
         m.submodules.accumulate = acc = TernaryAccumulate(lanes=E, k=self.max_k, rows_per_block=R)
         acc_beat = acc.o.payload.shape()
         m.submodules.acc_fifo = acc_fifo = StreamFifo(shape=acc_beat, depth=max(2, 2 * D))
@@ -274,7 +289,7 @@ class BitLinearEngine(wiring.Component):
         count = Signal(range(max(self.header_beats, -(-self.max_k // gl), 2) + 1))   # beats of the part
         align = Signal(range(max(align_beats, 2)))  # beats of the part modulo 64 bytes
         part = Signal(range(C + 2))
-        data_beats = Signal(range(-(-self.max_k // gl) + 1))   # ceil(K / (E/2))
+        data_beats = Signal(range(-(-self.max_k // gl) + 1))   # ceil(K / (E/4))
         padding = Signal()                         # consuming a part's padding beats
         error = Signal()
         m.d.comb += self.error.eq(error)
@@ -345,10 +360,12 @@ class BitLinearEngine(wiring.Component):
                 with m.If(rms.params.ready):
                     m.next = "GAINS"
             with m.State("GAINS"):
-                # A, then G_0 .. G_{n-1}: ceil(K / (E/2)) beats to the input stage, then padding.
-                m.d.comb += [phase.eq(1), busy_record.eq(1), rms.gains.payload.eq(beat),
-                             rms.gains.valid.eq(self.weights.valid & ~padding),
+                # A, then G_0 .. G_{n-1}: ceil(K / (E/4)) beats to the input stage, then padding.
+                # Each int32 word holds a sign-extended 24-bit mantissa: its low 24 bits are it.
+                m.d.comb += [phase.eq(1), busy_record.eq(1), rms.gains.valid.eq(self.weights.valid & ~padding),
                              want.eq(padding | rms.gains.ready)]
+                m.d.comb += [rms.gains.payload[i].eq(beat.word_select(i, 8 * _GAIN_WORD_BYTES)[:nx.GAIN_BITS])
+                             for i in range(gl)]
                 with m.If(take):
                     m.d.sync += count.eq(count + 1)
                     part_done = Signal()
@@ -407,7 +424,7 @@ class BitLinearEngine(wiring.Component):
                         m.d.sync += codes_done.eq(0)
                         m.next = "HEADER"
             with m.State("GATES"):
-                # After every earlier output has left: K gates, E/2 per beat, then padding.
+                # After every earlier output has left: K gates, E/4 per beat, then padding.
                 m.d.comb += busy_record.eq(1)
                 with m.If(owed == 0):
                     m.d.comb += want.eq(Mux(padding, align != 0, ~lb_full))
@@ -452,8 +469,8 @@ class BitLinearEngine(wiring.Component):
         with m.Switch(ser_tag.consumer):
             for c in range(C):
                 with m.Case(c):
-                    # Clamping exp to the rescale's port range is exact: |acc * scale| < 2**46
-                    # rounds to 0 for any right shift of 48 or more, and any exp >= 32 saturates.
+                    # Clamping exp to the rescale's port range is exact: |acc * scale| < 2**50
+                    # rounds to 0 for any right shift of 51 or more, and any exp >= 48 saturates.
                     e = cur.exp[c]
                     m.d.comb += [ri.scale.eq(cur.scale[c]),
                                  ri.exp.eq(Mux(e < exp_lo, exp_lo, Mux(e > exp_hi, exp_hi, e)))]
@@ -485,7 +502,7 @@ class BitLinearEngine(wiring.Component):
         # gates wait until nothing is owed).
         with m.If(lb_valid):
             m.d.comb += [self.y.valid.eq(1), self.y.payload.consumer.eq(0),
-                         self.y.payload.value.eq(lb_beat.word_select(lb_lane, nx.GAIN_BITS)),
+                         self.y.payload.value.eq(lb_beat.word_select(lb_lane, 8 * _GATE_WORD_BYTES)),
                          self.y.payload.last.eq(lb_left == 1)]
         with m.Else():
             out = rescale.o.valid & side_fifo.o.valid

@@ -69,6 +69,8 @@ class AcceleratorConfig:
     ddr_bytes: int
     description: str = ""
     elements_per_cycle: int = 1
+    #: ``ram_style`` of the weight FIFO and the state memory (``"ultra"``: UltraRAM, UltraScale+ only).
+    large_ram_style: str | None = None
 
     def __post_init__(self):
         if self.bus_bytes not in (8, 16):
@@ -97,7 +99,7 @@ class AcceleratorConfig:
                     max_hidden=self.max_hidden, max_layers=self.max_layers,
                     max_intermediate=self.max_intermediate, max_vocab=self.max_vocab,
                     design_hash=design_hash, outstanding=self.outstanding,
-                    elements_per_cycle=self.elements_per_cycle)
+                    elements_per_cycle=self.elements_per_cycle, large_ram_style=self.large_ram_style)
 
     def ddr_params(self) -> dict:
         """Parameters of the simulated DDR (sim/ddr_model.v) for this configuration."""
@@ -123,7 +125,7 @@ CONFIGS: dict[str, AcceleratorConfig] = {c.name: c for c in (
                       outstanding=4, clock_hz=150e6, ddr_bytes_per_cycle=Fraction(14), ddr_latency_cycles=24,
                       description="Zynq-7020, 2 x 64-bit HP ports, 150 MHz, 2.1 GB/s", **_FULL_370M),
     AcceleratorConfig("kv260", bus_bytes=16, ports=4, engine_bytes=64, rows_per_block=64, fifo_bytes=65536,
-                      outstanding=4, elements_per_cycle=4, clock_hz=250e6, ddr_bytes_per_cycle=Fraction(64), ddr_latency_cycles=48,
+                      outstanding=4, elements_per_cycle=4, large_ram_style="ultra", clock_hz=250e6, ddr_bytes_per_cycle=Fraction(64), ddr_latency_cycles=48,
                       description="Zynq UltraScale+ K26, 4 x 128-bit HP ports, 250 MHz, 16 GB/s", **_FULL_370M),
     AcceleratorConfig("sim-default", bus_bytes=8, ports=2, engine_bytes=16, rows_per_block=64, fifo_bytes=16384,
                       outstanding=4, clock_hz=150e6, ddr_bytes_per_cycle=Fraction(14), ddr_latency_cycles=24,

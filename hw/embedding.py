@@ -10,22 +10,22 @@ from .fixed_point import pipeline_stages
 
 __all__ = ["Bf16ToAct"]
 
-#: Exponent at which the 8-bit significand (1.mant) lands unshifted in ACT: 127 + 7 - 16.
+#: Exponent at which the 8-bit significand (1.mant) lands unshifted in ACT: 127 + 7 - 32 = 102.
 _UNSHIFTED_EXP = nx.BF16_EXP_BIAS + nx.BF16_MANT_BITS - nx.ACT_FRAC
 
 
 class Bf16ToAct(wiring.Component):
     """Stream unit, bit exact with ``numerics.bf16_to_act``::
 
-        sig = 128 + mant;  s = exp - 118
-        |v| = min(sig << s, ACT_MAX)          if s >= 0
+        sig = 128 + mant;  s = exp - 102
+        |v| = min(sig << min(s, 48), ACT_MAX)  if s >= 0
             = (sig + 2**(-s-1)) >> -s         if s < 0   (round half up; 0 beyond 62 bits)
         v = 0 for exp == 0 (zero, subnormals); |v| = ACT_MAX for exp == 255; sign applied last.
 
     Ports
     -----
     i : stream of raw bf16 bits (unsigned 16).
-    o : stream of ACT values (signed 32).
+    o : stream of ACT values (signed 48, Q15.32); exact for |value| >= 2**-25.
 
     Attributes
     ----------
@@ -48,7 +48,7 @@ class Bf16ToAct(wiring.Component):
         sign, exp, mant = bits[15], bits[nx.BF16_MANT_BITS:15], bits[:nx.BF16_MANT_BITS]
         sig = Signal(unsigned(nx.BF16_MANT_BITS + 1))
         m.d.comb += sig.eq(mant | (1 << nx.BF16_MANT_BITS))
-        left = Signal(range(nx.ACT_BITS + 1))       # clip(s, 0, 32), as numerics clips before shifting
+        left = Signal(range(nx.ACT_BITS + 1))       # clip(s, 0, 48), as numerics clips before shifting
         right = Signal(range(63))                   # clip(-s, 1, 62)
         s = Signal(signed(10))
         m.d.comb += [s.eq(exp - _UNSHIFTED_EXP),

@@ -9,7 +9,7 @@ from amaranth.hdl import Mux, Signal
 
 from mmfree.models import numerics as nx
 
-__all__ = ["rshift_round", "saturate", "mul_gate", "pipeline_stages"]
+__all__ = ["rshift_round", "saturate", "mul_gate", "mul_act", "pipeline_stages"]
 
 
 def rshift_round(v, n: int):
@@ -24,8 +24,13 @@ def saturate(v, bits: int = nx.ACT_BITS):
 
 
 def mul_gate(x, gate):
-    """``numerics.mul_gate``: ACT x times GATE g, ``saturate(rshift_round(x * g, 16))``."""
+    """``numerics.mul_gate``: ACT x times GATE g, ``saturate(rshift_round(x * g, 32))``."""
     return saturate(rshift_round(x * gate, nx.GATE_FRAC))
+
+
+def mul_act(x, y):
+    """``numerics.mul_act``: ACT x times ACT y, ``saturate(rshift_round(x * y, 32))``."""
+    return saturate(rshift_round(x * y, nx.ACT_FRAC))
 
 
 def pipeline_stages(m, advance):

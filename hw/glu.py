@@ -1,14 +1,12 @@
 """The GLU's element-wise part (``golden_int.IntegerModel.glu``), one element per beat."""
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Module, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from mmfree.models import numerics as nx
-
-from .fixed_point import mul_gate, saturate, pipeline_stages
-from .sigmoid import ACT_SHAPE, SigmoidLookup
+from .fixed_point import mul_act, pipeline_stages
+from .sigmoid import ACT_SHAPE, SigmoidLookup, silu_product
 
 __all__ = ["GLU", "GLU_IN"]
 
@@ -17,12 +15,12 @@ GLU_IN = data.StructLayout({"a": ACT_SHAPE, "b": ACT_SHAPE})
 
 
 class GLU(wiring.Component):
-    """Stream unit: ``w = mul_wide(silu_act(a), b)``, bit exact with ``IntegerModel.glu``.
+    """Stream unit: ``w = mul_act(silu_act(a), b)``, bit exact with ``IntegerModel.glu``.
 
     Ports
     -----
     i : stream of :data:`GLU_IN` (``a`` and ``b`` in ACT).
-    o : stream of ``w`` in WIDE (signed 48, 32 fractional bits), saturated.
+    o : stream of ``w`` in ACT (the product rounded half up to 32 fractional bits, saturated).
 
     Attributes
     ----------
@@ -36,7 +34,7 @@ class GLU(wiring.Component):
     def __init__(self):
         super().__init__({
             "i": In(stream.Signature(GLU_IN)),
-            "o": Out(stream.Signature(signed(nx.WIDE_BITS))),
+            "o": Out(stream.Signature(ACT_SHAPE)),
         })
 
     def elaborate(self, platform):
@@ -52,11 +50,10 @@ class GLU(wiring.Component):
         b1 = stage("b1", ACT_SHAPE, self.i.payload.b)
         valid1 = stage("valid1", 1, self.i.valid)
         # 2: silu(a) = a * sigma(a)
-        silu2 = stage("silu2", ACT_SHAPE, mul_gate(a1, sig_a.gate))
+        silu2 = stage("silu2", ACT_SHAPE, silu_product(a1, sig_a.gate))
         b2 = stage("b2", ACT_SHAPE, b1)
         valid2 = stage("valid2", 1, valid1)
-        # 3: w = silu(a) * b, exact, saturated to WIDE
+        # 3: w = silu(a) * b (a 96-bit product), rounded to ACT
         with m.If(advance):
-            m.d.sync += [self.o.valid.eq(valid2),
-                         self.o.payload.eq(saturate(silu2 * b2, nx.WIDE_BITS))]
+            m.d.sync += [self.o.valid.eq(valid2), self.o.payload.eq(mul_act(silu2, b2))]
         return m

@@ -12,7 +12,7 @@ from .reciprocal import RECIP_BITS, QuantReciprocal
 from .ternary_accumulate import CODE_BITS
 
 __all__ = ["QuantizeVector", "quantize_in_layout", "QUANTIZE_OUT", "bit_length", "normalise_peak",
-           "shift_magnitude", "code_magnitude"]
+           "shift_magnitude", "code_estimate", "code_correct", "CODE_ESTIMATE_BITS"]
 
 
 # --------------------------------------------------------------------------
@@ -61,13 +61,26 @@ def shift_magnitude(mag, shift_right, shift_left):
     return Mux(shift_left != 0, mag << shift_left, mag >> shift_right)
 
 
-def code_magnitude(mag_norm, recip):
-    """``numerics.quantize_codes`` before the sign: ``(|p'| * R + 2**39) >> 40``."""
+#: Bits of the first code estimate q0: |p'| <= M' and R <= 127 * 2**48 / M' keep it <= 127.
+CODE_ESTIMATE_BITS = nx.ACT_CODE_MAX.bit_length()
+
+
+def code_estimate(mag_norm, recip):
+    """``numerics.quantize_codes``, first step: ``q0 = (|p'| * R + 2**47) >> 48``, the exact
+    rounding of ``127 |p'| / M'`` or one less (R is floored)."""
     return (mag_norm * recip + (1 << (nx.QUANT_RECIP_SHIFT - 1))) >> nx.QUANT_RECIP_SHIFT
 
 
+def code_correct(q0, mag_norm, peak_norm):
+    """``numerics.quantize_codes``, second step (before the sign):
+    ``q0 + [|p'| > 0 and (2 q0 + 1) M' <= 254 |p'|]``, the exact rounding with ties away from
+    zero (the |p'| > 0 term keeps an all-zero vector, M' = 0, at code 0). A separate pipeline
+    stage from :func:`code_estimate`: two multiplies in a row would limit the clock."""
+    return q0 + ((mag_norm != 0) & (((q0 << 1) + 1) * peak_norm <= mag_norm * (2 * nx.ACT_CODE_MAX)))
+
+
 def quantize_in_layout(x_bits: int) -> data.StructLayout:
-    """Input beat: one element x (``x_bits`` signed), its gain mantissa G (int16), end of vector."""
+    """Input beat: one element x (``x_bits`` signed), its gain mantissa G (24-bit signed), end of vector."""
     return data.StructLayout({"x": signed(x_bits), "gain": signed(nx.GAIN_BITS), "last": 1})
 
 
@@ -85,12 +98,14 @@ class QuantizeVector(wiring.Component):
 
     1. Max pass (one element per cycle): ``p = x * G``; ``|p|`` and the sign
        are stored; ``M = max |p|``.
-    2. Normalise (one cycle): ``sh = bitlen(M) - 23``; ``M' = M >> sh`` (or
-       ``<< -sh``), in ``[2**22, 2**23)``.
-    3. Reciprocal: ``R = 127 * 2**40 // M'`` by :class:`QuantReciprocal`
+    2. Normalise (one cycle): ``sh = bitlen(M) - 31``; ``M' = M >> sh`` (or
+       ``<< -sh``), in ``[2**30, 2**31)``.
+    3. Reciprocal: ``R = 127 * 2**48 // M'`` by :class:`QuantReciprocal`
        (skipped for an all-zero vector: codes 0, ``M' = 0``, ``sh = 0``).
-    4. Code pass (one element per cycle): ``q = sign * ((|p'| * R + 2**39) >> 40)``
-       with ``|p'| = |p| >> sh`` (or ``<< -sh``).
+    4. Code pass (one element per cycle): ``q0 = (|p'| * R + 2**47) >> 48``
+       with ``|p'| = |p| >> sh`` (or ``<< -sh``) (:func:`code_estimate`), then
+       the exact rounding ``q = q0 + [(2 q0 + 1) M' <= 254 |p'|]``
+       (:func:`code_correct`, ties away from zero) and the sign.
 
     Ports
     -----
@@ -102,30 +117,34 @@ class QuantizeVector(wiring.Component):
     Parameters
     ----------
     k : int, the longest vector (the element memory's depth), >= 1.
-    x_bits : int, ``numerics.ACT_BITS`` (ACT inputs) or ``numerics.WIDE_BITS``
-        (the WIDE products that feed o_proj and down_proj).
+    x_bits : int, ``numerics.ACT_BITS`` (every BitLinear input is ACT since
+        numerics version 2); anything else raises ``ValueError``.
 
     Attributes
     ----------
     latency : cycles from the transfer of the ``last`` input to ``o.valid``
-        of the first code: ``3 + QuantReciprocal.latency + 3`` (= 32: normalise,
-        hand to the divider, divide, take the quotient, then the three-stage
-        code pipeline); 5 for an all-zero vector, which skips the divider.
+        of the first code: ``3 + QuantReciprocal.latency + 4`` (= 33: normalise,
+        hand to the divider, divide, take the quotient, then the four-stage
+        code pipeline: read, shift, estimate, correct);
+        ``ZERO_VECTOR_LATENCY`` (6) for an all-zero vector, which skips the divider.
     Throughput: one element per cycle in each pass; the unit takes one vector
     at a time, so a vector of n elements occupies it for about
     ``2 n + latency`` cycles.
     """
+
+    #: Latency of an all-zero vector: normalise, then the four-stage code pipeline.
+    ZERO_VECTOR_LATENCY = 2 + 4
 
     def __init__(self, *, k: int, x_bits: int):
         if not isinstance(k, int) or isinstance(k, bool):
             raise TypeError(f"k must be an integer, not {k!r}")
         if k < 1:
             raise ValueError(f"k must be at least 1, not {k}")
-        if x_bits not in (nx.ACT_BITS, nx.WIDE_BITS):
-            raise ValueError(f"x_bits must be {nx.ACT_BITS} or {nx.WIDE_BITS}, not {x_bits!r}")
+        if x_bits != nx.ACT_BITS:
+            raise ValueError(f"x_bits must be {nx.ACT_BITS}, not {x_bits!r}")
         self.k = k
         self.x_bits = x_bits
-        self.latency = 3 + QuantReciprocal.latency + 3
+        self.latency = 3 + QuantReciprocal.latency + 4
         super().__init__({
             "i": In(stream.Signature(quantize_in_layout(x_bits))),
             "o": Out(stream.Signature(QUANTIZE_OUT)),
@@ -133,7 +152,7 @@ class QuantizeVector(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        mag_bits = self.x_bits + nx.GAIN_BITS - 1          # |x * G| <= 2**(x_bits-1) * 2**15
+        mag_bits = self.x_bits + nx.GAIN_BITS - 1          # |x * G| <= 2**(x_bits-1) * 2**23
         norm = nx.QUANT_NORM_BITS
         m.submodules.elements = mem = Memory(shape=data.StructLayout({"mag": unsigned(mag_bits), "neg": 1}),
                                              depth=self.k, init=[])
@@ -156,29 +175,35 @@ class QuantizeVector(wiring.Component):
         m.d.comb += [mag.eq(Mux(product < 0, -product, product)),
                      wr.addr.eq(count), wr.data.mag.eq(mag), wr.data.neg.eq(product < 0)]
 
-        # 2. sh = bitlen(M) - 23 and M' (zero for a zero vector)
+        # 2. sh = bitlen(M) - 31 and M' (zero for a zero vector)
         new_norm, new_shift, new_right, new_left = normalise_peak(m, peak, norm)
 
-        # 4. code pass: a three-stage pipeline that stalls as a whole on o.ready
+        # 4. code pass: a four-stage pipeline that stalls as a whole on o.ready
         advance = Signal()
         m.d.comb += advance.eq(~self.o.valid | self.o.ready)
         read_ptr = Signal(range(self.k + 1))
         issue = Signal()
         valid1, last1 = Signal(), Signal()
         valid2, last2, neg2 = Signal(), Signal(), Signal()
-        mag2 = Signal(norm + 1)
+        mag2 = Signal(norm)
+        valid3, last3, neg3 = Signal(), Signal(), Signal()
+        mag3 = Signal(norm)
+        q0 = Signal(CODE_ESTIMATE_BITS)
         m.d.comb += [rd.addr.eq(read_ptr), rd.en.eq(advance)]
         with m.If(advance):
             m.d.sync += [valid1.eq(issue), last1.eq(read_ptr == count - 1)]
             with m.If(issue):
                 m.d.sync += read_ptr.eq(read_ptr + 1)
-            # |p'| = |p| >> sh or |p| << -sh (<= M' < 2**23)
+            # |p'| = |p| >> sh or |p| << -sh (<= M' < 2**31)
             m.d.sync += [valid2.eq(valid1), last2.eq(last1), neg2.eq(rd.data.neg),
                          mag2.eq(shift_magnitude(rd.data.mag, shift_right, shift_left))]
-            # q = sign * ((|p'| * R + 2**39) >> 40)
-            code = code_magnitude(mag2, recip_value)
-            m.d.sync += [self.o.valid.eq(valid2), self.o.payload.last.eq(last2),
-                         self.o.payload.code.eq(Mux(neg2, -code, code)),
+            # q0 = (|p'| * R + 2**47) >> 48
+            m.d.sync += [valid3.eq(valid2), last3.eq(last2), neg3.eq(neg2), mag3.eq(mag2),
+                         q0.eq(code_estimate(mag2, recip_value))]
+            # q = sign * (q0 + [(2 q0 + 1) M' <= 254 |p'|]) = sign * round(127 |p'| / M'), exactly
+            code = code_correct(q0, mag3, peak_norm)
+            m.d.sync += [self.o.valid.eq(valid3), self.o.payload.last.eq(last3),
+                         self.o.payload.code.eq(Mux(neg3, -code, code)),
                          self.o.payload.peak_norm.eq(peak_norm), self.o.payload.shift.eq(shift)]
 
         m.d.comb += recip.i.payload.eq(peak_norm)
@@ -194,7 +219,7 @@ class QuantizeVector(wiring.Component):
                     with m.If(self.i.payload.last):
                         m.next = "NORMALISE"
             with m.State("NORMALISE"):
-                # sh = bitlen(M) - 23; M' = shift_magnitude(M, sh); zero vector: all 0
+                # sh = bitlen(M) - 31; M' = shift_magnitude(M, sh); zero vector: all 0
                 m.d.sync += [peak_norm.eq(new_norm), shift.eq(new_shift), shift_right.eq(new_right),
                              shift_left.eq(new_left)]
                 with m.If(peak == 0):
@@ -212,7 +237,8 @@ class QuantizeVector(wiring.Component):
                     m.next = "EMIT"
             with m.State("EMIT"):
                 m.d.comb += issue.eq(read_ptr < count)
-                with m.If(advance & (read_ptr == count) & ~valid1 & ~valid2 & (self.o.ready | ~self.o.valid)):
+                drained = ~valid1 & ~valid2 & ~valid3 & (self.o.ready | ~self.o.valid)
+                with m.If(advance & (read_ptr == count) & drained):
                     m.d.sync += [count.eq(0), read_ptr.eq(0), peak.eq(0)]
                     m.next = "LOAD"
         return m

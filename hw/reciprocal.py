@@ -9,20 +9,20 @@ from mmfree.models import numerics as nx
 
 __all__ = ["QuantReciprocal", "RECIP_NUMERATOR", "RECIP_BITS"]
 
-#: The dividend 127 * 2**40.
+#: The dividend 127 * 2**48.
 RECIP_NUMERATOR = nx.ACT_CODE_MAX << nx.QUANT_RECIP_SHIFT
-#: Quotient bits: the quotient for the smallest normalised peak 2**22 is the largest.
+#: Quotient bits: the quotient for the smallest normalised peak 2**30 is the largest.
 RECIP_BITS = (RECIP_NUMERATOR // (1 << (nx.QUANT_NORM_BITS - 1))).bit_length()
 
 
 class QuantReciprocal(wiring.Component):
-    """Stream unit: ``R = floor(127 * 2**40 / M')`` for a normalised peak ``M' in [2**22, 2**23)``.
+    """Stream unit: ``R = floor(127 * 2**48 / M')`` for a normalised peak ``M' in [2**30, 2**31)``.
 
     A restoring divider producing one quotient bit per cycle. The remainder
-    starts at ``127 * 2**40 >> RECIP_BITS`` (smaller than any valid ``M'``, so
+    starts at ``127 * 2**48 >> RECIP_BITS`` (smaller than any valid ``M'``, so
     the quotient fits ``RECIP_BITS`` bits); each step shifts in the next
     dividend bit and subtracts ``M'`` when it fits. ``M'`` outside
-    ``[2**22, 2**23)`` (e.g. 0 for an all-zero vector, which the golden model
+    ``[2**30, 2**31)`` (e.g. 0 for an all-zero vector, which the golden model
     handles before dividing) gives an unspecified result.
 
     Ports

@@ -19,12 +19,17 @@ import dataclasses
 import enum
 
 __all__ = ["Field", "Register", "REGISTERS", "BY_NAME", "ID_MAGIC", "INTERFACE_VERSION", "ErrorCode", "Phase",
-           "REGISTER_SPACE_BYTES", "markdown"]
+           "REGISTER_SPACE_BYTES", "LOGIT_WORD_BYTES", "markdown"]
 
 #: Value of the ``ID`` register: "MMF1" in ASCII.
 ID_MAGIC = 0x4D4D4631
 #: Hardware/driver interface version in ``VERSION`` bits [15:0]; bump on any change to this table.
-INTERFACE_VERSION = 1
+#: Version 2 (numerics version 2, 48-bit ACT): logits are written as int64 words and the
+#: argmax value is a 64-bit pair (ARGMAX_VALUE_LO/HI).
+INTERFACE_VERSION = 2
+#: Bytes per logit in the LOGITS_ADDR buffer: the ACT logit (48 bits) sign-extended to a
+#: little-endian int64 (the logits writer's word; the driver reads the buffer with it).
+LOGIT_WORD_BYTES = 8
 #: Size of the AXI4-Lite address window (the block decodes the low 8 bits).
 REGISTER_SPACE_BYTES = 0x100
 
@@ -102,7 +107,7 @@ REGISTERS: tuple[Register, ...] = (
         Field("numerics", 16, 16, "numerics.NUMERICS_VERSION the datapath implements"),
     )),
     Register("DESIGN_HASH", 0x08, "RO",
-             "Low 32 bits of the build's content hash; bitstreams/<board>/manifest.json holds the same value."),
+             "First 32 bits (the first 8 hex digits) of the build's SHA-256 content hash; bitstreams/<board>/manifest.json holds the same value."),
     Register("BUILD_CONFIG", 0x0C, "RO", "How this build reads memory.", (
         Field("bus_bytes_log2", 0, 4, "log2 of the AXI data width in bytes (3: 64-bit, 4: 128-bit)"),
         Field("ports", 4, 4, "number of AXI4 read ports"),
@@ -139,10 +144,11 @@ REGISTERS: tuple[Register, ...] = (
     Register("EMBED_ADDR_HI", 0x3C, "RW", "High half of EMBED_ADDR."),
     Register("EMBED_STRIDE", 0x40, "RW", "Bytes between embedding rows (a multiple of 64)."),
     Register("LOGITS_ADDR_LO", 0x44, "RW",
-             "Bus address of a V x int32 buffer for the logits (ACT format); 0 disables the write."),
+             "Bus address (8-byte aligned) of a V x int64 buffer for the logits: ACT (Q15.32, 48 bits) "
+             "sign-extended, little-endian; 0 disables the write."),
     Register("LOGITS_ADDR_HI", 0x48, "RW", "High half of LOGITS_ADDR."),
     Register("ARGMAX", 0x4C, "RO", "Index of the largest logit of the last token (lowest index on ties)."),
-    Register("ARGMAX_VALUE", 0x50, "RO", "That logit, ACT int32 (Q16)."),
+    Register("ARGMAX_VALUE_LO", 0x50, "RO", "That logit, ACT (Q15.32) sign-extended to 64 bits: bits [31:0]."),
     _counter("CYCLES_TOTAL", 0x54, "Cycles from START to done."),
     _counter("CYCLES_WEIGHT_WAIT", 0x58, "Cycles the datapath wanted weight-stream data and had none."),
     _counter("CYCLES_EMBED", 0x5C, "Cycles in phase EMBED."),
@@ -155,6 +161,7 @@ REGISTERS: tuple[Register, ...] = (
     Register("MODEL_INNER", 0x78, "RW", "Shape of the loaded model, continued.", (
         Field("intermediate", 0, 16, "I (the GLU's inner size)"),
     )),
+    Register("ARGMAX_VALUE_HI", 0x7C, "RO", "Bits [63:32] of ARGMAX_VALUE (the sign-extended ACT logit)."),
 )
 
 BY_NAME: dict[str, Register] = {r.name: r for r in REGISTERS}

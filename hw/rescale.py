@@ -8,12 +8,16 @@ from amaranth.lib.wiring import In, Out
 from mmfree.models import numerics as nx
 
 from .fixed_point import pipeline_stages, saturate
+from .rsqrt import INV_BITS
 
-__all__ = ["Rescale", "rescale_in_layout", "SCALE_SHAPE", "EXP_SHAPE"]
+__all__ = ["Rescale", "rescale_in_layout", "SCALE_SHAPE", "EXP_SHAPE", "RATIO_BITS", "SCALE_OUT_BITS"]
 
-#: ``numerics.output_scale`` keeps ``scale < 2**(SCALE_BITS + 1)``.
-SCALE_SHAPE = unsigned(nx.SCALE_BITS + 1)
-#: The per-vector exponent; sane scales give about -70 .. 0, the port takes -128 .. 127.
+#: ``numerics.output_scale``'s ``F' = (M' * inv) >> 32`` at its largest (M' < 2**31, inv <= 2**31).
+RATIO_BITS = ((((1 << nx.QUANT_NORM_BITS) - 1) << (INV_BITS - 1)) >> nx.RATIO_DROP_BITS).bit_length()
+#: ``scale = (Cm * F') >> 31`` at its largest (Cm < 2**31): below 2**30.
+SCALE_OUT_BITS = ((((1 << nx.SCALE_BITS) - 1) * ((1 << RATIO_BITS) - 1)) >> nx.SCALE_BITS).bit_length()
+SCALE_SHAPE = unsigned(SCALE_OUT_BITS)
+#: The per-vector exponent; sane scales give about -75 .. -20, the port takes -128 .. 127.
 EXP_SHAPE = signed(8)
 _ACT_OUT = signed(nx.ACT_BITS)
 
@@ -26,26 +30,26 @@ def rescale_in_layout(acc_bits: int) -> data.StructLayout:
 class Rescale(wiring.Component):
     """Stream unit: ``y = saturate(rshift_round(acc * scale, -exp))`` in ACT, one element per cycle.
 
-    This is ``numerics.rescale(acc, scale, exp)`` for ``exp < 0`` (every sane
-    output scale), and ``saturate(acc * scale * 2**exp)`` for ``exp >= 0``.
-    There ``numerics.rescale`` returns +2**31 (one past ``ACT_MAX``) where
-    the positive product overflows; the hardware saturates it to ``ACT_MAX``
-    (``numerics.saturate`` of the numerics value, which ACT can hold).
+    This is ``numerics.rescale(acc, scale, exp)`` for every exponent: a
+    right shift with rounding for ``exp < 0`` (every sane output scale), a
+    saturating left shift for ``exp >= 0``.
 
-    The product ``p = acc * scale`` (< 2**(acc_bits + 24), on DSP blocks) is
-    shifted as ``w = p << 32`` so that one arithmetic right shift by
-    ``s = 32 - exp`` covers both signs of ``exp``: ``rshift_round(w, s)``
-    equals ``rshift_round(p, -exp)`` for ``exp < 0`` and ``p << exp`` for
-    ``0 <= exp < 32`` (the rounding half falls on zero bits); ``exp >= 32``
-    takes ``s = 0`` and saturates any nonzero ``p``. The rounding uses
+    The product ``p = acc * scale`` (``|p| < 2**(acc_bits - 1 + SCALE_OUT_BITS)``,
+    2**50 for K <= 8192, on DSP blocks) is shifted as ``w = p << 48`` so that
+    one arithmetic right shift by ``s = 48 - exp`` covers both signs of
+    ``exp``: ``rshift_round(w, s)`` equals ``rshift_round(p, -exp)`` for
+    ``exp < 0`` and ``p << exp`` for ``0 <= exp < 48`` (the rounding half
+    falls on zero bits); ``exp >= 48`` takes ``s = 0`` and saturates any
+    nonzero ``p``. The rounding uses
     ``rshift_round(w, s) = (floor(w / 2**(s-1)) + 1) >> 1``, so no wide
     constant is added.
 
     Ports
     -----
-    i : stream of :func:`rescale_in_layout` (``acc_bits``): ``scale`` and
-        ``exp`` travel with every element (constant over a vector).
-    o : stream of ACT (signed 32).
+    i : stream of :func:`rescale_in_layout` (``acc_bits``): ``scale``
+        (:data:`SCALE_SHAPE`, unsigned 30) and ``exp`` (:data:`EXP_SHAPE`)
+        travel with every element (constant over a vector).
+    o : stream of ACT (signed ``numerics.ACT_BITS``, 48).
 
     Parameters
     ----------
@@ -82,16 +86,16 @@ class Rescale(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        prod_bits = self.acc_bits + SCALE_SHAPE.width          # signed: |p| < 2**(prod_bits - 2)
-        wide_bits = prod_bits + nx.ACT_BITS                     # w = p << 32
-        # rshift_round(w, s) = 0 for every s >= wide_bits (|w| < 2**(wide_bits - 2)): clamp s there
+        prod_bits = self.acc_bits + SCALE_SHAPE.width          # signed: |p| < 2**(prod_bits - 1)
+        wide_bits = prod_bits + nx.ACT_BITS                     # w = p << 48
+        # rshift_round(w, s) = 0 for every s >= wide_bits (|w| < 2**(wide_bits - 1)): clamp s there
         max_shift = wide_bits
 
         advance = Signal()
         m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance)]
         stage = pipeline_stages(m, advance)
 
-        # 1. p = acc * scale; s = clamp(32 - exp, 0, max_shift)
+        # 1. p = acc * scale; s = clamp(48 - exp, 0, max_shift)
         beat = self.i.payload
         valid1 = stage("valid1", 1, self.i.valid)
         prod = stage("prod", signed(prod_bits), beat.acc * beat.scale)

@@ -16,38 +16,38 @@ from amaranth.lib.wiring import In, Out
 from mmfree.models import numerics as nx
 from mmfree.models.weight_image import MAX_CONSUMERS, NormSource
 
-from .quantize import bit_length, code_magnitude, normalise_peak, shift_magnitude
+from .quantize import CODE_ESTIMATE_BITS, bit_length, code_correct, code_estimate, normalise_peak, shift_magnitude
 from .reciprocal import RECIP_BITS, QuantReciprocal
+from .rescale import RATIO_BITS, SCALE_OUT_BITS
 from .rsqrt import INV_BITS, RsqrtFixed, rsqrt_z_bits
 from .ternary_accumulate import CODE_BITS
 
-__all__ = ["RmsQuantize", "X_LAYOUT", "CODES_LAYOUT", "rms_params_layout", "scales_layout",
+__all__ = ["RmsQuantize", "X_LAYOUT", "CODES_LAYOUT", "rms_params_layout", "scales_layout", "v_bits_for",
            "FRAC_MAX", "EPS_SHIFT_MIN", "EPS_SHIFT_MAX", "X_FRAC_MAX", "EC_BITS", "SCALE_OUT_BITS"]
 
 # --------------------------------------------------------------------------
 # The header-field ranges the hardware supports. Widths below follow from
 # them; the engine refuses a record header outside them (its ``error``).
 # --------------------------------------------------------------------------
-#: Gain fractions frac_a, frac_g in [0, FRAC_MAX] (gain peaks in [2**-17, 2**15)).
-FRAC_MAX = 31
+#: Gain fractions frac_a, frac_g in [0, FRAC_MAX]: with the largest |mantissa| in
+#: [2**22, 2**23), gain peaks in [2**-17, 2**23) (the bundled model's fractions are 21..23).
+FRAC_MAX = nx.GAIN_TOP_BIT + 17
 #: eps_shift in [EPS_SHIFT_MIN, EPS_SHIFT_MAX]: eps (24-bit mantissa) in [2**-40, 2).
 EPS_SHIFT_MIN = nx.EPS_MANT_BITS - 1
 EPS_SHIFT_MAX = 63
-#: x_frac in [0, X_FRAC_MAX] (ACT and WIDE inputs).
-X_FRAC_MAX = nx.WIDE_FRAC
+#: x_frac in [0, X_FRAC_MAX] (every BitLinear input is ACT, x_frac = 32, since numerics version 2).
+X_FRAC_MAX = nx.ACT_FRAC
 #: The weight-scale exponent ec is a signed EC_BITS-bit value.
 EC_BITS = 8
-#: Output scale width (``numerics.output_scale``: ``scale = (Cm * F') >> 24 < 2**25``).
-SCALE_OUT_BITS = nx.SCALE_BITS + 1
 
-#: |x * G| of a WIDE x and an int16 gain: at most 2**62 (63 bits).
-MAG_BITS = nx.WIDE_BITS + nx.GAIN_BITS - 1
-#: Bits of a magnitude after the sum-of-squares rounding (``rshift_round`` may reach 2**16).
+#: |x * G| of an ACT x and a 24-bit gain: at most 2**70 (71 bits).
+MAG_BITS = nx.ACT_BITS + nx.GAIN_BITS - 1
+#: Bits of a magnitude after the sum-of-squares rounding (``rshift_round`` may reach 2**24).
 SUMSQ_MAG_BITS = nx.SUMSQ_BITS + 1
 
-#: One element of the input vector: x (in the record's x_frac format, WIDE
-#: width), the pre-norm's input n (ACT, used by NormSource.GATE records), end of vector.
-X_LAYOUT = data.StructLayout({"value": signed(nx.WIDE_BITS), "norm": signed(nx.ACT_BITS), "last": 1})
+#: One element of the input vector: x (ACT width, in the record's x_frac format),
+#: the pre-norm's input n (ACT, used by NormSource.GATE records), end of vector.
+X_LAYOUT = data.StructLayout({"value": signed(nx.ACT_BITS), "norm": signed(nx.ACT_BITS), "last": 1})
 
 #: One group of five inputs: each consumer's five int8 codes (zero beyond K
 #: and for absent consumers), end of vector.
@@ -73,6 +73,12 @@ def rms_params_layout(max_k: int) -> data.StructLayout:
     })
 
 
+def v_bits_for(max_k: int) -> int:
+    """Width of V (sum of squares plus the eps term) for vectors of up to ``max_k`` elements and
+    every header in the supported ranges: what :class:`RmsQuantize` gives its :class:`RsqrtFixed`."""
+    return _Bounds(max_k).v_bits
+
+
 def _signed_bits(lo: int, hi: int) -> int:
     return max(lo.bit_length(), (-lo).bit_length(), hi.bit_length(), (-hi).bit_length()) + 1
 
@@ -81,30 +87,30 @@ class _Bounds:
     """Ranges of the data-dependent shifts and exponents for a given max_k (all inclusive)."""
 
     def __init__(self, max_k: int):
-        self.sumsq_bits = (max_k << (2 * nx.SUMSQ_BITS)).bit_length()      # sum of <= 2**32 squares
-        self.sa = (-nx.SUMSQ_BITS, MAG_BITS - nx.SUMSQ_BITS)                 # bitlen(max|x*A|) - 16
-        self.sn_input = (-nx.SUMSQ_BITS, nx.WIDE_BITS - nx.SUMSQ_BITS)      # n = x (WIDE width)
-        self.sn_gate = (-nx.SUMSQ_BITS, nx.ACT_BITS - nx.SUMSQ_BITS)        # n = g (ACT)
+        self.sumsq_bits = (max_k << (2 * nx.SUMSQ_BITS)).bit_length()      # sum of K squares <= 2**48
+        self.sa = (-nx.SUMSQ_BITS, MAG_BITS - nx.SUMSQ_BITS)                 # bitlen(max|x*A|) - 24
+        self.sn = (-nx.SUMSQ_BITS, nx.ACT_BITS - nx.SUMSQ_BITS)             # bitlen(max|n|) - 24, n in ACT
         self.sh = (1 - nx.QUANT_NORM_BITS, MAG_BITS - nx.QUANT_NORM_BITS)
         # eps exponent / 2 + eps_shift / 2: q = [sn - n_frac] + x_frac + frac_a - sa
         sa_lo, sa_hi = self.sa
         q_none = (0 + 0 - sa_hi, X_FRAC_MAX + FRAC_MAX - sa_lo)
-        q_input = (self.sn_input[0] + 0 - sa_hi, self.sn_input[1] + FRAC_MAX - sa_lo)
-        q_gate = (self.sn_gate[0] - nx.ACT_FRAC - sa_hi,
-                  self.sn_gate[1] - nx.ACT_FRAC + X_FRAC_MAX + FRAC_MAX - sa_lo)
-        self.q = (min(q_none[0], q_input[0], q_gate[0]), max(q_none[1], q_input[1], q_gate[1]))
+        q_input = (self.sn[0] + 0 - sa_hi, self.sn[1] + FRAC_MAX - sa_lo)           # n = x: n_frac = x_frac
+        q_gate = (self.sn[0] - nx.ACT_FRAC - sa_hi, self.sn[1] - nx.ACT_FRAC + X_FRAC_MAX + FRAC_MAX - sa_lo)
+        q_norm = (min(q_input[0], q_gate[0]), max(q_input[1], q_gate[1]))
+        self.q = (min(q_none[0], q_norm[0]), max(q_none[1], q_norm[1]))
         self.e = (2 * self.q[0] - EPS_SHIFT_MAX, 2 * self.q[1] - EPS_SHIFT_MIN)
-        # eps = floor(base * eps_mant * 2**e), base = K or the norm vector's sum of squares
-        self.base_bits = max(self.sumsq_bits, max_k.bit_length())
-        self.eps_base_bits = self.base_bits + nx.EPS_MANT_BITS
-        self.v_bits = max(self.eps_base_bits + self.e[1], self.sumsq_bits) + 1
+        # eps = floor(base * eps_mant * 2**e): base = K (NONE) or the norm vector's sum of
+        # squares S_n (INPUT, GATE), each with its own largest exponent.
+        eps_bits = max(max_k.bit_length() + nx.EPS_MANT_BITS + 2 * q_none[1] - EPS_SHIFT_MIN,
+                       self.sumsq_bits + nx.EPS_MANT_BITS + 2 * q_norm[1] - EPS_SHIFT_MIN)
+        self.v_bits = max(eps_bits, self.sumsq_bits) + 1                    # V = s + eps
 
 
 class RmsQuantize(wiring.Component):
     """The input stage of a BitLinear record, bit exact with ``golden_int``.
 
-    For input x (length K), pre-norm gain A and each consumer's folded gain
-    ``G_c`` (int16 mantissas), it computes what ``IntegerModel.bitlinear``
+    For input x (length K, ACT), pre-norm gain A and each consumer's folded
+    gain ``G_c`` (24-bit mantissas), it computes what ``IntegerModel.bitlinear``
     computes before the matrix product:
 
     1. **Max pass, fused with the gain load**: as each beat of ``gain_lanes``
@@ -117,29 +123,35 @@ class RmsQuantize(wiring.Component):
        ``sa``, ``sn``; one :class:`~mmfree.hw.reciprocal.QuantReciprocal` per
        consumer, in parallel.
     3. **Code pass**, ``elements_per_cycle`` (P) elements per cycle: the codes
-       ``q = sign * ((|p_c'| * R_c + 2**39) >> 40)`` (packed five to a
-       :data:`CODES_LAYOUT` beat), ``s = sum rshift_round(|x * A|, sa)**2`` and
-       ``S_n = sum rshift_round(|n|, sn)**2``.
+       ``q0 = (|p_c'| * R_c + 2**47) >> 48``, then exactly rounded (ties away
+       from zero) ``q = sign * (q0 + [(2 q0 + 1) M'_c <= 254 |p_c'|])``
+       (``numerics.quantize_codes``; packed five to a :data:`CODES_LAYOUT`
+       beat), ``s = sum rshift_round(|x * A|, sa)**2`` and
+       ``S_n = sum rshift_round(|n|, sn)**2`` (24-bit magnitudes).
     4. **Epsilon**: ``numerics.eps_term`` with base K (``NONE``) or ``S_n``,
        shifted serially (32, 8 or 1 bit per cycle) in a ``v_bits`` register;
        ``V = s + eps``.
     5. :class:`~mmfree.hw.rsqrt.RsqrtFixed`: ``(inv, z)``; then per consumer
-       ``numerics.output_scale`` (two multiplies, one consumer per two cycles).
+       ``numerics.output_scale`` (two multiplies on one multiplier, one
+       consumer per two cycles).
 
     The ``scales`` beat carries scale and exponent per consumer and, for
     checking, ``M'_c``, ``sh_c``, ``V``, ``sa``, ``inv``, ``z``. ``V = 0`` or
     ``M'_c = 0`` (the golden model's all-zero outputs) give ``scale = 0``.
 
-    What P costs: per element 4 products of x (WIDE) by an int16 gain, 2
-    squares of 17 bits and 3 code products of 23 x 25 bits (P = 4: 16 + 8 +
-    12 multipliers); x and the gains are read ``gain_lanes`` wide, so P must
+    What P costs: per element 4 products of x (48 bits) by a 24-bit gain, 2
+    squares of 25 bits, and per consumer a code product of 31 x 25 bits and
+    a tie product of 8 x 31 bits (P = 4: 16 + 8 + 24 multipliers). The max
+    pass needs ``gain_lanes`` products of 48 x 24 bits; it never runs with
+    the code pass, so both share one bank of ``max(gain_lanes, 4 P)``
+    multipliers. x and the gains are read ``gain_lanes`` wide, so P must
     divide ``gain_lanes``; the code packer takes at most one group of five
     per cycle, so P <= 4.
 
     Ports
     -----
     params : stream of :func:`rms_params_layout`: one beat per vector, first.
-    gains : stream of ``gain_lanes`` int16 mantissas per beat: A, then
+    gains : stream of ``gain_lanes`` 24-bit mantissas per beat: A, then
         ``G_0 .. G_{n-1}``, each exactly ``ceil(K / gain_lanes)`` beats (element
         j of a part in beat ``j // gain_lanes``, lane ``j % gain_lanes``; lanes
         beyond K are ignored). Taken once x is complete.
@@ -171,8 +183,9 @@ class RmsQuantize(wiring.Component):
     after this one's ``scales`` beat has left.
     """
 
-    #: Max-pass drain (3), normalise (1), divide (1 + QuantReciprocal.latency), code pipeline (6).
-    CODES_OVERHEAD = 3 + 1 + 1 + QuantReciprocal.latency + 6
+    #: Max-pass drain (3), normalise (1), divide (1 + QuantReciprocal.latency), code pipeline (7:
+    #: read, products, magnitudes, shifts, code estimate, code correction and squares, packing).
+    CODES_OVERHEAD = 3 + 1 + 1 + QuantReciprocal.latency + 7
 
     def __init__(self, *, max_k: int, gain_lanes: int, elements_per_cycle: int = 1):
         for name, value in (("max_k", max_k), ("gain_lanes", gain_lanes),
@@ -231,7 +244,7 @@ class RmsQuantize(wiring.Component):
         # ---- storage ---------------------------------------------------------
         # x in gain_lanes banks (element j in bank j % gl, word j // gl), so a
         # gain beat meets its x lanes in one read.
-        x_elem = data.StructLayout({"value": signed(nx.WIDE_BITS), "norm": signed(nx.ACT_BITS)})
+        x_elem = data.StructLayout({"value": signed(nx.ACT_BITS), "norm": signed(nx.ACT_BITS)})
         x_wr, x_rd = [], []
         for lane in range(gl):
             mem = Memory(shape=x_elem, depth=words, init=[])
@@ -261,14 +274,14 @@ class RmsQuantize(wiring.Component):
         x_word = Signal(range(words + 1))
         x_first = Signal(init=1)
         x_release = Signal()                          # the code pass issued its last read
-        peak_x = Signal(nx.WIDE_BITS)                 # max|x| and max|norm|: the pre-norm's max|n|
+        peak_x = Signal(nx.ACT_BITS)                  # max|x| and max|norm|: the pre-norm's max|n|
         peak_norm_in = Signal(nx.ACT_BITS)
         load = self.x.valid & ~x_full
         m.d.comb += self.x.ready.eq(~x_full)
         for lane, port in enumerate(x_wr):
             m.d.comb += [port.addr.eq(x_word), port.data.value.eq(self.x.payload.value),
                          port.data.norm.eq(self.x.payload.norm), port.en.eq(load & (x_lane == lane))]
-        mag_x = Signal(nx.WIDE_BITS)
+        mag_x = Signal(nx.ACT_BITS)
         mag_norm_in = Signal(nx.ACT_BITS)
         m.d.comb += [mag_x.eq(Mux(self.x.payload.value < 0, -self.x.payload.value, self.x.payload.value)),
                      mag_norm_in.eq(Mux(self.x.payload.norm < 0, -self.x.payload.norm, self.x.payload.norm))]
@@ -293,6 +306,9 @@ class RmsQuantize(wiring.Component):
                          port.en.eq(gain_take & (part == index))]
         peak_a = Signal(MAG_BITS)
         peak = [Signal(MAG_BITS, name=f"peak{c}") for c in range(C)]
+        # The 48 x 24-bit products of both passes (one shared bank, see below).
+        n_mul = max(gl, (1 + C) * P)
+        products = [Signal(signed(nx.ACT_BITS + nx.GAIN_BITS), name=f"product{i}") for i in range(n_mul)]
         # Stage 1: the beat (x lanes being read); stage 2: products; stage 3: magnitudes; then the max.
         g1_valid, g1_last, g1_part = Signal(), Signal(), Signal(range(1 + C))
         g1_gain = Signal(gain_word)
@@ -302,11 +318,10 @@ class RmsQuantize(wiring.Component):
             m.d.sync += [g1_gain.eq(self.gains.payload), g1_part.eq(part), g1_base.eq(beat << gl_log2),
                          g1_last.eq((part == p.consumers) & (beat == beats_per_part - 1))]
         g2_valid, g2_last, g2_part = Signal(), Signal(), Signal(range(1 + C))
-        g2_prod = [Signal(signed(nx.WIDE_BITS + nx.GAIN_BITS), name=f"g2_prod{i}") for i in range(gl)]
+        g2_prod = products[:gl]                      # x * gain of each lane
         g2_mask = Signal(gl)
         m.d.sync += [g2_valid.eq(g1_valid), g2_last.eq(g1_last), g2_part.eq(g1_part)]
-        for i in range(gl):
-            m.d.sync += [g2_prod[i].eq(x_rd[i].data.value * g1_gain[i]), g2_mask[i].eq(g1_base + i <= k_last)]
+        m.d.sync += [g2_mask[i].eq(g1_base + i <= k_last) for i in range(gl)]
         g3_valid, g3_last, g3_part = Signal(), Signal(), Signal(range(1 + C))
         g3_mag = [Signal(MAG_BITS, name=f"g3_mag{i}") for i in range(gl)]
         m.d.sync += [g3_valid.eq(g2_valid), g3_last.eq(g2_last), g3_part.eq(g2_part)]
@@ -364,17 +379,32 @@ class RmsQuantize(wiring.Component):
 
         # Stage 2: the products p = x * G_c, x * A; the norm vector's element; lane masks.
         valid2, last2 = Signal(), Signal()
-        prod_a = [Signal(signed(nx.WIDE_BITS + nx.GAIN_BITS), name=f"prod_a{j}") for j in range(P)]
-        prod = [[Signal(signed(nx.WIDE_BITS + nx.GAIN_BITS), name=f"prod{c}_{j}") for j in range(P)]
-                for c in range(C)]
-        norm_el = [Signal(signed(nx.WIDE_BITS), name=f"norm_el{j}") for j in range(P)]
+        prod_a = products[:P]
+        prod = [products[P * (1 + c): P * (2 + c)] for c in range(C)]
+        norm_el = [Signal(signed(nx.ACT_BITS), name=f"norm_el{j}") for j in range(P)]
         mask2 = Signal(P)
         with m.If(advance):
             m.d.sync += [valid2.eq(valid1), last2.eq(last1)]
             for j in range(P):
-                m.d.sync += [prod_a[j].eq(xv[j] * av[j]), mask2[j].eq(base1 + j <= k_last),
+                m.d.sync += [mask2[j].eq(base1 + j <= k_last),
                              norm_el[j].eq(Mux(p.source == NormSource.GATE, xn[j], xv[j]))]
-                m.d.sync += [prod[c][j].eq(xv[j] * gv[c][j]) for c in range(C)]
+
+        # The product bank: the max pass (during the gain load) and the code pass never run at
+        # once, so one set of multipliers serves both: lane i of a gains beat in the max pass
+        # (registered every cycle); x * A (product j) and x * G_c (product P (1 + c) + j) in the
+        # code pass (registered when the code pipeline advances).
+        for i in range(n_mul):
+            x_op = Signal(signed(nx.ACT_BITS), name=f"mul_x{i}")
+            g_op = Signal(signed(nx.GAIN_BITS), name=f"mul_g{i}")
+            with m.If(code_pass):
+                if i < (1 + C) * P:
+                    gain = av[i] if i < P else gv[i // P - 1][i % P]
+                    m.d.comb += [x_op.eq(xv[i % P]), g_op.eq(gain)]
+            with m.Else():
+                if i < gl:
+                    m.d.comb += [x_op.eq(x_rd[i].data.value), g_op.eq(g1_gain[i])]
+            with m.If(~code_pass | advance):
+                m.d.sync += products[i].eq(x_op * g_op)
 
         # Stage 3: magnitudes and signs (lanes beyond K count as zero).
         valid3, last3 = Signal(), Signal()
@@ -382,7 +412,7 @@ class RmsQuantize(wiring.Component):
         mag_a = [Signal(MAG_BITS, name=f"mag_a{j}") for j in range(P)]
         mag = [[Signal(MAG_BITS, name=f"mag{c}_{j}") for j in range(P)] for c in range(C)]
         neg3 = [[Signal(name=f"neg{c}_{j}") for j in range(P)] for c in range(C)]
-        mag_n = [Signal(nx.WIDE_BITS, name=f"mag_n{j}") for j in range(P)]
+        mag_n = [Signal(nx.ACT_BITS, name=f"mag_n{j}") for j in range(P)]
         with m.If(advance):
             m.d.sync += [valid3.eq(valid2), last3.eq(last2), mask3.eq(mask2)]
             for j in range(P):
@@ -402,7 +432,7 @@ class RmsQuantize(wiring.Component):
         sn = Signal(signed(8))
         # rshift_round(t, s) = ((t >> (s - 1)) + 1) >> 1 for s > 0, t << -s otherwise
         sa_round, sa_right, sa_left = Signal(), Signal(range(MAG_BITS)), Signal(range(nx.SUMSQ_BITS + 1))
-        sn_round, sn_right, sn_left = Signal(), Signal(range(nx.WIDE_BITS)), Signal(range(nx.SUMSQ_BITS + 1))
+        sn_round, sn_right, sn_left = Signal(), Signal(range(nx.ACT_BITS)), Signal(range(nx.SUMSQ_BITS + 1))
 
         def sumsq_magnitude(value, rounding, right, left):
             """``numerics.sumsq_magnitudes`` of one magnitude, from the split shift."""
@@ -424,22 +454,39 @@ class RmsQuantize(wiring.Component):
                     m.d.sync += [mag4[c][j].eq(shift_magnitude(mag[c][j], shift_right[c], shift_left[c])),
                                  neg4[c][j].eq(neg3[c][j])]
 
-        # Stage 5: squares and the codes q = sign * ((|p'| * R + 2**39) >> 40),
-        # zero for an absent consumer.
+        # Stage 5: the code estimates q0 = (|p'| * R + 2**47) >> 48.
+        valid_e, last_e = Signal(), Signal()
+        count_e = Signal(range(P + 1))                # lanes within K
+        mag_a_e = [Signal(SUMSQ_MAG_BITS, name=f"mag_a_e{j}") for j in range(P)]
+        mag_n_e = [Signal(SUMSQ_MAG_BITS, name=f"mag_n_e{j}") for j in range(P)]
+        q0 = [[Signal(CODE_ESTIMATE_BITS, name=f"q0_{c}_{j}") for j in range(P)] for c in range(C)]
+        mag_e = [[Signal(nx.QUANT_NORM_BITS, name=f"mag_e{c}_{j}") for j in range(P)] for c in range(C)]
+        neg_e = [[Signal(name=f"neg_e{c}_{j}") for j in range(P)] for c in range(C)]
+        with m.If(advance):
+            m.d.sync += [valid_e.eq(valid4), last_e.eq(last4), count_e.eq(sum(mask4[j] for j in range(P)))]
+            for j in range(P):
+                m.d.sync += [mag_a_e[j].eq(mag_a4[j]), mag_n_e[j].eq(mag_n4[j])]
+                for c in range(C):
+                    m.d.sync += [q0[c][j].eq(code_estimate(mag4[c][j], recip[c])), mag_e[c][j].eq(mag4[c][j]),
+                                 neg_e[c][j].eq(neg4[c][j])]
+
+        # Stage 6: the squares, and the exact codes q = sign * (q0 + [(2 q0 + 1) M' <= 254 |p'|])
+        # (a tie rounds away from zero), zero for an absent consumer.
         valid5, last5 = Signal(), Signal()
-        count5 = Signal(range(P + 1))                 # lanes within K
+        count5 = Signal(range(P + 1))
         sq_a = [Signal(2 * SUMSQ_MAG_BITS, name=f"sq_a{j}") for j in range(P)]
         sq_n = [Signal(2 * SUMSQ_MAG_BITS, name=f"sq_n{j}") for j in range(P)]
         code5 = [[Signal(signed(CODE_BITS), name=f"code{c}_{j}") for j in range(P)] for c in range(C)]
         with m.If(advance):
-            m.d.sync += [valid5.eq(valid4), last5.eq(last4), count5.eq(sum(mask4[j] for j in range(P)))]
+            m.d.sync += [valid5.eq(valid_e), last5.eq(last_e), count5.eq(count_e)]
+            m.d.sync += [sq_a[j].eq(mag_a_e[j] * mag_a_e[j]) for j in range(P)]
+            m.d.sync += [sq_n[j].eq(mag_n_e[j] * mag_n_e[j]) for j in range(P)]
             for j in range(P):
-                m.d.sync += [sq_a[j].eq(mag_a4[j] * mag_a4[j]), sq_n[j].eq(mag_n4[j] * mag_n4[j])]
                 for c in range(C):
-                    magnitude = code_magnitude(mag4[c][j], recip[c])
-                    m.d.sync += code5[c][j].eq(Mux(c < p.consumers, Mux(neg4[c][j], -magnitude, magnitude), 0))
+                    magnitude = code_correct(q0[c][j], mag_e[c][j], peak_norm[c])
+                    m.d.sync += code5[c][j].eq(Mux(c < p.consumers, Mux(neg_e[c][j], -magnitude, magnitude), 0))
 
-        # Stage 6: the sums, and the codes packed five to a beat through a
+        # Stage 7: the sums, and the codes packed five to a beat through a
         # buffer (at most 4 waiting + P new <= 8).
         sumsq = Signal(b.sumsq_bits)
         sumsq_n = Signal(b.sumsq_bits)
@@ -503,7 +550,12 @@ class RmsQuantize(wiring.Component):
         inv = Signal(INV_BITS)
         z = Signal(signed(self._rsqrt_z_bits))
         cons = Signal(range(C))
-        ratio = Signal(nx.QUANT_NORM_BITS + INV_BITS - nx.RATIO_DROP_BITS)
+        ratio = Signal(RATIO_BITS)
+        # One multiplier for both per-consumer products of numerics.output_scale (RATIO, then SCALE).
+        scalar_a = Signal(max(nx.QUANT_NORM_BITS, nx.SCALE_BITS))
+        scalar_b = Signal(max(INV_BITS, RATIO_BITS))
+        scalar_prod = Signal(len(scalar_a) + len(scalar_b))
+        m.d.comb += scalar_prod.eq(scalar_a * scalar_b)
         scales = Signal(self.scales.payload.shape())
         m.d.comb += self.scales.payload.eq(scales)
         m.d.comb += [rsqrt.i.payload.eq(v), rsqrt.o.ready.eq(1)]
@@ -533,7 +585,7 @@ class RmsQuantize(wiring.Component):
                     value, sh, right, left = norm_now[c]
                     m.d.sync += [peak_norm[c].eq(value), shift[c].eq(sh), shift_right[c].eq(right),
                                  shift_left[c].eq(left)]
-                # sa = bitlen(max|x*A|) - 16, sn = bitlen(max|n|) - 16
+                # sa = bitlen(max|x*A|) - 24, sn = bitlen(max|n|) - 24
                 m.d.sync += [sa.eq(bitlen_a - nx.SUMSQ_BITS), sn.eq(bitlen_n - nx.SUMSQ_BITS),
                              sa_round.eq(bitlen_a > nx.SUMSQ_BITS), sa_right.eq(bitlen_a - nx.SUMSQ_BITS - 1),
                              sa_left.eq(nx.SUMSQ_BITS - bitlen_a),
@@ -590,17 +642,18 @@ class RmsQuantize(wiring.Component):
                     m.d.sync += [inv.eq(rsqrt.o.payload.inv), z.eq(rsqrt.o.payload.z), cons.eq(0)]
                     m.next = "RATIO"
             with m.State("RATIO"):
-                # F' = (M' * inv) >> 30
-                m.d.sync += ratio.eq((Cat(peak_norm)
-                                      .word_select(cons, nx.QUANT_NORM_BITS) * inv) >> nx.RATIO_DROP_BITS)
+                # F' = (M' * inv) >> 32
+                m.d.comb += [scalar_a.eq(Cat(peak_norm).word_select(cons, nx.QUANT_NORM_BITS)), scalar_b.eq(inv)]
+                m.d.sync += ratio.eq(scalar_prod >> nx.RATIO_DROP_BITS)
                 m.next = "SCALE"
             with m.State("SCALE"):
-                # scale = (Cm * F') >> 24; exp = ec + sh + frac_a - frac_g - sa + z - 61 + 16 + 30 + 24
+                # scale = (Cm * F') >> 31; exp = ec + sh + frac_a - frac_g - sa + z - 61 + 32 + 32 + 31
+                m.d.comb += [scalar_a.eq(Cat(p.cm).word_select(cons, nx.SCALE_BITS)), scalar_b.eq(ratio)]
                 with m.Switch(cons):
                     for c in range(C):
                         with m.Case(c):
                             m.d.sync += [
-                                scales.scale[c].eq((p.cm[c] * ratio) >> nx.SCALE_BITS),
+                                scales.scale[c].eq(scalar_prod >> nx.SCALE_BITS),
                                 scales.exp[c].eq(p.ec[c] + shift[c] + p.frac_a - p.frac_g[c] - sa + z
                                                  - nx.RSQRT_RECIP_SHIFT + nx.ACT_FRAC + nx.RATIO_DROP_BITS
                                                  + nx.SCALE_BITS),

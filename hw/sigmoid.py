@@ -1,4 +1,4 @@
-"""Sigmoid of an ACT value by table and linear interpolation (``numerics.sigmoid_act``)."""
+"""Sigmoid of an ACT value by table and quadratic interpolation (``numerics.sigmoid_act``)."""
 from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
@@ -8,24 +8,52 @@ from amaranth.lib.wiring import In, Out
 
 from mmfree.models import numerics as nx
 
-__all__ = ["Sigmoid", "SigmoidLookup", "GATE_SHAPE", "ACT_SHAPE", "sigmoid_rom"]
+__all__ = ["Sigmoid", "SigmoidLookup", "GATE_SHAPE", "ACT_SHAPE", "SILU_PRODUCT_BITS", "sigmoid_rom",
+           "silu_product"]
 
-#: ACT values: signed 32-bit.
+#: ACT values: signed 48-bit.
 ACT_SHAPE = signed(nx.ACT_BITS)
-#: Sigmoid results: GATE in 0 .. 2**16 inclusive (17 bits).
+#: Sigmoid results: GATE in 0 .. 2**32 inclusive (33 bits).
 GATE_SHAPE = unsigned(nx.GATE_FRAC + 1)
+#: Signed width of the x that SiLU multiplies: |x| < 2**37 (|x| < 32 in ACT), where sigma is interpolated.
+SILU_PRODUCT_BITS = nx.ACT_FRAC + nx.SIGMOID_RANGE_LOG2 + 1
 
 
-def sigmoid_rom() -> tuple[list[int], int, int]:
-    """ROM words ``T[j] | (T[j+1] - T[j]) << base_bits`` for j < SIGMOID_SEGMENTS, and the two widths."""
-    table = [int(v) for v in nx.SIGMOID_TABLE]
-    slopes = [b - a for a, b in zip(table, table[1:])]
-    if min(slopes) < 0:
+def silu_product(x, gate):
+    """``numerics.silu_act(x) = mul_gate(x, gate)`` given ``gate = sigmoid_act(x)``, with a 38-bit multiply.
+
+    Beyond the table (|x| >= 32, i.e. x outside 38-bit two's complement)
+    the gate is exactly 2**32 (x > 0) or 0 (x < 0), so the product is x or 0:
+    only x in [-2**37, 2**37) needs the multiplier, a 38 x 33-bit product
+    (4 DSP48E1 instead of 6 for 48 x 33 in yosys' mapping), whose rounded
+    result (|.| <= 2**37) never saturates ACT.
+    """
+    n = SILU_PRODUCT_BITS
+    fits = (x[n - 1:] == 0) | (x[n - 1:] == (1 << (nx.ACT_BITS - n + 1)) - 1)    # sign extension of bit n-1
+    # mul_gate: rshift_round(x * g, 32); |x * g| <= 2**69
+    product = (x[:n].as_signed() * gate + (1 << (nx.GATE_FRAC - 1))) >> nx.GATE_FRAC
+    return Mux(fits, product, Mux(x < 0, 0, x))
+
+
+def sigmoid_rom() -> tuple[list[int], int, int, int]:
+    """ROM words ``T[j] | d1 << base_bits | d2 << (base_bits + d1_bits)`` for j < SIGMOID_SEGMENTS,
+    and the three field widths.
+
+    ``d1 = T[j+1] - T[j]`` (unsigned), ``d2 = T[j+2] - 2 T[j+1] + T[j]``
+    (two's complement in ``d2_bits``): one word holds everything segment j
+    interpolates with.
+    """
+    t = [int(v) for v in nx.SIGMOID_TABLE]
+    segments = range(nx.SIGMOID_SEGMENTS)
+    d1 = [t[j + 1] - t[j] for j in segments]
+    d2 = [t[j + 2] - 2 * t[j + 1] + t[j] for j in segments]
+    if min(d1) < 0:
         raise ValueError("SIGMOID_TABLE is not monotonic")
-    base_bits = max(table[:-1]).bit_length()
-    slope_bits = max(slopes).bit_length()
-    words = [base | slope << base_bits for base, slope in zip(table[:-1], slopes)]
-    return words, base_bits, slope_bits
+    base_bits = max(t[: nx.SIGMOID_SEGMENTS]).bit_length()
+    d1_bits = max(d1).bit_length()
+    d2_bits = max(v.bit_length() for v in d2) + 1
+    words = [t[j] | d1[j] << base_bits | (d2[j] & ((1 << d2_bits) - 1)) << (base_bits + d1_bits) for j in segments]
+    return words, base_bits, d1_bits, d2_bits
 
 
 class SigmoidLookup:
@@ -35,16 +63,16 @@ class SigmoidLookup:
     addresses it with segment ``j`` of ``|x|`` and registers the fraction, the
     in-range flag and the sign when ``advance`` is high. One cycle later
     :attr:`gate` is ``sigmoid_act(x)`` (combinational from those registers
-    and the read data), held while ``advance`` is low.
+    and the read data: two multiplies in series), held while ``advance`` is low.
     """
 
     def __init__(self, m: Module, x, advance, name: str):
-        words, base_bits, slope_bits = sigmoid_rom()
+        words, base_bits, d1_bits, d2_bits = sigmoid_rom()
         shift = nx.SIGMOID_SEGMENT_SHIFT
-        table = Memory(shape=unsigned(base_bits + slope_bits), depth=nx.SIGMOID_SEGMENTS, init=words)
+        table = Memory(shape=unsigned(base_bits + d1_bits + d2_bits), depth=nx.SIGMOID_SEGMENTS, init=words)
         m.submodules[name] = table
         rd = table.read_port(domain="sync")
-        # a = |x|, j = a >> 11, r = a mod 2**11
+        # a = |x|, j = a >> 26, r = a mod 2**26
         mag = Signal(unsigned(nx.ACT_BITS), name=f"{name}_mag")
         m.d.comb += mag.eq(Mux(x < 0, -x, x))
         seg = mag[shift:]
@@ -54,11 +82,15 @@ class SigmoidLookup:
         negative = Signal(name=f"{name}_negative")
         with m.If(advance):
             m.d.sync += [frac.eq(mag[:shift]), inside.eq(seg < nx.SIGMOID_SEGMENTS), negative.eq(x < 0)]
-        # s = T[j] + rshift_round(dT * r, 11), or 2**16 outside; 2**16 - s for x < 0
+        # t = rshift_round(d2 * (r - 2**26), 26); s = T[j] + rshift_round(r * (2 d1 + t), 27),
+        # or 2**32 outside; 2**32 - s for x < 0
         base = rd.data[:base_bits]
-        slope = rd.data[base_bits:]
+        d1 = rd.data[base_bits: base_bits + d1_bits]
+        d2 = rd.data[base_bits + d1_bits:].as_signed()
+        t = Signal(signed(d2_bits + 1), name=f"{name}_t")
+        m.d.comb += t.eq((d2 * (frac - (1 << shift)) + (1 << (shift - 1))) >> shift)
         interp = Signal(unsigned(base_bits + 1), name=f"{name}_interp")
-        m.d.comb += interp.eq(base + ((slope * frac + (1 << (shift - 1))) >> shift))
+        m.d.comb += interp.eq(base + ((frac * ((d1 << 1) + t) + (1 << shift)) >> (shift + 1)))
         s = Mux(inside, interp, nx.GATE_ONE)
         self.gate = Signal(GATE_SHAPE, name=f"{name}_gate")
         m.d.comb += self.gate.eq(Mux(negative, nx.GATE_ONE - s, s))
@@ -67,16 +99,17 @@ class SigmoidLookup:
 class Sigmoid(wiring.Component):
     """Stream unit: ``gate = numerics.sigmoid_act(x)`` bit for bit, with ``x`` passed along.
 
-    ``a = |x|``, segment ``j = a >> 11``, fraction ``r = a & 0x7ff``;
-    ``s = T[j] + rshift_round((T[j+1] - T[j]) * r, 11)`` for ``j < 512``
-    else ``2**16``; ``gate = s`` for ``x >= 0``, ``2**16 - s`` otherwise.
-    ``T`` is ``numerics.SIGMOID_TABLE`` held as (T[j], T[j+1] - T[j]) pairs in
-    one 512-word ``Memory`` (one synchronous read per element).
+    ``a = |x|``, segment ``j = a >> 26``, fraction ``r = a mod 2**26``;
+    ``t = rshift_round(d2 * (r - 2**26), 26)``,
+    ``s = T[j] + rshift_round(r * (2 d1 + t), 27)`` for ``j < 2048`` else
+    ``2**32``; ``gate = s`` for ``x >= 0``, ``2**32 - s`` otherwise. ``T`` is
+    ``numerics.SIGMOID_TABLE``, held as (T[j], d1, d2) words in one
+    2048-word ``Memory`` (one synchronous read per element).
 
     Ports
     -----
-    i : stream of ACT ``x`` (signed 32).
-    o : stream of ``{"gate": GATE (unsigned 17, 0 .. 2**16), "x": the input}``;
+    i : stream of ACT ``x`` (signed 48).
+    o : stream of ``{"gate": GATE (unsigned 33, 0 .. 2**32), "x": the input}``;
         consumers such as SiLU need ``x`` next to its sigmoid.
 
     Attributes

@@ -6,23 +6,23 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 
-from .fixed_point import mul_gate
-from .sigmoid import ACT_SHAPE, Sigmoid
+from .sigmoid import ACT_SHAPE, Sigmoid, silu_product
 
 __all__ = ["SiLU"]
 
 
 class SiLU(wiring.Component):
-    """Stream unit: ``y = saturate(rshift_round(x * sigmoid_act(x), 16))`` bit for bit.
+    """Stream unit: ``y = saturate(rshift_round(x * sigmoid_act(x), 32))`` bit for bit.
 
     A :class:`~mmfree.hw.sigmoid.Sigmoid` followed by one multiply stage
-    (ACT x GATE, a 32 x 17 product < 2**48, rounded half up by 16 bits and
-    saturated to ACT).
+    (:func:`~mmfree.hw.sigmoid.silu_product`: x times GATE rounded half up
+    by 32 bits, a 38 x 33-bit product where sigma is interpolated, x or 0
+    beyond it).
 
     Ports
     -----
-    i : stream of ACT ``x`` (signed 32).
-    o : stream of ACT ``silu(x)`` (signed 32).
+    i : stream of ACT ``x`` (signed 48).
+    o : stream of ACT ``silu(x)`` (signed 48).
 
     Attributes
     ----------
@@ -46,8 +46,8 @@ class SiLU(wiring.Component):
         advance = Signal()
         m.d.comb += [advance.eq(~self.o.valid | self.o.ready), sigmoid.o.ready.eq(advance)]
 
-        # silu(x) = mul_gate(x, sigma(x)): x * g, + 2**15, >> 16, clamp to ACT
+        # silu(x) = mul_gate(x, sigma(x)): x * g, + 2**31, >> 32
         with m.If(advance):
             m.d.sync += [self.o.valid.eq(sigmoid.o.valid),
-                         self.o.payload.eq(mul_gate(sigmoid.o.payload.x, sigmoid.o.payload.gate))]
+                         self.o.payload.eq(silu_product(sigmoid.o.payload.x, sigmoid.o.payload.gate))]
         return m

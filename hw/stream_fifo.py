@@ -6,7 +6,22 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["StreamFifo"]
+__all__ = ["StreamFifo", "RAM_STYLES", "check_ram_style", "ram_style_attrs"]
+
+#: Synthesis ``ram_style`` values a large memory may ask for (yosys and Vivado both read the attribute).
+RAM_STYLES = ("block", "ultra")
+
+
+def check_ram_style(ram_style: str | None) -> str | None:
+    """``ram_style`` itself when it is None or one of :data:`RAM_STYLES`; ValueError otherwise."""
+    if ram_style is not None and ram_style not in RAM_STYLES:
+        raise ValueError(f"ram_style must be None or one of {', '.join(RAM_STYLES)}, not {ram_style!r}")
+    return ram_style
+
+
+def ram_style_attrs(ram_style: str | None) -> dict:
+    """Memory attributes for ``ram_style`` (none when it is None, so the Verilog stays as before)."""
+    return {} if ram_style is None else {"ram_style": ram_style}
 
 
 class StreamFifo(wiring.Component):
@@ -28,6 +43,8 @@ class StreamFifo(wiring.Component):
     ----------
     shape : the payload shape (any shape-castable, e.g. ``unsigned(128)`` or a layout).
     depth : int >= 2, entries in the memory; the FIFO holds ``depth + 1`` in all.
+    ram_style : None or a synthesis ``ram_style`` for the memory (``"ultra"``: UltraRAM on
+        UltraScale+, where a deep, wide FIFO would otherwise take many block RAMs).
 
     Attributes
     ----------
@@ -37,12 +54,13 @@ class StreamFifo(wiring.Component):
 
     latency = 2
 
-    def __init__(self, *, shape, depth: int):
+    def __init__(self, *, shape, depth: int, ram_style: str | None = None):
         if not isinstance(depth, int) or isinstance(depth, bool):
             raise TypeError(f"depth must be an integer, not {depth!r}")
         if depth < 2:
             raise ValueError(f"depth must be at least 2, not {depth}")
         self.shape, self.depth = shape, depth
+        self.ram_style = check_ram_style(ram_style)
         super().__init__({
             "i": In(stream.Signature(shape)),
             "o": Out(stream.Signature(shape)),
@@ -52,7 +70,8 @@ class StreamFifo(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         depth = self.depth
-        m.submodules.storage = mem = Memory(shape=self.shape, depth=depth, init=[])
+        m.submodules.storage = mem = Memory(shape=self.shape, depth=depth, init=[],
+                                            attrs=ram_style_attrs(self.ram_style))
         wr = mem.write_port()
         rd = mem.read_port(domain="sync")
 

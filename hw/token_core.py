@@ -16,6 +16,7 @@ from .embedding import Bf16ToAct
 from .fixed_point import saturate
 from .glu import GLU
 from .mlgru import MLGRU
+from .stream_fifo import check_ram_style, ram_style_attrs
 
 __all__ = ["TokenCore", "LOGIT_LAYOUT", "RecordStep"]
 
@@ -57,9 +58,10 @@ class TokenCore(wiring.Component):
     core routes (``RecordStep``):
 
     * ``attn.in``: i, f, g into three D-buffers;
-    * the lower-bound record: gate j, i_j, f_j, g_j and the layer's state
-      h_j enter the :class:`~mmfree.hw.mlgru.MLGRU`; the new state is written
-      back and ``w_j = g_j * silu(h_j)`` with ``g_j`` is ``attn.out``'s input;
+    * the lower-bound record: gate j (a uint32 word of the stream, GATE
+      Q0.32), i_j, f_j, g_j and the layer's state h_j enter the
+      :class:`~mmfree.hw.mlgru.MLGRU`; the new state is written back and
+      ``w_j = g_j * silu(h_j)`` with ``g_j`` is ``attn.out``'s input;
     * ``attn.out``: ``r_j = saturate(h_j + o_j)`` into the residual buffer and
       into ``mlp.in``;
     * ``mlp.in``: a is buffered, each b_j completes ``silu(a_j) * b_j``
@@ -70,12 +72,14 @@ class TokenCore(wiring.Component):
 
     So every element-wise step rides on the stream of a matrix's outputs:
     none of them is a pass of its own, and the next record's input is ready
-    when its matrix is.
+    when its matrix is. Every vector (residual, i/f/g, a, the recurrent
+    state), every BitLinear input and every logit is ACT (``numerics.ACT_BITS``
+    = 48, Q15.32); residual adds saturate in ACT.
 
     Ports
     -----
     weights : stream of ``8 * engine_bytes``-bit beats (byte i at bits 8i).
-    logits : stream of :data:`LOGIT_LAYOUT`, the V logits in order.
+    logits : stream of :data:`LOGIT_LAYOUT`, the V logits (ACT) in order.
     start, clear_state : one-cycle pulses, accepted when not ``busy``.
     hidden, layers, intermediate, embed_stride : the model's D, L, I and the
         embedding row stride in bytes (a multiple of ``engine_bytes``);
@@ -84,7 +88,7 @@ class TokenCore(wiring.Component):
     done : one-cycle pulse at the end of a token (argmax valid, every
         logit transferred) or of an aborted one (``error`` nonzero).
     error : :class:`~mmfree.hw.registers.ErrorCode` of the last token.
-    argmax, argmax_value : index (lowest on ties) and value of the largest logit.
+    argmax, argmax_value : index (lowest on ties) and value (ACT) of the largest logit.
     phase : :class:`~mmfree.hw.registers.Phase` of this cycle.
     weight_wait : the datapath wanted a weight beat and had none.
 
@@ -94,10 +98,15 @@ class TokenCore(wiring.Component):
     max_hidden, max_layers, max_intermediate, max_vocab : on-chip capacity.
     elements_per_cycle : the engine's input-stage elements per cycle (1, 2 or 4;
         see :class:`~mmfree.hw.bitlinear_engine.BitLinearEngine`).
+    state_ram_style : None or ``"ultra"``/``"block"``: synthesis ``ram_style`` of the
+        recurrent-state memory (L x D ACT words, the largest on chip: 1.2 Mbit for
+        the 370M shape, which fits six UltraRAMs instead of ~36 block RAMs).
     """
 
     def __init__(self, *, engine_bytes: int, rows_per_block: int, max_hidden: int, max_layers: int,
-                 max_intermediate: int, max_vocab: int, elements_per_cycle: int = 1):
+                 max_intermediate: int, max_vocab: int, elements_per_cycle: int = 1,
+                 state_ram_style: str | None = None):
+        self.state_ram_style = check_ram_style(state_ram_style)
         for name, value in (("max_hidden", max_hidden), ("max_layers", max_layers),
                             ("max_intermediate", max_intermediate), ("max_vocab", max_vocab)):
             if not isinstance(value, int) or isinstance(value, bool):
@@ -141,8 +150,8 @@ class TokenCore(wiring.Component):
             SyncFIFOBuffered(width=_MLGRU_SIDE.size, depth=MLGRU.latency + 4))
 
         # ---- on-chip vectors -------------------------------------------------
-        def vector(name, depth, shape=ACT):
-            mem = Memory(shape=shape, depth=depth, init=[])
+        def vector(name, depth, shape=ACT, ram_style=None):
+            mem = Memory(shape=shape, depth=depth, init=[], attrs=ram_style_attrs(ram_style))
             m.submodules[name] = mem
             return mem.write_port(), mem.read_port(domain="sync")
 
@@ -151,7 +160,7 @@ class TokenCore(wiring.Component):
         fbuf_w, fbuf_r = vector("f_buffer", self.max_hidden)
         gbuf_w, gbuf_r = vector("g_buffer", self.max_hidden)
         abuf_w, abuf_r = vector("a_buffer", self.max_intermediate)
-        state_w, state_r = vector("state", self.max_layers * self.max_hidden)
+        state_w, state_r = vector("state", self.max_layers * self.max_hidden, ram_style=self.state_ram_style)
 
         fsm_state = Signal(_State)
         step = Signal(RecordStep)
@@ -355,7 +364,7 @@ class TokenCore(wiring.Component):
         # GLU results: mlp.out's input, the last one when I have come out.
         glu_row = Signal(16)
         m.d.comb += [glu_x.valid.eq(glu.o.valid), glu.o.ready.eq(glu_x.ready),
-                     glu_x.payload.value.eq(glu.o.payload), glu_x.payload.norm.eq(glu.o.payload[:32]),
+                     glu_x.payload.value.eq(glu.o.payload), glu_x.payload.norm.eq(glu.o.payload),
                      glu_x.payload.last.eq(glu_row == I - 1)]
         with m.If(glu.o.valid & glu.o.ready):
             m.d.sync += glu_row.eq(Mux(glu_row == I - 1, 0, glu_row + 1))

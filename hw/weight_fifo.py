@@ -5,7 +5,7 @@ from amaranth.hdl import Module, ResetInserter, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .stream_fifo import StreamFifo
+from .stream_fifo import StreamFifo, check_ram_style
 from .width_converter import WidthConverter
 
 __all__ = ["WeightFifo"]
@@ -37,6 +37,8 @@ class WeightFifo(wiring.Component):
     in_bytes, out_bytes : int, powers of two (the reader's word, the datapath's beat).
     depth_bytes : int, capacity in bytes: a power of two, at least
         ``2 * max(in_bytes, out_bytes)`` (e.g. 16-64 KiB).
+    ram_style : None or ``"ultra"``/``"block"``, the storage's synthesis ``ram_style``
+        (:class:`StreamFifo`).
 
     Attributes
     ----------
@@ -44,7 +46,8 @@ class WeightFifo(wiring.Component):
         ``StreamFifo.latency`` plus 1 when the widths differ.
     """
 
-    def __init__(self, *, in_bytes: int, out_bytes: int, depth_bytes: int):
+    def __init__(self, *, in_bytes: int, out_bytes: int, depth_bytes: int, ram_style: str | None = None):
+        self.ram_style = check_ram_style(ram_style)
         for name, value in (("in_bytes", in_bytes), ("out_bytes", out_bytes)):
             if not _is_pow2(value):
                 raise ValueError(f"{name} must be a power of two, not {value!r}")
@@ -64,7 +67,7 @@ class WeightFifo(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         width = self.storage_bytes
-        fifo = StreamFifo(shape=unsigned(8 * width), depth=self.depth_bytes // width)
+        fifo = StreamFifo(shape=unsigned(8 * width), depth=self.depth_bytes // width, ram_style=self.ram_style)
         convert = WidthConverter(in_bytes=self.in_bytes, out_bytes=self.out_bytes)
         m.submodules.fifo = ResetInserter(self.flush)(fifo)
         m.submodules.convert = ResetInserter(self.flush)(convert)

@@ -169,14 +169,20 @@ class FloatModel:
     def initial_state(self) -> list[np.ndarray]:
         return [np.zeros(self.cfg.D, self.dtype) for _ in range(self.cfg.L)]
 
-    def forward(self, ids, state: list[np.ndarray] | None = None) -> np.ndarray:
-        """Logits (T x V, in the model's dtype) of a whole sequence, batched over positions."""
+    def forward(self, ids, state: list[np.ndarray] | None = None, *, return_state: bool = False):
+        """Logits (T x V, in the model's dtype) of a whole sequence, batched over positions.
+
+        ``state``: the per-layer state before the first token (zero if None);
+        with ``return_state`` the result is (logits, state after the last
+        token), so a long text can be fed in pieces.
+        """
         ids = np.asarray(ids, dtype=np.int64)
         state = self.initial_state() if state is None else list(state)
         h = self.embedding[ids]
         for layer in range(self.cfg.L):
             h, state[layer] = self._layer(layer, h, state[layer])
-        return self._head(h)
+        logits = self._head(h)
+        return (logits, state) if return_state else logits
 
     def step(self, token: int, state: list[np.ndarray],
              trace: dict | None = None) -> tuple[np.ndarray, list[np.ndarray]]:

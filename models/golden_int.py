@@ -2,17 +2,18 @@
 
 Every value is an integer in a format of :mod:`mmfree.models.numerics`; the
 RTL must reproduce each intermediate here exactly. The model reads only what
-the accelerator reads: the STREAM region (folded int16 gains, weight-scale
+the accelerator reads: the STREAM region (folded 24-bit gains, weight-scale
 mantissas, lower-bound gates, packed ternary codes) and bf16 embedding rows.
 
 One BitLinear record (input vector x in ACT, pre-norm gain A, folded gains
 G_c = A * gamma_c for its consumers c) computes, with
 ``x^ = x * G / rms(x * A)`` being the reference's normalised input:
 
-1. codes: ``p = x * G_c``; ``M = max|p|``; normalise |p| by ``sh`` so
-   ``M' in [2**22, 2**23)``; one reciprocal ``R = 127 * 2**40 // M'``;
-   ``q = sign(p) * round(|p'| * R / 2**40)``  (int8, ties away from zero);
-2. norm: ``t = |x * A|`` rounded to 16 bits by ``sa``; ``V = sum t'**2 + K*eps``;
+1. codes: ``p = x * G_c`` (exact, up to 71 bits); ``M = max|p|``; normalise
+   |p| by ``sh`` (floor) so ``M' in [2**30, 2**31)``; one reciprocal
+   ``R = 127 * 2**48 // M'``; ``q = sign(p) * round(127 |p'| / M')`` (int8,
+   ties away from zero, exact: :func:`~mmfree.models.numerics.quantize_codes`);
+2. norm: ``t = |x * A|`` rounded to 24 bits by ``sa``; ``V = sum t'**2 + K*eps``;
    one reciprocal square root ``inv, z = rsqrt_fixed(V)``;
 3. ``acc = sum_k q_k * T_nk`` (exact integer);
 4. ``y = rescale(acc, *output_scale(M', inv, z, Cm, ec, sh, sa, frac_g, frac_a))``.
@@ -52,32 +53,35 @@ class NormStats:
 
 def quantize_vector(x: np.ndarray, gain_mant: np.ndarray) -> QuantizedVector:
     """Step 1: int8 codes of x * G (all zero for a zero vector)."""
-    p = np.asarray(x, np.int64) * np.asarray(gain_mant, np.int64)      # |x| < 2**47, |G| <= 2**15
-    mag = np.abs(p)
-    peak = int(mag.max()) if mag.size else 0
-    if peak == 0:
-        return QuantizedVector(np.zeros(p.shape, np.int8), 0, 0)
-    sh = nx.normalize_shift(peak, nx.QUANT_NORM_BITS)
-    peak_norm = nx.shift_magnitude(peak, sh)
-    codes = nx.quantize_codes(nx.shift_magnitude(mag, sh), p < 0, nx.quant_reciprocal(peak_norm))
+    x = np.asarray(x, np.int64)                # |x| < 2**47
+    g = np.asarray(gain_mant, np.int64)        # |G| < 2**23
+    peak_bits = nx.product_bit_length(x, g)
+    if peak_bits == 0:
+        return QuantizedVector(np.zeros(x.shape, np.int8), 0, 0)
+    sh = peak_bits - nx.QUANT_NORM_BITS
+    mag_norm = nx.mul_floor_magnitude(x, g, sh)          # floor(|x * G| / 2**sh), exact
+    peak_norm = int(mag_norm.max())                      # = floor(M / 2**sh)
+    negative = (x < 0) != (g < 0)
+    codes = nx.quantize_codes(mag_norm, negative, nx.quant_reciprocal(peak_norm), peak_norm)
     return QuantizedVector(codes, peak_norm, sh)
 
 
 def norm_stats(x: np.ndarray, x_frac: int, norm_mant: np.ndarray, frac_a: int, eps_mant: int, eps_shift: int,
                norm_vector: np.ndarray | None = None, norm_frac: int = nx.ACT_FRAC) -> NormStats:
-    """Step 2: V = sum of squares of the 16-bit-normalised |x * A| plus the epsilon term, and rsqrt(V).
+    """Step 2: V = sum of squares of the 24-bit-normalised |x * A| plus the epsilon term, and rsqrt(V).
 
     Without a pre-norm (``norm_vector`` None) the epsilon term is K * eps. With
     one, it is eps * sum(n**2) of the pre-norm's input n (``norm_vector``,
-    ``norm_frac`` fractional bits), itself normalised to 16-bit magnitudes.
+    ``norm_frac`` fractional bits), itself normalised to 24-bit magnitudes.
     """
-    t = np.abs(np.asarray(x, np.int64) * np.asarray(norm_mant, np.int64))
-    peak = int(t.max()) if t.size else 0
-    sa = nx.normalize_shift(peak, nx.SUMSQ_BITS)
-    tn = nx.sumsq_magnitudes(t, sa)
-    s = int(np.sum(tn * tn))
+    x = np.asarray(x, np.int64)
+    a = np.asarray(norm_mant, np.int64)
+    sa = nx.product_bit_length(x, a) - nx.SUMSQ_BITS
+    # rshift_round(|x * A|, sa): the exact wide product when sa > 0, a left shift of a small one otherwise
+    tn = nx.mul_rshift(np.abs(x), np.abs(a), sa) if sa > 0 else (np.abs(x) * np.abs(a)) << (-sa)
+    s = int(np.sum(tn * tn))                   # t' <= 2**24: the sum stays below 2**61 for K <= 8192
     if norm_vector is None:
-        eps = nx.eps_term(t.size, 2 * (x_frac + frac_a - sa) - eps_shift, eps_mant)
+        eps = nx.eps_term(x.size, 2 * (x_frac + frac_a - sa) - eps_shift, eps_mant)
     else:
         n = np.abs(np.asarray(norm_vector, np.int64))
         sn = nx.normalize_shift(int(n.max()), nx.SUMSQ_BITS)
@@ -149,16 +153,16 @@ class IntegerModel:
         return nx.bf16_to_act(self.image.embedding_bf16(int(token)))
 
     def mlgru(self, layer: int, i: np.ndarray, f_pre: np.ndarray, g: np.ndarray, state: np.ndarray):
-        """The token mixer's element-wise part: returns (w = g * silu(h) in WIDE, new state h in ACT)."""
+        """The token mixer's element-wise part: returns (w = g * silu(h), new state h), both ACT."""
         lb = self._lb[layer]
-        f = lb + nx.rshift_round((nx.GATE_ONE - lb) * nx.sigmoid_act(f_pre), nx.GATE_FRAC)  # LB + (1-LB)*sigma
-        c = nx.mul_gate(nx.silu_act(i), nx.GATE_ONE - f)                                      # silu(i)*(1-f)
-        h = nx.saturate(nx.mul_gate(state, f) + c)                                           # f*h + c
-        return nx.mul_wide(g, nx.silu_act(h)), h                                             # g*silu(h)
+        f = lb + nx.mul_rshift(nx.GATE_ONE - lb, nx.sigmoid_act(f_pre), nx.GATE_FRAC)  # LB + (1-LB)*sigma
+        c = nx.mul_gate(nx.silu_act(i), nx.GATE_ONE - f)                                   # silu(i)*(1-f)
+        h = nx.saturate(nx.mul_gate(state, f) + c)                                        # f*h + c
+        return nx.mul_act(g, nx.silu_act(h)), h                                           # g*silu(h)
 
     def glu(self, ab: np.ndarray) -> np.ndarray:
         """The channel mixer's element-wise part: silu(a) * b."""
-        return nx.mul_wide(nx.silu_act(ab[: self.cfg.I]), ab[self.cfg.I:])
+        return nx.mul_act(nx.silu_act(ab[: self.cfg.I]), ab[self.cfg.I:])
 
     def step(self, token: int, state: list[np.ndarray], trace: dict | None = None):
         """ACT logits (int64, V) of one token and the new state; ``trace`` collects intermediates."""

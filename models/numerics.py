@@ -15,8 +15,10 @@ Conventions
   In hardware it is an adder and a wire shift.
 * Saturation clamps to the format's range; it never wraps.
 * Scalars computed once per vector (reciprocal, square root, scale
-  exponents) use exact Python integers; element-wise work uses numpy int64
-  and stays within the bounds stated next to each function.
+  exponents) use exact Python integers; element-wise work uses numpy int64.
+  Products wider than 63 bits (ACT x ACT, ACT x GATE, ACT x gain) go
+  through :func:`mul_rshift`, which computes them exactly from 24-bit
+  halves; every other intermediate stays within the bound stated next to it.
 
 Only numpy is imported: the board-side host can use this module as is.
 """
@@ -27,8 +29,12 @@ import math
 import numpy as np
 
 #: Bumped whenever any definition below changes the integer results; the
-#: weight image records it and the reader refuses a mismatch.
-NUMERICS_VERSION = 1
+#: weight image records it and the reader refuses a mismatch. Version 2
+#: (fidelity, issue 3): ACT Q15.32 in 48 bits (no separate WIDE format),
+#: GATE Q0.32, quadratic sigmoid over |x| < 32, 24-bit gain mantissas,
+#: 24-bit sum-of-squares magnitudes, 31-bit quantizer normalisation with
+#: exact rounding at ties (docs/numerics.md gives the error budget).
+NUMERICS_VERSION = 2
 
 # --------------------------------------------------------------------------
 # Ternary weights and their packing
@@ -134,11 +140,78 @@ def accumulator_bits(k: int) -> int:
 
 
 # --------------------------------------------------------------------------
-# The datapath value format ("ACT"): residual stream, BitLinear outputs,
-# recurrent state, element-wise intermediates, logits.
+# Exact wide products
 # --------------------------------------------------------------------------
-ACT_BITS = 32
-ACT_FRAC = 16
+#: Operands of :func:`mul_rshift` are below 2**47 in magnitude (48-bit signed).
+MUL_OPERAND_BITS = 48
+_HALF = 24
+_HALF_MASK = (1 << _HALF) - 1
+#: Results of :func:`mul_rshift` are clamped to +-2**62 (far beyond every format's saturation).
+_MUL_CLAMP = 1 << 62
+
+
+def mul_rshift(a, b, n: int, round_half: bool = True):
+    """Exact ``floor((a * b + 2**(n-1)) / 2**n)`` (``round_half=False``: ``floor(a * b / 2**n)``).
+
+    ``a`` and ``b`` are int64 arrays (or ints) with ``|a|, |b| < 2**47``;
+    ``0 <= n <= 62``. The product may need 94 bits: it is assembled from
+    24-bit halves (``a = ah * 2**24 + al``, ``al`` in [0, 2**24)), every
+    partial sum below 2**62. Results beyond +-2**62 are clamped there (every
+    caller saturates to a narrower format). With ``round_half`` this is
+    :func:`rshift_round` of the exact product: in hardware one multiplier,
+    an adder and a wire shift.
+    """
+    a = np.asarray(a, np.int64)
+    b = np.asarray(b, np.int64)
+    ah, al = a >> _HALF, a & _HALF_MASK
+    bh, bl = b >> _HALF, b & _HALF_MASK
+    low = al * bl + ((1 << (n - 1)) if round_half and n > 0 else 0)      # < 2**48 + 2**61
+    mid = ah * bl + al * bh + (low >> _HALF)                              # |.| < 2**49
+    low = low & _HALF_MASK
+    high = ah * bh + (mid >> _HALF)                                       # |.| < 2**47
+    mid = mid & _HALF_MASK
+    # a*b (+ round) = high * 2**48 + mid * 2**24 + low, with 0 <= mid, low < 2**24
+    if n >= 2 * _HALF:
+        return np.clip(high >> (n - 2 * _HALF), -_MUL_CLAMP, _MUL_CLAMP)
+    rest = ((mid << _HALF) | low) >> n
+    lim = 1 << (_MUL_CLAMP.bit_length() - 1 - 2 * _HALF + n)   # |high| <= lim: high * 2**(48-n) <= 2**62
+    value = (np.clip(high, -lim, lim) << (2 * _HALF - n)) + rest
+    return np.clip(np.where(np.abs(high) > lim, np.sign(high) * _MUL_CLAMP, value), -_MUL_CLAMP, _MUL_CLAMP)
+
+
+def mul_floor_magnitude(a, b, n: int):
+    """``floor(|a * b| / 2**n)`` exactly for any integer n (n < 0: an exact left shift).
+
+    Same operand bounds as :func:`mul_rshift`; for n < 0 the caller
+    guarantees ``|a * b| < 2**(62 + n)`` (true whenever n comes from
+    :func:`normalize_shift` of the peak).
+    """
+    a = np.abs(np.asarray(a, np.int64))
+    b = np.abs(np.asarray(b, np.int64))
+    if n >= 0:
+        return mul_rshift(a, b, n, round_half=False)
+    return (a * b) << (-n)
+
+
+def product_bit_length(a, b) -> int:
+    """``max(|a * b|).bit_length()`` over arrays a, b (same bounds as :func:`mul_rshift`)."""
+    top = mul_floor_magnitude(a, b, _HALF)                 # floor(|a*b| / 2**24) < 2**46
+    peak_top = int(np.max(top)) if top.size else 0
+    if peak_top:
+        return peak_top.bit_length() + _HALF
+    small = np.abs(np.asarray(a, np.int64)) * np.abs(np.asarray(b, np.int64))    # < 2**24 here
+    return int(np.max(small)).bit_length() if small.size else 0
+
+
+# --------------------------------------------------------------------------
+# The datapath value format ("ACT"): residual stream, BitLinear inputs and
+# outputs, recurrent state, element-wise intermediates, logits.
+# --------------------------------------------------------------------------
+#: Q15.32: the range of version 1 (+-32768), 2**-32 resolution. 32 fractional
+#: bits keep the rounding of the recurrent state and of the element-wise
+#: products well below what flips an int8 code (docs/numerics.md).
+ACT_BITS = 48
+ACT_FRAC = 32
 ACT_MIN = -(1 << (ACT_BITS - 1))
 ACT_MAX = (1 << (ACT_BITS - 1)) - 1
 
@@ -173,6 +246,19 @@ def act_to_float(v: np.ndarray) -> np.ndarray:
     return np.asarray(v, dtype=np.float64) / (1 << ACT_FRAC)
 
 
+#: Version 1 had a separate 48-bit WIDE format (exact products with 32
+#: fractional bits) for the inputs of o_proj and down_proj; version 2's ACT
+#: is that format, so every BitLinear input is ACT. The names remain, meaning
+#: ACT, for RTL written against version 1.
+WIDE_BITS = ACT_BITS
+WIDE_FRAC = ACT_FRAC
+
+
+def mul_act(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """ACT x times ACT y, in ACT: ``saturate(rshift_round(x * y, 32))`` (exact product)."""
+    return saturate(mul_rshift(x, y, ACT_FRAC))
+
+
 # Embeddings stay bf16 in the image (exactly the checkpoint's values); the
 # embedding row fetch widens them to ACT.
 BF16_EXP_BIAS = 127
@@ -182,16 +268,17 @@ BF16_MANT_BITS = 7
 def bf16_to_act(bits: np.ndarray) -> np.ndarray:
     """Convert raw bf16 bit patterns (uint16) to ACT.
 
-    ``value = (1.mant) * 2**(exp - 127)``; ACT = value * 2**16, i.e.
-    ``(128 + mant) << (exp - 118)`` when that shift is >= 0, else a
-    :func:`rshift_round` by ``118 - exp``; then saturate. Zero and subnormal
-    inputs (exp = 0) give 0; inf/NaN (exp = 255) saturate.
+    ``value = (1.mant) * 2**(exp - 127)``; ACT = value * 2**32, i.e.
+    ``(128 + mant) << (exp - 102)`` when that shift is >= 0, else a
+    :func:`rshift_round` by ``102 - exp``; then saturate. Exact for
+    |value| >= 2**-25. Zero and subnormal inputs (exp = 0) give 0; inf/NaN
+    (exp = 255) saturate.
     """
     b = np.asarray(bits, dtype=np.uint16).astype(np.int64)
     sign = (b >> 15) & 1
     exp = (b >> BF16_MANT_BITS) & 0xFF
     mant = (b & 0x7F) | (1 << BF16_MANT_BITS)
-    shift = exp - (BF16_EXP_BIAS + BF16_MANT_BITS - ACT_FRAC)  # exp - 118
+    shift = exp - (BF16_EXP_BIAS + BF16_MANT_BITS - ACT_FRAC)  # exp - 102
     mag = np.zeros_like(b)
     right = np.clip(-shift, 1, 62)
     mag = np.where(shift < 0, (mant + (np.int64(1) << (right - 1))) >> right, mag)
@@ -219,41 +306,51 @@ def float32_to_bf16(x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------
 # Gates: sigmoid outputs and lower bounds, unsigned values in [0, 1]
 # --------------------------------------------------------------------------
-GATE_FRAC = 16
+#: Q0.32: 1.0 = 2**32 (33 bits with 1.0 itself).
+GATE_FRAC = 32
 GATE_ONE = 1 << GATE_FRAC
 
 
 def float_to_gate(x: np.ndarray) -> np.ndarray:
-    """Float in [0, 1) to GATE, rounded to nearest and clamped to [0, 2**16 - 1].
+    """Float in [0, 1) to GATE, rounded to nearest and clamped to [0, 2**32 - 1].
 
-    Used for the per-layer lower bounds (< 1 by construction), so uint16 holds
+    Used for the per-layer lower bounds (< 1 by construction), so uint32 holds
     them.
     """
     v = np.floor(np.asarray(x, dtype=np.float64) * GATE_ONE + 0.5)
     return np.clip(v, 0, GATE_ONE - 1).astype(np.int64)
 
 
-# Sigmoid by table and linear interpolation over |x| in [0, 16), symmetric:
-# sigma(-x) = 1 - sigma(x); sigma(x >= 16) = 1 (1 - sigma(16) = 1.1e-7 < 1/2 LSB).
-SIGMOID_RANGE_LOG2 = 4                       # |x| < 16
-SIGMOID_SEGMENTS_LOG2 = 9                    # 512 segments of 1/32
-SIGMOID_SEGMENT_SHIFT = ACT_FRAC + SIGMOID_RANGE_LOG2 - SIGMOID_SEGMENTS_LOG2  # 11 bits of fraction
+# Sigmoid by table and quadratic interpolation over |x| in [0, 32), symmetric:
+# sigma(-x) = 1 - sigma(x); sigma(x >= 32) = 1 (1 - sigma(32) = 1.3e-14 < 1/2 LSB).
+SIGMOID_RANGE_LOG2 = 5                       # |x| < 32
+SIGMOID_SEGMENTS_LOG2 = 11                   # 2048 segments of 1/64
+SIGMOID_SEGMENT_SHIFT = ACT_FRAC + SIGMOID_RANGE_LOG2 - SIGMOID_SEGMENTS_LOG2  # 26 bits of fraction
 SIGMOID_SEGMENTS = 1 << SIGMOID_SEGMENTS_LOG2
-#: SIGMOID_TABLE[j] = round(sigma(j / 32) * 2**16), j = 0..512 (513 entries).
+#: SIGMOID_TABLE[j] = round(sigma(j / 64) * 2**32), j = 0..2049 (2050 entries:
+#: segment j interpolates through T[j], T[j+1], T[j+2]).
 SIGMOID_TABLE = np.array(
     [math.floor(GATE_ONE / (1.0 + math.exp(-j / (1 << (SIGMOID_SEGMENTS_LOG2 - SIGMOID_RANGE_LOG2)))) + 0.5)
-     for j in range(SIGMOID_SEGMENTS + 1)],
+     for j in range(SIGMOID_SEGMENTS + 2)],
     dtype=np.int64,
 )
 
 
 def sigmoid_act(x: np.ndarray) -> np.ndarray:
-    """sigma(x) for ACT x, as GATE (0 .. 2**16).
+    """sigma(x) for ACT x, as GATE (0 .. 2**32).
 
-    ``a = |x|``, ``j = a >> 11``, ``r = a & 0x7ff``;
-    ``s = T[j] + rshift_round((T[j+1] - T[j]) * r, 11)`` for j < 512 else 2**16;
-    result ``s`` for x >= 0, ``2**16 - s`` for x < 0. Max error 2.3e-5 = 1.5 LSB
-    (measured against float64 in tests/test_numerics.py).
+    ``a = |x|``, ``j = a >> 26``, ``r = a & (2**26 - 1)``; with
+    ``d1 = T[j+1] - T[j]`` and ``d2 = T[j+2] - 2 T[j+1] + T[j]`` (Newton's
+    quadratic through three table points, u = r / 2**26:
+    ``T[j] + u d1 + u (u - 1) / 2 d2``)::
+
+        t = rshift_round(d2 * (r - 2**26), 26)
+        s = T[j] + rshift_round(r * (2 d1 + t), 27)
+
+    for j < 2048, else 2**32; result ``s`` for x >= 0, ``2**32 - s`` for
+    x < 0. |d1| < 2**25, |d2| < 2**17, so every product is below 2**52. Max
+    error 3.2e-8 (0.14 of an LSB of version 1's table; measured against
+    float64 in tests/test_numerics.py).
     """
     x = np.asarray(x, dtype=np.int64)
     a = np.abs(x)
@@ -261,28 +358,17 @@ def sigmoid_act(x: np.ndarray) -> np.ndarray:
     inside = j < SIGMOID_SEGMENTS
     jc = np.minimum(j, SIGMOID_SEGMENTS - 1)
     r = a & ((1 << SIGMOID_SEGMENT_SHIFT) - 1)
-    lo = SIGMOID_TABLE[jc]
-    s = lo + rshift_round((SIGMOID_TABLE[jc + 1] - lo) * r, SIGMOID_SEGMENT_SHIFT)
+    t0, t1, t2 = SIGMOID_TABLE[jc], SIGMOID_TABLE[jc + 1], SIGMOID_TABLE[jc + 2]
+    d1, d2 = t1 - t0, t2 - 2 * t1 + t0
+    t = rshift_round(d2 * (r - (1 << SIGMOID_SEGMENT_SHIFT)), SIGMOID_SEGMENT_SHIFT)
+    s = t0 + rshift_round(r * (2 * d1 + t), SIGMOID_SEGMENT_SHIFT + 1)
     s = np.where(inside, s, GATE_ONE)
     return np.where(x < 0, GATE_ONE - s, s)
 
 
 def mul_gate(x: np.ndarray, gate: np.ndarray) -> np.ndarray:
-    """ACT x times GATE g: ``saturate(rshift_round(x * g, 16))``. |x*g| < 2**48."""
-    return saturate(rshift_round(np.asarray(x, np.int64) * np.asarray(gate, np.int64), GATE_FRAC))
-
-
-# The products that feed a BitLinear directly (the MLGRU's g * silu(h), the
-# GLU's silu(a) * b) are kept exact: 48 bits with 32 fractional bits. Small
-# values keep their precision up to the quantizer, which normalises by the
-# vector's maximum anyway.
-WIDE_BITS = 48
-WIDE_FRAC = 2 * ACT_FRAC
-
-
-def mul_wide(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """ACT x times ACT y as an exact WIDE product (saturated to 48 bits). |x*y| < 2**62."""
-    return saturate(np.asarray(x, np.int64) * np.asarray(y, np.int64), WIDE_BITS)
+    """ACT x times GATE g: ``saturate(rshift_round(x * g, 32))`` (exact product)."""
+    return saturate(mul_rshift(x, gate, GATE_FRAC))
 
 
 def silu_act(x: np.ndarray) -> np.ndarray:
@@ -291,42 +377,44 @@ def silu_act(x: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------
-# Norm gains: int16 mantissa with one exponent per vector
+# Norm gains: 24-bit mantissa with one exponent per vector (int32 words in the image)
 # --------------------------------------------------------------------------
-GAIN_BITS = 16
-#: The largest |mantissa| of a gain vector lies in [2**14, 2**15).
+GAIN_BITS = 24
+#: The largest |mantissa| of a gain vector lies in [2**22, 2**23).
 GAIN_TOP_BIT = GAIN_BITS - 2
-#: The unit gain (a BitLinear without a preceding RMSNorm): mantissa 2**14, frac 14.
+#: The unit gain (a BitLinear without a preceding RMSNorm): mantissa 2**22, frac 22.
 UNIT_GAIN_MANT = 1 << GAIN_TOP_BIT
 UNIT_GAIN_FRAC = GAIN_TOP_BIT
 
 
 def gain_to_fixed(gain: np.ndarray) -> tuple[np.ndarray, int]:
-    """Float gain vector to (int16 mantissas, frac) with value = mant * 2**-frac.
+    """Float gain vector to (24-bit mantissas as int32, frac) with value = mant * 2**-frac.
 
-    ``frac = 14 - floor(log2(max|g|))`` so the largest |mantissa| is in
-    [2**14, 2**15); mantissas round to nearest (half up) and saturate to int16.
-    An all-zero vector gives mantissas 0 and frac 0.
+    ``frac = 22 - floor(log2(max|g|))`` so the largest |mantissa| is in
+    [2**22, 2**23); mantissas round to nearest (half up) and saturate to 24
+    bits. A product of two bf16 gains (16 significant bits) is exact when
+    the vector spans at most 7 binades. An all-zero vector gives mantissas 0
+    and frac 0.
     """
     g = np.asarray(gain, dtype=np.float64)
     peak = float(np.max(np.abs(g))) if g.size else 0.0
     if peak == 0.0 or not math.isfinite(peak):
         if not math.isfinite(peak):
             raise ValueError("gain vector holds inf or NaN")
-        return np.zeros(g.shape, dtype=np.int16), 0
+        return np.zeros(g.shape, dtype=np.int32), 0
     frac = GAIN_TOP_BIT - math.floor(math.log2(peak))
     mant = np.floor(g * 2.0**frac + 0.5)
     mant = np.clip(mant, -(1 << (GAIN_BITS - 1)), (1 << (GAIN_BITS - 1)) - 1)
-    return mant.astype(np.int16), frac
+    return mant.astype(np.int32), frac
 
 
 # --------------------------------------------------------------------------
 # Fused RMSNorm + absmax quantizer (one reciprocal per vector)
 # --------------------------------------------------------------------------
-#: |x * G| is normalised so its maximum M' lies in [2**22, 2**23).
-QUANT_NORM_BITS = 23
-#: Reciprocal R = floor(127 * 2**40 / M'), 25-26 bits.
-QUANT_RECIP_SHIFT = 40
+#: |x * G| is normalised so its maximum M' lies in [2**30, 2**31).
+QUANT_NORM_BITS = 31
+#: Reciprocal R = floor(127 * 2**48 / M'), 25 bits.
+QUANT_RECIP_SHIFT = 48
 
 
 def normalize_shift(peak: int, bits: int) -> int:
@@ -340,25 +428,32 @@ def shift_magnitude(mag, sh: int):
 
 
 def quant_reciprocal(peak_norm: int) -> int:
-    """The quantizer's one reciprocal per vector: ``floor(127 * 2**40 / M')``."""
+    """The quantizer's one reciprocal per vector: ``floor(127 * 2**48 / M')``."""
     return (ACT_CODE_MAX << QUANT_RECIP_SHIFT) // peak_norm
 
 
-def quantize_codes(mag_norm: np.ndarray, negative: np.ndarray, recip: int) -> np.ndarray:
-    """int8 codes from normalised magnitudes: ``sign * ((|p'| * R + 2**39) >> 40)``.
+def quantize_codes(mag_norm: np.ndarray, negative: np.ndarray, recip: int, peak_norm: int) -> np.ndarray:
+    """int8 codes ``sign * round_half_up(127 |p'| / M')`` from normalised magnitudes, exactly.
 
-    Rounding is half away from zero, as the reference's activation quantizer.
-    ``|p'| <= M'`` bounds the code by 127.
+    ``q0 = (|p'| * R + 2**47) >> 48`` is the exact rounding or one less (R
+    is floored); one compare decides:
+    ``q = q0 + [|p'| > 0 and (2 q0 + 1) M' <= 254 |p'|]`` (the |p'| > 0 term
+    only matters for M' = 0, an all-zero vector, whose codes stay 0).
+    So a value exactly on a tie rounds away from zero, as the reference's
+    activation quantizer does (version 1 rounded such ties towards zero).
+    ``|p'| <= M'`` bounds the code by 127; |p'| * R < 2**56.
     """
-    q = rshift_round(np.asarray(mag_norm, np.int64) * recip, QUANT_RECIP_SHIFT)
+    m = np.asarray(mag_norm, np.int64)
+    q = rshift_round(m * recip, QUANT_RECIP_SHIFT)
+    q = q + ((m > 0) & ((2 * q + 1) * peak_norm <= 2 * ACT_CODE_MAX * m))
     return np.where(negative, -q, q).astype(np.int8)
 
 
 # --------------------------------------------------------------------------
 # Sum of squares and the reciprocal square root (one per vector)
 # --------------------------------------------------------------------------
-#: |x * A| is rounded to 16-bit magnitudes t' before squaring: sum < 2**(32+log2 K).
-SUMSQ_BITS = 16
+#: |x * A| is rounded to 24-bit magnitudes t' before squaring: sum < 2**(48+log2 K) <= 2**61.
+SUMSQ_BITS = 24
 #: The RMSNorm epsilon is a 24-bit mantissa and a shift: eps ~= EPS_MANT * 2**-EPS_SHIFT.
 EPS_MANT_BITS = 24
 
@@ -376,7 +471,7 @@ def eps_to_fixed(eps: float) -> tuple[int, int]:
 
 
 def sumsq_magnitudes(mag: np.ndarray, sa: int) -> np.ndarray:
-    """16-bit magnitudes for the sum of squares: ``rshift_round(|t|, sa)``."""
+    """24-bit magnitudes for the sum of squares: ``rshift_round(|t|, sa)``."""
     return rshift_round(np.asarray(mag, np.int64), sa)
 
 
@@ -418,20 +513,22 @@ def rsqrt_fixed(v: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------
 # Per-matrix weight scale and the output rescale
 # --------------------------------------------------------------------------
-#: Mantissas of scale factors have 24 bits: [2**23, 2**24).
-SCALE_BITS = 24
-#: F = M' * inv (<= 2**54) is cut to F' = F >> 30 (22..24 bits) before it meets C.
-RATIO_DROP_BITS = 30
+#: The per-matrix constant's mantissa has 31 bits: [2**30, 2**31) (an int32 header word).
+SCALE_BITS = 31
+#: F = M' * inv (in [2**60, 2**62]) is cut to F' = F >> 32 (29..30 bits) before it meets C.
+RATIO_DROP_BITS = 32
 
 
 def weight_scale_to_fixed(m: float, k: int) -> tuple[int, int]:
     """Per-matrix constant ``C = (m / 127) * sqrt(k)`` as (mantissa, exponent).
 
-    ``C ~= Cm * 2**ec`` with Cm in [2**23, 2**24), rounded to nearest. The
+    ``C ~= Cm * 2**ec`` with Cm in [2**30, 2**31), rounded to nearest. The
     sqrt(k) turns the vector's sum of squares into its mean square, so the
-    hardware never divides by k. ``k`` is the BitLinear's true input length.
+    hardware never divides by k. ``k`` is the BitLinear's true input length;
+    ``m`` the weight scale in float64 (:func:`weight_scale_float64`: a float32
+    m would cost 3e-8 of relative error, which flips int8 codes downstream).
     """
-    c = float(np.float32(m)) / ACT_CODE_MAX * math.sqrt(k)
+    c = float(m) / ACT_CODE_MAX * math.sqrt(k)
     if not (c > 0 and math.isfinite(c)):
         raise ValueError(f"weight scale must be positive and finite, got m={m}")
     ec = math.floor(math.log2(c)) - (SCALE_BITS - 1)
@@ -451,10 +548,10 @@ def output_scale(peak_norm: int, inv: int, z: int, cm: int, ec: int,
     ``frac_g`` / ``frac_a`` fractional bits, M ~= M' * 2**sh, the sum of squares
     taken on magnitudes shifted by ``sa``)::
 
-        y_act = acc * Cm * M' * inv * 2**(ec + sh + frac_a - frac_g - sa + z - 61 + 16)
+        y_act = acc * Cm * M' * inv * 2**(ec + sh + frac_a - frac_g - sa + z - 61 + 32)
 
-    computed as ``F' = (M' * inv) >> 30``, ``scale = (Cm * F') >> 24``:
-    ``y_act = acc * scale * 2**exp``. Returns (scale, exp); scale < 2**25.
+    computed as ``F' = (M' * inv) >> 32``, ``scale = (Cm * F') >> 31``:
+    ``y_act = acc * scale * 2**exp``. Returns (scale, exp); scale < 2**30.
     """
     f = (peak_norm * inv) >> RATIO_DROP_BITS
     scale = (cm * f) >> SCALE_BITS
@@ -466,11 +563,11 @@ def output_scale(peak_norm: int, inv: int, z: int, cm: int, ec: int,
 def rescale(acc: np.ndarray, scale: int, exp: int) -> np.ndarray:
     """ACT outputs from accumulators: ``saturate(rshift_round(acc * scale, -exp))``.
 
-    |acc| < 2**21 and scale < 2**25 keep the product under 2**46. A
+    |acc| < 2**21 and scale < 2**30 keep the product under 2**51. A
     non-negative exp (never seen for sane scales) is a saturating left shift.
     """
     prod = np.asarray(acc, np.int64) * scale
     if exp >= 0:
         limit = (ACT_MAX >> exp) + 1
-        return saturate(np.clip(prod, -limit, limit) << exp) if exp < 32 else saturate(np.sign(prod) * (1 << 62))
+        return saturate(np.clip(prod, -limit, limit) << exp) if exp < ACT_BITS else saturate(np.sign(prod) << 62)
     return saturate(rshift_round(prod, -exp))

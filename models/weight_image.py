@@ -18,10 +18,15 @@ accelerator consumes them; every record starts 64-byte aligned:
   a 128-byte header of 32 int32 words
   ``[RECORD_MAGIC | kind, K, n, frac_a, norm source, eps mantissa, eps shift,
   x_frac, (N, frac_g, Cm, ec) x 3, 12 reserved]``,
-  then the norm gain A (int16[K]), then each consumer's folded gain
-  G (int16[K]), then each consumer's packed matrix. Each part is padded to
-  64 bytes.
-* ``LOWER_BOUND`` record: the header (K = D, n = 0), then GATE uint16[D].
+  then the norm gain A (int32[K]), then each consumer's folded gain
+  G (int32[K]), then each consumer's packed matrix. Each part is padded to
+  64 bytes. A gain word holds a 24-bit signed mantissa
+  (``numerics.GAIN_BITS``), sign-extended.
+* ``LOWER_BOUND`` record: the header (K = D, n = 0), then GATE uint32[D]
+  (Q0.32, < 1).
+
+Format version 2 (numerics version 2) widened the gain and gate words from
+16 to 32 bits; the record header is unchanged.
 
 A packed matrix (N x K ternary codes) is stored in blocks of
 ``rows_per_block`` (R) rows; within a block, for each group of five
@@ -51,7 +56,7 @@ from . import numerics as nx
 from .config import ModelConfig
 
 MAGIC = b"MMFREEIM"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FIXED_HEADER = struct.Struct("<8sIIIIQQ24x")  # 64 bytes
 CHECKSUM_BYTES = 32
 STREAM_ALIGN = 64
@@ -62,6 +67,9 @@ RECORD_HEADER_BYTES = 4 * RECORD_HEADER_WORDS
 CONSUMER_WORD = 8            # first word of the (N, frac_g, Cm, ec) groups
 RECORD_MAGIC = 0x4D460000  # "MF" in the top half-word; kind in the low half
 MAX_CONSUMERS = 3
+#: Stream words of gain mantissas (24-bit values, sign-extended) and of lower-bound gates.
+GAIN_WORD = "<i4"
+GATE_WORD = "<u4"
 
 
 class RecordKind(enum.IntEnum):
@@ -149,11 +157,11 @@ def stream_plan(cfg: ModelConfig) -> list[RecordSpec]:
                                NormSource.INPUT))
         plan.append(RecordSpec(RecordKind.LOWER_BOUND, f"{p}.attn.lower_bound", d, None))
         plan.append(RecordSpec(RecordKind.BITLINEAR, f"{p}.attn.out", d, f"{p}.attn.g_norm.weight",
-                               (ConsumerSpec(f"{p}.attn.o_proj", d),), NormSource.GATE, nx.WIDE_FRAC))
+                               (ConsumerSpec(f"{p}.attn.o_proj", d),), NormSource.GATE))
         plan.append(RecordSpec(RecordKind.BITLINEAR, f"{p}.mlp.in", d, f"{p}.mlp_norm.weight",
                                (ConsumerSpec(f"{p}.mlp.gate_proj", 2 * i),), NormSource.INPUT))
         plan.append(RecordSpec(RecordKind.BITLINEAR, f"{p}.mlp.out", i, None,
-                               (ConsumerSpec(f"{p}.mlp.down_proj", d),), NormSource.NONE, nx.WIDE_FRAC))
+                               (ConsumerSpec(f"{p}.mlp.down_proj", d),), NormSource.NONE))
     plan.append(RecordSpec(RecordKind.BITLINEAR, "head", d, "model.norm.weight",
                            (ConsumerSpec("lm_head", cfg.V),), NormSource.INPUT))
     return plan
@@ -235,14 +243,14 @@ def build_image(cfg: ModelConfig, tensors: dict[str, np.ndarray], *,
         header[1] = spec.k
         if spec.kind == RecordKind.LOWER_BOUND:
             layer = int(spec.name.split(".")[2])
-            gates = nx.float_to_gate(lb[layer]).astype(np.uint16)
+            gates = nx.float_to_gate(lb[layer]).astype(GATE_WORD)
             stream += header.tobytes() + _pad(gates.tobytes())
             records.append({"kind": "LOWER_BOUND", "name": spec.name, "offset": start,
                             "size": len(stream) - start, "k": spec.k, "layer": layer})
             continue
         if spec.norm is None:
             a_float = np.ones(spec.k, np.float32)
-            a_mant, frac_a = np.full(spec.k, nx.UNIT_GAIN_MANT, np.int16), nx.UNIT_GAIN_FRAC
+            a_mant, frac_a = np.full(spec.k, nx.UNIT_GAIN_MANT, np.int32), nx.UNIT_GAIN_FRAC
         else:
             a_float = np.asarray(tensors[spec.norm], np.float32)
             host[spec.norm] = a_float
@@ -258,20 +266,22 @@ def build_image(cfg: ModelConfig, tensors: dict[str, np.ndarray], *,
             g_mant, frac_g = nx.gain_to_fixed(a_float.astype(np.float64) * gamma.astype(np.float64))
             codes, m = nx.ternarize(tensors[f"{cons.name}.weight"])
             host[f"{cons.name}.weight_scale"] = np.array([m], np.float32)
-            cm, ec = nx.weight_scale_to_fixed(float(m), spec.k)
+            m64 = nx.weight_scale_float64(tensors[f"{cons.name}.weight"])
+            cm, ec = nx.weight_scale_to_fixed(m64, spec.k)
             w = CONSUMER_WORD + 4 * c_index
             header[w: w + 4] = (cons.rows, frac_g, cm, ec)
-            gain_parts.append(_pad(g_mant.astype("<i2").tobytes()))
+            gain_parts.append(_pad(g_mant.astype(GAIN_WORD).tobytes()))
             matrix_parts.append(_pad(pack_matrix(codes, rows_per_block).tobytes()))
-            # m_float64 serves only the float64 golden model (FloatModel dtype=float64).
+            # m (float32) is the reference's and the float32 golden model's scale; m_float64 the
+            # float64 golden model's and, through Cm, the integer model's.
             cons_meta.append({"name": cons.name, "rows": cons.rows, "frac_g": frac_g, "cm": cm, "ec": ec,
                               "m": float(m),
-                              "m_float64": nx.weight_scale_float64(tensors[f"{cons.name}.weight"])})
-        offset = start + RECORD_HEADER_BYTES + len(_pad(a_mant.astype("<i2").tobytes())) + sum(map(len, gain_parts))
+                              "m_float64": m64})
+        offset = start + RECORD_HEADER_BYTES + len(_pad(a_mant.astype(GAIN_WORD).tobytes())) + sum(map(len, gain_parts))
         for meta, part in zip(cons_meta, matrix_parts):
             meta["matrix_offset"], meta["matrix_size"] = offset, len(part)
             offset += len(part)
-        stream += header.tobytes() + _pad(a_mant.astype("<i2").tobytes())
+        stream += header.tobytes() + _pad(a_mant.astype(GAIN_WORD).tobytes())
         for part in gain_parts + matrix_parts:
             stream += part
         records.append({"kind": "BITLINEAR", "name": spec.name, "offset": start, "size": len(stream) - start,
@@ -416,20 +426,21 @@ class WeightImage:
         return self._stream_array(self._records[name]["offset"], RECORD_HEADER_WORDS, "<i4")
 
     def norm_gain(self, record: str) -> tuple[np.ndarray, int]:
-        """(int16 mantissas, frac) of a BITLINEAR record's pre-norm gain A."""
+        """(24-bit mantissas in int32, frac) of a BITLINEAR record's pre-norm gain A."""
         r = self._records[record]
-        return self._stream_array(r["offset"] + RECORD_HEADER_BYTES, r["k"], "<i2"), r["frac_a"]
+        return self._stream_array(r["offset"] + RECORD_HEADER_BYTES, r["k"], GAIN_WORD), r["frac_a"]
 
     def folded_gain(self, consumer: str) -> tuple[np.ndarray, int]:
-        """(int16 mantissas, frac) of a consumer's folded gain G = A * gamma."""
+        """(24-bit mantissas in int32, frac) of a consumer's folded gain G = A * gamma."""
         r, c = self._consumers[consumer]
         index = r["consumers"].index(c)
-        off = r["offset"] + RECORD_HEADER_BYTES + align(2 * r["k"], STREAM_ALIGN) * (1 + index)
-        return self._stream_array(off, r["k"], "<i2"), c["frac_g"]
+        word = np.dtype(GAIN_WORD).itemsize
+        off = r["offset"] + RECORD_HEADER_BYTES + align(word * r["k"], STREAM_ALIGN) * (1 + index)
+        return self._stream_array(off, r["k"], GAIN_WORD), c["frac_g"]
 
     def lower_bound_gates(self, layer: int) -> np.ndarray:
         r = self._records[f"model.layers.{layer}.attn.lower_bound"]
-        return self._stream_array(r["offset"] + RECORD_HEADER_BYTES, r["k"], "<u2").astype(np.int64)
+        return self._stream_array(r["offset"] + RECORD_HEADER_BYTES, r["k"], GATE_WORD).astype(np.int64)
 
     def consumer(self, name: str) -> dict:
         return self._consumers[name][1]

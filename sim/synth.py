@@ -25,6 +25,7 @@ Debian's native yosys 0.23 works through ``$YOSYS``; its figures differ from
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -38,7 +39,7 @@ from typing import Callable
 from amaranth.back import verilog
 
 __all__ = ["UNITS", "FAMILIES", "UnitSpec", "SynthError", "group_cells", "synth_counts", "synth_unit",
-           "yosys_command", "render_markdown"]
+           "synth_verilog", "SYNTH_PHASES", "yosys_command", "yosys_version", "render_markdown"]
 
 #: yosys ``synth_xilinx -family`` names of the two boards' parts.
 FAMILIES = {"xc7": "Zynq-7000 (PYNQ-Z2: xc7z020)", "xcup": "Zynq UltraScale+ (KV260: xck26)"}
@@ -101,7 +102,30 @@ def synth_counts(component, name: str, family: str = "xc7") -> dict[str, int]:
     """Cell counts (Xilinx primitives) of ``component`` after ``synth_xilinx -family <family> -noiopad -flatten``."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, not {family!r}")
-    text = verilog.convert(component, name=name, emit_src=False)
+    return synth_verilog(verilog.convert(component, name=name, emit_src=False), name, family)
+
+
+#: yosys passes that start a phase worth reporting on a long run -> the phase's name (passes of the
+#: script itself are prefixed ``top:``; the others are ``synth_xilinx``'s own steps).
+SYNTH_PHASES = {"top:Verilog-2005": "reading the Verilog", "top:HIERARCHY": "hierarchy",
+                "PROC": "processes to netlists", "FLATTEN": "flatten and coarse optimisation",
+                "XILINX_DSP": "DSP packing", "MEMORY": "memory inference", "MEMORY_LIBMAP": "block/LUT RAM mapping",
+                "DFFLEGALIZE": "gate and flip-flop mapping", "ABC9": "LUT mapping (ABC9)", "ABC": "LUT mapping (ABC)",
+                "XILINX_DFFOPT": "flip-flop clean-up", "STAT": "statistics"}
+_PASS_LINE = re.compile(r"^\d+(\.\d+)?\. Executing (\S+)")
+
+
+def synth_verilog(text: str, name: str, family: str = "xc7", *, phase: Callable[[str], None] | None = None,
+                  log_path: Path | None = None) -> dict[str, int]:
+    """Cell counts of the Verilog ``text`` (top module ``name``) after ``synth_xilinx -family <family>
+    -noiopad -flatten``.
+
+    ``phase`` is called with a phase name (:data:`SYNTH_PHASES`) whenever yosys enters one, as
+    its log streams past; ``log_path`` keeps the whole yosys log. :class:`SynthError` (one line)
+    when yosys fails or writes no statistics.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, not {family!r}")
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / f"{name}.v"
         src.write_text(text)
@@ -112,10 +136,31 @@ def synth_counts(component, name: str, family: str = "xc7") -> dict[str, int]:
         script = (f"read_verilog {src.name}; hierarchy -top {name}; rename -hide w:*; "
                   f"synth_xilinx -family {family} -noiopad -flatten -top {name}; "
                   f"tee -q -o {stat.name} stat -json")
-        run = subprocess.run([*yosys_command(), script], cwd=tmp, capture_output=True, text=True)
+        errors: list[str] = []
+        # The log of a whole accelerator is tens of MB: stream it, keep only what is needed.
+        try:
+            run = subprocess.Popen([*yosys_command(), script], cwd=tmp, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, errors="replace")
+        except OSError as e:  # $YOSYS names no program
+            raise SynthError(f"cannot run yosys for {name} ({family}): {e}") from None
+        with run, (open(log_path, "w") if log_path is not None else contextlib.nullcontext()) as log:
+            current, last = None, "no statistics"
+            for line in run.stdout:
+                if log is not None:
+                    log.write(line)
+                if line.strip():
+                    last = line.strip()
+                if "ERROR" in line:
+                    errors.append(line.strip())
+                match = _PASS_LINE.match(line) if phase is not None else None
+                if match:
+                    key = match.group(2) if match.group(1) else f"top:{match.group(2)}"
+                    if SYNTH_PHASES.get(key, current) != current:
+                        current = SYNTH_PHASES[key]
+                        phase(current)
         if run.returncode != 0 or not stat.exists():
-            lines = [ln for ln in (run.stdout + run.stderr).splitlines() if "ERROR" in ln] or ["no statistics"]
-            raise SynthError(f"yosys failed on {name} ({family}): {lines[-1].strip()}")
+            # the last ERROR line, else the last line (a missing pyosys ends in its ImportError)
+            raise SynthError(f"yosys failed on {name} ({family}): {(errors or [last])[-1]}")
         report = json.loads(stat.read_text())
     modules = report["modules"]
     module = modules.get(f"\\{name}", modules.get(name))
@@ -312,7 +357,7 @@ def render_markdown(rows: list[dict], yosys: str) -> str:
     return "".join(out)
 
 
-def _yosys_version() -> str:
+def yosys_version() -> str:
     """``0.70``-style version of the yosys :func:`yosys_command` runs."""
     if os.environ.get("YOSYS"):
         cmd = [os.environ["YOSYS"], "-V"]
@@ -356,7 +401,7 @@ def main(argv=None) -> int:
     except SynthError as err:
         print(f"Error: {err}", file=sys.stderr)
         return 1
-    version = _yosys_version()
+    version = yosys_version()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"yosys": version, "rows": rows}, indent=1) + "\n")

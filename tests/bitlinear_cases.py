@@ -116,23 +116,24 @@ def _model(key) -> IntegerModel:
 
 def random_params(rng, k: int, *, consumers=None, source=None, x_frac=None) -> dict:
     """Record scalars anywhere in the supported ranges (hw.rms_quantize's FRAC_MAX etc.)."""
-    from mmfree.hw.rms_quantize import EPS_SHIFT_MAX, EPS_SHIFT_MIN, FRAC_MAX
+    from mmfree.hw.rms_quantize import EPS_SHIFT_MAX, EPS_SHIFT_MIN, FRAC_MAX, X_FRAC_MAX
 
     return {"k": k, "consumers": int(consumers or rng.integers(1, MAX_CONSUMERS + 1)),
             "frac_a": int(rng.integers(0, FRAC_MAX + 1)),
             "source": int(rng.integers(0, 3) if source is None else source),
             "eps_mant": int(rng.integers(1 << 23, 1 << 24)),
             "eps_shift": int(rng.integers(EPS_SHIFT_MIN, EPS_SHIFT_MAX + 1)),
-            "x_frac": int(rng.choice([nx.ACT_FRAC, nx.WIDE_FRAC]) if x_frac is None else x_frac),
+            "x_frac": int(rng.integers(0, X_FRAC_MAX + 1) if x_frac is None else x_frac),
             "frac_g": [int(v) for v in rng.integers(0, FRAC_MAX + 1, size=MAX_CONSUMERS)],
-            "cm": [int(v) for v in rng.integers(1 << 23, 1 << 24, size=MAX_CONSUMERS)],
+            "cm": [int(v) for v in rng.integers(1 << (nx.SCALE_BITS - 1), 1 << nx.SCALE_BITS, size=MAX_CONSUMERS)],
             "ec": [int(v) for v in rng.integers(-60, 10, size=MAX_CONSUMERS)]}
 
 
 def random_gain(rng, k: int) -> np.ndarray:
-    """int16 mantissas whose peak lies in [2**14, 2**15), as numerics.gain_to_fixed makes them."""
+    """24-bit mantissas whose peak lies in [2**22, 2**23), as numerics.gain_to_fixed makes them."""
     g = rng.integers(-GAIN_MAX - 1, GAIN_MAX + 1, size=k)
-    g[int(rng.integers(0, k))] = int(rng.choice([-1, 1])) * int(rng.integers(1 << 14, 1 << 15))
+    peak = int(rng.integers(1 << nx.GAIN_TOP_BIT, 1 << (nx.GAIN_TOP_BIT + 1)))
+    g[int(rng.integers(0, k))] = int(rng.choice([-1, 1])) * peak
     return g
 
 

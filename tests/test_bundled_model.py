@@ -1,21 +1,22 @@
-"""The bundled trained model: its three-level fidelity on the held-out text.
+"""The bundled trained model: issue 3's fidelity targets, asserted on fixed slices of the held-out text.
 
-1. float golden vs the training framework's own float32 forward (PyTorch,
-   logits stored in models/kjv/reference_logits.npz by train/);
-2. integer golden vs float golden: perplexity within 1 %, greedy next-token
-   agreement over 2,048 held-out positions.
-
-Measured (2026-11-23): (1) identical argmax at all 128 positions, max error
-1.6e-2 of max|logit|, <= 1e-4 only over the first ~20 positions, then a drift
-to a median of 7.5e-3 that is not yet explained (issue 3 stays open on it);
-(2) perplexity 30.108 float vs 30.099 integer (-0.03 %), greedy agreement
-98.93 %: the 99 % target is not met yet. The assertions below guard these
-measured values against regressions; they are not the issue's targets.
+1. Float golden vs the training framework's own forward (PyTorch, logits in
+   models/kjv/reference_logits.npz, first 128 held-out tokens): in float64,
+   relative error <= 1e-4 at every position (measured max 5.9e-8, the float32
+   storage of the reference). In float32 both sides drift apart after ~20
+   positions (a tie flip in the int8 activation rounding, carried by the
+   recurrence; docs/numerics.md "Float32 drift"): that comparison keeps its
+   regression guards.
+2. Integer golden vs float golden (float64, exact ties) over the first 2,048
+   held-out positions: perplexity within 1 %, greedy next-token agreement
+   >= 99 %. ``python -m mmfree.bench.fidelity`` measures the whole held-out
+   text; MODEL_CARD.md and docs/numerics.md give both figures.
 """
 import numpy as np
 import pytest
 
-from mmfree.host.cli import DEFAULT_MODEL, perplexities
+from mmfree.host.cli import DEFAULT_MODEL
+from mmfree.models.fidelity import evaluate
 from mmfree.models.golden_float import FloatModel
 from mmfree.models.weight_image import WeightImage
 
@@ -30,34 +31,60 @@ def image():
     return WeightImage.load(KJV / "kjv.img")
 
 
+@pytest.fixture(scope="module")
+def reference():
+    return np.load(KJV / "reference_logits.npz")
+
+
+def relative_error(got, want):
+    """Per position: max |got - want| / max |want| (spec §7)."""
+    return np.abs(got - want).max(axis=1) / np.abs(want).max(axis=1)
+
+
 def test_bundled_model_is_the_default():
     assert DEFAULT_MODEL == KJV / "kjv.img"
 
 
-def test_float_golden_matches_pytorch(image):
-    ref = np.load(KJV / "reference_logits.npz")
-    got = FloatModel(image).forward(ref["ids"])
-    rel = np.abs(got - ref["logits"]).max(axis=1) / np.abs(ref["logits"]).max(axis=1)
-    assert np.all(rel[:16] <= 1e-4)
-    assert rel.max() <= 2e-2
-    assert np.array_equal(got.argmax(axis=1), ref["logits"].argmax(axis=1))
+def test_float_model_arguments_are_validated(image):
+    with pytest.raises(ValueError, match="^dtype must be float32 or float64, got <class 'numpy.float16'>$"):
+        FloatModel(image, dtype=np.float16)
+    with pytest.raises(ValueError, match="^exact_ties needs dtype float64$"):
+        FloatModel(image, exact_ties=True)
+
+
+def test_float64_golden_matches_pytorch_float64_at_every_position(image, reference):
+    got = FloatModel(image, dtype=np.float64).forward(reference["ids"])
+    want = reference["logits_float64"].astype(np.float64)
+    rel = relative_error(got, want)
+    assert len(rel) == 128
+    assert rel.max() <= 1e-4                       # measured 5.9e-8
+    assert np.array_equal(got.argmax(axis=1), want.argmax(axis=1))
+
+
+def test_float32_golden_vs_pytorch_float32(image, reference):
+    """Float32 on both sides: identical until the first tie flip, then a bounded drift."""
+    got = FloatModel(image).forward(reference["ids"])
+    rel = relative_error(got, reference["logits"])
+    assert np.all(rel[:16] <= 1e-4)                # measured: the first 22 positions
+    assert rel.max() <= 2e-2                       # measured 1.7e-2
+    assert np.array_equal(got.argmax(axis=1), reference["logits"].argmax(axis=1))
 
 
 @pytest.fixture(scope="module")
-def heldout_figures(image):
+def heldout(image):
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_str(image.tokenizer_json().decode())
     text = (KJV / "heldout.txt").read_text()
     ids = [image.config.bos_token_id] + tok.encode(text, add_special_tokens=False).ids
-    return perplexities(image, ids[: POSITIONS + 1], progress=False)
+    return evaluate(image, ids[: POSITIONS + 1])
 
 
-def test_integer_perplexity_within_one_percent(heldout_figures):
-    r = heldout_figures
-    assert r["tokens"] == POSITIONS
-    assert abs(r["ppl_integer"] / r["ppl_float"] - 1) <= 0.01
+def test_integer_perplexity_within_one_percent(heldout):
+    assert heldout.positions == POSITIONS >= 2000
+    for ref in ("float64", "float32"):
+        assert abs(heldout.perplexity("integer") / heldout.perplexity(ref) - 1) <= 0.01
 
 
-def test_integer_greedy_agreement(heldout_figures):
-    assert heldout_figures["greedy_agreement"] >= 0.985     # measured 0.9893; target 0.99 not yet met
+def test_integer_greedy_agreement_at_least_99_percent(heldout):
+    assert heldout.agreement("integer", "float64") >= 0.99

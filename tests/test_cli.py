@@ -65,13 +65,15 @@ def test_generate_default_model_exists():
 
 
 def test_logits_float_and_integer(image, tmp_path):
-    for arith in ("float", "integer"):
+    for arith in ("float", "float64", "integer"):
         out = tmp_path / f"{arith}.npy"
         r = run("logits", "--model", image, "--ids", "1 5 9 300", "--arith", arith, "--out", out)
         assert r.exit_code == 0, r.output
         assert np.load(out).shape == (4, SMALL.V)
-    f, i = np.load(tmp_path / "float.npy"), np.load(tmp_path / "integer.npy")
+    f, f64, i = (np.load(tmp_path / f"{a}.npy") for a in ("float", "float64", "integer"))
+    assert f64.dtype == np.float64 and f.dtype == np.float32
     assert np.abs(f - i).max() < 0.2 * np.abs(f).max()
+    assert np.abs(f - f64).max() < 0.2 * np.abs(f64).max()
 
 
 def test_eval(image, tmp_path):

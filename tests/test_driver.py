@@ -128,12 +128,14 @@ def test_image_must_fit_the_build(kjv, tiny):
 def test_buffer_layout(kjv):
     layout = drv._Layout.of(kjv)
     regions = kjv.meta["regions"]
-    assert layout.stream_offset == 0 and layout.stream_bytes == regions["stream"]["size"] == 1_299_328
+    # (numerics version 2: 32-bit gain and gate words)
+    assert layout.stream_offset == 0 and layout.stream_bytes == regions["stream"]["size"] == 1_346_432
     assert layout.embed_offset % drv.BUFFER_ALIGN == 0 and layout.embed_offset >= layout.stream_bytes
     assert layout.embed_offset - layout.stream_bytes < drv.BUFFER_ALIGN
     assert layout.embed_stride == 512 and layout.embed_stride % 64 == 0          # D = 256 bf16 values
     assert layout.weight_buffer_bytes == layout.embed_offset + 4096 * 512
-    assert layout.bytes_per_token == 512 + 1_299_328 + 4 * 4096
+    assert layout.bytes_per_token == 512 + 1_346_432 + 8 * 4096            # int64 logits
+    assert layout.logits_bytes == regs.LOGIT_WORD_BYTES * 4096 == 8 * 4096
     assert layout.stream_bytes % 64 == 0
 
 

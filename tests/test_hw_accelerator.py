@@ -136,12 +136,15 @@ class TB:
         before = self.ddr.stats()
         error = await self.run_token(token)
         assert error == err, f"error {error}, want {err}"
-        got_arg, got_val = await self.read("ARGMAX"), await self.read("ARGMAX_VALUE")
+        got_arg = await self.read("ARGMAX")
+        got_val = await self.read("ARGMAX_VALUE_HI") << 32 | await self.read("ARGMAX_VALUE_LO")
+        got_val -= (got_val >> 63) << 64                                  # sign-extended to 64 bits
         if not err and len(want):
-            assert got_arg == arg and np.int32(np.uint32(got_val)) == argval, (got_arg, got_val, arg, argval)
+            assert got_arg == arg and got_val == argval, (got_arg, got_val, arg, argval)
         if logits_on and not err:
-            raw = await self.ddr.read(LOGITS_ADDR, 4 * len(want))
-            got = np.frombuffer(raw, dtype="<i4")
+            # one sign-extended little-endian word per logit (the core's are int32)
+            raw = await self.ddr.read(LOGITS_ADDR, regs.LOGIT_WORD_BYTES * len(want))
+            got = np.frombuffer(raw, dtype=f"<i{regs.LOGIT_WORD_BYTES}")
             bad = np.flatnonzero(got != want)
             assert not len(bad), f"{len(bad)} logits differ, first at {bad[:4]}: {got[bad[:4]]} vs {want[bad[:4]]}"
         bytes_read = await self.read("BYTES_READ")

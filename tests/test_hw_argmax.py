@@ -22,10 +22,11 @@ except ImportError:  # pragma: no cover
 
 
 def vectors(max_length: int, seed: int) -> list[np.ndarray]:
-    """ACT vectors: random lengths and scales, ties (first, middle, last), extremes, length 1 and max."""
+    """ACT vectors: random lengths and scales up to the full 48 bits, ties (first, middle, last), extremes,
+    values that differ only above bit 32, length 1 and max."""
     rng = np.random.default_rng(seed)
     out = []
-    for scale in (1 << 4, 1 << 20, 1 << 31):
+    for scale in (1 << 4, 1 << 20, 1 << 31, 1 << (nx.ACT_BITS - 1)):
         for _ in range(3):
             n = int(rng.integers(1, max_length + 1))
             out.append(rng.integers(-scale, scale, size=n).clip(nx.ACT_MIN, nx.ACT_MAX))
@@ -40,6 +41,9 @@ def vectors(max_length: int, seed: int) -> list[np.ndarray]:
     out.append(np.array([nx.ACT_MIN]))                               # length 1
     out.append(np.array([-5, -5]))
     out.append(rng.integers(-3, 3, size=max_length))                 # many ties
+    high = rng.integers(-4, 4, size=max_length) << 40                # the high bits decide ...
+    high += rng.integers(0, 1 << 32, size=max_length)                # ... whatever the low 32 say
+    out.append(high)
     return [v[:max_length].astype(np.int64) for v in out]
 
 
@@ -118,6 +122,14 @@ def test_index_width():
     assert argmax_out_layout(32000).size == 15 + nx.ACT_BITS
     assert argmax_out_layout(1).size == 1 + nx.ACT_BITS
     assert Argmax(max_length=4096).latency == 1
+
+
+def test_stimulus_needs_all_48_bits():
+    """Comparing only the low 32 bits would pick another index in some vector."""
+    vs = vectors(64, 3)
+    low = [np.argmax(((v & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000) for v in vs]
+    assert any(lo != np.argmax(v) for lo, v in zip(low, vs))
+    assert any(np.abs(v).max() > 1 << 46 for v in vs)
 
 
 def test_stimulus_has_ties_off_index_zero():

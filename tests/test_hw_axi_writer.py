@@ -1,7 +1,8 @@
 """AxiWriter against cocotbext-axi's AxiRamWrite, in Verilator.
 
-Commands at random 4-byte aligned addresses (so partial first and last
-beats) with random lengths crossing 4 KiB boundaries; random gaps on the
+Commands at random word-aligned addresses (so partial first and last
+beats) with random lengths crossing 4 KiB boundaries, for 32- and 64-bit
+words (the accelerator writes its logits as int64 words); random gaps on the
 data stream, random AW/W/B stalls. Checks: the memory holds exactly the
 words (bytes around them untouched), every burst is INCR, full width, at
 most 256 beats and inside one 4 KiB page, BRESP errors are reported, and a
@@ -35,7 +36,8 @@ class TB:
     def __init__(self, dut, p):
         from cocotbext.axi import AxiRamWrite, AxiWriteBus
 
-        self.dut, self.p, self.B = dut, p, p["bus_bytes"]
+        self.dut, self.p, self.B, self.W = dut, p, p["bus_bytes"], p["word_bytes"]
+        self.fmt = {4: "I", 8: "Q"}[self.W]
         self.rng = random.Random(p["seed"])
         self.mem = bytearray([FILL]) * MEM_BYTES
         self.ram = AxiRamWrite(AxiWriteBus.from_prefix(dut, "bus_"), dut.clk, dut.rst, size=MEM_BYTES, mem=self.mem)
@@ -100,13 +102,14 @@ async def _setup(dut, *, stall, idle):
     return tb, cmd, words
 
 
-async def _wait_idle(dut, cycles):
+async def _wait_idle(dut, cycles, *drivers):
+    """Wait until the ``drivers`` (stream sources) have sent everything and the writer is idle."""
     from cocotb.triggers import ClockCycles, RisingEdge
 
     await ClockCycles(dut.clk, 3)
     for _ in range(cycles):
         await RisingEdge(dut.clk)
-        if int(dut.idle.value):
+        if int(dut.idle.value) and all(d.idle_now for d in drivers):
             return
     raise AssertionError(f"not idle within {cycles} cycles")
 
@@ -114,18 +117,19 @@ async def _wait_idle(dut, cycles):
 async def _write_test(dut, *, stall, idle, n):
     tb, cmd, words = await _setup(dut, stall=stall, idle=idle)
     want = bytearray(tb.mem)
-    regions = [(4096 - 12, 9), (8, 1)]                                     # across a page; a single word
+    W = tb.W
+    regions = [(4096 - 3 * W, 9), (W, 1)]                                  # across a page; a single word
     for _ in range(n):
         count = tb.rng.randrange(1, 1500)
-        regions.append((4 * tb.rng.randrange(0, (MEM_BYTES - 4 * count) // 4), count))
+        regions.append((W * tb.rng.randrange(0, (MEM_BYTES - W * count) // W), count))
     total = 0
     for addr, count in regions:
-        values = [tb.rng.getrandbits(32) for _ in range(count)]
+        values = [tb.rng.getrandbits(8 * W) for _ in range(count)]
         cmd.send([tb.layout.const({"addr": addr, "words": count}).as_value().value])
         words.send(values)
-        want[addr:addr + 4 * count] = struct.pack(f"<{count}I", *values)
+        want[addr:addr + W * count] = struct.pack(f"<{count}{tb.fmt}", *values)
         total += count
-    await _wait_idle(dut, 20 * total + 2000)
+    await _wait_idle(dut, 20 * total + 2000, cmd, words)
     assert words.idle_now and len(words.transfer_cycles) == total
     diff = [i for i in range(MEM_BYTES) if tb.mem[i] != want[i]]
     assert not diff, f"{len(diff)} bytes differ, first at {diff[:4]}"
@@ -151,12 +155,12 @@ if cocotb is not None:
         """SLVERR on one burst: one write_error pulse; the other bursts still written."""
         tb, cmd, words = await _setup(dut, stall=0.2, idle=0.0)
         tb.fail_window(4096 + 64, 4096 + 68)
-        count = 3000                                                       # 12 KB: bursts on 3+ pages
+        count = 12_000 // tb.W                                             # 12 KB: bursts on 3+ pages
         cmd.send([tb.layout.const({"addr": 0, "words": count}).as_value().value])
         words.send(range(count))
-        await _wait_idle(dut, 50_000)
+        await _wait_idle(dut, 50_000, cmd, words)
         assert tb.errors == 1
-        assert tb.mem[:8] == struct.pack("<2I", 0, 1)
+        assert tb.mem[:2 * tb.W] == struct.pack(f"<2{tb.fmt}", 0, 1)
 
     @cocotb.test()
     async def bench_cancel(dut):
@@ -164,32 +168,36 @@ if cocotb is not None:
         from cocotb.triggers import ClockCycles
 
         tb, cmd, words = await _setup(dut, stall=0.2, idle=0.0)
-        addr, count, sent = 1028, 2000, 300
+        W = tb.W
+        addr, count, sent = 1024 + W, 2000, 300
         cmd.send([tb.layout.const({"addr": addr, "words": count}).as_value().value])
-        words.send(range(sent))
+        # the top bits set: a word is stored whole, not cut to 32 bits
+        values = [(1 << (8 * W - 1)) | v for v in range(sent)]
+        words.send(values)
         await ClockCycles(dut.clk, 20 * sent)
         dut.cancel.value = 1
         await _wait_idle(dut, 5000)
         dut.cancel.value = 0
-        got = struct.unpack(f"<{sent}I", tb.mem[addr:addr + 4 * sent])
-        assert list(got) == list(range(sent))
-        assert tb.mem[addr + 4 * sent:addr + 4 * count] == bytearray([FILL]) * (4 * (count - sent))
+        got = struct.unpack(f"<{sent}{tb.fmt}", tb.mem[addr:addr + W * sent])
+        assert list(got) == values
+        assert tb.mem[addr + W * sent:addr + W * count] == bytearray([FILL]) * (W * (count - sent))
         tb.check_bursts()
         # and it still works
         cmd.send([tb.layout.const({"addr": 64, "words": 10}).as_value().value])
         words.send(range(100, 110))
-        await _wait_idle(dut, 2000)
-        assert struct.unpack("<10I", tb.mem[64:104]) == tuple(range(100, 110))
+        await _wait_idle(dut, 2000, cmd, words)
+        assert struct.unpack(f"<10{tb.fmt}", tb.mem[64:64 + 10 * W]) == tuple(range(100, 110))
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("bus_bytes, outstanding", [(8, 4), (16, 2)])
-def test_axi_writer_verilator(bus_bytes, outstanding):
+@pytest.mark.parametrize("bus_bytes, word_bytes, outstanding", [(8, 4, 4), (16, 4, 2), (8, 8, 3), (16, 8, 2)])
+def test_axi_writer_verilator(bus_bytes, word_bytes, outstanding):
     from mmfree.sim.runner import simulate
 
-    result = simulate(AxiWriter(bus_bytes=bus_bytes, outstanding=outstanding), toplevel="axi_writer",
-                      test_module=Path(__file__).stem, module_dir=Path(__file__).parent,
-                      params={"bus_bytes": bus_bytes, "outstanding": outstanding, "seed": 11 + bus_bytes})
+    result = simulate(AxiWriter(bus_bytes=bus_bytes, word_bytes=word_bytes, outstanding=outstanding),
+                      toplevel="axi_writer", test_module=Path(__file__).stem, module_dir=Path(__file__).parent,
+                      params={"bus_bytes": bus_bytes, "word_bytes": word_bytes, "outstanding": outstanding,
+                              "seed": 11 + bus_bytes + word_bytes})
     assert result.tests == 4 and result.failed == 0
 
 
@@ -198,6 +206,9 @@ def test_axi_writer_verilator(bus_bytes, outstanding):
     (dict(bus_bytes=8, outstanding=0), ValueError, "outstanding must be in [1, 16], not 0"),
     (dict(bus_bytes=8, addr_width=8), ValueError, "addr_width must be in [12, 64], not 8"),
     (dict(bus_bytes=8, outstanding=True), TypeError, "outstanding must be an integer, not True"),
+    (dict(bus_bytes=8, word_bytes=2), ValueError, "word_bytes must be 4 or 8, not 2"),
+    (dict(bus_bytes=8, word_bytes=8.0), TypeError, "word_bytes must be an integer, not 8.0"),
+    (dict(bus_bytes=4, word_bytes=8), ValueError, "word_bytes (8) must not exceed bus_bytes (4)"),
 ])
 def test_parameter_errors(kwargs, exc, msg):
     with pytest.raises(exc) as info:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from amaranth.hdl import signed
 
 from bitlinear_cases import KJV, golden_outputs, load_image, record_inputs
 from mmfree.hw.bitlinear_engine import X_LAYOUT, Y_LAYOUT, BitLinearEngine
@@ -234,6 +235,10 @@ if cocotb is not None:
      "max_rows must be in 1..16777215, not 16777216"),
     (dict(engine_bytes=16.0, rows_per_block=64, max_k=64, max_rows=64), TypeError,
      "engine_bytes must be an integer, not 16.0"),
+    (dict(engine_bytes=8, rows_per_block=64, max_k=64, max_rows=64, elements_per_cycle=4), ValueError,
+     "elements_per_cycle must be 1, 2 or 4 and at most engine_bytes / 4 (2), not 4"),
+    (dict(engine_bytes=16, rows_per_block=64, max_k=64, max_rows=64, elements_per_cycle=3), ValueError,
+     "elements_per_cycle must be 1, 2 or 4 and at most engine_bytes / 4 (4), not 3"),
 ])
 def test_parameter_errors(kwargs, exc, msg):
     with pytest.raises(exc) as info:
@@ -250,9 +255,13 @@ def test_ports_follow_the_interface():
     unit = BitLinearEngine(engine_bytes=16, rows_per_block=64, max_k=768, max_rows=4096)
     assert unit.weights.payload.shape().width == 128
     assert set(unit.x.payload.shape().members) == {"value", "norm", "last"}
-    assert unit.x.payload.shape().members["value"].width == nx.WIDE_BITS
+    assert unit.x.payload.shape().members["value"] == signed(nx.ACT_BITS)
+    assert unit.x.payload.shape().members["norm"] == signed(nx.ACT_BITS)
     assert set(unit.y.payload.shape().members) == {"consumer", "value", "last"}
+    assert unit.y.payload.shape().members["value"] == signed(nx.ACT_BITS)
     assert unit.matvec_beats(256, [256, 256, 256]) == 3 * 4 * 52 * 4
+    # K = 256 int32 gain words: 1024 bytes, 64 beats of 16 bytes per part; K = 100: 400 bytes -> 448
+    assert unit.gain_beats(256, 3) == 4 * 64 and unit.gain_beats(100, 1) == 2 * 448 // 16
 
 
 def test_stimulus_covers_the_edges():

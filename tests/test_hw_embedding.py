@@ -37,7 +37,8 @@ async def _run(dut, idle, backpressure, latency=None):
     want = nx.bf16_to_act(bits)
     out = await run_stream_unit(dut, [int(b) for b in bits], idle=idle, backpressure=backpressure,
                                 seed=p["seed"], latency=latency)
-    got = np.array([((w & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000 for w in out], np.int64)
+    sign = 1 << (nx.ACT_BITS - 1)
+    got = np.array([((w & ((1 << nx.ACT_BITS) - 1)) ^ sign) - sign for w in out], np.int64)
     bad = np.flatnonzero(got != want)
     assert bad.size == 0, f"{bad.size} mismatches, first: bits {bits[bad[:4]]} got {got[bad[:4]]} want {want[bad[:4]]}"
 
@@ -63,6 +64,9 @@ def test_patterns_cover_every_branch():
     act = nx.bf16_to_act(bits)
     assert (exp == 0).any() and (exp == 255).any() and (shift < 0).any() and (shift > 24).any()
     assert (np.abs(act) == nx.ACT_MAX).any() and (act == 0).any()
+    # values that need all 48 bits (beyond int32) and values below 2**-25 that round
+    assert ((np.abs(act) > (1 << 40)) & (np.abs(act) < nx.ACT_MAX)).any()
+    assert ((act != 0) & (np.abs(act) < 1 << 7)).any()
 
 
 @pytest.mark.sim

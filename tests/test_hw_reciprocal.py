@@ -24,7 +24,7 @@ LO, HI = 1 << (nx.QUANT_NORM_BITS - 1), (1 << nx.QUANT_NORM_BITS) - 1
 
 
 def stimulus(seed: int) -> list[int]:
-    """Normalised peaks: both ends of [2**22, 2**23), near exact divisors, random."""
+    """Normalised peaks: both ends of [2**30, 2**31), near exact divisors, random."""
     rng = np.random.default_rng(seed)
     num = nx.ACT_CODE_MAX << nx.QUANT_RECIP_SHIFT
     exact = [num // r for r in range(num // HI + 1, num // LO, 997)]   # M' that divide almost evenly

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bitlinear_cases import (KJV, golden_input, load_image, params_from_record, random_gain, random_params,
-                             random_vector, record_gains, record_inputs)
-from mmfree.hw.rms_quantize import CODES_LAYOUT, X_LAYOUT, RmsQuantize, rms_params_layout
+from bitlinear_cases import (GAIN_MAX, KJV, golden_input, load_image, params_from_record, random_gain,
+                             random_params, random_vector, record_gains, record_inputs)
+from mmfree.hw.rms_quantize import (CODES_LAYOUT, EPS_SHIFT_MIN, FRAC_MAX, X_FRAC_MAX, X_LAYOUT, RmsQuantize,
+                                    rms_params_layout)
 from mmfree.models import numerics as nx
 from mmfree.models.weight_image import MAX_CONSUMERS, NormSource
 
@@ -43,7 +44,7 @@ def cases(max_k: int, seed: int) -> list[tuple]:
             a, g = record_gains(image, rec)
             x, n = inputs[name]
             if n is None:  # the norm field is unused: noise there must not matter
-                n = random_vector(rng, len(x), 31)
+                n = random_vector(rng, len(x), nx.ACT_BITS - 1)
             out.append((name, params_from_record(rec), a, g, x, n))
 
     def add(label, params, a=None, g=None, x=None, n=None, x_bits=None):
@@ -51,25 +52,28 @@ def cases(max_k: int, seed: int) -> list[tuple]:
         a = random_gain(rng, k) if a is None else a
         g = [random_gain(rng, k) for _ in range(params["consumers"])] if g is None else g
         if x is None:
-            bits = x_bits or int(rng.integers(1, 32 if params["x_frac"] == nx.ACT_FRAC else 48))
-            x = random_vector(rng, k, bits)
-        n = random_vector(rng, k, int(rng.integers(1, 32))) if n is None else n
+            x = random_vector(rng, k, x_bits or int(rng.integers(1, nx.ACT_BITS)))
+        n = random_vector(rng, k, int(rng.integers(1, nx.ACT_BITS))) if n is None else n
         out.append((label, params, np.asarray(a), [np.asarray(v) for v in g], np.asarray(x), np.asarray(n)))
 
     for i in range(10):
         k = int(rng.integers(1, max_k + 1))
         add(f"random{i}", random_params(rng, k))
     k = max_k
-    add("max_k_gate_wide", random_params(rng, k, consumers=3, source=NormSource.GATE, x_frac=nx.WIDE_FRAC))
+    add("max_k_gate", random_params(rng, k, consumers=3, source=NormSource.GATE, x_frac=nx.ACT_FRAC),
+        x_bits=nx.ACT_BITS - 1)
     add("k1", random_params(rng, 1))
     add("k5", random_params(rng, min(5, max_k)))
     add("zero_x", random_params(rng, k), x=np.zeros(k, np.int64))
-    add("one_lsb", random_params(rng, k, source=NormSource.NONE, x_frac=nx.WIDE_FRAC),
+    add("one_lsb", random_params(rng, k, source=NormSource.NONE, x_frac=nx.ACT_FRAC),
         x=np.where(np.arange(k) == k // 2, 1, 0))
-    top = -(1 << (nx.WIDE_BITS - 1))
-    add("largest_product", random_params(rng, k, consumers=3, source=NormSource.INPUT, x_frac=nx.WIDE_FRAC),
-        a=np.full(k, -(1 << 15)), g=[np.full(k, -(1 << 15))] * 3,
+    top = -(1 << (nx.ACT_BITS - 1))
+    add("largest_product", random_params(rng, k, consumers=3, source=NormSource.INPUT, x_frac=nx.ACT_FRAC),
+        a=np.full(k, -GAIN_MAX - 1), g=[np.full(k, -GAIN_MAX - 1)] * 3,
         x=np.resize(np.array([top, -top - 1, 0, 1]), k))
+    # 127 |p| / M = j + 1/2 exactly for G = 3: the codes round away from zero (numerics.quantize_codes)
+    ties = np.resize(np.array([254, 1, 3, 63, 127, 253, -1, -253], np.int64) << 20, k)
+    add("exact_ties", random_params(rng, k, consumers=2), g=[np.full(k, 3), np.full(k, -3)], x=ties)
     # A = 0 and n = 0: s = 0 and S_n = 0, so V = 0 (all-zero outputs, inv = z = 0)
     add("v_zero", random_params(rng, k, source=NormSource.GATE), a=np.zeros(k, np.int64), n=np.zeros(k, np.int64))
     # A = 0 without a pre-norm: V = K * eps alone
@@ -79,9 +83,15 @@ def cases(max_k: int, seed: int) -> list[tuple]:
     p.update(frac_a=0, eps_shift=63)
     add("eps_underflow", p, x_bits=47)
     # A tiny x with the largest fractions: the eps term shifts left as far as it can
-    p = random_params(rng, k, source=NormSource.NONE, x_frac=nx.WIDE_FRAC)
-    p.update(frac_a=31, eps_shift=23)
-    add("eps_left_max", p, x=np.where(np.arange(k) == 0, 1, 0), a=np.where(np.arange(k) == 0, 1, 1 << 14))
+    p = random_params(rng, k, source=NormSource.NONE, x_frac=X_FRAC_MAX)
+    p.update(frac_a=FRAC_MAX, eps_shift=EPS_SHIFT_MIN)
+    add("eps_left_max", p, x=np.where(np.arange(k) == 0, 1, 0),
+        a=np.where(np.arange(k) == 0, 1, 1 << nx.GAIN_TOP_BIT))
+    # The pre-norm's largest sum of squares S_n (n = x at full scale) with A = 0 (sa at its
+    # lowest) and the largest fractions: the widest V of all (what v_bits is sized for)
+    p = random_params(rng, k, source=NormSource.INPUT)
+    p.update(frac_a=FRAC_MAX, eps_shift=EPS_SHIFT_MIN, eps_mant=(1 << nx.EPS_MANT_BITS) - 1)
+    add("eps_norm_max", p, x=np.full(k, nx.ACT_MIN), a=np.zeros(k, np.int64))
     return out
 
 
@@ -90,7 +100,7 @@ def gain_beats(lanes: int, k: int, vectors, rng) -> list[list[int]]:
     beats = []
     per = -(-k // lanes)
     for v in vectors:
-        padded = rng.integers(-(1 << 15), 1 << 15, size=per * lanes)
+        padded = rng.integers(-GAIN_MAX - 1, GAIN_MAX + 1, size=per * lanes)
         padded[:k] = v
         beats += [[int(e) for e in padded[b * lanes:(b + 1) * lanes]] for b in range(per)]
     return beats
@@ -229,17 +239,24 @@ def test_parameter_errors(kwargs, exc, msg):
 def test_widths_cover_the_stimulus():
     """Every case's eps exponent, V and scale exponent fit the unit's widths; the stimulus reaches
     both ends of the eps shifter, V = 0, and both shift directions of the quantizer."""
-    unit = RmsQuantize(max_k=768, gain_lanes=8)
-    exps, shifts, vs = [], [], []
+    unit = RmsQuantize(max_k=768, gain_lanes=4)
+    exps, shifts, vs, codes = [], [], [], {}
     for label, prm, a, g, x, n in cases(768, 3):
         ref = golden_input(prm, a, g, x, n)
         vs.append(ref["sumsq"])
         shifts += ref["shift"]
         exps += [e for e in ref["exp"] if e is not None]
+        codes[label] = ref["codes"]
     assert max(vs).bit_length() <= unit.v_bits and 0 in vs
     assert unit.exp_range[0] <= min(exps) and max(exps) <= unit.exp_range[1]
     assert min(shifts) < 0 < max(shifts)
-    assert max(vs).bit_length() > 150           # eps_left_max: a long left shift of the eps term
+    # eps_norm_max: v_bits is at most a few bits wider than needed (the bound takes sn and
+    # max t' = 2**24 at their largest together, which no vector reaches)
+    assert unit.v_bits - 4 <= max(vs).bit_length() < unit.v_bits
+    assert sorted(vs)[-2].bit_length() > 190           # eps_left_max: a long left shift of K * eps
+    # exact ties round away from zero (a floored reciprocal alone would give 0, 1, 31, 63, 126)
+    assert codes["exact_ties"][0][:8].tolist() == [127, 1, 2, 32, 64, 127, -1, -127]
+    assert codes["exact_ties"][1][:8].tolist() == [-127, -1, -2, -32, -64, -127, 1, 127]
 
 
 def test_codes_cycles_formula():
@@ -254,8 +271,9 @@ def test_codes_cycles_formula():
 
 
 @pytest.mark.sim
-# P = 1, 2, 4 and gain_lanes 8 (E = 16), 32 (E = 64), 4; every build also runs the edge cases.
-@pytest.mark.parametrize("max_k, lanes, P", [(768, 8, 1), (96, 32, 2), (37, 4, 4)])
+# P = 1, 4, 2 with gain_lanes 4 (E = 16, PYNQ-Z2), 16 (E = 64, KV260), 2 (E = 8); every build also
+# runs the edge cases.
+@pytest.mark.parametrize("max_k, lanes, P", [(768, 4, 1), (96, 16, 4), (37, 2, 2)])
 def test_rms_quantize_verilator(max_k, lanes, P):
     from mmfree.sim.runner import simulate
 

@@ -10,11 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from mmfree.hw.rms_quantize import v_bits_for
 from mmfree.hw.rsqrt import INV_BITS, ROOT_BITS, RsqrtFixed, rsqrt_out_layout
 from mmfree.models import numerics as nx
 
 # Units built only to read their attributes are never elaborated.
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+
+#: The widest V the BitLinear input stage gives its RsqrtFixed (max_k = 2816, the 370M model's I).
+WIDE_V_BITS = v_bits_for(2816)
 
 try:  # only inside the simulator process
     import cocotb
@@ -109,8 +113,8 @@ def test_widths_cover_the_range():
     """inv reaches 2**31 (root 2**30); z's width holds both ends for a wide v."""
     assert nx.rsqrt_fixed(1 << 60)[0] == 1 << (INV_BITS - 1)
     assert math.isqrt((1 << 62) - 1) < 1 << ROOT_BITS
-    unit = RsqrtFixed(v_bits=207)
-    for v in (1, (1 << 207) - 1):
+    unit = RsqrtFixed(v_bits=WIDE_V_BITS)
+    for v in (1, (1 << WIDE_V_BITS) - 1):
         z = nx.rsqrt_fixed(v)[1]
         assert -(1 << (unit.z_bits - 1)) <= z < 1 << (unit.z_bits - 1)
 
@@ -118,12 +122,12 @@ def test_widths_cover_the_range():
 def test_stimulus_reaches_every_normaliser_step():
     """The bench's values make the normaliser take right and left steps of every size."""
     from mmfree.hw.rsqrt import _normalise_cycles
-    cycles = {_normalise_cycles(v) for v in stimulus(207, 3)}
+    cycles = {_normalise_cycles(v) for v in stimulus(WIDE_V_BITS, 3)}
     assert max(cycles) >= 5 and 0 in cycles
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("v_bits", [48, 207])
+@pytest.mark.parametrize("v_bits", [48, WIDE_V_BITS])
 def test_rsqrt_verilator(v_bits):
     from mmfree.sim.runner import simulate
 

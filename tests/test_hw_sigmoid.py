@@ -25,10 +25,10 @@ UNITS = {"sigmoid": Sigmoid, "silu": SiLU}
 
 
 def stimulus(seed: int) -> np.ndarray:
-    """ACT inputs: edges (0, +-1 LSB, segment boundaries, |x| >= 16, ACT_MIN/MAX) and random values."""
+    """ACT inputs: edges (0, +-1 LSB, segment boundaries, |x| >= 32, ACT_MIN/MAX) and random values."""
     rng = np.random.default_rng(seed)
     seg = 1 << nx.SIGMOID_SEGMENT_SHIFT
-    top = nx.SIGMOID_SEGMENTS * seg                      # |x| = 16.0
+    top = nx.SIGMOID_SEGMENTS * seg                      # |x| = 32.0
     edges = [0, 1, -1, 2, -2, seg - 1, seg, seg + 1, top - 1, top, top + 1,
              nx.ACT_MIN, nx.ACT_MIN + 1, nx.ACT_MAX, -nx.ACT_MAX, 1 << nx.ACT_FRAC, -(1 << nx.ACT_FRAC)]
     boundaries = np.arange(0, nx.SIGMOID_SEGMENTS + 1) * seg
@@ -98,12 +98,16 @@ if cocotb is not None:
 # pytest
 # --------------------------------------------------------------------------
 def test_rom_is_the_numerics_table():
-    words, base_bits, slope_bits = sigmoid_rom()
+    words, base_bits, d1_bits, d2_bits = sigmoid_rom()
     assert len(words) == nx.SIGMOID_SEGMENTS
     base = [w & ((1 << base_bits) - 1) for w in words]
-    slope = [w >> base_bits for w in words]
-    assert base == [int(v) for v in nx.SIGMOID_TABLE[:-1]]
-    assert [b + s for b, s in zip(base, slope)] == [int(v) for v in nx.SIGMOID_TABLE[1:]]
+    d1 = [(w >> base_bits) & ((1 << d1_bits) - 1) for w in words]
+    d2 = [w >> (base_bits + d1_bits) for w in words]
+    d2 = [v - (1 << d2_bits) if v >> (d2_bits - 1) else v for v in d2]
+    t = [int(v) for v in nx.SIGMOID_TABLE]
+    assert base == t[:-2]
+    assert [b + s for b, s in zip(base, d1)] == t[1:-1]
+    assert [b + 2 * s + c for b, s, c in zip(base, d1, d2)] == t[2:]
 
 
 def test_latencies():

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mmfree.hw import registers as regs
+from mmfree.hw.token_core import LOGIT_LAYOUT
 from mmfree.models.golden_int import IntegerModel
 from mmfree.models.weight_image import WeightImage
 
@@ -85,7 +86,7 @@ async def run_tokens(dut, p: dict) -> None:
         # The stream is over: the idle engine's wish for a next header is no weight wait.
         assert int(dut.weight_wait.value) == 0, f"token {n}: weight_wait high after the last record"
         assert not src.queue, f"token {n}: {len(src.queue)} weight beats left unread"
-        got = np.array([((w & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000 for w in sink.items[before:]], np.int64)
+        got = np.array([LOGIT_LAYOUT.from_bits(w).value for w in sink.items[before:]], np.int64)
         assert len(got) == cfg.V, f"token {n}: {len(got)} logits, expected {cfg.V}"
         bad = np.flatnonzero(got != want)
         assert bad.size == 0, f"token {n}: {bad.size} logits differ, first at {bad[:4]}: {got[bad[:4]]} vs {want[bad[:4]]}"

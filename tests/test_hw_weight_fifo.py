@@ -132,6 +132,8 @@ def test_weight_fifo_verilator(in_bytes, out_bytes, depth_bytes):
     (lambda: StreamFifo(shape=8, depth=1), ValueError, "depth must be at least 2, not 1"),
     (lambda: StreamFifo(shape=8, depth="4"), TypeError, "depth must be an integer, not '4'"),
     (lambda: WidthConverter(in_bytes=0, out_bytes=8), ValueError, "in_bytes must be a power of two, not 0"),
+    (lambda: WeightFifo(in_bytes=16, out_bytes=64, depth_bytes=4096, ram_style="distributed"), ValueError,
+     "ram_style must be None or one of block, ultra, not 'distributed'"),
 ])
 def test_parameter_errors(make, exc, msg):
     with pytest.raises(exc) as info:
@@ -142,3 +144,12 @@ def test_parameter_errors(make, exc, msg):
 def test_storage_is_the_wider_side():
     assert WeightFifo(in_bytes=16, out_bytes=64, depth_bytes=4096).storage_bytes == 64
     assert WeightFifo(in_bytes=64, out_bytes=16, depth_bytes=4096).storage_bytes == 64
+
+
+def test_ram_style_reaches_the_verilog():
+    """kv260 asks for UltraRAM: the attribute must sit on the storage memory; without it the Verilog has none."""
+    from amaranth.back import verilog
+
+    with_style = verilog.convert(WeightFifo(in_bytes=16, out_bytes=64, depth_bytes=4096, ram_style="ultra"))
+    assert '(* ram_style = "ultra" *)' in with_style
+    assert "ram_style" not in verilog.convert(WeightFifo(in_bytes=16, out_bytes=64, depth_bytes=4096))

@@ -47,26 +47,58 @@ def test_ternarize_floor_on_zero_tensor():
 
 
 def test_sigmoid_table_error_bound():
-    x = np.arange(-20 * 65536, 20 * 65536, 37, dtype=np.int64)
-    exact = 1 / (1 + np.exp(-x / 65536.0))
-    err = np.abs(nx.sigmoid_act(x) / 65536.0 - exact)
-    assert err.max() < 2.5e-5          # measured 2.3e-5 (1.5 LSB): interpolation + table rounding
-    assert nx.sigmoid_act(np.array([0]))[0] == 32768
+    one = float(1 << nx.ACT_FRAC)
+    x = np.arange(-40 * (1 << nx.ACT_FRAC), 40 * (1 << nx.ACT_FRAC), 1234567891, dtype=np.int64)
+    x = np.concatenate([x, np.arange(-(1 << 20), 1 << 20, 997)])      # around 0, finely
+    exact = 1 / (1 + np.exp(-x / one))
+    err = np.abs(nx.sigmoid_act(x) / nx.GATE_ONE - exact)
+    assert err.max() < 3.5e-8          # measured 2.8e-8: quadratic interpolation over segments of 1/64
+    assert nx.sigmoid_act(np.array([0]))[0] == nx.GATE_ONE // 2
     assert nx.sigmoid_act(np.array([nx.ACT_MAX]))[0] == nx.GATE_ONE
     assert nx.sigmoid_act(np.array([nx.ACT_MIN]))[0] == 0
 
 
-def test_sigmoid_is_symmetric():
-    x = np.random.default_rng(0).integers(-(1 << 21), 1 << 21, 5000)
+def test_sigmoid_is_symmetric_and_monotonic():
+    x = np.random.default_rng(0).integers(-(40 << nx.ACT_FRAC), 40 << nx.ACT_FRAC, 5000)
     assert np.array_equal(nx.sigmoid_act(x) + nx.sigmoid_act(-x), np.full(x.shape, nx.GATE_ONE))
+    xs = np.sort(x)
+    assert np.all(np.diff(nx.sigmoid_act(xs)) >= 0)
+    # the interpolation's products stay inside int64 with room: |d1| < 2**25, |d2| < 2**17
+    d1, d2 = np.diff(nx.SIGMOID_TABLE), np.diff(nx.SIGMOID_TABLE, 2)
+    assert d1.max() < 2**25 and np.abs(d2).max() < 2**17
+
+
+def test_mul_rshift_is_exact():
+    rng = np.random.default_rng(7)
+    for n in (0, 1, 23, 24, 25, 32, 47, 48, 49, 62):
+        for bits in (8, 24, 33, 47):
+            a = rng.integers(-(1 << bits) + 1, 1 << bits, 300)
+            b = rng.integers(-(1 << 47) + 1, 1 << 47, 300) >> int(rng.integers(0, 40))
+            for round_half in (True, False):
+                got = nx.mul_rshift(a, b, n, round_half)
+                half = (1 << (n - 1)) if round_half and n else 0
+                want = [max(min((int(u) * int(v) + half) >> n, 1 << 62), -(1 << 62)) for u, v in zip(a, b)]
+                assert [int(g) for g in got] == want
+
+
+def test_product_bit_length_and_floor_magnitude():
+    rng = np.random.default_rng(8)
+    for _ in range(50):
+        a = rng.integers(-(1 << 47) + 1, 1 << 47, 64) >> int(rng.integers(0, 47))
+        g = rng.integers(-(1 << 23) + 1, 1 << 23, 64) >> int(rng.integers(0, 23))
+        bits = nx.product_bit_length(a, g)
+        assert bits == max(abs(int(u) * int(v)) for u, v in zip(a, g)).bit_length()
+        sh = bits - nx.QUANT_NORM_BITS
+        want = [abs(int(u) * int(v)) >> sh if sh >= 0 else abs(int(u) * int(v)) << -sh for u, v in zip(a, g)]
+        assert [int(m) for m in nx.mul_floor_magnitude(a, g, sh)] == want
 
 
 def test_bf16_to_act_exact_when_representable():
-    vals = np.array([0.0, 1.0, -1.0, 0.5, 3.25, -1000.0, 2.0**-16, 0.0234375], np.float32)
+    vals = np.array([0.0, 1.0, -1.0, 0.5, 3.25, -1000.0, 2.0**-32, 2.0**-25 * 1.5, 0.0234375], np.float32)
     bits = nx.float32_to_bf16(vals)
-    assert np.array_equal(nx.bf16_to_act(bits), (vals * 65536).astype(np.int64))
+    assert np.array_equal(nx.bf16_to_act(bits), (vals.astype(np.float64) * 2.0**nx.ACT_FRAC).astype(np.int64))
     # below half an LSB rounds to 0; beyond the range saturates
-    assert nx.bf16_to_act(nx.float32_to_bf16(np.array([2.0**-18], np.float32)))[0] == 0
+    assert nx.bf16_to_act(nx.float32_to_bf16(np.array([2.0**-34], np.float32)))[0] == 0
     assert nx.bf16_to_act(nx.float32_to_bf16(np.array([1e6, -1e6], np.float32))).tolist() == [nx.ACT_MAX, -nx.ACT_MAX]
 
 
@@ -79,8 +111,14 @@ def test_float32_to_bf16_rounds_to_nearest_even():
 def test_gain_to_fixed_range():
     g = np.array([0.3, -1.7, 0.001, 1.0])
     mant, frac = nx.gain_to_fixed(g)
-    assert 2**14 <= np.abs(mant).max() < 2**15
+    assert 2**22 <= np.abs(mant).max() < 2**23
     assert np.allclose(mant / 2.0**frac, g, atol=2.0**-frac)
+    # a product of two bf16 values (16 significant bits) within 7 binades is held exactly
+    a = nx.bf16_to_float32(nx.float32_to_bf16(np.array([1.0390625, 0.02, 0.7, -1.3], np.float32)))
+    b = nx.bf16_to_float32(nx.float32_to_bf16(np.array([0.96484375, 1.5, 0.011, 0.9], np.float32)))
+    prod = a.astype(np.float64) * b.astype(np.float64)
+    mant, frac = nx.gain_to_fixed(prod)
+    assert np.array_equal(mant / 2.0**frac, prod)
     assert nx.gain_to_fixed(np.zeros(3))[0].tolist() == [0, 0, 0]
 
 
@@ -92,22 +130,33 @@ def test_rsqrt_fixed_accuracy():
         nx.rsqrt_fixed(0)
 
 
-def test_quantize_codes_match_float_quantizer():
-    rng = np.random.default_rng(1)
-    p = rng.integers(-(1 << 40), 1 << 40, 4096)
-    peak = int(np.abs(p).max())
+def _codes(p, peak):
     sh = nx.normalize_shift(peak, nx.QUANT_NORM_BITS)
-    q = nx.quantize_codes(nx.shift_magnitude(np.abs(p), sh), p < 0, nx.quant_reciprocal(nx.shift_magnitude(peak, sh)))
-    ref = nx.round_half_away(127 * p / peak)
-    assert np.abs(q.astype(int) - ref).max() <= 1
-    assert np.mean(q == ref) > 0.999
+    peak_norm = nx.shift_magnitude(peak, sh)
+    return nx.quantize_codes(nx.shift_magnitude(np.abs(p), sh), p < 0, nx.quant_reciprocal(peak_norm), peak_norm)
+
+
+def test_quantize_codes_round_exactly():
+    """Codes are round_half_away(127 |p'| / M') exactly, ties included."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(1)
+    p = rng.integers(-(1 << 30), 1 << 30, 4096)
+    peak = int(np.abs(p).max())
+    q = _codes(p, peak)
+    ref = [int(np.sign(v)) * int(Fraction(127 * abs(int(v)), peak) + Fraction(1, 2)) for v in p]
+    assert q.tolist() == ref
     assert np.abs(q).max() == 127
+    # values exactly on a tie (127 |p| / M = k + 1/2) round away from zero
+    peak = 254 << 20
+    ties = np.array([1, 3, 63, 127, 253, -1, -253]) << 20        # 127 * p / M = p / 2**21: 0.5, 1.5, ...
+    assert _codes(np.append(ties, peak), peak)[:-1].tolist() == [1, 2, 32, 64, 127, -1, -127]
 
 
 def test_weight_scale_mantissa_range_and_value():
     cm, ec = nx.weight_scale_to_fixed(0.0371, 1024)
-    assert 2**23 <= cm < 2**24
-    assert cm * 2.0**ec == pytest.approx(float(np.float32(0.0371)) / 127 * 32, rel=1e-7)
+    assert 2**30 <= cm < 2**31
+    assert cm * 2.0**ec == pytest.approx(0.0371 / 127 * 32, rel=2**-31)
 
 
 def test_eps_to_fixed():
@@ -122,5 +171,13 @@ def test_accumulator_bits_bound():
 
 def test_rescale_rounds_and_saturates():
     assert nx.rescale(np.array([3, -3]), 1, -1).tolist() == [2, -1]      # ties towards +inf
-    big = nx.rescale(np.array([1 << 20]), 1 << 24, -8)
+    big = nx.rescale(np.array([1 << 20]), 1 << 29, -1)
     assert big[0] == nx.ACT_MAX
+
+
+def test_gate_products_round_half_up():
+    half = nx.GATE_ONE // 2
+    assert nx.mul_gate(np.array([3, -3, nx.ACT_MAX]), np.array([half, half, nx.GATE_ONE])).tolist() == \
+        [2, -1, nx.ACT_MAX]
+    assert nx.mul_act(np.array([1 << nx.ACT_FRAC, 3]), np.array([-(5 << nx.ACT_FRAC), 1 << (nx.ACT_FRAC - 1)])).tolist() == \
+        [-(5 << nx.ACT_FRAC), 2]
