@@ -223,43 +223,43 @@ def _units() -> list[UnitSpec]:
         _accumulate_spec("kv260"),
         UnitSpec("rescale", "rescale", lambda: Rescale(), f"acc_bits={Rescale.MAX_ACC_BITS}",
                  "1 element per cycle",
-                 "a 21 x 25-bit product (DSP blocks) and a 79-bit arithmetic right shift (LUT mux tree) "
-                 "that serves both signs of exp, then rounding and a 32-bit saturation"),
+                 "a 21 x 30-bit product (DSP blocks) and a wide arithmetic right shift (LUT mux tree) "
+                 "that serves both signs of exp, then rounding and a 48-bit saturation"),
         UnitSpec("argmax", "argmax", lambda: Argmax(max_length=32000), "max_length=32000",
                  "1 element per cycle",
-                 "one 32-bit signed comparator, the running maximum and its index"),
+                 "one 48-bit signed comparator, the running maximum and its index"),
         UnitSpec("bf16_to_act", "bf16_to_act", lambda: Bf16ToAct(), "-", "1 element per cycle",
                  "a barrel shifter of the 8-bit significand over the ACT range, rounding, saturation "
                  "and negation"),
         UnitSpec("sigmoid", "sigmoid", lambda: Sigmoid(), "-", "1 element per cycle",
-                 "the 512-word (T, slope) table in one block RAM, a 9 x 11-bit multiply for the "
-                 "interpolation, |x| and 1 - s"),
+                 "a 2048-word table of 76-bit (T, d1, d2) words in block RAM and two multiplies "
+                 "for the quadratic interpolation, |x| and 1 - s (Q0.32)"),
         UnitSpec("silu", "silu", lambda: SiLU(), "-", "1 element per cycle",
-                 "the sigmoid plus one 32 x 17-bit product x * sigma(x) (DSP blocks)"),
+                 "the sigmoid plus one 38 x 33-bit product x * sigma(x) (DSP blocks; |x| >= 32 needs no product)"),
         UnitSpec("mlgru", "mlgru", lambda: MLGRU(), "-", "1 channel per cycle",
-                 "three sigmoid tables (f, silu(i), silu(h)) and six 32 x 17 / 32 x 32 products "
-                 "(DSP blocks) for the gate, the state update and the WIDE output"),
+                 "three sigmoid tables (f, silu(i), silu(h)), 48 x 33-bit products for the gate and "
+                 "the state update and a 48 x 48-bit output product (DSP blocks)"),
         UnitSpec("glu", "glu", lambda: GLU(), "-", "1 element per cycle",
-                 "one SiLU and a 32 x 32-bit product (DSP blocks)"),
+                 "one SiLU and a 48 x 48-bit product (DSP blocks)"),
         UnitSpec("quant_reciprocal", "quant_reciprocal", lambda: QuantReciprocal(), "-",
                  "1 division per vector (sequential, 1 quotient bit per cycle)",
                  "a restoring divider: one 24-bit subtract and compare per quotient bit"),
         UnitSpec("quantize_vector", "quantize_vector",
                  lambda: QuantizeVector(k=2816, x_bits=nx.WIDE_BITS), "k=2816, x_bits=48",
                  "1 element per cycle per pass (2 passes per vector)",
-                 "the element memory (block RAM), a 48 x 16-bit product, the normalising shifts, "
-                 "the reciprocal and a 40-bit code multiply"),
-        UnitSpec("rsqrt", "rsqrt_fixed", lambda: RsqrtFixed(v_bits=RmsQuantize(max_k=2816, gain_lanes=8).v_bits),
+                 "the element memory (block RAM), a 48 x 24-bit product, the normalising shifts, "
+                 "the reciprocal, a 31 x 25-bit code multiply and the exact-tie compare"),
+        UnitSpec("rsqrt", "rsqrt_fixed", lambda: RsqrtFixed(v_bits=RmsQuantize(max_k=2816, gain_lanes=4).v_bits),
                  "v_bits as RmsQuantize(max_k=2816)", "1 rsqrt per vector (digit-by-digit, sequential)",
                  "a 31-step digit-by-digit square root and a 31-step restoring divider: a few wide "
                  "subtract-and-compare stages, no multiplier"),
-        UnitSpec("rms_quantize", "rms_quantize", lambda: RmsQuantize(max_k=2816, gain_lanes=8),
-                 "max_k=2816, gain_lanes=8 (E=16), P=1",
+        UnitSpec("rms_quantize", "rms_quantize", lambda: RmsQuantize(max_k=2816, gain_lanes=4),
+                 "max_k=2816, gain_lanes=4 (E=16: 4-byte gain words), P=1",
                  "1 element per cycle per pass (max pass overlaps the gain load)",
-                 "the RMSNorm + quantizer of a record: x and gain memories (block RAM), four 48 x 16-bit "
-                 "products per element (three consumers and the norm gain), squares for the sum of "
-                 "squares, per-consumer reciprocals, rsqrt, exact wide eps/V registers and the output "
-                 "scale products (DSP blocks)"),
+                 "the RMSNorm + quantizer of a record: x and gain memories (block RAM), one bank of "
+                 "48 x 24-bit products shared by the max pass and the code pass, 24-bit squares for the "
+                 "sum of squares, per-consumer reciprocals, rsqrt, exact wide eps/V registers and the "
+                 "output scale products (DSP blocks)"),
         UnitSpec("bitlinear_engine", "bitlinear_engine",
                  lambda: BitLinearEngine(engine_bytes=16, rows_per_block=64, max_k=2816, max_rows=32000),
                  "E=16, R=64, max_k=2816, max_rows=32000",
