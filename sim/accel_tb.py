@@ -101,13 +101,14 @@ def tb_parameters(accelerator, ddr: dict) -> dict:
 
 
 def build_accel_tb(accelerator, ddr: dict, *, waves: bool = False) -> Build:
-    """The cached Verilator build of ``accel_tb`` around ``accelerator`` (an ``Accelerator``)."""
+    """The cached Verilator build of ``accel_tb`` around ``accelerator`` (an ``Accelerator``),
+    with Verilator's runtime optimised too (its simulations run for millions of cycles)."""
     return build(AccelDut(accelerator), toplevel=TOPLEVEL, verilog_name=DUT_NAME, extra_sources=TB_SOURCES,
-                 parameters=tb_parameters(accelerator, ddr), waves=waves)
+                 parameters=tb_parameters(accelerator, ddr), waves=waves, fast_runtime=True)
 
 
 def simulate_accel_tb(accelerator, ddr: dict, **kwargs):
     """``runner.simulate`` of a cocotb module against ``accel_tb`` (keyword arguments as there)."""
     from .runner import simulate
     return simulate(AccelDut(accelerator), toplevel=TOPLEVEL, verilog_name=DUT_NAME, extra_sources=TB_SOURCES,
-                    parameters=tb_parameters(accelerator, ddr), **kwargs)
+                    parameters=tb_parameters(accelerator, ddr), fast_runtime=True, **kwargs)

@@ -304,6 +304,12 @@ class SimTransport(Transport):
         """``nbytes`` of the simulated DDR from ``address`` (host access: no bus cycles)."""
         return self._request("mem_read", address, nbytes)
 
+    @property
+    def simulated_cycles_per_s(self) -> float:
+        """The simulator's speed so far: cycles advanced by waits per second of their wall time
+        (0.0 before the first wait)."""
+        return self.cycles / self.wait_wall_s if self.wait_wall_s > 0 else 0.0
+
     def advance(self, max_cycles: int) -> tuple[int, bool]:
         """Run until ``irq`` rises or ``max_cycles`` pass: (cycles run, whether irq rose)."""
         start = time.perf_counter()
