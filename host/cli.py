@@ -211,6 +211,8 @@ def bench(model, prompt, tokens, backend, hw_config, bitstream, json_out):
         out = list(generate_ids(counting, ids, tokens))
         wall = time.perf_counter() - start
         clock = engine.driver.transport.clock_hz if hasattr(engine, "driver") else None
+        # The simulator's own speed (the sim transport measures it; a board's transport has none).
+        sim_speed = getattr(engine.driver.transport, "simulated_cycles_per_s", None) if hasattr(engine, "driver") else None
     except BackendError as e:
         raise click.ClickException(str(e)) from None
     finally:
@@ -243,6 +245,9 @@ def bench(model, prompt, tokens, backend, hw_config, bitstream, json_out):
                    f"({100 * mean['cycles_weight_wait'] / mean['cycles_total']:.1f} % of the token)")
         click.echo(f"memory           {mean['bytes_read']:,.0f} bytes read per token: "
                    f"{mean['bytes_read'] / device_s / 1e9:.3f} GB/s")
+    if sim_speed:
+        figures["simulated_cycles_per_s"] = round(sim_speed)
+        click.echo(f"simulator        {sim_speed:,.0f} simulated cycles per second")
     if json_out is not None:
         json_out.write_text(json.dumps(figures, indent=1) + "\n")
 

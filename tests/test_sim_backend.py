@@ -89,3 +89,15 @@ def test_sim_backend_errors_are_one_line(tmp_path):
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith(
         "Error: the model does not fit this accelerator build: rows_per_block 32 (this build streams 64")
+
+
+def test_bench_sim_reports_counters_and_simulator_speed(tmp_path):
+    """`mmfree bench --backend sim` prints the hardware counters and the simulator's own speed (issue 5)."""
+    import json
+
+    out, _ = mmfree("bench", "--backend", "sim", "--tokens", 2, "--json", tmp_path / "b.json")
+    assert out.returncode == 0, out.stderr
+    figures = json.loads((tmp_path / "b.json").read_text())
+    assert figures["generated"] == 2 and figures["counters_mean"]["cycles_total"] > 0
+    assert figures["simulated_cycles_per_s"] > 0
+    assert "simulated cycles per second" in out.stdout
