@@ -46,12 +46,19 @@ FULL_LAYERS = 24
 
 
 def synthetic_370m(layers: int, cache: Path, progress) -> Path:
-    """A random weight image of the 370M shape with ``layers`` layers (built once, cached)."""
+    """A random weight image of the 370M shape with ``layers`` layers (built once, cached;
+    rebuilt when the cached one was made for another image format or numerics version)."""
     from mmfree.models.config import ModelConfig
     from mmfree.models.synthetic import SHAPE_370M, random_tensors
-    from mmfree.models.weight_image import build_image
+    from mmfree.models.weight_image import ImageError, WeightImage, build_image
 
     path = cache / f"random-370m-l{layers}.img"
+    if path.exists():
+        try:
+            WeightImage.load(path)
+        except ImageError:
+            progress(f"{path.name} is stale (another format or numerics version): rebuilding")
+            path.unlink()
     if not path.exists():
         progress(f"building {path.name} (once)")
         cfg = ModelConfig(num_hidden_layers=layers, **SHAPE_370M)
