@@ -28,7 +28,7 @@ short slices whenever the host is not talking to it, so the host polls
 ``STATUS`` exactly as it does on a board.
 
 Time: on a board, device time is wall time. The simulated device's clock in
-wall time is the simulator's speed (10-60 k cycles/s here), so
+wall time is the simulator's speed (0.17-0.55 M cycles/s here), so
 ``ps.Clocks`` reports :data:`WALL_CLOCK_HZ` (a lower bound of that speed), and
 manifests written for it give the same ``clock_hz``: the driver's time
 bounds then hold in wall time, as they do on a board.
