@@ -57,6 +57,21 @@ def main():
     """FPGA accelerator for the MatMul-free LM: golden models, simulation and board host."""
 
 
+def _open_prompt(model, prompt, backend, hw_config, bitstream):
+    """(image, tokenizer, prompt ids with bos, opened backend) for generate and bench; one-line errors."""
+    image = _load_image(model)
+    tok = _tokenizer(image)
+    if not prompt.strip():
+        raise click.ClickException("empty prompt")
+    ids = [image.config.bos_token_id] + tok.encode(prompt, add_special_tokens=False).ids
+    _check_ids(ids, image.config.V)
+    try:
+        engine = open_backend(backend, image, hw_config=hw_config, bitstream=bitstream)
+    except BackendError as e:
+        raise click.ClickException(str(e)) from None
+    return image, tok, ids, engine
+
+
 @main.command()
 @click.argument("checkpoint_dir", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
@@ -124,16 +139,7 @@ def info(image):
               help="--backend pynq: the overlay .bit (default bitstreams/<hw-config>/mmfree.bit)")
 def generate(model, prompt, max_new_tokens, temperature, top_k, seed, backend, hw_config, bitstream):
     """Generate text, printing it as it is produced."""
-    image = _load_image(model)
-    tok = _tokenizer(image)
-    if not prompt.strip():
-        raise click.ClickException("empty prompt")
-    ids = [image.config.bos_token_id] + tok.encode(prompt, add_special_tokens=False).ids
-    _check_ids(ids, image.config.V)
-    try:
-        engine = open_backend(backend, image, hw_config=hw_config, bitstream=bitstream)
-    except BackendError as e:
-        raise click.ClickException(str(e)) from None
+    image, tok, ids, engine = _open_prompt(model, prompt, backend, hw_config, bitstream)
     try:
         click.echo(prompt, nl=False)
         out: list[int] = []
@@ -195,16 +201,7 @@ def bench(model, prompt, tokens, backend, hw_config, bitstream, json_out):
     import json
     import time
 
-    image = _load_image(model)
-    tok = _tokenizer(image)
-    if not prompt.strip():
-        raise click.ClickException("empty prompt")
-    ids = [image.config.bos_token_id] + tok.encode(prompt, add_special_tokens=False).ids
-    _check_ids(ids, image.config.V)
-    try:
-        engine = open_backend(backend, image, hw_config=hw_config, bitstream=bitstream)
-    except BackendError as e:
-        raise click.ClickException(str(e)) from None
+    image, tok, ids, engine = _open_prompt(model, prompt, backend, hw_config, bitstream)
     counting = _CountingBackend(engine)
     try:
         start = time.perf_counter()

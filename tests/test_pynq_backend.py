@@ -28,6 +28,7 @@ from mmfree.host.cli import main
 from mmfree.host.generate import generate
 from mmfree.models.weight_image import WeightImage
 from mmfree.sim import pynq_sim
+from helpers import Recording
 
 pytestmark = pytest.mark.sim
 
@@ -70,20 +71,6 @@ def fake_pynq(monkeypatch):
 @pytest.fixture(scope="module")
 def tiny():
     return WeightImage.load(TINY)
-
-
-class Recording:
-    """A backend that keeps every step's logits."""
-
-    def __init__(self, backend):
-        self.backend, self.logits = backend, []
-
-    def reset(self):
-        self.backend.reset()
-
-    def step(self, token):
-        self.logits.append(self.backend.step(token))
-        return self.logits[-1]
 
 
 def test_pynq_backend_generates_the_golden_tokens(fake_pynq, tiny, tmp_path):

@@ -19,6 +19,7 @@ from mmfree.host.backends import GoldenBackend, SimBackend
 from mmfree.host.cli import DEFAULT_MODEL
 from mmfree.host.generate import generate
 from mmfree.models.weight_image import WeightImage
+from helpers import Recording
 
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
@@ -42,20 +43,6 @@ def test_generate_sim_prints_the_golden_text():
     extra = [x for x in sim.stderr.splitlines() if x.strip() and x != "building the simulator (once)..."]
     assert not extra, sim.stderr
     print(f"generate --backend sim, {TOKENS} tokens: {seconds:.1f} s")
-
-
-class Recording:
-    """A backend that keeps every step's logits."""
-
-    def __init__(self, backend):
-        self.backend, self.logits = backend, []
-
-    def reset(self):
-        self.backend.reset()
-
-    def step(self, token):
-        self.logits.append(self.backend.step(token))
-        return self.logits[-1]
 
 
 def test_sim_backend_logits_equal_golden_at_every_step():
