@@ -188,17 +188,25 @@ class PynqSimBuffer(np.ndarray):
         self._device = getattr(obj, "_device", None)
         self.coherent = False
 
+    def _device_view(self) -> _Device:
+        if self._device is None:
+            raise ValueError("this buffer was freed: it no longer has device memory")
+        return self._device
+
     def flush(self) -> None:
         """Write the host's view back to memory (the device sees it from now on)."""
-        self._device.call("memory_write", self.physical_address, np.ascontiguousarray(self).tobytes())
+        self._device_view().call("memory_write", self.physical_address, np.ascontiguousarray(self).tobytes())
 
     def invalidate(self) -> None:
         """Drop the host's view: read what the device wrote."""
-        data = self._device.call("memory_read", self.physical_address, self.nbytes)
+        data = self._device_view().call("memory_read", self.physical_address, self.nbytes)
         self[...] = np.frombuffer(data, dtype=self.dtype).reshape(self.shape)
 
     def freebuffer(self) -> None:
-        pass  # the simulated DDR is a bump allocator; the transport's close ends it all
+        """Give the device memory up: flush/invalidate refuse from now on. (The simulated DDR is a
+        bump allocator, so the bytes are reclaimed only when the simulation ends.)"""
+        self._device = None
+        self.physical_address = self.device_address = None
 
     def close(self) -> None:
         self.freebuffer()

@@ -95,6 +95,21 @@ def test_pynq_backend_generates_the_golden_tokens(fake_pynq, tiny, tmp_path):
         board.close()
 
 
+def test_freed_buffer_refuses_device_access(fake_pynq, tiny, tmp_path):
+    """PynqTransport.close frees its buffers; a freed buffer must not reach the device again."""
+    bit = write_overlay(tmp_path / "overlay", design_hash=simulated_design_hash())
+    board = PynqBackend(tiny, bitstream=bit)
+    arrays = [buf._array for buf in board.driver.transport._buffers]
+    assert arrays and all(a.device_address is not None for a in arrays)
+    board.close()
+    for a in arrays:
+        assert a.device_address is None
+        with pytest.raises(ValueError, match="this buffer was freed"):
+            a.flush()
+        with pytest.raises(ValueError, match="this buffer was freed"):
+            a.invalidate()
+
+
 def test_pynq_backend_refuses_a_manifest_of_another_build(fake_pynq, tiny, tmp_path):
     real = simulated_design_hash()
     bit = write_overlay(tmp_path / "overlay", design_hash=real ^ 0x00010000)
