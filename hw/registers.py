@@ -19,7 +19,7 @@ import dataclasses
 import enum
 
 __all__ = ["Field", "Register", "REGISTERS", "BY_NAME", "ID_MAGIC", "INTERFACE_VERSION", "ErrorCode", "Phase",
-           "REGISTER_SPACE_BYTES", "LOGIT_WORD_BYTES", "markdown"]
+           "REGISTER_SPACE_BYTES", "LOGIT_WORD_BYTES", "design_hash_from_digest", "markdown"]
 
 #: Value of the ``ID`` register: "MMF1" in ASCII.
 ID_MAGIC = 0x4D4D4631
@@ -30,6 +30,13 @@ INTERFACE_VERSION = 2
 #: Bytes per logit in the LOGITS_ADDR buffer: the ACT logit (48 bits) sign-extended to a
 #: little-endian int64 (the logits writer's word; the driver reads the buffer with it).
 LOGIT_WORD_BYTES = 8
+
+
+def design_hash_from_digest(sha256_hex: str) -> int:
+    """The ``DESIGN_HASH`` register's value for a build whose content hash is ``sha256_hex``:
+    its first 32 bits (the first 8 hex digits). Board builds, the simulated builds and the
+    manifests all use this one rule."""
+    return int(sha256_hex[:8], 16)
 #: Size of the AXI4-Lite address window (the block decodes the low 8 bits).
 REGISTER_SPACE_BYTES = 0x100
 

@@ -35,6 +35,8 @@ import socket
 import tempfile
 from pathlib import Path
 
+from mmfree.hw.registers import design_hash_from_digest
+
 try:  # only inside the simulator process
     import cocotb
 except ImportError:  # pragma: no cover
@@ -55,8 +57,8 @@ _DESIGN_SOURCES = ("hw/*.py", "models/*.py", "sim/accel_tb.py", "sim/accel_tb.v"
 # --------------------------------------------------------------------------
 def design_key(config) -> str:
     """Content hash of what the simulated design is made of: the configuration, the generator
-    sources (hw/, models/, the bench's Verilog) and the tool versions. Its low 32 bits are the
-    build's DESIGN_HASH."""
+    sources (hw/, models/, the bench's Verilog) and the tool versions. Its first 32 bits are the
+    build's DESIGN_HASH (``registers.design_hash_from_digest``)."""
     from importlib.metadata import version
 
     h = hashlib.sha256()
@@ -109,7 +111,7 @@ def prepare(config, *, progress=None) -> SimulatorBuild:
     from .runner import SIM_BUILD, Build, setup_verilator
 
     key = design_key(config)
-    design_hash = int(key[:8], 16)
+    design_hash = design_hash_from_digest(key)
     marker = SIM_BUILD / f"accel-{config.name}-{key[:16]}.json"
     if marker.exists():
         build_dir = Path(json.loads(marker.read_text())["build_dir"])

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Callable
 
 from mmfree.hw.boards import BOARDS, RESOURCES, Board, BoardError, get_board
+from mmfree.hw.registers import design_hash_from_digest
 
 __all__ = ["BoardDesign", "elaborate", "design_sha256", "utilization", "budget_problems", "render_table",
            "synth_board", "write_vivado_project", "committed_problems", "main", "BITSTREAMS", "VIVADO_BUILD",
@@ -78,7 +79,7 @@ class BoardDesign:
 
     @property
     def design_hash(self) -> int:
-        return int(self.design_sha256[:8], 16)
+        return design_hash_from_digest(self.design_sha256)
 
 
 def design_sha256(board: Board, verilog_without_hash: str) -> str:
@@ -102,9 +103,9 @@ def elaborate(board: Board, *, with_hash: bool = True, say: Callable[[str], None
     acc = Accelerator(**cfg.accelerator_params(0))
     text = verilog.convert(acc, name=TOP, emit_src=False)
     digest = design_sha256(board, text)
-    say(f"  design hash 0x{digest[:8].upper()} ({time.perf_counter() - start:.1f} s)")
+    say(f"  design hash 0x{design_hash_from_digest(digest):08X} ({time.perf_counter() - start:.1f} s)")
     if with_hash:
-        acc = Accelerator(**cfg.accelerator_params(int(digest[:8], 16)))
+        acc = Accelerator(**cfg.accelerator_params(design_hash_from_digest(digest)))
         text = verilog.convert(acc, name=TOP, emit_src=False)
     return BoardDesign(board, digest, acc, text, time.perf_counter() - start)
 

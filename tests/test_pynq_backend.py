@@ -38,9 +38,10 @@ CONFIG = "sim-default"
 
 def simulated_design_hash() -> int:
     """DESIGN_HASH of the simulated sim-default build (what its register reads)."""
+    from mmfree.hw.registers import design_hash_from_digest
     from mmfree.sim.accel_server import design_key
 
-    return int(design_key(get_config(CONFIG))[:8], 16)
+    return design_hash_from_digest(design_key(get_config(CONFIG)))
 
 
 def write_overlay(folder: Path, *, design_hash: int, manifest: bool = True) -> Path:
