@@ -30,6 +30,7 @@ from amaranth.hdl import Shape
 from amaranth.lib.wiring import Out
 
 from mmfree.host.pynq_transport import ACCELERATOR_IP_NAME
+from mmfree.hw.axi import MAX_BURST_BEATS
 from mmfree.hw.boards import CONTROL_RANGE, Board
 
 __all__ = ["TOP", "WRAPPER", "BD_NAME", "CELL", "SLAVE_ADDR_WIDTH", "AxiInterface", "interfaces",
@@ -71,7 +72,7 @@ def interfaces(accelerator) -> list[AxiInterface]:
         out.append(AxiInterface(prefix, "master", "AXI4", members, (
             ("PROTOCOL", "AXI4"), ("READ_WRITE_MODE", "READ_WRITE" if port == 0 else "READ_ONLY"),
             ("DATA_WIDTH", 8 * p["bus_bytes"]), ("ADDR_WIDTH", p["addr_width"]), ("ID_WIDTH", 1),
-            ("MAX_BURST_LENGTH", 256), ("NUM_READ_OUTSTANDING", p["outstanding"]),
+            ("MAX_BURST_LENGTH", MAX_BURST_BEATS), ("NUM_READ_OUTSTANDING", p["outstanding"]),
             ("NUM_WRITE_OUTSTANDING", p["outstanding"] if port == 0 else 0),
             ("SUPPORTS_NARROW_BURST", 0), ("HAS_LOCK", 0), ("HAS_QOS", 0), ("HAS_REGION", 0))))
     members = tuple(n for n in names if n.startswith("s_axil_"))
