@@ -246,12 +246,9 @@ def act_to_float(v: np.ndarray) -> np.ndarray:
     return np.asarray(v, dtype=np.float64) / (1 << ACT_FRAC)
 
 
-#: Version 1 had a separate 48-bit WIDE format (exact products with 32
-#: fractional bits) for the inputs of o_proj and down_proj; version 2's ACT
-#: is that format, so every BitLinear input is ACT. The names remain, meaning
-#: ACT, for RTL written against version 1.
-WIDE_BITS = ACT_BITS
-WIDE_FRAC = ACT_FRAC
+# Version 1 had a separate 48-bit WIDE format (exact products with 32
+# fractional bits) for the inputs of o_proj and down_proj; version 2's ACT is
+# that format, so every BitLinear input is ACT.
 
 
 def mul_act(x: np.ndarray, y: np.ndarray) -> np.ndarray:

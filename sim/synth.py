@@ -245,7 +245,7 @@ def _units() -> list[UnitSpec]:
                  "1 division per vector (sequential, 1 quotient bit per cycle)",
                  "a restoring divider: one 24-bit subtract and compare per quotient bit"),
         UnitSpec("quantize_vector", "quantize_vector",
-                 lambda: QuantizeVector(k=2816, x_bits=nx.WIDE_BITS), "k=2816, x_bits=48",
+                 lambda: QuantizeVector(k=2816, x_bits=nx.ACT_BITS), "k=2816, x_bits=48",
                  "1 element per cycle per pass (2 passes per vector)",
                  "the element memory (block RAM), a 48 x 24-bit product, the normalising shifts, "
                  "the reciprocal, a 31 x 25-bit code multiply and the exact-tie compare"),
