@@ -36,16 +36,16 @@ sim: $(STAMP)
 
 ## Synthesis estimates of every RTL unit (yosys synth_xilinx, xc7 and xcup): build/synth/units.json, docs/units.md.
 synth-units: $(STAMP)
-	$(BIN)/python -m mmfree.sim.synth --all --json build/synth/units.json --doc docs/units.md
+	$(BIN)/python -m mmfree.hw.flow.synth --all --json build/synth/units.json --doc docs/units.md
 
 ## Synthesis estimate of the whole accelerator per board (BOARD=pynq-z2|kv260|all): bitstreams/<board>/utilization.{json,md};
 ## fails when a board is over its budget (LUT > 70 %, or anything beyond the part).
 synth: $(STAMP)
-	$(BIN)/python -m mmfree.sim.board_flow synth --board $(BOARD)
+	$(BIN)/python -m mmfree.hw.flow.board_flow synth --board $(BOARD)
 
 ## Vivado project per board (build/vivado/<board>/); runs Vivado when it is on PATH, else says how (docs/board.md).
 bitstream: $(STAMP)
-	$(BIN)/python -m mmfree.sim.board_flow bitstream --board $(BOARD)
+	$(BIN)/python -m mmfree.hw.flow.board_flow bitstream --board $(BOARD)
 
 bench: $(STAMP)
 	$(BIN)/python bench/golden_speed.py

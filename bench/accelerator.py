@@ -1,6 +1,6 @@
 """Cycles per token of the accelerator RTL, against the DDR roofline, per board configuration.
 
-For each configuration (``hw/configs.py``: ``pynq-z2``, ``kv260``) the
+For each configuration (``contract/configs.py``: ``pynq-z2``, ``kv260``) the
 accelerator's Verilator model runs, through the host driver exactly as
 ``mmfree generate --backend sim`` does:
 
@@ -183,11 +183,11 @@ def replot(json_path: Path) -> None:
 def main(argv=None) -> int:
     from tqdm import tqdm
 
-    from mmfree.hw.configs import ConfigError, get_config
+    from mmfree.contract.configs import ConfigError, get_config
     from mmfree.models.weight_image import ImageError, WeightImage
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", default="pynq-z2,kv260", help="comma-separated hw/configs.py names")
+    ap.add_argument("--configs", default="pynq-z2,kv260", help="comma-separated contract/configs.py names")
     ap.add_argument("--models", default="bundled,370m", help="bundled and/or 370m")
     ap.add_argument("--tokens", type=int, default=3, help="tokens per run (the first is reported apart)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -225,7 +225,7 @@ def main(argv=None) -> int:
 
     runs, figures = [], []
     from mmfree.host.driver import DriverError
-    from mmfree.host.transport import TransportError
+    from mmfree.contract.transport import TransportError
 
     try:
         for config in configs:

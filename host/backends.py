@@ -7,8 +7,8 @@ what it holds. Backends are chosen by name with :func:`open_backend`:
 
 * ``golden``: the integer golden model (what the accelerator computes);
 * ``float``: the float32 golden model;
-* ``sim``: the accelerator's RTL in Verilator (:mod:`mmfree.sim.transport`),
-  through the same driver as the board;
+* ``sim``: the accelerator's RTL in Verilator (the ``sim`` transport that
+  :mod:`mmfree.sim.transport` registers), through the same driver as the board;
 * ``pynq``: the accelerator on a PYNQ board (:mod:`mmfree.host.pynq_transport`).
 
 Every failure to open or run a backend is a :class:`BackendError` with a
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmfree.hw.boards import BOARDS
+from mmfree.contract.boards import BOARDS
 from mmfree.models import numerics as nx
 from mmfree.models.weight_image import WeightImage
 
@@ -122,7 +122,7 @@ class _AcceleratorBackend:
 def _one_line_errors():
     """Turn driver, transport and range errors into :class:`BackendError` (one line)."""
     from .driver import DriverError
-    from .transport import TransportError
+    from mmfree.contract.transport import TransportError
 
     try:
         yield
@@ -131,22 +131,41 @@ def _one_line_errors():
         raise BackendError(lines[0] if lines else type(e).__name__) from None
 
 
+#: Entry-point group through which a package offers a :class:`~mmfree.contract.transport.Transport`:
+#: the simulation registers ``sim`` (pyproject.toml), so the host names no simulation module.
+TRANSPORT_ENTRY_POINTS = "mmfree.transports"
+
+
+def registered_transport(name: str):
+    """The transport class registered as ``name`` in :data:`TRANSPORT_ENTRY_POINTS`.
+
+    Raises :class:`BackendError` (one line) when none is registered or it cannot be imported
+    (the simulation extra is missing)."""
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group=TRANSPORT_ENTRY_POINTS) if ep.name == name]
+    if not found:
+        raise BackendError(f"no {name!r} transport is installed (entry point group {TRANSPORT_ENTRY_POINTS}; "
+                           f"reinstall with pip install -e '.[sim]')")
+    try:
+        return found[0].load()
+    except ImportError as e:
+        raise BackendError(f"the {name} backend needs the simulation extra (pip install 'mmfree[sim]'): {e}") from None
+
+
 class SimBackend(_AcceleratorBackend):
-    """The accelerator's RTL in a Verilator simulation (``hw_config``: a :mod:`mmfree.hw.configs` name)."""
+    """The accelerator's RTL in a Verilator simulation (``hw_config``: a :mod:`mmfree.contract.configs` name)."""
 
     name = "sim"
 
     def __init__(self, image: WeightImage, *, hw_config: str | None = None, bitstream=None):
         if bitstream is not None:
             raise BackendError("--bitstream applies to the pynq backend only")
-        try:
-            from mmfree.hw.configs import DEFAULT_SIM_CONFIG
-            from mmfree.sim.transport import SimTransport
-        except ImportError as e:
-            raise BackendError(f"the sim backend needs the simulation extra (pip install 'mmfree[sim]'): "
-                               f"{e}") from None
+        from mmfree.contract.configs import DEFAULT_SIM_CONFIG
+
+        sim_transport = registered_transport("sim")
         with _one_line_errors():
-            transport = SimTransport(hw_config or DEFAULT_SIM_CONFIG)
+            transport = sim_transport(hw_config or DEFAULT_SIM_CONFIG)
         super().__init__(image, transport)
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from mmfree.hw.configs import CONFIGS as HW_CONFIGS
-from mmfree.hw.configs import DEFAULT_SIM_CONFIG
+from mmfree.contract.configs import CONFIGS as HW_CONFIGS
+from mmfree.contract.configs import DEFAULT_SIM_CONFIG
 from mmfree.models import checkpoint as ckpt
 from mmfree.models.weight_image import DEFAULT_ROWS_PER_BLOCK, ImageError, WeightImage
 

@@ -8,7 +8,7 @@ Running a model is a sentence of named stages::
     driver.reset_state()           # zero every layer's recurrent state (start of a sequence)
     result = driver.step(token)    # one token: logits, argmax, cycle counters
 
-Every register offset and field comes from :mod:`mmfree.hw.registers`; the
+Every register offset and field comes from :mod:`mmfree.contract.registers`; the
 logits' format from :mod:`mmfree.models.numerics`. The same code runs on a
 PYNQ board (:mod:`mmfree.host.pynq_transport`) and in the Verilator
 simulation (:mod:`mmfree.sim.transport`). Only numpy and plain-Python
@@ -17,7 +17,7 @@ project modules are imported: no amaranth, no cocotb.
 Errors are one line: :class:`IdentityMismatch` (wrong device, build or
 model), :class:`DeviceTimeout` (no ``STATUS.done`` in time),
 :class:`DeviceError` (``STATUS.error`` set; names the
-:class:`~mmfree.hw.registers.ErrorCode`), ``ValueError`` for a token id out
+:class:`~mmfree.contract.registers.ErrorCode`), ``ValueError`` for a token id out
 of range (refused before the device is touched).
 """
 from __future__ import annotations
@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mmfree.hw import registers as regs
+from mmfree.contract import registers as regs
 from mmfree.models import numerics as nx
 from mmfree.models.weight_image import WeightImage
 
-from .transport import Transport
+from mmfree.contract.transport import Transport
 
 __all__ = ["DriverError", "IdentityMismatch", "DeviceTimeout", "DeviceError", "BuildIdentity", "StepResult",
            "AcceleratorDriver", "COUNTERS", "BUFFER_ALIGN", "LOGIT_WORD", "timeout_cycles"]

@@ -15,12 +15,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .transport import DeviceBuffer, Transport, TransportError, check_register_access
+from mmfree.contract.registers import ACCELERATOR_IP_NAME
+from mmfree.contract.transport import DeviceBuffer, Transport, TransportError, check_register_access
 
-__all__ = ["PynqTransport", "PynqBuffer", "import_pynq", "ACCELERATOR_IP_NAME"]
+__all__ = ["PynqTransport", "PynqBuffer", "import_pynq"]
 
-#: Name of the accelerator's instance in the block design (a hierarchy path may prefix it).
-ACCELERATOR_IP_NAME = "mmfree_accelerator"
 #: Sleep between polls: short against a token's milliseconds, long enough not to starve the PS.
 POLL_INTERVAL_S = 20e-6
 #: Shortest wait: on a board the bound is wall time, which includes the host's own scheduling.
@@ -87,7 +86,7 @@ class PynqTransport(Transport):
 
     def __init__(self, bitfile, *, ip_name: str | None = None, clock_hz: float | None = None,
                  download: bool = True):
-        from mmfree.hw.registers import REGISTER_SPACE_BYTES
+        from mmfree.contract.registers import REGISTER_SPACE_BYTES
 
         pynq = import_pynq()
         path = Path(bitfile)

@@ -7,7 +7,7 @@ from amaranth.hdl import Cat, Module, ResetInserter, Signal, signed
 from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 
-from . import registers as regs
+from mmfree.contract import registers as regs
 from .axi import AXI4LiteSignature, AXI4ReadSignature, AXI4Signature, AXI4WriteSignature, FlatInterface, flat_ports
 from .axi_reader import AxiReader
 from .axi_writer import AxiWriter
@@ -74,7 +74,7 @@ def build_constants(*, bus_bytes, ports, engine_bytes, rows_per_block, max_hidde
 class Accelerator(wiring.Component):
     """One token per START: the MatMul-free LM accelerator with AXI4 memory ports and AXI4-Lite registers.
 
-    On ``CONTROL.start`` (register map: ``hw/registers.py``):
+    On ``CONTROL.start`` (register map: ``contract/registers.py``):
 
     1. if ``TOKEN >= VOCAB``: ``STATUS.error = TOKEN_RANGE`` and done, with no
        memory access;

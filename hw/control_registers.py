@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 
 from mmfree.models import numerics as nx
 
-from . import registers as regs
+from mmfree.contract import registers as regs
 from .axi import AXI4LiteSignature
 
 __all__ = ["ControlRegisters", "port_name"]

@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 
 from mmfree.models import numerics as nx
 
-from . import registers as regs
+from mmfree.contract import registers as regs
 from .argmax import Argmax
 from .bitlinear_engine import BitLinearEngine
 from .embedding import Bf16ToAct
@@ -87,9 +87,9 @@ class TokenCore(wiring.Component):
     busy : a token or a state clear is running.
     done : one-cycle pulse at the end of a token (argmax valid, every
         logit transferred) or of an aborted one (``error`` nonzero).
-    error : :class:`~mmfree.hw.registers.ErrorCode` of the last token.
+    error : :class:`~mmfree.contract.registers.ErrorCode` of the last token.
     argmax, argmax_value : index (lowest on ties) and value (ACT) of the largest logit.
-    phase : :class:`~mmfree.hw.registers.Phase` of this cycle.
+    phase : :class:`~mmfree.contract.registers.Phase` of this cycle.
     weight_wait : the datapath wanted a weight beat and had none.
 
     Parameters

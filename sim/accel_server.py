@@ -4,7 +4,7 @@ Two halves in one module:
 
 * :func:`prepare` (host side): build, once and cached by
   :mod:`mmfree.sim.runner`, the Verilator model of ``accel_tb`` for a
-  :mod:`mmfree.hw.configs` configuration, and return how to start it;
+  :mod:`mmfree.contract.configs` configuration, and return how to start it;
 * :func:`serve` (a cocotb test, inside the simulator): connect to the
   host's UNIX socket and execute its requests until it says ``quit``.
 
@@ -35,7 +35,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from mmfree.hw.registers import design_hash_from_digest
+from mmfree.contract.registers import design_hash_from_digest
 
 try:  # only inside the simulator process
     import cocotb
@@ -134,7 +134,7 @@ def prepare(config, *, progress=None) -> SimulatorBuild:
 
         from amaranth.hdl import UnusedElaboratable
 
-        from mmfree.host.transport import TransportError
+        from mmfree.contract.transport import TransportError
 
         # The half-elaborated design would warn about every unused unit at exit, after the error line.
         warnings.simplefilter("ignore", UnusedElaboratable)

@@ -9,7 +9,7 @@ with its AXI4 read ports packed into vectors (port p of ``rd_araddr`` at
 Typical use (host side)::
 
     from mmfree.hw.accelerator import Accelerator
-    from mmfree.hw.configs import get_config
+    from mmfree.contract.configs import get_config
     cfg = get_config("sim-default")
     tb = build_accel_tb(Accelerator(**cfg.accelerator_params(design_hash)), cfg.ddr_params())
     result, run_dir = tb.run("mmfree.sim.accel_server", extra_env={...})

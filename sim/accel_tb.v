@@ -9,7 +9,7 @@
 //                             design and the DDR model see rst one register later (see rst_q)
 //   s_axil_*                  the accelerator's AXI4-Lite register slave, 8 address bits, 32-bit data:
 //                             AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil"), dut.clk, dut.rst)
-//                             (offsets from hw/registers.py)
+//                             (offsets from contract/registers.py)
 //   irq                       level interrupt = STATUS.done (cleared by writing STATUS.done = 1)
 //   ddr_load, ddr_dump        one-cycle pulses: copy ddr_len bytes from the host file into memory at
 //                             ddr_addr, or from memory to the host file. The file is plusarg

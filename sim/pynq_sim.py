@@ -14,7 +14,7 @@ The surface (what ``host/pynq_transport.py`` calls, with PYNQ 3's meaning):
   simulated accelerator (:class:`~mmfree.sim.transport.SimTransport` of the
   configuration :data:`CONFIG_ENV` names, default ``sim-default``).
   ``ip_dict`` lists the accelerator's cell with the board's register address
-  (:mod:`mmfree.hw.boards`, board :data:`BOARD_ENV`, default ``pynq-z2``).
+  (:mod:`mmfree.contract.boards`, board :data:`BOARD_ENV`, default ``pynq-z2``).
 * ``MMIO(phys_addr, length)``: ``read(offset)`` / ``write(offset, value)`` are
   AXI4-Lite transactions on the simulated accelerator.
 * ``allocate(shape, dtype)``: a numpy array in "DDR" with ``physical_address``
@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmfree.hw.boards import CONTROL_RANGE, get_board
+from mmfree.contract.boards import CONTROL_RANGE, get_board
 
 __all__ = ["Overlay", "MMIO", "allocate", "ps", "PynqSimBuffer", "shutdown", "CONFIG_ENV", "BOARD_ENV",
            "WALL_CLOCK_HZ", "SLICE_CYCLES", "IP_NAME"]

@@ -2,7 +2,7 @@
 
 ``SimTransport(config)`` builds (once, cached by :mod:`mmfree.sim.runner`)
 the Verilator model of ``sim/accel_tb.v`` (the ``Accelerator`` of the named
-:mod:`mmfree.hw.configs` configuration plus the DDR model), starts it as a
+:mod:`mmfree.contract.configs` configuration plus the DDR model), starts it as a
 subprocess running the cocotb module :mod:`mmfree.sim.accel_server`, and
 talks to that server over a UNIX socket in a private temporary directory.
 
@@ -24,7 +24,7 @@ Simulated time stands still while the host computes: the simulator is
 blocked in the server's socket read between requests.
 
 Every failure (build, start, a simulator that stops, a server-side error) is
-a :class:`~mmfree.host.transport.TransportError` with one line; the
+a :class:`~mmfree.contract.transport.TransportError` with one line; the
 simulator's own output goes to a log file named in the message.
 """
 from __future__ import annotations
@@ -41,9 +41,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mmfree.host.transport import DeviceBuffer, Transport, TransportError, check_register_access
-from mmfree.hw.configs import AcceleratorConfig, DEFAULT_SIM_CONFIG, get_config
-from mmfree.hw.registers import REGISTER_SPACE_BYTES
+from mmfree.contract.transport import DeviceBuffer, Transport, TransportError, check_register_access
+from mmfree.contract.configs import AcceleratorConfig, DEFAULT_SIM_CONFIG, get_config
+from mmfree.contract.registers import REGISTER_SPACE_BYTES
 
 __all__ = ["SimTransport", "SimBuffer", "SOCKET_ENV", "TOKEN_ENV", "send_message", "recv_message",
            "CLOCK_PERIOD_NS", "BUFFER_BASE", "BUFFER_ALIGN"]
@@ -134,7 +134,7 @@ class SimTransport(Transport):
 
     Parameters
     ----------
-    config : a :mod:`mmfree.hw.configs` configuration or its name.
+    config : a :mod:`mmfree.contract.configs` configuration or its name.
     progress : called with one line when something slow starts (default: print to stderr).
     log_path : where the simulator's output goes (default: a file in the build directory).
     """

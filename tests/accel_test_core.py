@@ -31,7 +31,7 @@ from amaranth.hdl import Cat, Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from mmfree.hw import registers as regs
+from mmfree.contract import registers as regs
 
 __all__ = ["ChecksumCore", "expected", "stream_header", "CLEAR_CYCLES"]
 

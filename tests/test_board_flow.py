@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 from amaranth.hdl import Shape
 
-from mmfree.hw.boards import BOARDS, CONTROL_RANGE, RESOURCES, get_board
-from mmfree.sim import board_flow, vivado
+from mmfree.contract.boards import BOARDS, CONTROL_RANGE, RESOURCES, get_board
+from mmfree.hw.flow import board_flow, vivado
 
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 
@@ -119,7 +119,7 @@ def test_synthesis_reports_its_phases(tmp_path):
     from amaranth.back import verilog
 
     from mmfree.hw.argmax import Argmax
-    from mmfree.sim.synth import group_cells, synth_verilog
+    from mmfree.hw.flow.synth import group_cells, synth_verilog
 
     phases = []
     log = tmp_path / "yosys.log"
@@ -140,8 +140,8 @@ def test_unknown_board_is_one_line(capsys):
 
 
 def test_make_targets():
-    for target, command in (("synth", "-m mmfree.sim.board_flow synth --board kv260"),
-                            ("bitstream", "-m mmfree.sim.board_flow bitstream --board kv260")):
+    for target, command in (("synth", "-m mmfree.hw.flow.board_flow synth --board kv260"),
+                            ("bitstream", "-m mmfree.hw.flow.board_flow bitstream --board kv260")):
         r = subprocess.run(["make", "-n", "-o", ".venv/.installed", target, "BOARD=kv260"], cwd=REPO,
                            capture_output=True, text=True)
         assert r.returncode == 0 and command in r.stdout, r.stdout + r.stderr

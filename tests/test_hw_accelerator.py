@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from accel_test_core import CLEAR_CYCLES, ChecksumCore, expected, stream_header
-from mmfree.hw import registers as regs
+from mmfree.contract import registers as regs
 from mmfree.hw.accelerator import Accelerator
 from mmfree.models import numerics as nx
 

@@ -1,4 +1,4 @@
-"""ControlRegisters (the AXI4-Lite register block generated from hw/registers.py), in Verilator.
+"""ControlRegisters (the AXI4-Lite register block generated from contract/registers.py), in Verilator.
 
 cocotbext-axi's AxiLiteMaster reads and writes every register by the
 offsets of the register map; the bench drives the RO inputs and watches the
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mmfree.hw import registers as regs
+from mmfree.contract import registers as regs
 from mmfree.hw.control_registers import ControlRegisters, port_name
 from mmfree.models import numerics as nx
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmfree.hw import registers as regs
+from mmfree.contract import registers as regs
 from mmfree.hw.token_core import LOGIT_LAYOUT
 from mmfree.models.golden_int import IntegerModel
 from mmfree.models.weight_image import WeightImage

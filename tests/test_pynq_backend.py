@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 import mmfree.models
-from mmfree.hw.configs import get_config
+from mmfree.contract.configs import get_config
 from mmfree.host import backends
 from mmfree.host.backends import BackendError, GoldenBackend, PynqBackend
 from mmfree.host.cli import main
@@ -38,7 +38,7 @@ CONFIG = "sim-default"
 
 def simulated_design_hash() -> int:
     """DESIGN_HASH of the simulated sim-default build (what its register reads)."""
-    from mmfree.hw.registers import design_hash_from_digest
+    from mmfree.contract.registers import design_hash_from_digest
     from mmfree.sim.accel_server import design_key
 
     return design_hash_from_digest(design_key(get_config(CONFIG)))

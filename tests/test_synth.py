@@ -1,4 +1,4 @@
-"""The synthesis estimate script (sim/synth.py) and the accumulate unit's LUT budget.
+"""The synthesis estimate script (hw/flow/synth.py) and the accumulate unit's LUT budget.
 
 The ``synth`` tests run yosys ``synth_xilinx`` through pyosys (the ``synth``
 extra, installed by the Makefile's venv and so in CI).
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from mmfree.models import numerics as nx
-from mmfree.sim import synth
+from mmfree.hw.flow import synth
 
 # Units built only to read their attributes are never elaborated.
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")

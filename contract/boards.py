@@ -3,7 +3,7 @@
 One table, plain Python (no amaranth import): the synthesis estimate
 (``make synth``), the Vivado project generator (``make bitstream``), the
 board host (``mmfree generate --backend pynq``) and its tests all read it. A
-board's name is also the name of its :mod:`mmfree.hw.configs` configuration,
+board's name is also the name of its :mod:`mmfree.contract.configs` configuration,
 which holds the accelerator's build parameters and clock.
 
 Capacities are the parts' data-sheet figures: CLB LUTs (logic and memory),
@@ -40,7 +40,7 @@ class Board:
 
     Attributes
     ----------
-    name : board name, also the :mod:`mmfree.hw.configs` configuration name.
+    name : board name, also the :mod:`mmfree.contract.configs` configuration name.
     title : what the board is, for tables and messages.
     part : Vivado part name.
     board_part : Vivado board part without its version (``vendor:board``); its board files give

@@ -19,7 +19,7 @@ import dataclasses
 import enum
 
 __all__ = ["Field", "Register", "REGISTERS", "BY_NAME", "ID_MAGIC", "INTERFACE_VERSION", "ErrorCode", "Phase",
-           "REGISTER_SPACE_BYTES", "LOGIT_WORD_BYTES", "design_hash_from_digest", "markdown"]
+           "REGISTER_SPACE_BYTES", "LOGIT_WORD_BYTES", "ACCELERATOR_IP_NAME", "design_hash_from_digest", "markdown"]
 
 #: Value of the ``ID`` register: "MMF1" in ASCII.
 ID_MAGIC = 0x4D4D4631
@@ -30,6 +30,10 @@ INTERFACE_VERSION = 2
 #: Bytes per logit in the LOGITS_ADDR buffer: the ACT logit (48 bits) sign-extended to a
 #: little-endian int64 (the logits writer's word; the driver reads the buffer with it).
 LOGIT_WORD_BYTES = 8
+
+#: Name of the accelerator's instance in the block design (a hierarchy path may prefix it):
+#: the Vivado flow names the cell so, and the PYNQ transport finds the IP in the overlay by it.
+ACCELERATOR_IP_NAME = "mmfree_accelerator"
 
 
 def design_hash_from_digest(sha256_hex: str) -> int:
@@ -195,7 +199,7 @@ _check()
 def markdown() -> str:
     """The register map as a markdown table (docs/registers.md is this text)."""
     lines = ["# Register map", "",
-             "Generated from `hw/registers.py` by `python -m mmfree.hw.registers`; do not edit by hand.", "",
+             "Generated from `contract/registers.py` by `python -m mmfree.contract.registers`; do not edit by hand.", "",
              f"AXI4-Lite, 32-bit registers, {REGISTER_SPACE_BYTES:#x}-byte window. "
              f"Interface version {INTERFACE_VERSION}.", "",
              "| offset | name | access | description |", "|---|---|---|---|"]

@@ -1,20 +1,20 @@
 """Board builds: synthesis estimates (``make synth``) and the Vivado project (``make bitstream``).
 
-    python -m mmfree.sim.board_flow synth [--board pynq-z2|kv260|all]
-    python -m mmfree.sim.board_flow bitstream --board pynq-z2|kv260
-    python -m mmfree.sim.board_flow check [--board ...]
+    python -m mmfree.hw.flow.board_flow synth [--board pynq-z2|kv260|all]
+    python -m mmfree.hw.flow.board_flow bitstream --board pynq-z2|kv260
+    python -m mmfree.hw.flow.board_flow check [--board ...]
 
 ``synth`` elaborates the whole accelerator at the board's configuration
-(:mod:`mmfree.hw.configs`, the board table :mod:`mmfree.hw.boards`),
+(:mod:`mmfree.contract.configs`, the board table :mod:`mmfree.contract.boards`),
 synthesizes it with yosys ``synth_xilinx -family xc7|xcup -noiopad -flatten``
-(pyosys, see :mod:`mmfree.sim.synth`), and writes
+(pyosys, see :mod:`mmfree.hw.flow.synth`), and writes
 ``bitstreams/<board>/utilization.json`` and ``utilization.md``: LUT (logic +
 LUT RAM sites), FF, BRAM36 (a RAMB18 is half), URAM, DSP against the part's
 capacity. It exits 1 when a board uses more than its LUT budget (70 %: room
 for Vivado's routing) or more of anything than the part has.
 
 ``bitstream`` writes ``build/vivado/<board>/``: the accelerator's Verilog,
-the block-design wrapper and ``build.tcl`` (:mod:`mmfree.sim.vivado`), and
+the block-design wrapper and ``build.tcl`` (:mod:`mmfree.hw.flow.vivado`), and
 ``manifest.json``; with ``vivado`` on PATH it runs the script, which leaves
 ``mmfree.bit``, ``mmfree.hwh`` and the completed manifest in
 ``bitstreams/<board>/``. Without Vivado it stops after writing, with the
@@ -47,14 +47,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from mmfree.hw.boards import BOARDS, RESOURCES, Board, BoardError, get_board
-from mmfree.hw.registers import design_hash_from_digest
+from mmfree.contract.boards import BOARDS, RESOURCES, Board, BoardError, get_board
+from mmfree.contract.registers import design_hash_from_digest
 
 __all__ = ["BoardDesign", "elaborate", "design_sha256", "utilization", "budget_problems", "render_table",
            "synth_board", "write_vivado_project", "committed_problems", "main", "BITSTREAMS", "VIVADO_BUILD",
            "VIVADO_EXIT"]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 #: Where the per-board results live (committed: utilization; built by Vivado: bit, hwh, manifest).
 BITSTREAMS = REPO / "bitstreams"
 #: Where ``bitstream`` writes the Vivado project's sources.
@@ -170,7 +170,7 @@ def render_table(report: dict, board: Board) -> str:
 def synth_board(board: Board, *, out_dir: Path | None = None, say: Callable[[str], None] = _say) -> dict:
     """Synthesize ``board``'s accelerator and write ``utilization.json`` / ``.md`` into ``out_dir``
     (default ``bitstreams/<board>``); the report (with ``within_budget`` and ``problems``)."""
-    from mmfree.hw.registers import INTERFACE_VERSION
+    from mmfree.contract.registers import INTERFACE_VERSION
     from mmfree.models.numerics import NUMERICS_VERSION
 
     from .synth import synth_verilog, yosys_version
@@ -242,7 +242,7 @@ def committed_problems(board: Board, *, design: BoardDesign | None = None, out_d
 # --------------------------------------------------------------------------
 def manifest(design: BoardDesign) -> dict:
     """``manifest.json`` of a build: what the driver checks against the bitstream's registers."""
-    from mmfree.hw.registers import INTERFACE_VERSION
+    from mmfree.contract.registers import INTERFACE_VERSION
     from mmfree.models.numerics import NUMERICS_VERSION
 
     from .vivado import CELL
@@ -315,7 +315,7 @@ def _boards(name: str) -> list[Board]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmfree.sim.board_flow", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mmfree.hw.flow.board_flow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_ in (("synth", "synthesis estimate per board (bitstreams/<board>/utilization.*)"),
                         ("bitstream", "Vivado project per board (build/vivado/<board>/), run if Vivado is here"),
