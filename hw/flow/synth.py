@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -96,6 +97,16 @@ def group_cells(cells: dict[str, int]) -> dict[str, float]:
             groups["other"] += n
     groups["LUT"] = groups["LUT_logic"] + groups["LUT_mem"]
     return groups
+
+
+def unit_verilog(spec: "UnitSpec") -> str:
+    """The Verilog that the synthesis of ``spec`` reads (no source locations, so it is reproducible)."""
+    return verilog.convert(spec.build(), name=spec.toplevel, emit_src=False)
+
+
+def verilog_sha256(text: str) -> str:
+    """Content hash of a unit's Verilog: a row of docs/units.md is current while this matches."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def synth_counts(component, name: str, family: str = "xc7") -> dict[str, int]:
@@ -281,10 +292,12 @@ def _unit_table() -> list[UnitSpec]:
 def synth_unit(spec: UnitSpec, family: str) -> dict:
     """Figures of one unit and family: grouped cells, latency, and LUT per weight-lane if it has lanes."""
     component = spec.build()
-    cells = synth_counts(component, spec.toplevel, family)
+    text = verilog.convert(component, name=spec.toplevel, emit_src=False)
+    cells = synth_verilog(text, spec.toplevel, family)
     groups = group_cells(cells)
     row = {"unit": spec.key, "family": family, "params": spec.params,
-           "latency": getattr(component, "latency", None), **groups, "cells": cells}
+           "latency": getattr(component, "latency", None), **groups, "cells": cells,
+           "verilog_sha256": verilog_sha256(text)}
     if spec.weight_lanes:
         row["weight_lanes"] = spec.weight_lanes
         row["lut_per_weight_lane"] = round(groups["LUT"] / spec.weight_lanes, 2)
@@ -354,7 +367,26 @@ def render_markdown(rows: list[dict], yosys: str) -> str:
     for why, keys in whys.items():
         out.append(f"- **{', '.join(keys)}**: {why}.\n")
     out.append(_DOC_TAIL)
+    # The rows themselves close the document, so a test can render it again and compare each row's
+    # Verilog hash with the RTL as it is now (tests/test_generated_docs.py).
+    data = {"yosys": yosys, "rows": [{k: v for k, v in row.items() if k != "cells"} for row in rows]}
+    out.append(f"\n{DOC_DATA_OPEN}\n{json.dumps(data, indent=0, sort_keys=True)}\n{DOC_DATA_CLOSE}\n")
     return "".join(out)
+
+
+#: Markers of the machine-readable rows at the end of docs/units.md.
+DOC_DATA_OPEN, DOC_DATA_CLOSE = "<!-- units.json", "-->"
+
+
+def doc_rows(text: str) -> tuple[list[dict], str]:
+    """The rows and yosys version that a docs/units.md carries (what :func:`render_markdown` wrote).
+
+    Raises ValueError when the document carries none (written by hand or by an older generator)."""
+    start = text.rfind(DOC_DATA_OPEN)
+    if start < 0:
+        raise ValueError("no units.json block at the end: regenerate with `make synth-units`")
+    data = json.loads(text[start + len(DOC_DATA_OPEN):text.rindex(DOC_DATA_CLOSE)])
+    return data["rows"], data["yosys"]
 
 
 def yosys_version() -> str:
