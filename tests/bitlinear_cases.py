@@ -17,9 +17,9 @@ from mmfree.models.config import ModelConfig
 from mmfree.models.synthetic import random_tensors
 from mmfree.models.weight_image import MAX_CONSUMERS, NormSource, WeightImage, build_image
 
-from helpers import REPO
+from helpers import KJV_IMAGE
 
-KJV = REPO / "models" / "kjv" / "kjv.img"
+KJV = KJV_IMAGE
 GAIN_MAX = (1 << (nx.GAIN_BITS - 1)) - 1
 #: A random model whose every size is awkward: K = 44 and 72 (not multiples of 5 or of a
 #: beat's gains), N = 44, 144, 100 (not multiples of R), gains parts that need padding.

@@ -18,17 +18,11 @@ import pytest
 from mmfree.host.cli import DEFAULT_MODEL
 from mmfree.models.fidelity import evaluate
 from mmfree.models.golden_float import FloatModel
-from mmfree.models.weight_image import WeightImage
 
-from helpers import REPO
+from helpers import KJV_IMAGE
 
-KJV = REPO / "models" / "kjv"
+KJV = KJV_IMAGE.parent
 POSITIONS = 2048
-
-
-@pytest.fixture(scope="module")
-def image():
-    return WeightImage.load(KJV / "kjv.img")
 
 
 @pytest.fixture(scope="module")
@@ -42,18 +36,18 @@ def relative_error(got, want):
 
 
 def test_bundled_model_is_the_default():
-    assert DEFAULT_MODEL == KJV / "kjv.img"
+    assert DEFAULT_MODEL == KJV_IMAGE
 
 
-def test_float_model_arguments_are_validated(image):
+def test_float_model_arguments_are_validated(kjv):
     with pytest.raises(ValueError, match="^dtype must be float32 or float64, got <class 'numpy.float16'>$"):
-        FloatModel(image, dtype=np.float16)
+        FloatModel(kjv, dtype=np.float16)
     with pytest.raises(ValueError, match="^exact_ties needs dtype float64$"):
-        FloatModel(image, exact_ties=True)
+        FloatModel(kjv, exact_ties=True)
 
 
-def test_float64_golden_matches_pytorch_float64_at_every_position(image, reference):
-    got = FloatModel(image, dtype=np.float64).forward(reference["ids"])
+def test_float64_golden_matches_pytorch_float64_at_every_position(kjv, reference):
+    got = FloatModel(kjv, dtype=np.float64).forward(reference["ids"])
     want = reference["logits_float64"].astype(np.float64)
     rel = relative_error(got, want)
     assert len(rel) == 128
@@ -61,9 +55,9 @@ def test_float64_golden_matches_pytorch_float64_at_every_position(image, referen
     assert np.array_equal(got.argmax(axis=1), want.argmax(axis=1))
 
 
-def test_float32_golden_vs_pytorch_float32(image, reference):
+def test_float32_golden_vs_pytorch_float32(kjv, reference):
     """Float32 on both sides: identical until the first tie flip, then a bounded drift."""
-    got = FloatModel(image).forward(reference["ids"])
+    got = FloatModel(kjv).forward(reference["ids"])
     rel = relative_error(got, reference["logits"])
     assert np.all(rel[:16] <= 1e-4)                # measured: the first 22 positions
     assert rel.max() <= 2e-2                       # measured 1.7e-2
@@ -71,13 +65,13 @@ def test_float32_golden_vs_pytorch_float32(image, reference):
 
 
 @pytest.fixture(scope="module")
-def heldout(image):
+def heldout(kjv):
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_str(image.tokenizer_json().decode())
+    tok = Tokenizer.from_str(kjv.tokenizer_json().decode())
     text = (KJV / "heldout.txt").read_text()
-    ids = [image.config.bos_token_id] + tok.encode(text, add_special_tokens=False).ids
-    return evaluate(image, ids[: POSITIONS + 1])
+    ids = [kjv.config.bos_token_id] + tok.encode(text, add_special_tokens=False).ids
+    return evaluate(kjv, ids[: POSITIONS + 1])
 
 
 def test_integer_perplexity_within_one_percent(heldout):

@@ -16,25 +16,12 @@ import numpy as np
 import pytest
 
 from mmfree.host import driver as drv
-from mmfree.host.cli import DEFAULT_MODEL
 from mmfree.contract.transport import check_register_access
 from mmfree.contract import configs, registers as regs
 from mmfree.models import numerics as nx
 from mmfree.models.weight_image import WeightImage
 
-from helpers import REPO
-
-TINY = REPO / "models" / "tiny-random" / "tiny-random.img"
-
-
-@pytest.fixture(scope="module")
-def kjv():
-    return WeightImage.load(DEFAULT_MODEL)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return WeightImage.load(TINY)
+from helpers import TINY_IMAGE, golden_steps
 
 
 def identity_words(cfg: configs.AcceleratorConfig, **override) -> dict[str, int]:
@@ -183,7 +170,7 @@ def test_pynq_backend_without_pynq_is_one_line():
 
     from mmfree.host.cli import main
 
-    r = CliRunner().invoke(main, ["generate", "--model", str(TINY), "--prompt", "x", "--max-new-tokens", "2",
+    r = CliRunner().invoke(main, ["generate", "--model", str(TINY_IMAGE), "--prompt", "x", "--max-new-tokens", "2",
                                   "--backend", "pynq", "--bitstream", "missing.bit"])
     lines = [x for x in r.output.strip().splitlines() if x.strip()]
     assert r.exit_code == 1 and "Traceback" not in r.output
@@ -204,7 +191,7 @@ def test_accelerator_options_refused_for_golden_backends():
 
     from mmfree.host.cli import main
 
-    r = CliRunner().invoke(main, ["generate", "--model", str(TINY), "--prompt", "x", "--hw-config", "kv260"])
+    r = CliRunner().invoke(main, ["generate", "--model", str(TINY_IMAGE), "--prompt", "x", "--hw-config", "kv260"])
     assert r.exit_code == 1 and r.output.strip().splitlines()[-1] == \
         "Error: --hw-config applies to the sim and pynq backends only"
 
@@ -223,18 +210,6 @@ def device(tiny):
     driver.load_image(tiny)
     yield driver, transport
     driver.close()
-
-
-def golden_steps(image, ids):
-    from mmfree.models.golden_int import IntegerModel
-
-    model = IntegerModel(image)
-    state = model.initial_state()
-    out = []
-    for t in ids:
-        logits, state = model.step(int(t), state)
-        out.append(logits)
-    return out
 
 
 @pytest.mark.sim

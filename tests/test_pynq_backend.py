@@ -20,19 +20,16 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import mmfree.models
 from mmfree.contract.configs import get_config
 from mmfree.host import backends
 from mmfree.host.backends import BackendError, GoldenBackend, PynqBackend
 from mmfree.host.cli import main
 from mmfree.host.generate import generate
-from mmfree.models.weight_image import WeightImage
 from mmfree.sim import pynq_sim
-from helpers import Recording
+from helpers import TINY_IMAGE, Recording
 
 pytestmark = pytest.mark.sim
 
-TINY = Path(mmfree.models.__file__).parent / "tiny-random" / "tiny-random.img"
 CONFIG = "sim-default"
 
 
@@ -67,11 +64,6 @@ def fake_pynq(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynq", pynq_sim)
     yield pynq_sim
     pynq_sim.shutdown()
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return WeightImage.load(TINY)
 
 
 def test_pynq_backend_generates_the_golden_tokens(fake_pynq, tiny, tmp_path):
@@ -138,7 +130,7 @@ def test_cli_missing_bitstream_is_one_line(fake_pynq, tmp_path, monkeypatch):
             (["--hw-config", "sim-default"], "Error: configuration 'sim-default' is not a board build "
                                              "(boards: pynq-z2, kv260)")):
         for command in ("generate", "bench"):
-            r = runner.invoke(main, [command, "--model", str(TINY), "--prompt", "x", "--backend", "pynq", *args])
+            r = runner.invoke(main, [command, "--model", str(TINY_IMAGE), "--prompt", "x", "--backend", "pynq", *args])
             lines = [x for x in r.output.strip().splitlines() if x.strip()]
             assert r.exit_code == 1 and lines == [message], r.output
 
@@ -152,7 +144,7 @@ def test_cli_generate_and_bench_on_the_simulated_board(tmp_path):
                                          "from mmfree.sim.pynq_sim import __version__, ps  # noqa: F401\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
     exe = [sys.executable, "-m", "mmfree.host.cli"]
-    args = ["--model", str(TINY), "--prompt", "In the beginning"]
+    args = ["--model", str(TINY_IMAGE), "--prompt", "In the beginning"]
     golden = subprocess.run([*exe, "generate", *args, "--max-new-tokens", "4"], capture_output=True, text=True,
                             env=env, timeout=600)
     board = subprocess.run([*exe, "generate", *args, "--max-new-tokens", "4", "--backend", "pynq",
