@@ -8,6 +8,8 @@ scale per consumer.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
@@ -19,6 +21,7 @@ from mmfree.models.weight_image import MAX_CONSUMERS, NormSource
 from .quantize import CODE_ESTIMATE_BITS, bit_length, code_correct, code_estimate, normalise_peak, shift_magnitude
 from .reciprocal import RECIP_BITS, QuantReciprocal
 from .rescale import RATIO_BITS, SCALE_OUT_BITS
+from .fixed_point import pipeline_stages
 from .rsqrt import INV_BITS, RsqrtFixed, rsqrt_z_bits
 from .ternary_accumulate import CODE_BITS
 
@@ -234,51 +237,104 @@ class RmsQuantize(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        b = self.bounds
-        C = MAX_CONSUMERS
-        gl, P = self.gain_lanes, self.elements_per_cycle
-        gl_log2, P_log2 = gl.bit_length() - 1, P.bit_length() - 1
-        words = -(-self.max_k // gl)
-        G = nx.TRITS_PER_BYTE
+        mem = self._storage(m)
+        v = self._vector_registers()
+        advance = Signal()                            # the code pipeline moves (stall-together)
+        m.d.comb += advance.eq(~self.codes.valid | self.codes.ready)
+        x_peaks = self._stage_x_load(m, mem, v)
+        products = [Signal(signed(nx.ACT_BITS + nx.GAIN_BITS), name=f"product{i}")
+                    for i in range(max(self.gain_lanes, (1 + MAX_CONSUMERS) * self.elements_per_cycle))]
+        max_pass = self._stage_max_pass(m, mem, v, products)
+        stage = pipeline_stages(m, advance)
+        read = self._stage_read(m, mem, v, advance)
+        self._product_bank(m, mem, v, read, max_pass, products, advance)
+        prods = self._stage_products(m, stage, v, read, products)
+        mags = self._stage_magnitudes(stage, prods)
+        shifted = self._stage_shifts(stage, v, mags)
+        estimates = self._stage_code_estimate(stage, v, shifted)
+        codes = self._stage_code_correct(stage, v, estimates)
+        code_done = self._stage_pack(m, v, codes, advance)
+        peak_shifts = self._peak_shifts(m, mem, v, x_peaks, max_pass)
+        scalars = self._scalar_datapath(m, mem)
+        with m.FSM():
+            self._fsm_load(m, mem, v, peak_shifts, max_pass, code_done, advance)
+            self._fsm_scales(m, mem, v, scalars)
+        return m
 
-        # ---- storage ---------------------------------------------------------
-        # x in gain_lanes banks (element j in bank j % gl, word j // gl), so a
-        # gain beat meets its x lanes in one read.
+    # -- storage and per-vector registers --------------------------------------
+    def _storage(self, m):
+        """The memories and the sequential arithmetic units.
+
+        x lives in ``gain_lanes`` banks (element j in bank ``j % gain_lanes``,
+        word ``j // gain_lanes``), so a gain beat meets its x lanes in one read;
+        gain part 0 is A, part ``1 + c`` is ``G_c``. All reads take one cycle.
+        """
+        gl, C = self.gain_lanes, MAX_CONSUMERS
+        words = -(-self.max_k // gl)
         x_elem = data.StructLayout({"value": signed(nx.ACT_BITS), "norm": signed(nx.ACT_BITS)})
-        x_wr, x_rd = [], []
+        mem = SimpleNamespace(x_wr=[], x_rd=[], gain_wr=[], gain_rd=[], recips=[], words=words,
+                              gain_word=data.ArrayLayout(signed(nx.GAIN_BITS), gl))
         for lane in range(gl):
-            mem = Memory(shape=x_elem, depth=words, init=[])
-            m.submodules[f"x{lane}"] = mem
-            x_wr.append(mem.write_port())
-            x_rd.append(mem.read_port(domain="sync"))
-        gain_word = data.ArrayLayout(signed(nx.GAIN_BITS), gl)
-        gain_wr, gain_rd = [], []
-        for part in range(1 + C):   # part 0: A; part 1 + c: G_c
-            mem = Memory(shape=gain_word, depth=words, init=[])
-            m.submodules[f"gain{part}"] = mem
-            gain_wr.append(mem.write_port())
-            gain_rd.append(mem.read_port(domain="sync"))
-        m.submodules.rsqrt = rsqrt = RsqrtFixed(v_bits=self.v_bits)
-        recips = []
+            bank = Memory(shape=x_elem, depth=words, init=[])
+            m.submodules[f"x{lane}"] = bank
+            mem.x_wr.append(bank.write_port())
+            mem.x_rd.append(bank.read_port(domain="sync"))
+        for part in range(1 + C):
+            gains = Memory(shape=mem.gain_word, depth=words, init=[])
+            m.submodules[f"gain{part}"] = gains
+            mem.gain_wr.append(gains.write_port())
+            mem.gain_rd.append(gains.read_port(domain="sync"))
+        m.submodules.rsqrt = mem.rsqrt = RsqrtFixed(v_bits=self.v_bits)
         for c in range(C):
             recip = QuantReciprocal()
             m.submodules[f"reciprocal{c}"] = recip
-            recips.append(recip)
+            mem.recips.append(recip)
+        return mem
 
-        p = Signal(rms_params_layout(self.max_k))    # the current vector's scalars
-        k_last = Signal(range(self.max_k))           # K - 1
+    def _vector_registers(self):
+        """The current vector's scalars and the handshakes between the passes and the FSM."""
+        C, b = MAX_CONSUMERS, self.bounds
+        words = -(-self.max_k // self.gain_lanes)
+        return SimpleNamespace(
+            p=Signal(rms_params_layout(self.max_k)),          # the current vector's scalars
+            k_last=Signal(range(self.max_k)),                 # K - 1
+            x_full=Signal(), x_release=Signal(),              # x complete; the code pass issued its last read
+            part=Signal(range(1 + C)), beat=Signal(range(words + 1)), beats_per_part=Signal(range(words + 1)),
+            gain_take=Signal(),
+            issue=Signal(), ptr=Signal(range(self.max_k + self.elements_per_cycle + 1)), code_pass=Signal(),
+            # after the max pass: M', sh and its split right/left shifts, R per consumer
+            peak_norm=[Signal(nx.QUANT_NORM_BITS, name=f"peak_norm{c}") for c in range(C)],
+            shift=[Signal(signed(8), name=f"shift{c}") for c in range(C)],
+            shift_right=[Signal(range(MAG_BITS + 1), name=f"shift_right{c}") for c in range(C)],
+            shift_left=[Signal(range(nx.QUANT_NORM_BITS + 1), name=f"shift_left{c}") for c in range(C)],
+            recip=[Signal(RECIP_BITS, name=f"recip{c}") for c in range(C)],
+            # sa, sn; rshift_round(t, s) = ((t >> (s - 1)) + 1) >> 1 for s > 0, t << -s otherwise
+            sa=Signal(signed(8)), sn=Signal(signed(8)),
+            sa_round=Signal(), sa_right=Signal(range(MAG_BITS)), sa_left=Signal(range(nx.SUMSQ_BITS + 1)),
+            sn_round=Signal(), sn_right=Signal(range(nx.ACT_BITS)), sn_left=Signal(range(nx.SUMSQ_BITS + 1)),
+            # the code pass's sums and packer state
+            sumsq=Signal(b.sumsq_bits), sumsq_n=Signal(b.sumsq_bits),
+            held=Signal(range(nx.TRITS_PER_BYTE)), flush=Signal(),
+        )
 
-        # ---- x: loaded whenever the previous vector's code pass has read it --
-        x_full = Signal()
+    # -- x load and max pass -----------------------------------------------------
+    def _stage_x_load(self, m, mem, v):
+        """Writes x into its banks, one element per cycle whenever ``x_full`` is low.
+
+        Contract: ``x`` (ACT value and norm) in, the banks and ``max|x|``,
+        ``max|norm|`` (ACT magnitudes) out, registered as each element
+        transfers; ``x_full`` rises after ``last`` and falls on ``x_release``.
+        Returns ``(peak_x, peak_norm_in)``.
+        """
+        gl = self.gain_lanes
         x_lane = Signal(range(gl))
-        x_word = Signal(range(words + 1))
+        x_word = Signal(range(mem.words + 1))
         x_first = Signal(init=1)
-        x_release = Signal()                          # the code pass issued its last read
         peak_x = Signal(nx.ACT_BITS)                  # max|x| and max|norm|: the pre-norm's max|n|
         peak_norm_in = Signal(nx.ACT_BITS)
-        load = self.x.valid & ~x_full
-        m.d.comb += self.x.ready.eq(~x_full)
-        for lane, port in enumerate(x_wr):
+        load = self.x.valid & ~v.x_full
+        m.d.comb += self.x.ready.eq(~v.x_full)
+        for lane, port in enumerate(mem.x_wr):
             m.d.comb += [port.addr.eq(x_word), port.data.value.eq(self.x.payload.value),
                          port.data.norm.eq(self.x.payload.norm), port.en.eq(load & (x_lane == lane))]
         mag_x = Signal(nx.ACT_BITS)
@@ -292,230 +348,235 @@ class RmsQuantize(wiring.Component):
             with m.If(x_lane == gl - 1):
                 m.d.sync += [x_lane.eq(0), x_word.eq(x_word + 1)]
             with m.If(self.x.payload.last):
-                m.d.sync += [x_full.eq(1), x_lane.eq(0), x_word.eq(0), x_first.eq(1)]
-        with m.If(x_release):
-            m.d.sync += x_full.eq(0)
+                m.d.sync += [v.x_full.eq(1), x_lane.eq(0), x_word.eq(0), x_first.eq(1)]
+        with m.If(v.x_release):
+            m.d.sync += v.x_full.eq(0)
+        return peak_x, peak_norm_in
 
-        # ---- gains: part by part into the gain memories, with the max pass -----
-        part = Signal(range(1 + C))
-        beat = Signal(range(words + 1))
-        beats_per_part = Signal(range(words + 1))
-        gain_take = Signal()
-        for index, port in enumerate(gain_wr):
-            m.d.comb += [port.addr.eq(beat), port.data.eq(self.gains.payload),
-                         port.en.eq(gain_take & (part == index))]
+    def _stage_max_pass(self, m, mem, v, products):
+        """Gains into the gain memories, part by part, and the max pass riding on them.
+
+        Contract: one ``gain_lanes``-wide beat per cycle on ``gain_take``; the
+        beat's x lanes are read in the same cycle (1), multiplied (2, the
+        shared product bank), their magnitudes taken (3, lanes beyond K as
+        zero) and the comparator tree's maximum folded into ``max|x * A|`` or
+        ``M_c`` (unsigned ``MAG_BITS``). ``max_done`` pulses 3 cycles after the
+        last beat's transfer, when the maxima are final. Never stalls.
+        """
+        C, gl = MAX_CONSUMERS, self.gain_lanes
+        gl_log2 = gl.bit_length() - 1
+        for index, port in enumerate(mem.gain_wr):
+            m.d.comb += [port.addr.eq(v.beat), port.data.eq(self.gains.payload),
+                         port.en.eq(v.gain_take & (v.part == index))]
         peak_a = Signal(MAG_BITS)
         peak = [Signal(MAG_BITS, name=f"peak{c}") for c in range(C)]
-        # The 48 x 24-bit products of both passes (one shared bank, see below).
-        n_mul = max(gl, (1 + C) * P)
-        products = [Signal(signed(nx.ACT_BITS + nx.GAIN_BITS), name=f"product{i}") for i in range(n_mul)]
-        # Stage 1: the beat (x lanes being read); stage 2: products; stage 3: magnitudes; then the max.
-        g1_valid, g1_last, g1_part = Signal(), Signal(), Signal(range(1 + C))
-        g1_gain = Signal(gain_word)
-        g1_base = Signal(range(words * gl + 1))
-        m.d.sync += g1_valid.eq(gain_take)
-        with m.If(gain_take):
-            m.d.sync += [g1_gain.eq(self.gains.payload), g1_part.eq(part), g1_base.eq(beat << gl_log2),
-                         g1_last.eq((part == p.consumers) & (beat == beats_per_part - 1))]
-        g2_valid, g2_last, g2_part = Signal(), Signal(), Signal(range(1 + C))
-        g2_prod = products[:gl]                      # x * gain of each lane
-        g2_mask = Signal(gl)
-        m.d.sync += [g2_valid.eq(g1_valid), g2_last.eq(g1_last), g2_part.eq(g1_part)]
-        m.d.sync += [g2_mask[i].eq(g1_base + i <= k_last) for i in range(gl)]
-        g3_valid, g3_last, g3_part = Signal(), Signal(), Signal(range(1 + C))
-        g3_mag = [Signal(MAG_BITS, name=f"g3_mag{i}") for i in range(gl)]
-        m.d.sync += [g3_valid.eq(g2_valid), g3_last.eq(g2_last), g3_part.eq(g2_part)]
+        # (1) the beat, its x lanes being read
+        beat_valid, beat_last, beat_part = Signal(), Signal(), Signal(range(1 + C))
+        beat_gain = Signal(mem.gain_word)
+        beat_base = Signal(range(mem.words * gl + 1))
+        m.d.sync += beat_valid.eq(v.gain_take)
+        with m.If(v.gain_take):
+            m.d.sync += [beat_gain.eq(self.gains.payload), beat_part.eq(v.part), beat_base.eq(v.beat << gl_log2),
+                         beat_last.eq((v.part == v.p.consumers) & (v.beat == v.beats_per_part - 1))]
+        # (2) x * gain of each lane, in the product bank
+        prod_valid, prod_last, prod_part = Signal(), Signal(), Signal(range(1 + C))
+        lane_prod = products[:gl]
+        lane_mask = Signal(gl)
+        m.d.sync += [prod_valid.eq(beat_valid), prod_last.eq(beat_last), prod_part.eq(beat_part)]
+        m.d.sync += [lane_mask[i].eq(beat_base + i <= v.k_last) for i in range(gl)]
+        # (3) magnitudes, then the maximum
+        mag_valid, mag_last, mag_part = Signal(), Signal(), Signal(range(1 + C))
+        lane_mag = [Signal(MAG_BITS, name=f"lane_mag{i}") for i in range(gl)]
+        m.d.sync += [mag_valid.eq(prod_valid), mag_last.eq(prod_last), mag_part.eq(prod_part)]
         for i in range(gl):
-            m.d.sync += g3_mag[i].eq(Mux(g2_mask[i], Mux(g2_prod[i] < 0, -g2_prod[i], g2_prod[i]), 0))
-        lane_max = g3_mag
+            m.d.sync += lane_mag[i].eq(Mux(lane_mask[i], Mux(lane_prod[i] < 0, -lane_prod[i], lane_prod[i]), 0))
+        lane_max = lane_mag
         while len(lane_max) > 1:   # a tree of comparators over the beat's lanes
             lane_max = [Mux(a > b_, a, b_) for a, b_ in zip(lane_max[0::2], lane_max[1::2])] + \
                 lane_max[len(lane_max) & ~1:]
         beat_max = lane_max[0]
         max_done = Signal()
-        with m.If(g3_valid):
-            with m.Switch(g3_part):
+        with m.If(mag_valid):
+            with m.Switch(mag_part):
                 with m.Case(0):
                     m.d.sync += peak_a.eq(Mux(beat_max > peak_a, beat_max, peak_a))
                 for c in range(C):
                     with m.Case(1 + c):
                         m.d.sync += peak[c].eq(Mux(beat_max > peak[c], beat_max, peak[c]))
-            m.d.comb += max_done.eq(g3_last)
+            m.d.comb += max_done.eq(mag_last)
+        return SimpleNamespace(peak_a=peak_a, peak=peak, done=max_done, gain=beat_gain)
 
-        # ---- the code pass: P elements per cycle, stalling together -------------
-        advance = Signal()
-        m.d.comb += advance.eq(~self.codes.valid | self.codes.ready)
-        issue = Signal()
-        ptr = Signal(range(self.max_k + P + 1))
-        code_pass = Signal()
-        for port in x_rd + gain_rd:
-            m.d.comb += [port.addr.eq(Mux(code_pass, ptr >> gl_log2, beat)),
-                         port.en.eq(Mux(code_pass, advance, gain_take))]
-        valid1, last1 = Signal(), Signal()
-        chunk1 = Signal(range(max(gl // P, 2)))       # which P lanes of the word
-        base1 = Signal(range(self.max_k + P + 1))
-        with m.If(advance):
-            m.d.sync += [valid1.eq(issue), last1.eq(ptr + P > k_last), chunk1.eq((ptr & (gl - 1)) >> P_log2),
-                         base1.eq(ptr)]
-            with m.If(issue):
-                m.d.sync += ptr.eq(ptr + P)
+    # -- the code pass: P elements per cycle, stalling together ------------------
+    def _stage_read(self, m, mem, v, advance):
+        """Issue: P elements per cycle from ``ptr`` while ``issue``; x and the gains are read.
+
+        Contract: latency 1 (the memory read); returns the valid/last flags,
+        the first element's index and, per lane j < P, x, norm, A and each
+        ``G_c`` (ACT, ACT, 24-bit, 24-bit) selected from the words read.
+        """
+        C, gl, P = MAX_CONSUMERS, self.gain_lanes, self.elements_per_cycle
+        gl_log2, P_log2 = gl.bit_length() - 1, P.bit_length() - 1
+        for port in mem.x_rd + mem.gain_rd:
+            m.d.comb += [port.addr.eq(Mux(v.code_pass, v.ptr >> gl_log2, v.beat)),
+                         port.en.eq(Mux(v.code_pass, advance, v.gain_take))]
+        stage = pipeline_stages(m, advance)
+        chunk = stage("read_chunk", range(max(gl // P, 2)), (v.ptr & (gl - 1)) >> P_log2)   # which P lanes
+        read = SimpleNamespace(valid=stage("read_valid", 1, v.issue), last=stage("read_last", 1, v.ptr + P > v.k_last),
+                               base=stage("read_base", range(self.max_k + P + 1), v.ptr))
+        with m.If(advance & v.issue):
+            m.d.sync += v.ptr.eq(v.ptr + P)
 
         def lanes_of(values, name):
-            """The P lanes ``chunk1 * P + j`` of a list of gl per-lane values."""
+            """The P lanes ``chunk * P + j`` of a list of gl per-lane values."""
             out = []
             for j in range(P):
                 sel = Signal.like(values[j], name=f"{name}{j}")
-                with m.Switch(chunk1):
+                with m.Switch(chunk):
                     for ch in range(gl // P):
                         with m.Case(ch):
                             m.d.comb += sel.eq(values[ch * P + j])
                 out.append(sel)
             return out
 
-        xv = lanes_of([port.data.value for port in x_rd], "x_lane")
-        xn = lanes_of([port.data.norm for port in x_rd], "norm_lane")
-        av = lanes_of([gain_rd[0].data[i] for i in range(gl)], "a_lane")
-        gv = [lanes_of([gain_rd[1 + c].data[i] for i in range(gl)], f"g{c}_lane") for c in range(C)]
+        read.x = lanes_of([port.data.value for port in mem.x_rd], "x_lane")
+        read.norm = lanes_of([port.data.norm for port in mem.x_rd], "norm_lane")
+        read.a = lanes_of([mem.gain_rd[0].data[i] for i in range(gl)], "a_lane")
+        read.g = [lanes_of([mem.gain_rd[1 + c].data[i] for i in range(gl)], f"g{c}_lane") for c in range(C)]
+        return read
 
-        # Stage 2: the products p = x * G_c, x * A; the norm vector's element; lane masks.
-        valid2, last2 = Signal(), Signal()
-        prod_a = products[:P]
-        prod = [products[P * (1 + c): P * (2 + c)] for c in range(C)]
-        norm_el = [Signal(signed(nx.ACT_BITS), name=f"norm_el{j}") for j in range(P)]
-        mask2 = Signal(P)
-        with m.If(advance):
-            m.d.sync += [valid2.eq(valid1), last2.eq(last1)]
-            for j in range(P):
-                m.d.sync += [mask2[j].eq(base1 + j <= k_last),
-                             norm_el[j].eq(Mux(p.source == NormSource.GATE, xn[j], xv[j]))]
+    def _product_bank(self, m, mem, v, read, max_pass, products, advance):
+        """The 48 x 24-bit multipliers of both passes, registered (latency 1).
 
-        # The product bank: the max pass (during the gain load) and the code pass never run at
-        # once, so one set of multipliers serves both: lane i of a gains beat in the max pass
-        # (registered every cycle); x * A (product j) and x * G_c (product P (1 + c) + j) in the
-        # code pass (registered when the code pipeline advances).
-        for i in range(n_mul):
+        The max pass (during the gain load) and the code pass never run at
+        once, so one bank serves both: lane i of a gains beat in the max pass
+        (registered every cycle); x * A (product j) and x * G_c (product
+        ``P (1 + c) + j``) in the code pass (registered when it advances).
+        """
+        C, gl, P = MAX_CONSUMERS, self.gain_lanes, self.elements_per_cycle
+        for i, product in enumerate(products):
             x_op = Signal(signed(nx.ACT_BITS), name=f"mul_x{i}")
             g_op = Signal(signed(nx.GAIN_BITS), name=f"mul_g{i}")
-            with m.If(code_pass):
+            with m.If(v.code_pass):
                 if i < (1 + C) * P:
-                    gain = av[i] if i < P else gv[i // P - 1][i % P]
-                    m.d.comb += [x_op.eq(xv[i % P]), g_op.eq(gain)]
+                    gain = read.a[i] if i < P else read.g[i // P - 1][i % P]
+                    m.d.comb += [x_op.eq(read.x[i % P]), g_op.eq(gain)]
             with m.Else():
                 if i < gl:
-                    m.d.comb += [x_op.eq(x_rd[i].data.value), g_op.eq(g1_gain[i])]
-            with m.If(~code_pass | advance):
-                m.d.sync += products[i].eq(x_op * g_op)
+                    m.d.comb += [x_op.eq(mem.x_rd[i].data.value), g_op.eq(max_pass.gain[i])]
+            with m.If(~v.code_pass | advance):
+                m.d.sync += product.eq(x_op * g_op)
 
-        # Stage 3: magnitudes and signs (lanes beyond K count as zero).
-        valid3, last3 = Signal(), Signal()
-        mask3 = Signal(P)
-        mag_a = [Signal(MAG_BITS, name=f"mag_a{j}") for j in range(P)]
-        mag = [[Signal(MAG_BITS, name=f"mag{c}_{j}") for j in range(P)] for c in range(C)]
-        neg3 = [[Signal(name=f"neg{c}_{j}") for j in range(P)] for c in range(C)]
-        mag_n = [Signal(nx.ACT_BITS, name=f"mag_n{j}") for j in range(P)]
-        with m.If(advance):
-            m.d.sync += [valid3.eq(valid2), last3.eq(last2), mask3.eq(mask2)]
-            for j in range(P):
-                m.d.sync += [mag_a[j].eq(Mux(mask2[j], Mux(prod_a[j] < 0, -prod_a[j], prod_a[j]), 0)),
-                             mag_n[j].eq(Mux(mask2[j], Mux(norm_el[j] < 0, -norm_el[j], norm_el[j]), 0))]
-                for c in range(C):
-                    m.d.sync += [mag[c][j].eq(Mux(prod[c][j] < 0, -prod[c][j], prod[c][j])),
-                                 neg3[c][j].eq(prod[c][j] < 0)]
+    def _stage_products(self, m, stage, v, read, products):
+        """The products ``p = x * G_c``, ``x * A`` (signed 72, from the bank), the norm vector's
+        element n (ACT: the ``norm`` field for ``GATE``, else x) and the lane mask (j within K).
+        Latency 1."""
+        C, P = MAX_CONSUMERS, self.elements_per_cycle
+        out = SimpleNamespace(valid=stage("product_valid", 1, read.valid), last=stage("product_last", 1, read.last),
+                              a=products[:P], g=[products[P * (1 + c): P * (2 + c)] for c in range(C)])
+        out.mask = stage("product_mask", P, Cat(*[read.base + j <= v.k_last for j in range(P)]))
+        out.norm = [stage(f"norm_element{j}", signed(nx.ACT_BITS),
+                          Mux(v.p.source == NormSource.GATE, read.norm[j], read.x[j])) for j in range(P)]
+        return out
 
-        # The scalars of the code pass (latched after the max pass).
-        peak_norm = [Signal(nx.QUANT_NORM_BITS, name=f"peak_norm{c}") for c in range(C)]
-        shift = [Signal(signed(8), name=f"shift{c}") for c in range(C)]
-        shift_right = [Signal(range(MAG_BITS + 1), name=f"shift_right{c}") for c in range(C)]
-        shift_left = [Signal(range(nx.QUANT_NORM_BITS + 1), name=f"shift_left{c}") for c in range(C)]
-        recip = [Signal(RECIP_BITS, name=f"recip{c}") for c in range(C)]
-        sa = Signal(signed(8))
-        sn = Signal(signed(8))
-        # rshift_round(t, s) = ((t >> (s - 1)) + 1) >> 1 for s > 0, t << -s otherwise
-        sa_round, sa_right, sa_left = Signal(), Signal(range(MAG_BITS)), Signal(range(nx.SUMSQ_BITS + 1))
-        sn_round, sn_right, sn_left = Signal(), Signal(range(nx.ACT_BITS)), Signal(range(nx.SUMSQ_BITS + 1))
+    def _stage_magnitudes(self, stage, prods):
+        """Magnitudes and signs (unsigned ``MAG_BITS``; |x * A| and |n| zero beyond K). Latency 1."""
+        C, P = MAX_CONSUMERS, self.elements_per_cycle
 
-        def sumsq_magnitude(value, rounding, right, left):
-            """``numerics.sumsq_magnitudes`` of one magnitude, from the split shift."""
-            return Mux(rounding, ((value >> right)[:SUMSQ_MAG_BITS + 1] + 1) >> 1, value << left)[:SUMSQ_MAG_BITS]
+        def magnitude(value, mask=1):
+            return Mux(mask, Mux(value < 0, -value, value), 0)
 
-        # Stage 4: normalised magnitudes.
-        valid4, last4 = Signal(), Signal()
-        mask4 = Signal(P)
-        mag_a4 = [Signal(SUMSQ_MAG_BITS, name=f"mag_a4_{j}") for j in range(P)]
-        mag_n4 = [Signal(SUMSQ_MAG_BITS, name=f"mag_n4_{j}") for j in range(P)]
-        mag4 = [[Signal(nx.QUANT_NORM_BITS, name=f"mag_norm{c}_{j}") for j in range(P)] for c in range(C)]
-        neg4 = [[Signal(name=f"neg4_{c}_{j}") for j in range(P)] for c in range(C)]
-        with m.If(advance):
-            m.d.sync += [valid4.eq(valid3), last4.eq(last3), mask4.eq(mask3)]
-            for j in range(P):
-                m.d.sync += [mag_a4[j].eq(sumsq_magnitude(mag_a[j], sa_round, sa_right, sa_left)),
-                             mag_n4[j].eq(sumsq_magnitude(mag_n[j], sn_round, sn_right, sn_left))]
-                for c in range(C):
-                    m.d.sync += [mag4[c][j].eq(shift_magnitude(mag[c][j], shift_right[c], shift_left[c])),
-                                 neg4[c][j].eq(neg3[c][j])]
+        return SimpleNamespace(
+            valid=stage("magnitude_valid", 1, prods.valid), last=stage("magnitude_last", 1, prods.last),
+            mask=stage("magnitude_mask", P, prods.mask),
+            a=[stage(f"mag_a{j}", MAG_BITS, magnitude(prods.a[j], prods.mask[j])) for j in range(P)],
+            n=[stage(f"mag_n{j}", nx.ACT_BITS, magnitude(prods.norm[j], prods.mask[j])) for j in range(P)],
+            g=[[stage(f"mag{c}_{j}", MAG_BITS, magnitude(prods.g[c][j])) for j in range(P)] for c in range(C)],
+            neg=[[stage(f"neg{c}_{j}", 1, prods.g[c][j] < 0) for j in range(P)] for c in range(C)])
 
-        # Stage 5: the code estimates q0 = (|p'| * R + 2**47) >> 48.
-        valid_e, last_e = Signal(), Signal()
-        count_e = Signal(range(P + 1))                # lanes within K
-        mag_a_e = [Signal(SUMSQ_MAG_BITS, name=f"mag_a_e{j}") for j in range(P)]
-        mag_n_e = [Signal(SUMSQ_MAG_BITS, name=f"mag_n_e{j}") for j in range(P)]
-        q0 = [[Signal(CODE_ESTIMATE_BITS, name=f"q0_{c}_{j}") for j in range(P)] for c in range(C)]
-        mag_e = [[Signal(nx.QUANT_NORM_BITS, name=f"mag_e{c}_{j}") for j in range(P)] for c in range(C)]
-        neg_e = [[Signal(name=f"neg_e{c}_{j}") for j in range(P)] for c in range(C)]
-        with m.If(advance):
-            m.d.sync += [valid_e.eq(valid4), last_e.eq(last4), count_e.eq(sum(mask4[j] for j in range(P)))]
-            for j in range(P):
-                m.d.sync += [mag_a_e[j].eq(mag_a4[j]), mag_n_e[j].eq(mag_n4[j])]
-                for c in range(C):
-                    m.d.sync += [q0[c][j].eq(code_estimate(mag4[c][j], recip[c])), mag_e[c][j].eq(mag4[c][j]),
-                                 neg_e[c][j].eq(neg4[c][j])]
+    def _stage_shifts(self, stage, v, mags):
+        """The normalised magnitudes: ``|p| >> sh_c`` (``QUANT_NORM_BITS``) and the 24-bit
+        ``rshift_round(|x * A|, sa)``, ``rshift_round(|n|, sn)`` (``SUMSQ_MAG_BITS``). Latency 1."""
+        C, P = MAX_CONSUMERS, self.elements_per_cycle
+        return SimpleNamespace(
+            valid=stage("shifted_valid", 1, mags.valid), last=stage("shifted_last", 1, mags.last),
+            mask=stage("shifted_mask", P, mags.mask),
+            a=[stage(f"sumsq_mag_a{j}", SUMSQ_MAG_BITS,
+                     _sumsq_magnitude(mags.a[j], v.sa_round, v.sa_right, v.sa_left)) for j in range(P)],
+            n=[stage(f"sumsq_mag_n{j}", SUMSQ_MAG_BITS,
+                     _sumsq_magnitude(mags.n[j], v.sn_round, v.sn_right, v.sn_left)) for j in range(P)],
+            g=[[stage(f"mag_norm{c}_{j}", nx.QUANT_NORM_BITS,
+                      shift_magnitude(mags.g[c][j], v.shift_right[c], v.shift_left[c])) for j in range(P)]
+               for c in range(C)],
+            neg=[[stage(f"shifted_neg{c}_{j}", 1, mags.neg[c][j]) for j in range(P)] for c in range(C)])
 
-        # Stage 6: the squares, and the exact codes q = sign * (q0 + [(2 q0 + 1) M' <= 254 |p'|])
-        # (a tie rounds away from zero), zero for an absent consumer.
-        valid5, last5 = Signal(), Signal()
-        count5 = Signal(range(P + 1))
-        sq_a = [Signal(2 * SUMSQ_MAG_BITS, name=f"sq_a{j}") for j in range(P)]
-        sq_n = [Signal(2 * SUMSQ_MAG_BITS, name=f"sq_n{j}") for j in range(P)]
-        code5 = [[Signal(signed(CODE_BITS), name=f"code{c}_{j}") for j in range(P)] for c in range(C)]
-        with m.If(advance):
-            m.d.sync += [valid5.eq(valid_e), last5.eq(last_e), count5.eq(count_e)]
-            m.d.sync += [sq_a[j].eq(mag_a_e[j] * mag_a_e[j]) for j in range(P)]
-            m.d.sync += [sq_n[j].eq(mag_n_e[j] * mag_n_e[j]) for j in range(P)]
-            for j in range(P):
-                for c in range(C):
-                    magnitude = code_correct(q0[c][j], mag_e[c][j], peak_norm[c])
-                    m.d.sync += code5[c][j].eq(Mux(c < p.consumers, Mux(neg_e[c][j], -magnitude, magnitude), 0))
+    def _stage_code_estimate(self, stage, v, shifted):
+        """The code estimates ``q0 = (|p'| * R + 2**47) >> 48`` (``CODE_ESTIMATE_BITS``), the lanes
+        within K counted; the other fields pass through. Latency 1."""
+        C, P = MAX_CONSUMERS, self.elements_per_cycle
+        return SimpleNamespace(
+            valid=stage("estimate_valid", 1, shifted.valid), last=stage("estimate_last", 1, shifted.last),
+            count=stage("estimate_count", range(P + 1), sum(shifted.mask[j] for j in range(P))),
+            a=[stage(f"estimate_sumsq_a{j}", SUMSQ_MAG_BITS, shifted.a[j]) for j in range(P)],
+            n=[stage(f"estimate_sumsq_n{j}", SUMSQ_MAG_BITS, shifted.n[j]) for j in range(P)],
+            q0=[[stage(f"q0_{c}_{j}", CODE_ESTIMATE_BITS, code_estimate(shifted.g[c][j], v.recip[c]))
+                 for j in range(P)] for c in range(C)],
+            g=[[stage(f"estimate_mag{c}_{j}", nx.QUANT_NORM_BITS, shifted.g[c][j]) for j in range(P)]
+               for c in range(C)],
+            neg=[[stage(f"estimate_neg{c}_{j}", 1, shifted.neg[c][j]) for j in range(P)] for c in range(C)])
 
-        # Stage 7: the sums, and the codes packed five to a beat through a
-        # buffer (at most 4 waiting + P new <= 8).
-        sumsq = Signal(b.sumsq_bits)
-        sumsq_n = Signal(b.sumsq_bits)
+    def _stage_code_correct(self, stage, v, est):
+        """The squares (``2 SUMSQ_MAG_BITS``) and the exact int8 codes
+        ``q = sign * (q0 + [(2 q0 + 1) M' <= 254 |p'|])`` (a tie rounds away from zero),
+        zero for an absent consumer. Latency 1."""
+        C, P = MAX_CONSUMERS, self.elements_per_cycle
+
+        def code(c, j):
+            magnitude = code_correct(est.q0[c][j], est.g[c][j], v.peak_norm[c])
+            return Mux(c < v.p.consumers, Mux(est.neg[c][j], -magnitude, magnitude), 0)
+
+        return SimpleNamespace(
+            valid=stage("code_valid", 1, est.valid), last=stage("code_last", 1, est.last),
+            count=stage("code_count", range(P + 1), est.count),
+            sq_a=[stage(f"square_a{j}", 2 * SUMSQ_MAG_BITS, est.a[j] * est.a[j]) for j in range(P)],
+            sq_n=[stage(f"square_n{j}", 2 * SUMSQ_MAG_BITS, est.n[j] * est.n[j]) for j in range(P)],
+            codes=[[stage(f"code{c}_{j}", signed(CODE_BITS), code(c, j)) for j in range(P)] for c in range(C)])
+
+    def _stage_pack(self, m, v, codes, advance):
+        """The sums ``s``, ``S_n`` and the codes packed five to a ``codes`` beat.
+
+        Contract: up to P codes per cycle in; a :data:`CODES_LAYOUT` beat out
+        (registered, latency 1) whenever five have gathered, the final group
+        padded with zeros (one cycle later when the last issue completes two
+        groups). Codes wait in a buffer of at most 4 + P. Returns
+        ``code_done``, high in the cycle the final beat is loaded.
+        """
+        C, P, G = MAX_CONSUMERS, self.elements_per_cycle, nx.TRITS_PER_BYTE
         slots = G + P - 1
         buf = [[Signal(signed(CODE_BITS), name=f"buf{c}_{s_}") for s_ in range(slots)] for c in range(C)]
-        held = Signal(range(G))                       # codes waiting in buf
-        flush = Signal()                              # a final partial group still to go
+        held, flush = v.held, v.flush                 # codes waiting in buf; a final partial group to go
         code_done = Signal()
         with m.If(self.codes.valid & self.codes.ready):
             m.d.sync += self.codes.valid.eq(0)
         total = Signal(range(slots + 1))
-        m.d.comb += total.eq(held + count5)
+        m.d.comb += total.eq(held + codes.count)
         merged = [[Signal(signed(CODE_BITS), name=f"merged{c}_{s_}") for s_ in range(slots)] for c in range(C)]
         for c in range(C):
             for s_ in range(slots):
                 # slot s: a waiting code, the new lane s - held, or zero (padding of the last group)
                 value = Mux(s_ < held, buf[c][s_], 0)
                 for j in range(P):
-                    value = Mux((s_ >= held) & (s_ - held == j) & (j < count5), code5[c][j], value)
+                    value = Mux((s_ >= held) & (s_ - held == j) & (j < codes.count), codes.codes[c][j], value)
                 m.d.comb += merged[c][s_].eq(value)
-        with m.If(advance & valid5):
-            m.d.sync += [sumsq.eq(sumsq + sum(sq_a[1:], sq_a[0])), sumsq_n.eq(sumsq_n + sum(sq_n[1:], sq_n[0]))]
+        with m.If(advance & codes.valid):
+            m.d.sync += [v.sumsq.eq(v.sumsq + sum(codes.sq_a[1:], codes.sq_a[0])),
+                         v.sumsq_n.eq(v.sumsq_n + sum(codes.sq_n[1:], codes.sq_n[0]))]
             with m.If(total >= G):
-                m.d.sync += [self.codes.valid.eq(1), self.codes.payload.last.eq(last5 & (total == G)),
+                m.d.sync += [self.codes.valid.eq(1), self.codes.payload.last.eq(codes.last & (total == G)),
                              held.eq(total - G)]
                 for c in range(C):
                     m.d.sync += [self.codes.payload.codes[c][j].eq(merged[c][j]) for j in range(G)]
                     m.d.sync += [buf[c][s_].eq(merged[c][s_ + G]) for s_ in range(slots - G)]
-                with m.If(last5):
+                with m.If(codes.last):
                     with m.If(total == G):
                         m.d.comb += code_done.eq(1)
                     with m.Else():
@@ -523,7 +584,7 @@ class RmsQuantize(wiring.Component):
             with m.Else():
                 m.d.sync += held.eq(total)
                 m.d.sync += [buf[c][s_].eq(merged[c][s_]) for c in range(C) for s_ in range(slots)]
-                with m.If(last5):
+                with m.If(codes.last):
                     # the final group, padded with zeros
                     m.d.sync += [self.codes.valid.eq(1), self.codes.payload.last.eq(1), held.eq(0)]
                     for c in range(C):
@@ -534,22 +595,89 @@ class RmsQuantize(wiring.Component):
             for c in range(C):
                 m.d.sync += [self.codes.payload.codes[c][j].eq(Mux(j < held, buf[c][j], 0)) for j in range(G)]
             m.d.comb += code_done.eq(1)
+        return code_done
 
-        # ---- scalars after the passes -------------------------------------------
-        norm_now = [normalise_peak(m, peak[c], nx.QUANT_NORM_BITS, name=f"peak{c}") for c in range(C)]
-        bitlen_a = bit_length(m, peak_a, name="bitlen_a")
-        bitlen_n = bit_length(m, Mux(p.source == NormSource.GATE, peak_norm_in, peak_x), name="bitlen_n")
-        for recip_unit, value in zip(recips, peak_norm):
+    # -- the control: load, passes, then the scalars ----------------------------
+    def _peak_shifts(self, m, mem, v, x_peaks, max_pass):
+        """Combinational: each ``M_c`` normalised (``numerics.normalize_shift``: M', sh and its split
+        shifts) and the bit lengths of ``max|x * A|`` and ``max|n|``, for the NORMALISE state;
+        ``M'_c`` to the reciprocals."""
+        C = MAX_CONSUMERS
+        peak_x, peak_norm_in = x_peaks
+        norm_now = [normalise_peak(m, max_pass.peak[c], nx.QUANT_NORM_BITS, name=f"peak{c}") for c in range(C)]
+        bitlen_a = bit_length(m, max_pass.peak_a, name="bitlen_a")
+        bitlen_n = bit_length(m, Mux(v.p.source == NormSource.GATE, peak_norm_in, peak_x), name="bitlen_n")
+        for recip_unit, value in zip(mem.recips, v.peak_norm):
             m.d.comb += [recip_unit.i.payload.eq(value), recip_unit.o.ready.eq(1)]
+        return norm_now, bitlen_a, bitlen_n
 
+    def _fsm_load(self, m, mem, v, peak_shifts, max_pass, code_done, advance):
+        """FSM states IDLE to CODE_PASS: params, gains with the max pass, the normalisation
+        of the peaks (1 cycle), the reciprocals (1 + ``QuantReciprocal.latency``), the code pass."""
+        C, gl = MAX_CONSUMERS, self.gain_lanes
+        gl_log2 = gl.bit_length() - 1
+        norm_now, bitlen_a, bitlen_n = peak_shifts
+        with m.State("IDLE"):
+            m.d.comb += self.params.ready.eq(1)
+            with m.If(self.params.valid):
+                m.d.sync += [v.p.eq(self.params.payload), v.k_last.eq(self.params.payload.k - 1),
+                             v.beats_per_part.eq((self.params.payload.k + gl - 1) >> gl_log2),
+                             v.part.eq(0), v.beat.eq(0), max_pass.peak_a.eq(0)]
+                m.d.sync += [max_pass.peak[c].eq(0) for c in range(C)]
+                m.next = "GAINS"
+        with m.State("GAINS"):
+            # Gains only with x complete: each beat meets its x lanes for the max.
+            m.d.comb += [self.gains.ready.eq(v.x_full), v.gain_take.eq(self.gains.valid & v.x_full)]
+            with m.If(v.gain_take):
+                m.d.sync += v.beat.eq(v.beat + 1)
+                with m.If(v.beat == v.beats_per_part - 1):
+                    m.d.sync += [v.beat.eq(0), v.part.eq(v.part + 1)]
+                    with m.If(v.part == v.p.consumers):
+                        m.next = "MAX_DRAIN"
+        with m.State("MAX_DRAIN"):
+            with m.If(max_pass.done):
+                m.next = "NORMALISE"
+        with m.State("NORMALISE"):
+            for c in range(C):
+                value, sh, right, left = norm_now[c]
+                m.d.sync += [v.peak_norm[c].eq(value), v.shift[c].eq(sh), v.shift_right[c].eq(right),
+                             v.shift_left[c].eq(left)]
+            # sa = bitlen(max|x*A|) - 24, sn = bitlen(max|n|) - 24
+            m.d.sync += [v.sa.eq(bitlen_a - nx.SUMSQ_BITS), v.sn.eq(bitlen_n - nx.SUMSQ_BITS),
+                         v.sa_round.eq(bitlen_a > nx.SUMSQ_BITS), v.sa_right.eq(bitlen_a - nx.SUMSQ_BITS - 1),
+                         v.sa_left.eq(nx.SUMSQ_BITS - bitlen_a),
+                         v.sn_round.eq(bitlen_n > nx.SUMSQ_BITS), v.sn_right.eq(bitlen_n - nx.SUMSQ_BITS - 1),
+                         v.sn_left.eq(nx.SUMSQ_BITS - bitlen_n)]
+            m.next = "DIVIDE"
+        with m.State("DIVIDE"):
+            # One reciprocal per consumer, in parallel (a zero peak gives an unused quotient).
+            for recip_unit in mem.recips:
+                m.d.comb += recip_unit.i.valid.eq(1)
+            m.next = "DIVIDE_WAIT"
+        with m.State("DIVIDE_WAIT"):
+            with m.If(mem.recips[0].o.valid):
+                m.d.sync += [v.recip[c].eq(mem.recips[c].o.payload) for c in range(C)]
+                m.d.sync += [v.ptr.eq(0), v.code_pass.eq(1), v.sumsq.eq(0), v.sumsq_n.eq(0), v.held.eq(0),
+                             v.flush.eq(0)]
+                m.next = "CODE_PASS"
+        with m.State("CODE_PASS"):
+            m.d.comb += v.issue.eq(v.ptr <= v.k_last)
+            m.d.comb += v.x_release.eq(advance & v.issue & (v.ptr + self.elements_per_cycle > v.k_last))
+            with m.If(code_done):
+                m.d.sync += v.code_pass.eq(0)
+                m.next = "EPS"
+
+    def _scalar_datapath(self, m, mem):
+        """The registers and the one shared multiplier of the states after the code pass."""
+        b = self.bounds
         eps = Signal(self.v_bits)                 # the eps register, shifted serially
         eps_exp = Signal(signed(_signed_bits(*b.e)))
         eps_left = Signal()
         eps_count = Signal(range(max(-b.e[0], b.e[1]) + 1))
-        v = Signal(self.v_bits)
+        sumsq_eps = Signal(self.v_bits)           # V
         inv = Signal(INV_BITS)
         z = Signal(signed(self._rsqrt_z_bits))
-        cons = Signal(range(C))
+        cons = Signal(range(MAX_CONSUMERS))
         ratio = Signal(RATIO_BITS)
         # One multiplier for both per-consumer products of numerics.output_scale (RATIO, then SCALE).
         scalar_a = Signal(max(nx.QUANT_NORM_BITS, nx.SCALE_BITS))
@@ -558,118 +686,88 @@ class RmsQuantize(wiring.Component):
         m.d.comb += scalar_prod.eq(scalar_a * scalar_b)
         scales = Signal(self.scales.payload.shape())
         m.d.comb += self.scales.payload.eq(scales)
-        m.d.comb += [rsqrt.i.payload.eq(v), rsqrt.o.ready.eq(1)]
+        m.d.comb += [mem.rsqrt.i.payload.eq(sumsq_eps), mem.rsqrt.o.ready.eq(1)]
+        return SimpleNamespace(eps=eps, eps_exp=eps_exp, eps_left=eps_left, eps_count=eps_count, sumsq_eps=sumsq_eps,
+                               inv=inv, z=z, cons=cons, ratio=ratio, scalar_a=scalar_a, scalar_b=scalar_b,
+                               scalar_prod=scalar_prod, scales=scales)
 
-        with m.FSM():
-            with m.State("IDLE"):
-                m.d.comb += self.params.ready.eq(1)
-                with m.If(self.params.valid):
-                    m.d.sync += [p.eq(self.params.payload), k_last.eq(self.params.payload.k - 1),
-                                 beats_per_part.eq((self.params.payload.k + gl - 1) >> gl_log2),
-                                 part.eq(0), beat.eq(0), peak_a.eq(0)] + [peak[c].eq(0) for c in range(C)]
-                    m.next = "GAINS"
-            with m.State("GAINS"):
-                # Gains only with x complete: each beat meets its x lanes for the max.
-                m.d.comb += [self.gains.ready.eq(x_full), gain_take.eq(self.gains.valid & x_full)]
-                with m.If(gain_take):
-                    m.d.sync += beat.eq(beat + 1)
-                    with m.If(beat == beats_per_part - 1):
-                        m.d.sync += [beat.eq(0), part.eq(part + 1)]
-                        with m.If(part == p.consumers):
-                            m.next = "MAX_DRAIN"
-            with m.State("MAX_DRAIN"):
-                with m.If(max_done):
-                    m.next = "NORMALISE"
-            with m.State("NORMALISE"):
+    def _fsm_scales(self, m, mem, v, d):
+        """FSM states EPS to OUTPUT, after the code pass (under the matrices in the engine).
+
+        ``eps`` (``numerics.eps_term``: one multiply, then a serial shift of
+        32, 8 or 1 bits per cycle), ``V = s + eps`` (1 cycle), ``RsqrtFixed``,
+        then per consumer ``numerics.output_scale`` on one multiplier (2
+        cycles each); the ``scales`` beat waits in OUTPUT for ``ready``.
+        """
+        C, p, rsqrt = MAX_CONSUMERS, v.p, mem.rsqrt
+        eps, eps_exp, eps_left, eps_count, sumsq_eps = d.eps, d.eps_exp, d.eps_left, d.eps_count, d.sumsq_eps
+        inv, z, cons, ratio, scales = d.inv, d.z, d.cons, d.ratio, d.scales
+        scalar_a, scalar_b, scalar_prod = d.scalar_a, d.scalar_b, d.scalar_prod
+        with m.State("EPS"):
+            # eps = floor(base * eps_mant * 2**e), e = 2 q - eps_shift,
+            # q = [sn - n_frac] + x_frac + frac_a - sa (numerics.eps_term)
+            none = p.source == NormSource.NONE
+            n_frac = Mux(p.source == NormSource.INPUT, p.x_frac, nx.ACT_FRAC)
+            q = Mux(none, 0, v.sn - n_frac) + p.x_frac + p.frac_a - v.sa
+            e = Signal.like(eps_exp)
+            m.d.comb += e.eq(2 * q - p.eps_shift)
+            m.d.sync += [eps.eq(Mux(none, v.k_last + 1, v.sumsq_n) * p.eps_mant), eps_exp.eq(e),
+                         eps_left.eq(e >= 0), eps_count.eq(Mux(e >= 0, e, -e))]
+            m.next = "EPS_SHIFT"
+        with m.State("EPS_SHIFT"):
+            # Floor right shifts compose, so 32/8/1-bit steps give the exact floor.
+            with m.If((eps_count == 0) | (eps == 0)):
+                m.next = "SUM"
+            for step, below in ((32, None), (8, 32), (1, 8)):
+                cond = eps_count >= step
+                if below is not None:
+                    cond = cond & (eps_count < below)
+                with m.If(cond):
+                    m.d.sync += [eps.eq(Mux(eps_left, eps << step, eps >> step)), eps_count.eq(eps_count - step)]
+        with m.State("SUM"):
+            m.d.sync += sumsq_eps.eq(v.sumsq + eps)
+            m.next = "RSQRT"
+        with m.State("RSQRT"):
+            m.d.comb += rsqrt.i.valid.eq(1)
+            with m.If(rsqrt.i.ready):
+                m.next = "RSQRT_WAIT"
+        with m.State("RSQRT_WAIT"):
+            with m.If(rsqrt.o.valid):
+                m.d.sync += [inv.eq(rsqrt.o.payload.inv), z.eq(rsqrt.o.payload.z), cons.eq(0)]
+                m.next = "RATIO"
+        with m.State("RATIO"):
+            # F' = (M' * inv) >> 32
+            m.d.comb += [scalar_a.eq(Cat(v.peak_norm).word_select(cons, nx.QUANT_NORM_BITS)), scalar_b.eq(inv)]
+            m.d.sync += ratio.eq(scalar_prod >> nx.RATIO_DROP_BITS)
+            m.next = "SCALE"
+        with m.State("SCALE"):
+            # scale = (Cm * F') >> 31; exp = ec + sh + frac_a - frac_g - sa + z - 61 + 32 + 32 + 31
+            m.d.comb += [scalar_a.eq(Cat(p.cm).word_select(cons, nx.SCALE_BITS)), scalar_b.eq(ratio)]
+            with m.Switch(cons):
                 for c in range(C):
-                    value, sh, right, left = norm_now[c]
-                    m.d.sync += [peak_norm[c].eq(value), shift[c].eq(sh), shift_right[c].eq(right),
-                                 shift_left[c].eq(left)]
-                # sa = bitlen(max|x*A|) - 24, sn = bitlen(max|n|) - 24
-                m.d.sync += [sa.eq(bitlen_a - nx.SUMSQ_BITS), sn.eq(bitlen_n - nx.SUMSQ_BITS),
-                             sa_round.eq(bitlen_a > nx.SUMSQ_BITS), sa_right.eq(bitlen_a - nx.SUMSQ_BITS - 1),
-                             sa_left.eq(nx.SUMSQ_BITS - bitlen_a),
-                             sn_round.eq(bitlen_n > nx.SUMSQ_BITS), sn_right.eq(bitlen_n - nx.SUMSQ_BITS - 1),
-                             sn_left.eq(nx.SUMSQ_BITS - bitlen_n)]
-                m.next = "DIVIDE"
-            with m.State("DIVIDE"):
-                # One reciprocal per consumer, in parallel (a zero peak gives an unused quotient).
-                for recip_unit in recips:
-                    m.d.comb += recip_unit.i.valid.eq(1)
-                m.next = "DIVIDE_WAIT"
-            with m.State("DIVIDE_WAIT"):
-                with m.If(recips[0].o.valid):
-                    m.d.sync += [recip[c].eq(recips[c].o.payload) for c in range(C)]
-                    m.d.sync += [ptr.eq(0), code_pass.eq(1), sumsq.eq(0), sumsq_n.eq(0), held.eq(0), flush.eq(0)]
-                    m.next = "CODE_PASS"
-            with m.State("CODE_PASS"):
-                m.d.comb += issue.eq(ptr <= k_last)
-                m.d.comb += x_release.eq(advance & issue & (ptr + P > k_last))
-                with m.If(code_done):
-                    m.d.sync += code_pass.eq(0)
-                    m.next = "EPS"
-            with m.State("EPS"):
-                # eps = floor(base * eps_mant * 2**e), e = 2 q - eps_shift,
-                # q = [sn - n_frac] + x_frac + frac_a - sa (numerics.eps_term)
-                none = p.source == NormSource.NONE
-                n_frac = Mux(p.source == NormSource.INPUT, p.x_frac, nx.ACT_FRAC)
-                q = Mux(none, 0, sn - n_frac) + p.x_frac + p.frac_a - sa
-                e = Signal.like(eps_exp)
-                m.d.comb += e.eq(2 * q - p.eps_shift)
-                m.d.sync += [eps.eq(Mux(none, k_last + 1, sumsq_n) * p.eps_mant), eps_exp.eq(e),
-                             eps_left.eq(e >= 0), eps_count.eq(Mux(e >= 0, e, -e))]
-                m.next = "EPS_SHIFT"
-            with m.State("EPS_SHIFT"):
-                # Floor right shifts compose, so 32/8/1-bit steps give the exact floor.
-                with m.If((eps_count == 0) | (eps == 0)):
-                    m.next = "SUM"
-                for step in (32, 8, 1):
-                    cond = eps_count >= step
-                    if step != 32:
-                        cond = cond & (eps_count < prev)
-                    with m.If(cond):
-                        m.d.sync += [eps.eq(Mux(eps_left, eps << step, eps >> step)), eps_count.eq(eps_count - step)]
-                    prev = step
-            with m.State("SUM"):
-                m.d.sync += v.eq(sumsq + eps)
-                m.next = "RSQRT"
-            with m.State("RSQRT"):
-                m.d.comb += rsqrt.i.valid.eq(1)
-                with m.If(rsqrt.i.ready):
-                    m.next = "RSQRT_WAIT"
-            with m.State("RSQRT_WAIT"):
-                with m.If(rsqrt.o.valid):
-                    m.d.sync += [inv.eq(rsqrt.o.payload.inv), z.eq(rsqrt.o.payload.z), cons.eq(0)]
-                    m.next = "RATIO"
-            with m.State("RATIO"):
-                # F' = (M' * inv) >> 32
-                m.d.comb += [scalar_a.eq(Cat(peak_norm).word_select(cons, nx.QUANT_NORM_BITS)), scalar_b.eq(inv)]
-                m.d.sync += ratio.eq(scalar_prod >> nx.RATIO_DROP_BITS)
-                m.next = "SCALE"
-            with m.State("SCALE"):
-                # scale = (Cm * F') >> 31; exp = ec + sh + frac_a - frac_g - sa + z - 61 + 32 + 32 + 31
-                m.d.comb += [scalar_a.eq(Cat(p.cm).word_select(cons, nx.SCALE_BITS)), scalar_b.eq(ratio)]
-                with m.Switch(cons):
-                    for c in range(C):
-                        with m.Case(c):
-                            m.d.sync += [
-                                scales.scale[c].eq(scalar_prod >> nx.SCALE_BITS),
-                                scales.exp[c].eq(p.ec[c] + shift[c] + p.frac_a - p.frac_g[c] - sa + z
-                                                 - nx.RSQRT_RECIP_SHIFT + nx.ACT_FRAC + nx.RATIO_DROP_BITS
-                                                 + nx.SCALE_BITS),
-                                scales.peak_norm[c].eq(peak_norm[c]), scales.shift[c].eq(shift[c])]
-                m.d.sync += cons.eq(cons + 1)
-                with m.If(cons == C - 1):
-                    m.d.sync += [scales.sumsq.eq(v), scales.sa.eq(sa), scales.inv.eq(inv), scales.z.eq(z),
-                                 self.scales.valid.eq(1)]
-                    m.next = "OUTPUT"
-                with m.Else():
-                    m.next = "RATIO"
-            with m.State("OUTPUT"):
-                with m.If(self.scales.ready):
-                    m.d.sync += self.scales.valid.eq(0)
-                    m.next = "IDLE"
-        return m
+                    with m.Case(c):
+                        m.d.sync += [
+                            scales.scale[c].eq(scalar_prod >> nx.SCALE_BITS),
+                            scales.exp[c].eq(p.ec[c] + v.shift[c] + p.frac_a - p.frac_g[c] - v.sa + z
+                                             - nx.RSQRT_RECIP_SHIFT + nx.ACT_FRAC + nx.RATIO_DROP_BITS
+                                             + nx.SCALE_BITS),
+                            scales.peak_norm[c].eq(v.peak_norm[c]), scales.shift[c].eq(v.shift[c])]
+            m.d.sync += cons.eq(cons + 1)
+            with m.If(cons == C - 1):
+                m.d.sync += [scales.sumsq.eq(sumsq_eps), scales.sa.eq(v.sa), scales.inv.eq(inv), scales.z.eq(z),
+                             self.scales.valid.eq(1)]
+                m.next = "OUTPUT"
+            with m.Else():
+                m.next = "RATIO"
+        with m.State("OUTPUT"):
+            with m.If(self.scales.ready):
+                m.d.sync += self.scales.valid.eq(0)
+                m.next = "IDLE"
+
+
+def _sumsq_magnitude(value, rounding, right, left):
+    """``numerics.sumsq_magnitudes`` of one magnitude, from the split shift of ``rshift_round``."""
+    return Mux(rounding, ((value >> right)[:SUMSQ_MAG_BITS + 1] + 1) >> 1, value << left)[:SUMSQ_MAG_BITS]
 
 
 def scales_layout(v_bits: int, z_bits: int, exp_bits: int) -> data.StructLayout:
