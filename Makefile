@@ -36,23 +36,24 @@ sim: $(STAMP)
 
 ## Synthesis estimates of every RTL unit (yosys synth_xilinx, xc7 and xcup): build/synth/units.json, docs/units.md.
 synth-units: $(STAMP)
-	$(BIN)/python -m mmfree.hw.flow.synth --all --json build/synth/units.json --doc docs/units.md
+	$(BIN)/mmfree synth-units --all --json build/synth/units.json --doc docs/units.md
 
 ## Synthesis estimate of the whole accelerator per board (BOARD=pynq-z2|kv260|all): bitstreams/<board>/utilization.{json,md};
 ## fails when a board is over its budget (LUT > 70 %, or anything beyond the part).
 synth: $(STAMP)
-	$(BIN)/python -m mmfree.hw.flow.board_flow synth --board $(BOARD)
+	$(BIN)/mmfree synth --board $(BOARD)
 
 ## Vivado project per board (build/vivado/<board>/); runs Vivado when it is on PATH, else says how (docs/board.md).
 bitstream: $(STAMP)
-	$(BIN)/python -m mmfree.hw.flow.board_flow bitstream --board $(BOARD)
+	$(BIN)/mmfree bitstream --board $(BOARD)
 
+## Tokens/s of the golden models on the full 370M shape.
 bench: $(STAMP)
-	$(BIN)/python bench/golden_speed.py
+	$(BIN)/mmfree bench-golden
 
 ## Accelerator RTL cycles per token vs the DDR roofline (PYNQ-Z2, KV260): bench/results/accelerator.{json,png}.
 bench-accel: $(STAMP)
-	$(BIN)/python -m mmfree.bench.accelerator
+	$(BIN)/mmfree bench-accel
 
 clean:
 	rm -rf $(VENV) sim_build build *.egg-info

@@ -23,12 +23,11 @@ checks the logits against the integer golden model bit for bit. Derived:
 Writes ``<out>/accelerator.json`` (every figure) and ``<out>/accelerator.png``
 (measured vs roofline cycles per token per configuration).
 
-    python -m mmfree.bench.accelerator [--configs pynq-z2,kv260] [--tokens 3] [--out bench/results]
+    mmfree bench-accel [--configs pynq-z2,kv260] [--models bundled,370m] [--tokens 3] [--out bench/results]
     make bench-accel
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -180,30 +179,26 @@ def replot(json_path: Path) -> None:
     plot(json.loads(json_path.read_text())["figures"], json_path.with_suffix(".png"))
 
 
-def main(argv=None) -> int:
+#: What ``models`` may name: the bundled model, and the 370M shape (projected from 1 and 2 layers).
+MODELS = ("bundled", "370m")
+#: Where the figures go by default.
+RESULTS = REPO / "bench" / "results"
+
+
+def bench(config_names: list[str], models: list[str], tokens: int, out: Path) -> bool:
+    """Run every model on every configuration, write ``out/accelerator.{json,png}``, print the table.
+
+    True when every run was bit exact. Raises :class:`click.ClickException` (one line) for a damaged
+    image or a driver or transport failure.
+    """
+    import click
     from tqdm import tqdm
 
-    from mmfree.contract.configs import ConfigError, get_config
+    from mmfree.contract.configs import get_config
+    from mmfree.host.options import write_output
     from mmfree.models.weight_image import ImageError, WeightImage
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", default="pynq-z2,kv260", help="comma-separated contract/configs.py names")
-    ap.add_argument("--models", default="bundled,370m", help="bundled and/or 370m")
-    ap.add_argument("--tokens", type=int, default=3, help="tokens per run (the first is reported apart)")
-    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    args = ap.parse_args(argv)
-    try:
-        configs = [get_config(c) for c in args.configs.split(",") if c]
-        models = [m for m in args.models.split(",") if m]
-        bad = [m for m in models if m not in ("bundled", "370m")]
-        if bad:
-            raise ConfigError(f"unknown model {bad[0]!r} (choose from bundled, 370m)")
-        if args.tokens < 2:
-            raise ConfigError("--tokens must be at least 2")
-    except ConfigError as e:
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
-
+    configs = [get_config(c) for c in config_names]
     bar = tqdm(total=len(configs) * (("bundled" in models) + 2 * ("370m" in models)), unit="run",
                file=sys.stderr, desc="accelerator bench")
 
@@ -220,8 +215,8 @@ def main(argv=None) -> int:
             for layers in (1, 2):
                 images[f"370m-l{layers}"] = WeightImage.load(synthetic_370m(layers, CACHE, progress))
     except ImageError as e:
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
+        bar.close()
+        raise click.ClickException(str(e)) from None
 
     runs, figures = [], []
     from mmfree.host.driver import DriverError
@@ -231,7 +226,7 @@ def main(argv=None) -> int:
         for config in configs:
             measured = {}
             for key, image in images.items():
-                measured[key] = run_model(config, image, args.tokens, progress)
+                measured[key] = run_model(config, image, tokens, progress)
                 runs.append({"model": key, **measured[key]})
                 bar.update()
             if "bundled" in measured:
@@ -243,16 +238,15 @@ def main(argv=None) -> int:
                 figures.append(fig)
     except (DriverError, TransportError) as e:
         bar.close()
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
+        raise click.ClickException(str(e)) from None
     bar.close()
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     report = {"bench": "accelerator", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "configs": {c.name: c.to_dict() for c in configs}, "figures": figures, "runs": runs}
-    (args.out / "accelerator.json").write_text(json.dumps(report, indent=1) + "\n")
-    plot(figures, args.out / "accelerator.png")
+    write_output(out / "accelerator.json", json.dumps(report, indent=1) + "\n")
+    plot(figures, out / "accelerator.png")
 
     print(f"{'config':<10} {'model':<52} {'cycles/token':>13} {'roofline':>12} {'eff.':>6} {'tokens/s':>9}")
     for f in figures:
@@ -261,9 +255,5 @@ def main(argv=None) -> int:
     for r in runs:
         print(f"{r['config']:<10} {r['model']:<10} {r['layers']:>2} layers: {r['cycles_per_token']:>11,.0f} cycles, "
               f"{r['sim_cycles_per_s']:,.0f} simulated cycles/s, bit exact: {r['bit_exact']}")
-    print(f"wrote {args.out / 'accelerator.json'} and {args.out / 'accelerator.png'}")
-    return 0 if all(r["bit_exact"] for r in runs) else 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    print(f"wrote {out / 'accelerator.json'} and {out / 'accelerator.png'}")
+    return all(r["bit_exact"] for r in runs)

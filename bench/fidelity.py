@@ -9,30 +9,16 @@ blocks of 2,048 positions. ``--json`` writes the figures;
 ``--update-evaluation`` also stores them in the model's ``evaluation.json``
 under ``golden_fidelity`` (``train/evaluate.py`` keeps that key).
 
-    python -m mmfree.bench.fidelity [--positions 0 (= all)] [--slice 2048] [--json OUT] [--update-evaluation]
+    mmfree fidelity [--positions 0 (= all)] [--slice 2048] [--json OUT] [--update-evaluation]
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 from mmfree.models import numerics as nx
 from mmfree.models.fidelity import Fidelity, evaluate
 from mmfree.models.weight_image import WeightImage
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def heldout_ids(image: WeightImage, path: Path) -> list[int]:
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_str(image.tokenizer_json().decode())
-    return [image.config.bos_token_id] + tok.encode(path.read_text(), add_special_tokens=False).ids
 
 
 def figures(r: Fidelity, positions: int) -> dict:
@@ -45,29 +31,19 @@ def figures(r: Fidelity, positions: int) -> dict:
     return out
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=REPO / "models/kjv/kjv.img")
-    ap.add_argument("--text", type=Path, default=REPO / "models/kjv/heldout.txt")
-    ap.add_argument("--positions", type=int, default=0, help="predicted positions (0 = the whole text)")
-    ap.add_argument("--slice", type=int, default=2048, help="also report the first N positions")
-    ap.add_argument("--json", type=Path)
-    ap.add_argument("--update-evaluation", action="store_true",
-                    help="store the figures in evaluation.json next to the model")
-    args = ap.parse_args(argv)
-    image = WeightImage.load(args.model)
-    ids = heldout_ids(image, args.text)
-    if args.positions:
-        ids = ids[: args.positions + 1]
+def measure(image: WeightImage, model: Path, ids: list[int], slice_: int, progress=None) -> dict:
+    """The figures of :func:`figures` for the first ``slice_`` positions and for all, with the run's time."""
     t0 = time.time()
-    r = evaluate(image, ids, progress=lambda n: print(f"\r{n}/{len(ids) - 1}", end="", file=sys.stderr)
-                 if n % 256 == 0 else None)
-    print(file=sys.stderr)
-    res = {"model": args.model.name, "numerics_version": nx.NUMERICS_VERSION,
-           "reference": "float64 golden model with exact ties (models/fidelity.py)",
-           "seconds": round(time.time() - t0, 1),
-           f"first_{args.slice}": figures(r, args.slice), "all": figures(r, r.positions)}
-    for name in (f"first_{args.slice}", "all"):
+    r = evaluate(image, ids, progress=progress)
+    return {"model": model.name, "numerics_version": nx.NUMERICS_VERSION,
+            "reference": "float64 golden model with exact ties (models/fidelity.py)",
+            "seconds": round(time.time() - t0, 1),
+            f"first_{slice_}": figures(r, slice_), "all": figures(r, r.positions)}
+
+
+def report(res: dict, slice_: int) -> None:
+    """Print the figures :func:`measure` returned."""
+    for name in (f"first_{slice_}", "all"):
         f = res[name]
         print(f"{name}: {f['positions']} positions")
         print("  perplexity  " + "  ".join(f"{a} {f[f'perplexity_{a}']:.4f}" for a in ("float32", "float64", "integer")))
@@ -77,15 +53,3 @@ def main(argv=None) -> None:
             print(f"  integer/float64 disagreements per 2,048 positions: min {b['min']}, mean {b['mean']:.1f}, "
                   f"max {b['max']} ({b['blocks']} blocks)")
     print(f"{res['seconds']} s")
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=1) + "\n")
-    if args.update_evaluation:
-        path = args.model.parent / "evaluation.json"
-        evaluation = json.loads(path.read_text())
-        evaluation["golden_fidelity"] = res
-        path.write_text(json.dumps(evaluation, indent=1) + "\n")
-        print(f"updated {path}")
-
-
-if __name__ == "__main__":
-    main()

@@ -43,13 +43,11 @@ held-out text (``models/kjv/heldout.txt``, fed as one sequence from ``<s>``):
   its own state): the figure the issue's agreement target is about;
 * ``perplexity``.
 
-Run: ``python -m mmfree.bench.fidelity_budget [--positions N] [--json OUT]``.
+Run: ``mmfree fidelity-budget [--positions N] [--mode only|all-but|both] [--json OUT]``.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -462,50 +460,30 @@ def check(image: WeightImage, ids: np.ndarray) -> None:
           f"all-off == FloatModel(float64, exact ties) to {rel:.1e}", file=sys.stderr)
 
 
-def heldout_ids(image: WeightImage, path: Path) -> np.ndarray:
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_str(image.tokenizer_json().decode())
-    return np.asarray([image.config.bos_token_id] + tok.encode(path.read_text(), add_special_tokens=False).ids)
-
-
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=REPO / "models/kjv/kjv.img")
-    ap.add_argument("--text", type=Path, default=REPO / "models/kjv/heldout.txt")
-    ap.add_argument("--positions", type=int, default=8192, help="predicted positions (0 = the whole text)")
-    ap.add_argument("--mode", choices=["only", "all-but", "both"], default="both",
-                    help="variants: each approximation alone, all but one, or both sets")
-    ap.add_argument("--no-check", action="store_true")
-    ap.add_argument("--json", type=Path, help="write the figures here")
-    args = ap.parse_args(argv)
-    image = WeightImage.load(args.model)
-    ids = heldout_ids(image, args.text)
-    if args.positions:
-        ids = ids[: args.positions + 1]
-    if not args.no_check:
+def budget(image: WeightImage, ids: np.ndarray, mode: str = "both", check_first: bool = True,
+           progress=None) -> dict:
+    """Figures of every variant ``mode`` names (each approximation alone, all but one, or both sets)."""
+    if check_first:
         check(image, ids[:48])
     shipped = Formats()
     variants = {"all": (frozenset(APPROXIMATIONS), shipped)}
-    if args.mode in ("only", "both"):
+    if mode in ("only", "both"):
         variants.update({f"only {a}": (frozenset([a]), shipped) for a in APPROXIMATIONS})
-    if args.mode in ("all-but", "both"):
+    if mode in ("all-but", "both"):
         variants.update({f"all but {a}": (frozenset(APPROXIMATIONS) - {a}, shipped) for a in APPROXIMATIONS})
     t0 = time.time()
-    res = measure(image, ids, variants,
-                  progress=lambda k: print(f"\r{k}/{len(ids) - 1} positions", end="", file=sys.stderr))
-    print(file=sys.stderr)
+    res = measure(image, ids, variants, progress=progress)
     res["seconds"] = round(time.time() - t0, 1)
+    res["variants"] = list(variants)
+    return res
+
+
+def report(res: dict) -> None:
+    """Print the table of :func:`budget`'s figures."""
     print(f"{res['positions']} positions, exact (float64) perplexity {res['exact_perplexity']:.4f}, "
           f"{res['seconds']} s")
     print(f"{'variant':20s} {'flip pos':>9s} {'1-step dis':>10s} {'free dis':>9s} {'agreement':>10s} {'ppl':>8s}")
-    for name in variants:
+    for name in res["variants"]:
         r = res[name]
         print(f"{name:20s} {r['flip_positions']:9d} {r['one_step_disagree']:10d} {r['free_disagree']:9d} "
               f"{100 * r['free_agreement']:9.3f}% {r['perplexity']:8.4f}")
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=1) + "\n")
-
-
-if __name__ == "__main__":
-    main()

@@ -4,11 +4,10 @@
 weights per token). Builds the weight image in memory (not timed), then times
 one-token steps of the integer model and of the float model.
 
-    python bench/golden_speed.py [--layers 24] [--tokens 16]
+    mmfree bench-golden [--layers 24] [--tokens 16]
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import time
@@ -31,15 +30,12 @@ def time_steps(model, ids) -> float:
     return (len(ids) - 1) / (time.perf_counter() - t0)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, default=24)
-    ap.add_argument("--tokens", type=int, default=16)
-    args = ap.parse_args()
-    cfg = ModelConfig(num_hidden_layers=args.layers, **SHAPE_370M)
+def bench(layers: int = 24, tokens: int = 16) -> None:
+    """Print the machine, the model and both golden models' tokens/s."""
+    cfg = ModelConfig(num_hidden_layers=layers, **SHAPE_370M)
     t0 = time.perf_counter()
     image = WeightImage.from_bytes(build_image(cfg, random_tensors(cfg, 0)))
-    ids = np.random.default_rng(0).integers(0, cfg.V, args.tokens + 1)
+    ids = np.random.default_rng(0).integers(0, cfg.V, tokens + 1)
     integer = IntegerModel(image)
     build = time.perf_counter() - t0
     print(f"machine          {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
@@ -48,7 +44,3 @@ def main():
     print(f"image + decode   {build:.1f} s (not timed below)")
     print(f"integer golden   {time_steps(integer, ids):.2f} tokens/s")
     print(f"float golden     {time_steps(FloatModel(image), ids):.2f} tokens/s")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,17 @@
-"""``mmfree``: convert checkpoints, inspect images, generate text, compare arithmetic.
+"""``mmfree``: every command a user runs.
+
+The host's own commands (convert, info, generate, bench, logits, eval) are
+defined here. The build and benchmark commands live with what they build or
+measure (:mod:`mmfree.hw.flow.cli`, :mod:`mmfree.bench.cli`) and are found
+through the entry-point group :data:`COMMAND_ENTRY_POINTS` (pyproject.toml),
+never imported by name: ``mmfree --help`` lists them without loading
+amaranth, and one whose extra is not installed says so in one line.
 
 Every user error (missing or damaged file, token id out of range, empty
-prompt, unknown backend) ends with a one-line ``Error: ...`` and exit code 1
-(2 for usage errors, as click does); no traceback.
+prompt, unknown backend, bad option value) ends with one ``Error: ...`` line
+and a non-zero exit code (2 for option values, as click does); no traceback.
+Output files are checked before any long work and written atomically
+(:func:`mmfree.host.options.atomic_output`).
 """
 from __future__ import annotations
 
@@ -12,33 +21,42 @@ from pathlib import Path
 import click
 import numpy as np
 
-from mmfree.contract.configs import CONFIGS as HW_CONFIGS
-from mmfree.contract.configs import DEFAULT_SIM_CONFIG
 from mmfree.models import checkpoint as ckpt
 from mmfree.models.weight_image import DEFAULT_ROWS_PER_BLOCK, ImageError, WeightImage
 
-from .backends import BACKENDS, BackendError, open_backend
+from .backends import BackendError, open_backend
 from .generate import generate as generate_ids
+from .options import (DEFAULT_MODEL, FiniteFloat, InputFile, OutputFile, atomic_output, backend_options,
+                      json_option, model_option, read_text, write_output)
 
-#: The bundled model every --model option defaults to.
-BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_MODEL = BUNDLED_MODELS / "kjv" / "kjv.img"
+#: Entry-point group through which other folders offer ``mmfree`` sub-commands (click commands).
+COMMAND_ENTRY_POINTS = "mmfree.commands"
 
 
-def _load_image(path) -> WeightImage:
+def load_image(path) -> WeightImage:
+    """The weight image at ``path``; a damaged or missing one is a one-line :class:`click.ClickException`."""
     try:
         return WeightImage.load(path)
     except ImageError as e:
         raise click.ClickException(str(e)) from None
 
 
-def _tokenizer(image: WeightImage):
+def image_tokenizer(image: WeightImage, name):
+    """The tokenizer an image carries; none or an unreadable one is a one-line error naming ``name``."""
     from tokenizers import Tokenizer
 
     raw = image.tokenizer_json()
     if raw is None:
-        raise click.ClickException("the image carries no tokenizer.json; convert a checkpoint that has one")
-    return Tokenizer.from_str(raw.decode())
+        raise click.ClickException(f"{name}: the image carries no tokenizer.json; convert a checkpoint that has one")
+    try:
+        return Tokenizer.from_str(raw.decode())
+    except Exception as e:  # tokenizers raises its own exception types (and UnicodeDecodeError)
+        raise click.ClickException(f"{name}: the image's tokenizer.json is unreadable ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def _check_ids(ids, vocab: int) -> None:
@@ -47,22 +65,89 @@ def _check_ids(ids, vocab: int) -> None:
         raise click.ClickException(f"token id {bad[0]} out of range (vocabulary has {vocab} ids: 0..{vocab - 1})")
 
 
-model_option = click.option("--model", "model", type=click.Path(dir_okay=False, path_type=Path),
-                            default=DEFAULT_MODEL, show_default=True, help="weight image (.img)")
+def _needs_extra(name: str, entry_point, error: BaseException) -> str:
+    extras = list(entry_point.extras) or ["sim"]
+    return (f"mmfree {name} needs the {' and '.join(extras)} extra{'s' if len(extras) > 1 else ''} "
+            f"(pip install 'mmfree[{','.join(extras)}]'): {_first_line(error)}")
 
 
-@click.group()
+class _MissingExtra(click.Command):
+    """Stands in for a registered command whose module cannot be imported; running it says why."""
+
+    def __init__(self, name: str, message: str):
+        super().__init__(name, help=message, short_help="(not installed)", add_help_option=False,
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+        self.message = message
+
+    def invoke(self, ctx):
+        raise click.ClickException(self.message)
+
+
+class CommandGroup(click.Group):
+    """The host's commands plus those registered in :data:`COMMAND_ENTRY_POINTS`, loaded by name.
+
+    Usage errors are one line (the usage block is left out), and an entry-point
+    command that fails to import a module says which extra to install.
+    """
+
+    @staticmethod
+    def _registered() -> dict:
+        from importlib.metadata import entry_points
+
+        return {ep.name: ep for ep in entry_points(group=COMMAND_ENTRY_POINTS)}
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *self._registered()})
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is not None:
+            return command
+        entry_point = self._registered().get(name)
+        if entry_point is None:
+            return None
+        try:
+            return entry_point.load()
+        except ImportError as e:
+            return _MissingExtra(name, _needs_extra(name, entry_point, e))
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as e:
+            raise _one_line(e) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            raise _one_line(e) from None
+        except ImportError as e:
+            entry_point = self._registered().get(ctx.invoked_subcommand or "")
+            if entry_point is None or super().get_command(ctx, ctx.invoked_subcommand) is not None:
+                raise
+            raise click.ClickException(_needs_extra(ctx.invoked_subcommand, entry_point, e)) from None
+
+
+def _one_line(e: click.UsageError) -> click.UsageError:
+    """The same usage error without its usage block and help hint (``Error: ...`` only)."""
+    if type(e).__name__ != "NoArgsIsHelpError":     # a bare group or command prints its help
+        e.ctx = None
+    return e
+
+
+@click.group(cls=CommandGroup)
 @click.version_option(package_name="mmfree")
 def main():
-    """FPGA accelerator for the MatMul-free LM: golden models, simulation and board host."""
+    """FPGA accelerator for the MatMul-free LM: golden models, simulation, builds and board host."""
 
 
 def _open_prompt(model, prompt, backend, hw_config, bitstream):
     """(image, tokenizer, prompt ids with bos, opened backend) for generate and bench; one-line errors."""
-    image = _load_image(model)
-    tok = _tokenizer(image)
+    image = load_image(model)
+    tok = image_tokenizer(image, model)
     if not prompt.strip():
-        raise click.ClickException("empty prompt")
+        raise click.ClickException("--prompt is empty")
     ids = [image.config.bos_token_id] + tok.encode(prompt, add_special_tokens=False).ids
     _check_ids(ids, image.config.V)
     try:
@@ -73,10 +158,10 @@ def _open_prompt(model, prompt, backend, hw_config, bitstream):
 
 
 @main.command()
-@click.argument("checkpoint_dir", type=click.Path(path_type=Path))
-@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--rows-per-block", default=DEFAULT_ROWS_PER_BLOCK, show_default=True,
-              help="rows per packed block (a multiple of the accelerator's bytes per beat)")
+@click.argument("checkpoint_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out", type=OutputFile())
+@click.option("--rows-per-block", default=DEFAULT_ROWS_PER_BLOCK, show_default=True, type=click.IntRange(min=8),
+              help="rows per packed block (a multiple of 8: the accelerator's bytes per beat)")
 def convert(checkpoint_dir, out, rows_per_block):
     """Convert a HuggingFace MMfreeLM checkpoint directory to a weight image."""
     from tqdm import tqdm
@@ -89,10 +174,8 @@ def convert(checkpoint_dir, out, rows_per_block):
         raise click.ClickException(str(e)) from None
     finally:
         bar.close()
-    tmp = out.with_name(out.name + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(out)  # never leave a half-written image under the final name
     image = WeightImage.from_bytes(data, name=str(out))
+    write_output(out, data)  # never a half-written image under the final name
     stats = image.matrix_stats()
     click.echo(f"wrote {out}: {stats['ternary_weights']:,} ternary weights, {stats['file_bytes']:,} bytes, "
                f"{stats['bits_per_weight']:.3f} bit/weight")
@@ -126,17 +209,10 @@ def info(image):
 @model_option
 @click.option("--prompt", required=True, help="prompt text")
 @click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(min=0))
-@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
-              help="0 = greedy")
+@click.option("--temperature", default=0.0, show_default=True, type=FiniteFloat(min=0.0), help="0 = greedy")
 @click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0), help="0 = whole vocabulary")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--backend", default="golden", show_default=True, type=click.Choice(sorted(BACKENDS)),
-              help="golden/float: the golden models; sim: the RTL in Verilator; pynq: a PYNQ board")
-@click.option("--hw-config", default=None, type=click.Choice(sorted(HW_CONFIGS)),
-              help=f"accelerator configuration of --backend sim/pynq [default: {DEFAULT_SIM_CONFIG} for sim; "
-                   "for pynq the board $BOARD names, else pynq-z2]")
-@click.option("--bitstream", default=None, type=click.Path(dir_okay=False, path_type=Path),
-              help="--backend pynq: the overlay .bit (default bitstreams/<hw-config>/mmfree.bit)")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@backend_options
 def generate(model, prompt, max_new_tokens, temperature, top_k, seed, backend, hw_config, bitstream):
     """Generate text, printing it as it is produced."""
     image, tok, ids, engine = _open_prompt(model, prompt, backend, hw_config, bitstream)
@@ -182,14 +258,8 @@ class _CountingBackend:
 @model_option
 @click.option("--prompt", default="And God said", show_default=True, help="prompt text")
 @click.option("--tokens", default=32, show_default=True, type=click.IntRange(min=1), help="tokens to generate")
-@click.option("--backend", default="golden", show_default=True, type=click.Choice(sorted(BACKENDS)),
-              help="golden/float: the golden models; sim: the RTL in Verilator; pynq: a PYNQ board")
-@click.option("--hw-config", default=None, type=click.Choice(sorted(HW_CONFIGS)),
-              help="as for generate (pynq: default the board $BOARD names, else pynq-z2)")
-@click.option("--bitstream", default=None, type=click.Path(dir_okay=False, path_type=Path),
-              help="--backend pynq: the overlay .bit (default bitstreams/<hw-config>/mmfree.bit)")
-@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False, path_type=Path),
-              help="also write the figures to this file")
+@backend_options
+@json_option
 def bench(model, prompt, tokens, backend, hw_config, bitstream, json_out):
     """Tokens per second of greedy generation, and the accelerator's counters per token.
 
@@ -246,7 +316,7 @@ def bench(model, prompt, tokens, backend, hw_config, bitstream, json_out):
         figures["simulated_cycles_per_s"] = round(sim_speed)
         click.echo(f"simulator        {sim_speed:,.0f} simulated cycles per second")
     if json_out is not None:
-        json_out.write_text(json.dumps(figures, indent=1) + "\n")
+        write_output(json_out, json.dumps(figures, indent=1) + "\n")
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -265,12 +335,12 @@ def _parse_ids(text: str) -> list[int]:
 @click.option("--arith", type=click.Choice(["float", "float64", "integer"]), default="integer", show_default=True,
               help="float: the float golden model in float32 (the reference's arithmetic); float64: the same "
                    "in float64; integer: the accelerator's arithmetic")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="output .npy (T x V; float64 for --arith float64, else float32)")
+@click.option("--out", type=OutputFile(), required=True,
+              help="output .npy (T x V; float64 for --arith float64, else float32), written under this exact name")
 def logits(model, ids, arith, out):
     """Write the logits of every position (.npy, one row per position)."""
-    image = _load_image(model)
     token_ids = _parse_ids(ids)
+    image = load_image(model)
     _check_ids(token_ids, image.config.V)
     if arith in ("float", "float64"):
         from mmfree.models.golden_float import FloatModel
@@ -284,13 +354,14 @@ def logits(model, ids, arith, out):
         from mmfree.models.golden_int import IntegerModel
 
         result = IntegerModel(image).forward(token_ids)
-    np.save(out, np.asarray(result, np.float64 if arith == "float64" else np.float32))
+    with atomic_output(out) as f:
+        np.save(f, np.asarray(result, np.float64 if arith == "float64" else np.float32))
     click.echo(f"wrote {out}: {len(token_ids)} x {image.config.V} logits ({arith} arithmetic)")
 
 
 @main.command("eval")
 @model_option
-@click.option("--text-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--text-file", type=InputFile(), required=True, help="text to evaluate (UTF-8)")
 @click.option("--max-tokens", default=4096, show_default=True, type=click.IntRange(min=2))
 def eval_(model, text_file, max_tokens):
     """Perplexity of a text under float32, float64 and integer arithmetic, and their greedy agreement.
@@ -301,12 +372,12 @@ def eval_(model, text_file, max_tokens):
 
     from mmfree.models.fidelity import evaluate
 
-    image = _load_image(model)
-    tok = _tokenizer(image)
-    text = text_file.read_text(errors="replace")
+    text = read_text(text_file)
+    image = load_image(model)
+    tok = image_tokenizer(image, model)
     ids = ([image.config.bos_token_id] + tok.encode(text, add_special_tokens=False).ids)[:max_tokens]
     if len(ids) < 2:
-        raise click.ClickException(f"{text_file}: too little text to evaluate")
+        raise click.ClickException(f"{text_file}: too little text to evaluate (no token after <s>)")
     with tqdm(total=len(ids) - 1, desc="integer model", unit="tok", file=sys.stderr, leave=False) as bar:
         r = evaluate(image, ids, progress=lambda n: bar.update(n - bar.n))
     ref = r.perplexity("float64")
@@ -318,5 +389,4 @@ def eval_(model, text_file, max_tokens):
         click.echo(f"greedy agreement {a}/{b}  {100 * r.agreement(a, b):.2f} %")
 
 
-if __name__ == "__main__":
-    main()
+__all__ = ["main", "CommandGroup", "COMMAND_ENTRY_POINTS", "DEFAULT_MODEL", "load_image", "image_tokenizer"]

@@ -6,9 +6,11 @@ extra, installed by the Makefile's venv and so in CI).
 from __future__ import annotations
 
 import pytest
+from click.testing import CliRunner
 
 from mmfree.models import numerics as nx
 from mmfree.hw.flow import synth
+from mmfree.hw.flow.cli import synth_units
 
 # Units built only to read their attributes are never elaborated.
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
@@ -25,9 +27,10 @@ def test_group_cells():
                       "BRAM": 2.5, "MUXF": 2, "other": 1}
 
 
-def test_unknown_unit_is_a_one_line_error(capsys):
-    assert synth.main(["no_such_unit"]) == 2
-    err = capsys.readouterr().err.strip()
+def test_unknown_unit_is_a_one_line_error():
+    r = CliRunner().invoke(synth_units, ["no_such_unit"])
+    assert r.exit_code == 1
+    err = r.output.strip()
     assert err.startswith("Error: unknown unit no_such_unit; known: ternary_accumulate[pynq-z2]")
     assert "\n" not in err
 

@@ -1,8 +1,9 @@
 """Board builds: synthesis estimates (``make synth``) and the Vivado project (``make bitstream``).
 
-    python -m mmfree.hw.flow.board_flow synth [--board pynq-z2|kv260|all]
-    python -m mmfree.hw.flow.board_flow bitstream --board pynq-z2|kv260
-    python -m mmfree.hw.flow.board_flow check [--board ...]
+    mmfree synth [--board pynq-z2|kv260|all] [--check]
+    mmfree bitstream --board pynq-z2|kv260|all
+
+(the commands: :mod:`mmfree.hw.flow.cli`).
 
 ``synth`` elaborates the whole accelerator at the board's configuration
 (:mod:`mmfree.contract.configs`, the board table :mod:`mmfree.contract.boards`),
@@ -20,7 +21,7 @@ the block-design wrapper and ``build.tcl`` (:mod:`mmfree.hw.flow.vivado`), and
 ``bitstreams/<board>/``. Without Vivado it stops after writing, with the
 command to run and exit status 3.
 
-``check`` compares each committed ``utilization.json`` with the current RTL
+``synth --check`` compares each committed ``utilization.json`` with the current RTL
 (design hash) and its budget, without synthesis: what the test suite runs.
 
 The design hash
@@ -35,7 +36,6 @@ the test suite refuses a committed report made from other RTL.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -47,11 +47,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from mmfree.contract.boards import BOARDS, RESOURCES, Board, BoardError, get_board
+from mmfree.contract.boards import RESOURCES, Board
 from mmfree.contract.registers import design_hash_from_digest
 
 __all__ = ["BoardDesign", "elaborate", "design_sha256", "utilization", "budget_problems", "render_table",
-           "synth_board", "write_vivado_project", "committed_problems", "main", "BITSTREAMS", "VIVADO_BUILD",
+           "synth_board", "write_vivado_project", "committed_problems", "build_bitstream", "BITSTREAMS", "VIVADO_BUILD",
            "VIVADO_EXIT"]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -279,7 +279,9 @@ def write_vivado_project(board: Board, *, build_dir: Path | None = None, out_dir
     return build_dir
 
 
-def _bitstream(board: Board, jobs: int | None) -> int:
+def build_bitstream(board: Board, jobs: int | None = None) -> int:
+    """Write the Vivado project and run it when ``vivado`` is on PATH; the exit status
+    (0, 1 when Vivado left no bitstream, :data:`VIVADO_EXIT` when there is no Vivado)."""
     from .vivado import TOP, WRAPPER
 
     build_dir = write_vivado_project(board)
@@ -308,56 +310,3 @@ def _show(path: Path) -> Path:
     """``path`` relative to the repository when inside it (what a user types after ``cd`` there)."""
     path = Path(path).resolve()
     return path.relative_to(REPO) if path.is_relative_to(REPO) else path
-
-
-def _boards(name: str) -> list[Board]:
-    return list(BOARDS.values()) if name == "all" else [get_board(name)]
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmfree.hw.flow.board_flow", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_ in (("synth", "synthesis estimate per board (bitstreams/<board>/utilization.*)"),
-                        ("bitstream", "Vivado project per board (build/vivado/<board>/), run if Vivado is here"),
-                        ("check", "committed utilization vs the current RTL and the budget (no synthesis)")):
-        p = sub.add_parser(name, help=help_)
-        p.add_argument("--board", default="all", help=f"{', '.join(BOARDS)} or all (default)")
-        if name == "bitstream":
-            p.add_argument("--jobs", type=int, default=None, help="Vivado run jobs (default 4)")
-    args = parser.parse_args(argv)
-    try:
-        boards = _boards(args.board)
-    except BoardError as e:
-        print(f"Error: {e}", file=sys.stderr)
-        return 2
-    if args.command == "bitstream":
-        return max(_bitstream(b, args.jobs) for b in boards)
-    if args.command == "check":
-        failed = False
-        for b in boards:
-            problems = committed_problems(b)
-            failed |= bool(problems)
-            print(f"{b.name}: " + ("; ".join(problems) if problems else "utilization.json matches the RTL, "
-                                   "within budget"))
-        return 1 if failed else 0
-    from .synth import SynthError
-
-    failed = []
-    for b in boards:
-        try:
-            report = synth_board(b)
-        except SynthError as e:
-            print(f"Error: {e}", file=sys.stderr)
-            return 2
-        _say("")
-        _say(render_table(report, b))
-        if report["problems"]:
-            failed.append(f"{b.name}: " + "; ".join(report["problems"]))
-    if failed:
-        print("Error: over budget: " + " | ".join(failed), file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
