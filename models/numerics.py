@@ -130,8 +130,14 @@ ACT_ABSMAX_FLOOR = 1e-5
 
 
 def round_half_away(x: np.ndarray) -> np.ndarray:
-    """Round to nearest, ties away from zero (the GPU kernel's ``round``)."""
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+    """Round to nearest, ties away from zero (the GPU kernel's ``round``), in x's float type.
+
+    Decided on the exact fraction ``|x| - floor(|x|)``: ``floor(|x| + 0.5)``
+    would round the largest float below 0.5 up to 1 (the sum rounds to 1.0).
+    """
+    a = np.abs(x)
+    whole = np.floor(a)
+    return np.sign(x) * (whole + (a - whole >= 0.5))
 
 
 def accumulator_bits(k: int) -> int:

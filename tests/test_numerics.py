@@ -1,5 +1,6 @@
 """The numerics module: packing, weight quantization, tables and fixed-point primitives."""
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -27,23 +28,126 @@ def test_pack_rejects_bad_input():
         nx.pack_trits(np.array([0, 0, 2, 0, 0]))
 
 
-def test_ternarize_matches_reference_formula():
-    rng = np.random.default_rng(3)
-    w = rng.normal(0, 0.05, (64, 80)).astype(np.float32)
+# --------------------------------------------------------------------------
+# Weight ternarisation, against an independent statement of the reference:
+# m = max(mean|W|, 1e-5) (float32), T = clamp(round_half_to_even(W * (1/m)), -1, 1)
+# with the product and the reciprocal rounded to float32 (``(w * scale).round()``).
+# --------------------------------------------------------------------------
+def exact_sum_abs(w) -> Fraction:
+    """The exact sum of |w| over float32 values: 24-bit mantissas summed per binade in int64."""
+    mant, exp = np.frexp(np.abs(np.asarray(w, np.float32)).astype(np.float64).ravel())
+    mant = (mant * 2.0**24).astype(np.int64)                   # exact: a float32 has 24 significant bits
+    return sum((Fraction(int(mant[exp == e].sum())) * Fraction(2) ** int(e - 24) for e in np.unique(exp)),
+               Fraction(0))
+
+
+def float32_nearest(q: Fraction) -> np.float32:
+    """``q`` (>= 0) rounded to float32, ties to even, decided exactly."""
+    f = np.float32(float(q))
+    candidates = (np.nextafter(f, np.float32(0)), f, np.nextafter(f, np.float32(np.inf)))
+    return min(candidates, key=lambda c: (abs(Fraction(float(c)) - q), int(c.view(np.uint32)) & 1))
+
+
+def reference_ternary(w):
+    """(codes, m) of the reference, computed from the exact mean; codes by the tie rule spelt out."""
+    w = np.asarray(w, np.float32)
+    m = max(float32_nearest(exact_sum_abs(w) / w.size), np.float32(nx.WEIGHT_SCALE_FLOOR))
+    p = w * (np.float32(1) / m)                                # float32 product, as torch computes it
+    # round_half_to_even then clamp to [-1, 1]: |p| > 1/2 gives +-1; |p| == 1/2 is a tie that goes to 0 (even)
+    return (np.sign(p) * (np.abs(p) > 0.5)).astype(np.int8), m
+
+
+def bf16_values(x):
+    return nx.bf16_to_float32(nx.float32_to_bf16(np.asarray(x, np.float32)))
+
+
+def test_ternarize_ties_go_to_even():
+    # mean |w| = 1: W * (1/m) is exact, +-0.5 ties round to 0 (half away from zero would give +-1),
+    # +-1.5 to +-2, clamped to +-1
+    w = np.array([0.5, -0.5, 1.5, -1.5, 1.0, -1.0, 0.5, 1.5], np.float32)
+    for scale in (1.0, 2.0**-7, 2.0**40):                       # powers of two: the same ties, other binades
+        codes, m = nx.ternarize(w * np.float32(scale))
+        assert m == np.float32(scale)
+        assert codes.tolist() == [0, 0, 1, -1, 1, -1, 0, 1]
+
+
+def test_ternarize_rounds_the_float32_product_not_the_quotient():
+    """w / m is just above 1/2, but the reference multiplies by float32(1/m): the product rounds to
+    exactly 0.5, a tie, so the code is 0 (a quotient would give 1)."""
+    m, w = np.float32(0.011487486772239208), np.float32(0.005743743851780891)
+    assert Fraction(float(w)) / Fraction(float(m)) > Fraction(1, 2)
+    other = np.float32(2 * m - w)                               # exact: mean(|w|, |other|) == m
+    codes, got_m = nx.ternarize(np.array([w, other, -w, -other], np.float32))
+    assert got_m == m
+    assert codes.tolist() == [0, 1, 0, -1]
+
+
+def _one_nonzero(value, n=1000, at=17):
+    w = np.zeros(n, np.float32)
+    w[at] = value
+    return w
+
+
+_rng = np.random.default_rng(3)
+WEIGHT_TENSORS = {
+    "zeros": np.zeros((4, 5), np.float32),
+    "one non-zero": _one_nonzero(0.3),
+    "one non-zero, mean below the floor": _one_nonzero(1e-3),
+    "subnormal magnitudes": bf16_values(_rng.normal(0, 1e-39, 256)),
+    "mean just above the floor": np.full(64, np.nextafter(np.float32(1e-5), np.float32(1)), np.float32),
+    "huge": bf16_values(_rng.normal(0, 1e30, (16, 40))),
+    "huge and tiny": bf16_values(np.where(_rng.random(640) < 0.05, 1e30, 1e-30) * _rng.choice([-1, 1], 640)),
+    # exact mean 1 + 2**-24: halfway between 1 and the next float32; the tie goes to 1.0 (even)
+    "mean on a float32 midpoint": np.array([1.0, 1.0 + 2.0**-23, -1.0, -(1.0 + 2.0**-23)], np.float32),
+    "values at the boundary +-m/2": np.array([0.5, -0.5] * 6 + [2.5, 2.5, -2.5, 2.5], np.float32) * np.float32(2.0**-5),
+    "bf16 latent weights": bf16_values(_rng.normal(0, 0.05, (64, 80))),
+    "bf16, 256 x 1024": bf16_values(_rng.normal(0, 0.02, (256, 1024))),
+}
+# Not in the list: a tensor whose float32 sum |W| overflows (> 3.4e38). The reference's float32
+# reduction then gives m = inf (outputs NaN) where ternarize's float64 mean stays finite; no
+# trained checkpoint comes within 30 binades of it.
+
+
+@pytest.mark.parametrize("name", list(WEIGHT_TENSORS))
+def test_weight_scale_is_the_reference_mean(name):
+    w = WEIGHT_TENSORS[name]
     codes, m = nx.ternarize(w)
-    m_ref = np.float32(np.abs(w.astype(np.float64)).mean())
-    assert m == m_ref
-    assert np.array_equal(codes, np.clip(np.round(w * (np.float32(1) / m_ref)), -1, 1))
-    # ties go to even: exactly +-0.5 * m rounds to 0, 1.5 * m to 2 -> clamped 1
-    w2 = np.array([0.5, -0.5, 1.5, 1.0], np.float32)
-    c2, m2 = nx.ternarize(w2)
-    assert m2 == np.float32(0.875)
-    assert list(nx.ternarize(np.array([2.0, -2.0, 1.0, -1.0], np.float32) * 0.25)[0]) == [1, -1, 1, -1]
+    want_codes, want_m = reference_ternary(w)
+    assert m.dtype == np.float32 and m == want_m, (m, want_m)
+    assert codes.dtype == np.int8 and np.array_equal(codes, want_codes)
+    # the reference's own float32 reduction (a pairwise sum, then / n) lands within an ulp of it
+    mean32 = max(np.mean(np.abs(w), dtype=np.float32), np.float32(nx.WEIGHT_SCALE_FLOOR))
+    assert abs(float(m) - float(mean32)) <= float(np.spacing(m)), (m, mean32)
+    # weight_scale_float64 is the same mean before its rounding to float32
+    assert np.float32(nx.weight_scale_float64(w)) == m
+    assert abs(Fraction(nx.weight_scale_float64(w)) - max(exact_sum_abs(w) / w.size, Fraction(1e-5))) \
+        <= Fraction(float(np.spacing(np.float64(nx.weight_scale_float64(w)))))
 
 
-def test_ternarize_floor_on_zero_tensor():
-    codes, m = nx.ternarize(np.zeros((4, 5), np.float32))
-    assert m == np.float32(1e-5) and not codes.any()
+def test_weight_scale_cases_land_where_intended():
+    """The adversarial tensors above hit what they are named after."""
+    assert nx.ternarize(WEIGHT_TENSORS["zeros"])[1] == np.float32(1e-5)
+    assert nx.ternarize(WEIGHT_TENSORS["one non-zero, mean below the floor"])[1] == np.float32(1e-5)
+    codes, m = nx.ternarize(WEIGHT_TENSORS["one non-zero"])
+    assert np.flatnonzero(codes).tolist() == [17] and m == np.float32(Fraction(float(np.float32(0.3))) / 1000)
+    assert nx.ternarize(WEIGHT_TENSORS["mean just above the floor"])[1] > np.float32(1e-5)
+    assert nx.ternarize(WEIGHT_TENSORS["mean on a float32 midpoint"])[1] == np.float32(1.0)
+    codes, _ = nx.ternarize(WEIGHT_TENSORS["values at the boundary +-m/2"])
+    assert codes.tolist() == [0] * 12 + [1, 1, -1, 1]
+    assert not nx.ternarize(WEIGHT_TENSORS["subnormal magnitudes"])[0].any()
+
+
+def test_activation_codes_round_half_away_from_zero():
+    """The activation quantizer's rule (spec: ties away from zero, unlike the weights'): values that
+    are exact ties after the scale 127 / max|x| (max|x| = 127 here, so the scale is exactly 1)."""
+    x = np.array([127.0, 0.5, -0.5, 1.5, -2.5, 63.5, -126.5, 0.49999997], np.float32)
+    scale = np.float32(nx.ACT_CODE_MAX) / np.abs(x).max()
+    assert scale == 1
+    assert nx.round_half_away(x * scale).tolist() == [127, 1, -1, 2, -3, 64, -127, 0]
+    # a power-of-two max keeps the ties exact in another binade: max|x| = 127 * 2**-9
+    y = x * np.float32(2.0**-9)
+    assert nx.round_half_away(y * (np.float32(nx.ACT_CODE_MAX) / np.abs(y).max())).tolist() == \
+        [127, 1, -1, 2, -3, 64, -127, 0]
 
 
 def test_sigmoid_table_error_bound():
