@@ -1,6 +1,8 @@
 """The BitLinear engine: one STREAM record of the weight image per run, bit exact with ``golden_int``."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -8,8 +10,11 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from mmfree.models import numerics as nx
-from mmfree.models.weight_image import (CONSUMER_WORD, GAIN_WORD, GATE_WORD, MAX_CONSUMERS, RECORD_HEADER_BYTES,
-                                        RECORD_MAGIC, STREAM_ALIGN, NormSource, RecordKind)
+from mmfree.models.weight_image import (CM_OFFSET, CONSUMER_WORD, CONSUMER_WORDS, EC_OFFSET, EPS_MANT_WORD,
+                                        EPS_SHIFT_WORD, FRAC_A_WORD, FRAC_G_OFFSET, GAIN_WORD, GATE_WORD, K_WORD,
+                                        MAX_CONSUMERS, N_CONSUMERS_WORD, NORM_SOURCE_WORD, RECORD_HEADER_BYTES,
+                                        RECORD_MAGIC, ROWS_OFFSET, STREAM_ALIGN, X_FRAC_WORD, NormSource,
+                                        RecordKind)
 
 from .rescale import EXP_SHAPE, SCALE_OUT_BITS, Rescale
 from .rms_quantize import (CODES_LAYOUT, EC_BITS, EPS_SHIFT_MAX, EPS_SHIFT_MIN, FRAC_MAX, X_FRAC_MAX, X_LAYOUT,
@@ -27,9 +32,6 @@ _WORD = 32
 _GAIN_WORD_BYTES = np.dtype(GAIN_WORD).itemsize
 _GATE_WORD_BYTES = np.dtype(GATE_WORD).itemsize
 assert _GAIN_WORD_BYTES == _GATE_WORD_BYTES, "gains and gates share the engine's word lanes"
-# Header word order (weight_image's module docstring; it exports only CONSUMER_WORD):
-# [RECORD_MAGIC | kind, K, n, frac_a, norm source, eps mantissa, eps shift, x_frac, (N, frac_g, Cm, ec) x 3].
-_W_K, _W_CONSUMERS, _W_FRAC_A, _W_SOURCE, _W_EPS_MANT, _W_EPS_SHIFT, _W_X_FRAC = range(1, CONSUMER_WORD)
 # ceil(K / 5) without a divider: floor(n * 52429 / 2**18) = n // 5 for every n < 2**16 + 8.
 _DIV5_MUL, _DIV5_SHIFT = 52429, 18
 
@@ -202,261 +204,302 @@ class BitLinearEngine(wiring.Component):
     # -- hardware ------------------------------------------------------------
     def elaborate(self, platform):
         m = Module()
-        E, R = self.engine_bytes, self.rows_per_block
-        D = R // E                                   # beats per group, accumulator beats per block
-        C = MAX_CONSUMERS
-        gl = E // _GAIN_WORD_BYTES                   # gain (or gate) words per beat
-        gl_log2 = gl.bit_length() - 1
-        align_beats = STREAM_ALIGN // E              # parts end on 64-byte boundaries
-        groups_max = -(-self.max_k // nx.TRITS_PER_BYTE)
-
-        m.submodules.input = rms = self._input
-        m.submodules.accumulate = acc = TernaryAccumulate(lanes=E, k=self.max_k, rows_per_block=R)
-        acc_beat = acc.o.payload.shape()
-        m.submodules.acc_fifo = acc_fifo = StreamFifo(shape=acc_beat, depth=max(2, 2 * D))
-        tag_layout = _tag_layout(R)
-        m.submodules.tag_fifo = tag_fifo = StreamFifo(shape=tag_layout, depth=8)
-        scales_layout = data.StructLayout({"scale": data.ArrayLayout(unsigned(SCALE_OUT_BITS), C),
-                                           "exp": data.ArrayLayout(signed(rms.exp_bits), C)})
-        m.submodules.scale_fifo = scale_fifo = StreamFifo(shape=scales_layout, depth=2)
-        m.submodules.rescale = rescale = Rescale(acc_bits=self.acc_bits)
-        m.submodules.side_fifo = side_fifo = StreamFifo(shape=_SIDE_LAYOUT, depth=Rescale.latency + 1)
-        m.submodules.codes = code_mem = Memory(shape=CODES_LAYOUT.members["codes"], depth=groups_max,
-                                               init=[])
-        code_wr, code_rd = code_mem.write_port(), code_mem.read_port(domain="sync")
-        wiring.connect(m, acc.o, acc_fifo.i)
-        wiring.connect(m, wiring.flipped(self.x), rms.x)
-
-        # ---- the record header ------------------------------------------------
+        u = self._units(m)
         header = Signal(8 * RECORD_HEADER_BYTES)
+        fields = self._header_fields(m, header, u.rms)
+        codes = self._codes_sink(m, u)
+        r = self._parser_registers(m, fields)
+        self._stage_accumulate_input(m, u, r)
+        with m.FSM() as fsm:
+            self._parse_header_states(m, u, r, header, fields)
+            self._parse_gains_state(m, u, r, fields)
+            self._parse_matvec_state(m, u, r, fields, codes)
+            self._parse_gates_state(m, r)
+            with m.State("ERROR"):
+                with m.If(self.clear_error):
+                    m.d.sync += [r.error.eq(0), r.count.eq(0), r.padding.eq(0), r.align.eq(0)]
+                    m.next = "HEADER"
+        with m.If(self.clear_error & ~fsm.ongoing("ERROR")):
+            m.d.sync += r.error.eq(0)
+        rescaled = self._stage_serialize(m, u)
+        self._stage_output(m, u, r, rescaled)
+        return m
+
+    def _units(self, m):
+        """The input stage, accumulator, rescale, code memory and the FIFOs between them."""
+        E, R, C = self.engine_bytes, self.rows_per_block, MAX_CONSUMERS
+        D = R // E
+        u = SimpleNamespace(groups_max=-(-self.max_k // nx.TRITS_PER_BYTE))
+        m.submodules.input = u.rms = self._input
+        m.submodules.accumulate = u.acc = TernaryAccumulate(lanes=E, k=self.max_k, rows_per_block=R)
+        m.submodules.acc_fifo = u.acc_fifo = StreamFifo(shape=u.acc.o.payload.shape(), depth=max(2, 2 * D))
+        u.tag_layout = _tag_layout(R)
+        m.submodules.tag_fifo = u.tag_fifo = StreamFifo(shape=u.tag_layout, depth=8)
+        u.scales_layout = data.StructLayout({"scale": data.ArrayLayout(unsigned(SCALE_OUT_BITS), C),
+                                             "exp": data.ArrayLayout(signed(u.rms.exp_bits), C)})
+        m.submodules.scale_fifo = u.scale_fifo = StreamFifo(shape=u.scales_layout, depth=2)
+        m.submodules.rescale = u.rescale = Rescale(acc_bits=self.acc_bits)
+        m.submodules.side_fifo = u.side_fifo = StreamFifo(shape=_SIDE_LAYOUT, depth=Rescale.latency + 1)
+        m.submodules.codes = code_mem = Memory(shape=CODES_LAYOUT.members["codes"], depth=u.groups_max, init=[])
+        u.code_wr, u.code_rd = code_mem.write_port(), code_mem.read_port(domain="sync")
+        wiring.connect(m, u.acc.o, u.acc_fifo.i)
+        wiring.connect(m, wiring.flipped(self.x), u.rms.x)
+        return u
+
+    def _header_fields(self, m, header, rms):
+        """The record header's fields (``weight_image`` word indices), the range check, and the
+        input stage's params driven from them (combinational)."""
+        C = MAX_CONSUMERS
 
         def word(i):
             return header.word_select(i, _WORD).as_signed()
 
-        kind = header[:16]
-        magic_ok = header[16:32] == (RECORD_MAGIC >> 16)
-        k = word(_W_K)
-        consumers = word(_W_CONSUMERS)
-        rows = [word(CONSUMER_WORD + 4 * c) for c in range(C)]
-        frac_g = [word(CONSUMER_WORD + 4 * c + 1) for c in range(C)]
-        cm = [word(CONSUMER_WORD + 4 * c + 2) for c in range(C)]
-        ec = [word(CONSUMER_WORD + 4 * c + 3) for c in range(C)]
+        def consumer_word(c, offset):
+            return word(CONSUMER_WORD + CONSUMER_WORDS * c + offset)
 
         def within(v, lo, hi):
             return (v >= lo) & (v <= hi)
 
-        bitlinear_ok = (within(consumers, 1, C) & within(word(_W_FRAC_A), 0, FRAC_MAX)
-                        & within(word(_W_SOURCE), 0, max(NormSource))
-                        & within(word(_W_EPS_MANT), 0, (1 << nx.EPS_MANT_BITS) - 1)
-                        & within(word(_W_EPS_SHIFT), EPS_SHIFT_MIN, EPS_SHIFT_MAX)
-                        & within(word(_W_X_FRAC), 0, X_FRAC_MAX))
+        f = SimpleNamespace(kind=header[:16], k=word(K_WORD), consumers=word(N_CONSUMERS_WORD),
+                            rows=[consumer_word(c, ROWS_OFFSET) for c in range(C)])
+        magic_ok = header[16:32] == (RECORD_MAGIC >> 16)
+        frac_g = [consumer_word(c, FRAC_G_OFFSET) for c in range(C)]
+        cm = [consumer_word(c, CM_OFFSET) for c in range(C)]
+        ec = [consumer_word(c, EC_OFFSET) for c in range(C)]
+        bitlinear_ok = (within(f.consumers, 1, C) & within(word(FRAC_A_WORD), 0, FRAC_MAX)
+                        & within(word(NORM_SOURCE_WORD), 0, max(NormSource))
+                        & within(word(EPS_MANT_WORD), 0, (1 << nx.EPS_MANT_BITS) - 1)
+                        & within(word(EPS_SHIFT_WORD), EPS_SHIFT_MIN, EPS_SHIFT_MAX)
+                        & within(word(X_FRAC_WORD), 0, X_FRAC_MAX))
         for c in range(C):
-            bitlinear_ok &= (c >= consumers) | (within(rows[c], 1, self.max_rows) & within(frac_g[c], 0, FRAC_MAX)
-                                                & within(cm[c], 0, (1 << nx.SCALE_BITS) - 1)
-                                                & within(ec[c], -(1 << (EC_BITS - 1)), (1 << (EC_BITS - 1)) - 1))
-        header_ok = magic_ok & within(k, 1, self.max_k) & (
-            (kind == RecordKind.LOWER_BOUND) | ((kind == RecordKind.BITLINEAR) & bitlinear_ok))
-
+            bitlinear_ok &= (c >= f.consumers) | (within(f.rows[c], 1, self.max_rows)
+                                                  & within(frac_g[c], 0, FRAC_MAX)
+                                                  & within(cm[c], 0, (1 << nx.SCALE_BITS) - 1)
+                                                  & within(ec[c], -(1 << (EC_BITS - 1)), (1 << (EC_BITS - 1)) - 1))
+        f.ok = magic_ok & within(f.k, 1, self.max_k) & (
+            (f.kind == RecordKind.LOWER_BOUND) | ((f.kind == RecordKind.BITLINEAR) & bitlinear_ok))
         p = rms.params.payload
-        m.d.comb += [p.k.eq(k), p.consumers.eq(consumers), p.frac_a.eq(word(_W_FRAC_A)),
-                     p.source.eq(word(_W_SOURCE)), p.eps_mant.eq(word(_W_EPS_MANT)),
-                     p.eps_shift.eq(word(_W_EPS_SHIFT)), p.x_frac.eq(word(_W_X_FRAC))]
+        m.d.comb += [p.k.eq(f.k), p.consumers.eq(f.consumers), p.frac_a.eq(word(FRAC_A_WORD)),
+                     p.source.eq(word(NORM_SOURCE_WORD)), p.eps_mant.eq(word(EPS_MANT_WORD)),
+                     p.eps_shift.eq(word(EPS_SHIFT_WORD)), p.x_frac.eq(word(X_FRAC_WORD))]
         for c in range(C):
             m.d.comb += [p.frac_g[c].eq(frac_g[c]), p.cm[c].eq(cm[c]), p.ec[c].eq(ec[c])]
+        return f
 
-        # ---- codes from the input stage into the code memory ----------------------
-        code_addr = Signal(range(groups_max + 1))
-        groups = Signal(range(groups_max + 1))       # ceil(K / 5) of the current record
-        codes_done = Signal()
-        m.d.comb += [rms.codes.ready.eq(1), code_wr.addr.eq(code_addr), code_wr.data.eq(rms.codes.payload.codes),
-                     code_wr.en.eq(rms.codes.valid)]
+    def _codes_sink(self, m, u):
+        """The input stage's codes into the code memory (one group per cycle, never stalls) and its
+        scales into the scale FIFO. Returns ``codes_done`` (the record's last group written; cleared
+        by the parser) and ``code_addr`` (groups written so far)."""
+        rms = u.rms
+        codes = SimpleNamespace(addr=Signal(range(u.groups_max + 1)), done=Signal())
+        m.d.comb += [rms.codes.ready.eq(1), u.code_wr.addr.eq(codes.addr), u.code_wr.data.eq(rms.codes.payload.codes),
+                     u.code_wr.en.eq(rms.codes.valid)]
         with m.If(rms.codes.valid):
-            m.d.sync += code_addr.eq(code_addr + 1)
+            m.d.sync += codes.addr.eq(codes.addr + 1)
             with m.If(rms.codes.payload.last):
-                m.d.sync += [code_addr.eq(0), codes_done.eq(1)]
+                m.d.sync += [codes.addr.eq(0), codes.done.eq(1)]
         # The scales wait in a FIFO for the record's first output block.
-        m.d.comb += [scale_fifo.i.valid.eq(rms.scales.valid), rms.scales.ready.eq(scale_fifo.i.ready)]
-        for c in range(C):
-            m.d.comb += [scale_fifo.i.payload.scale[c].eq(rms.scales.payload.scale[c]),
-                         scale_fifo.i.payload.exp[c].eq(rms.scales.payload.exp[c])]
+        m.d.comb += [u.scale_fifo.i.valid.eq(rms.scales.valid), rms.scales.ready.eq(u.scale_fifo.i.ready)]
+        for c in range(MAX_CONSUMERS):
+            m.d.comb += [u.scale_fifo.i.payload.scale[c].eq(rms.scales.payload.scale[c]),
+                         u.scale_fifo.i.payload.exp[c].eq(rms.scales.payload.exp[c])]
+        return codes
 
-        # ---- the record parser ------------------------------------------------------
-        want = Signal()                  # the engine takes a beat this cycle if one is there
-        take = Signal()
-        m.d.comb += [self.weights.ready.eq(want), take.eq(want & self.weights.valid),
-                     self.weight_wait.eq(want & ~self.weights.valid)]
-        beat = self.weights.payload
-        count = Signal(range(max(self.header_beats, -(-self.max_k // gl), 2) + 1))   # beats of the part
-        align = Signal(range(max(align_beats, 2)))  # beats of the part modulo 64 bytes
-        part = Signal(range(C + 2))
-        data_beats = Signal(range(-(-self.max_k // gl) + 1))   # ceil(K / (E/4))
-        padding = Signal()                         # consuming a part's padding beats
-        error = Signal()
-        m.d.comb += self.error.eq(error)
-        next_align = Signal.like(align)
-        m.d.comb += next_align.eq(Mux(align == align_beats - 1, 0, align + 1))
-        with m.If(take):
-            m.d.sync += align.eq(next_align)
+    def _parser_registers(self, m, fields):
+        """The record parser's counters, the matrix walk, the owed-outputs count and the status ports."""
+        E, R, C = self.engine_bytes, self.rows_per_block, MAX_CONSUMERS
+        D, gl = R // E, E // _GAIN_WORD_BYTES
+        align_beats = STREAM_ALIGN // E              # parts end on 64-byte boundaries
+        groups_max = -(-self.max_k // nx.TRITS_PER_BYTE)
+        r = SimpleNamespace(
+            want=Signal(), take=Signal(),            # the engine takes a beat this cycle if one is there
+            count=Signal(range(max(self.header_beats, -(-self.max_k // gl), 2) + 1)),   # beats of the part
+            align=Signal(range(max(align_beats, 2))),  # beats of the part modulo 64 bytes
+            part=Signal(range(C + 2)),
+            data_beats=Signal(range(-(-self.max_k // gl) + 1)),   # ceil(K / (E/4))
+            padding=Signal(),                        # consuming a part's padding beats
+            error=Signal(),
+            groups=Signal(range(groups_max + 1)),    # ceil(K / 5) of the current record
+            # matrix walk: consumer, group, beat within the group, rows of this consumer from the block on
+            cons=Signal(range(C)), grp=Signal(range(groups_max + 1)), sub=Signal(range(max(D, 2))),
+            rows_left=Signal(range(self.max_rows + 1)), matvec_started=Signal(),
+            # stage B: the beat presented to TernaryAccumulate
+            b_valid=Signal(), b_last=Signal(), b_cons=Signal(range(C)), b_bytes=Signal(8 * E),
+            # outputs owed on y by the output side (rows of blocks already started)
+            owed=Signal(range(self.max_rows * C + R + 1)), owed_add=Signal(range(R + 1)), owed_sub=Signal(),
+            # a LOWER_BOUND record's gate output
+            lb_full=Signal(), lb_beat=Signal(8 * E), lb_lane=Signal(range(gl)), lb_left=Signal(range(self.max_k + 1)),
+            lb_valid=Signal(),
+            phase=Signal(2), busy_record=Signal())
+        r.beat = self.weights.payload
+        r.next_align = Signal.like(r.align)
+        r.block_first = (r.grp == 0) & (r.sub == 0) & ~r.padding
+        r.block_last_beat = (r.grp == r.groups - 1) & (r.sub == D - 1)
+        r.consumer_last_block = r.rows_left <= R
+        m.d.comb += [self.weights.ready.eq(r.want), r.take.eq(r.want & self.weights.valid),
+                     self.weight_wait.eq(r.want & ~self.weights.valid), self.error.eq(r.error),
+                     r.next_align.eq(Mux(r.align == align_beats - 1, 0, r.align + 1)),
+                     self.phase.eq(r.phase), self.busy.eq(r.busy_record | (r.owed != 0) | r.b_valid)]
+        with m.If(r.take):
+            m.d.sync += r.align.eq(r.next_align)
+        m.d.sync += r.owed.eq(r.owed + r.owed_add - r.owed_sub)
+        return r
 
-        # Matrix walk: consumer, block, group, beat within the group.
-        cons = Signal(range(C))
-        grp = Signal(range(groups_max + 1))
-        sub = Signal(range(max(D, 2)))
-        rows_left = Signal(range(self.max_rows + 1))     # rows of this consumer from the current block on
-        matvec_started = Signal()
-        block_first = (grp == 0) & (sub == 0) & ~padding
-        block_last_beat = (grp == groups - 1) & (sub == D - 1)
-        consumer_last_block = rows_left <= R
-        # Stage B: the beat and its group's codes, presented to TernaryAccumulate.
-        b_valid, b_last, b_cons = Signal(), Signal(), Signal(range(C))
-        b_bytes = Signal(8 * E)
-        m.d.comb += [code_rd.addr.eq(grp), acc.i.valid.eq(b_valid), acc.i.payload.last.eq(b_last),
-                     acc.i.payload.codes.eq(code_rd.data[b_cons])]
-        for r in range(E):
-            m.d.comb += acc.i.payload.weights[r].eq(b_bytes[8 * r: 8 * r + 8])
-        with m.If(acc.i.ready):
-            m.d.sync += b_valid.eq(0)
+    def _stage_accumulate_input(self, m, u, r):
+        """Stage B: a matrix beat and its group's code word (read in the same cycle) to
+        :class:`TernaryAccumulate`; held until it is taken."""
+        m.d.comb += [u.code_rd.addr.eq(r.grp), u.acc.i.valid.eq(r.b_valid), u.acc.i.payload.last.eq(r.b_last),
+                     u.acc.i.payload.codes.eq(u.code_rd.data[r.b_cons])]
+        for byte in range(self.engine_bytes):
+            m.d.comb += u.acc.i.payload.weights[byte].eq(r.b_bytes[8 * byte: 8 * byte + 8])
+        with m.If(u.acc.i.ready):
+            m.d.sync += r.b_valid.eq(0)
 
-        # Outputs owed on y by the output side (rows of blocks already started).
-        owed = Signal(range(self.max_rows * C + R + 1))
-        owed_add = Signal(range(R + 1))
-        owed_sub = Signal()
-        m.d.sync += owed.eq(owed + owed_add - owed_sub)
+    def _parse_header_states(self, m, u, r, header, fields):
+        """HEADER (``header_beats`` beats), CHECK (1 cycle) and PARAMS (until the input stage takes them)."""
+        E, gl = self.engine_bytes, self.engine_bytes // _GAIN_WORD_BYTES
+        gl_log2 = gl.bit_length() - 1
+        k = fields.k
+        with m.State("HEADER"):
+            m.d.comb += [r.want.eq(1), r.phase.eq(Mux(r.count == 0, 0, 1)), r.busy_record.eq(r.count != 0)]
+            with m.If(r.take):
+                m.d.sync += [header.word_select(r.count, 8 * E).eq(r.beat), r.count.eq(r.count + 1)]
+                with m.If(r.count == self.header_beats - 1):
+                    m.d.sync += r.count.eq(0)
+                    m.next = "CHECK"
+        with m.State("CHECK"):
+            m.d.comb += [r.phase.eq(1), r.busy_record.eq(1)]
+            # ceil(K / 5) = floor((K + 4) * 52429 / 2**18), exact for K < 2**16
+            m.d.sync += [r.data_beats.eq((k + gl - 1) >> gl_log2), r.part.eq(0), r.padding.eq(0), r.count.eq(0),
+                         r.lb_left.eq(k), r.groups.eq(((k[:17] + 4) * _DIV5_MUL) >> _DIV5_SHIFT)]
+            with m.If(~fields.ok):
+                m.d.sync += r.error.eq(1)
+                m.next = "ERROR"
+            with m.Elif(fields.kind == RecordKind.LOWER_BOUND):
+                m.next = "GATES"
+            with m.Else():
+                m.next = "PARAMS"
+        with m.State("PARAMS"):
+            m.d.comb += [r.phase.eq(1), r.busy_record.eq(1), u.rms.params.valid.eq(1)]
+            with m.If(u.rms.params.ready):
+                m.next = "GAINS"
 
-        # Gate output of a LOWER_BOUND record.
-        lb_full = Signal()
-        lb_beat = Signal(8 * E)
-        lb_lane = Signal(range(gl))
-        lb_left = Signal(range(self.max_k + 1))
-        lb_valid = Signal()
+    def _parse_gains_state(self, m, u, r, fields):
+        """GAINS: A, then G_0 .. G_{n-1}: ceil(K / (E/4)) beats each to the input stage, then padding."""
+        rms, gl = u.rms, self.engine_bytes // _GAIN_WORD_BYTES
+        with m.State("GAINS"):
+            # Each int32 word holds a sign-extended 24-bit mantissa: its low 24 bits are it.
+            m.d.comb += [r.phase.eq(1), r.busy_record.eq(1), rms.gains.valid.eq(self.weights.valid & ~r.padding),
+                         r.want.eq(r.padding | rms.gains.ready)]
+            m.d.comb += [rms.gains.payload[i].eq(r.beat.word_select(i, 8 * _GAIN_WORD_BYTES)[:nx.GAIN_BITS])
+                         for i in range(gl)]
+            with m.If(r.take):
+                m.d.sync += r.count.eq(r.count + 1)
+                part_done = Signal()
+                with m.If(~r.padding & (r.count == r.data_beats - 1)):
+                    m.d.sync += [r.padding.eq(1)]
+                    m.d.comb += part_done.eq(r.next_align == 0)
+                with m.If(r.padding):
+                    m.d.comb += part_done.eq(r.next_align == 0)
+                with m.If(part_done):
+                    m.d.sync += [r.padding.eq(0), r.count.eq(0), r.part.eq(r.part + 1)]
+                    with m.If(r.part == fields.consumers):
+                        m.d.sync += [r.cons.eq(0), r.grp.eq(0), r.sub.eq(0), r.rows_left.eq(fields.rows[0]),
+                                     r.matvec_started.eq(0)]
+                        m.next = "MATVEC"
 
-        phase = Signal(2)
-        m.d.comb += self.phase.eq(phase)
-        busy_record = Signal()
-        m.d.comb += self.busy.eq(busy_record | (owed != 0) | b_valid)
+    def _parse_matvec_state(self, m, u, r, fields, codes):
+        """MATVEC: every consumer's matrix, one beat per cycle into stage B, a tag per block.
 
-        with m.FSM() as fsm:
-            with m.State("HEADER"):
-                m.d.comb += [want.eq(1), phase.eq(Mux(count == 0, 0, 1)), busy_record.eq(count != 0)]
-                with m.If(take):
-                    m.d.sync += [header.word_select(count, 8 * E).eq(beat), count.eq(count + 1)]
-                    with m.If(count == self.header_beats - 1):
-                        m.d.sync += count.eq(0)
-                        m.next = "CHECK"
-            with m.State("CHECK"):
-                m.d.comb += [phase.eq(1), busy_record.eq(1)]
-                # ceil(K / 5) = floor((K + 4) * 52429 / 2**18), exact for K < 2**16
-                m.d.sync += [data_beats.eq((k + gl - 1) >> gl_log2), part.eq(0), padding.eq(0), count.eq(0),
-                             lb_left.eq(k), groups.eq(((k[:17] + 4) * _DIV5_MUL) >> _DIV5_SHIFT)]
-                with m.If(~header_ok):
-                    m.d.sync += error.eq(1)
-                    m.next = "ERROR"
-                with m.Elif(kind == RecordKind.LOWER_BOUND):
-                    m.next = "GATES"
-                with m.Else():
-                    m.next = "PARAMS"
-            with m.State("PARAMS"):
-                m.d.comb += [phase.eq(1), busy_record.eq(1), rms.params.valid.eq(1)]
-                with m.If(rms.params.ready):
-                    m.next = "GAINS"
-            with m.State("GAINS"):
-                # A, then G_0 .. G_{n-1}: ceil(K / (E/4)) beats to the input stage, then padding.
-                # Each int32 word holds a sign-extended 24-bit mantissa: its low 24 bits are it.
-                m.d.comb += [phase.eq(1), busy_record.eq(1), rms.gains.valid.eq(self.weights.valid & ~padding),
-                             want.eq(padding | rms.gains.ready)]
-                m.d.comb += [rms.gains.payload[i].eq(beat.word_select(i, 8 * _GAIN_WORD_BYTES)[:nx.GAIN_BITS])
-                             for i in range(gl)]
-                with m.If(take):
-                    m.d.sync += count.eq(count + 1)
-                    part_done = Signal()
-                    with m.If(~padding & (count == data_beats - 1)):
-                        m.d.sync += [padding.eq(1)]
-                        m.d.comb += part_done.eq(next_align == 0)
-                    with m.If(padding):
-                        m.d.comb += part_done.eq(next_align == 0)
-                    with m.If(part_done):
-                        m.d.sync += [padding.eq(0), count.eq(0), part.eq(part + 1)]
-                        with m.If(part == consumers):
-                            m.d.sync += [cons.eq(0), grp.eq(0), sub.eq(0), rows_left.eq(rows[0]),
-                                         matvec_started.eq(0)]
-                            m.next = "MATVEC"
-            with m.State("MATVEC"):
-                # The matrices follow the code pass group by group: a beat needs its
-                # group's codes written (the first block runs behind the code pass).
-                m.d.comb += [phase.eq(Mux(matvec_started, 2, 1)), busy_record.eq(1)]
-                # A beat moves into stage B when it is free (or frees this cycle), and a
-                # block's first beat also needs room for its tag.
-                stage_free = ~b_valid | acc.i.ready
-                codes_there = codes_done | (grp < code_addr)
-                m.d.comb += want.eq(padding | (stage_free & codes_there & (~block_first | tag_fifo.i.ready)))
-                with m.If(take):
-                    m.d.sync += matvec_started.eq(1)
-                tag = tag_fifo.i.payload
-                m.d.comb += [tag.consumer.eq(cons), tag.rows.eq(Mux(consumer_last_block, rows_left, R)),
-                             tag.last.eq(consumer_last_block), tag.first.eq((cons == 0) & (rows_left == rows[0])),
-                             code_rd.en.eq(take & ~padding)]
-                next_consumer = Signal()
-                with m.If(take & ~padding):
-                    m.d.sync += [b_valid.eq(1), b_bytes.eq(beat), b_cons.eq(cons),
-                                 b_last.eq(block_last_beat)]
-                    with m.If(block_first):
-                        m.d.comb += [tag_fifo.i.valid.eq(1), owed_add.eq(tag.rows)]
-                    m.d.sync += sub.eq(sub + 1)
-                    with m.If(sub == D - 1):
-                        m.d.sync += [sub.eq(0), grp.eq(grp + 1)]
-                        with m.If(grp == groups - 1):
-                            m.d.sync += [grp.eq(0), rows_left.eq(rows_left - R)]
-                            with m.If(consumer_last_block):
-                                with m.If(next_align != 0):
-                                    m.d.sync += padding.eq(1)
-                                with m.Else():
-                                    m.d.comb += next_consumer.eq(1)
-                with m.If(take & padding & (next_align == 0)):
-                    m.d.sync += padding.eq(0)
-                    m.d.comb += next_consumer.eq(1)
-                with m.If(next_consumer):
-                    m.d.sync += cons.eq(cons + 1)
-                    with m.Switch(cons):
-                        for c in range(C - 1):
-                            with m.Case(c):
-                                m.d.sync += rows_left.eq(rows[c + 1])
-                    with m.If(cons == consumers - 1):
-                        m.d.sync += codes_done.eq(0)
-                        m.next = "HEADER"
-            with m.State("GATES"):
-                # After every earlier output has left: K gates, E/4 per beat, then padding.
-                m.d.comb += busy_record.eq(1)
-                with m.If(owed == 0):
-                    m.d.comb += want.eq(Mux(padding, align != 0, ~lb_full))
-                    with m.If(take):
-                        m.d.sync += count.eq(count + 1)
-                        with m.If(~padding):
-                            m.d.sync += [lb_full.eq(1), lb_beat.eq(beat), lb_lane.eq(0)]
-                            with m.If(count == data_beats - 1):
-                                m.d.sync += padding.eq(1)
-                    m.d.comb += lb_valid.eq(lb_full)
-                    with m.If(lb_full & self.y.ready):
-                        m.d.sync += [lb_lane.eq(lb_lane + 1), lb_left.eq(lb_left - 1)]
-                        with m.If((lb_lane == gl - 1) | (lb_left == 1)):
-                            m.d.sync += lb_full.eq(0)
-                    done = padding & (align == 0) & ~lb_full & (lb_left == 0)
-                    with m.If(done):
-                        m.d.sync += [padding.eq(0), count.eq(0)]
-                        m.next = "HEADER"
-            with m.State("ERROR"):
-                with m.If(self.clear_error):
-                    m.d.sync += [error.eq(0), count.eq(0), padding.eq(0), align.eq(0)]
+        The matrices follow the code pass group by group: a beat needs its
+        group's codes written (the first block runs behind the code pass).
+        """
+        R, C = self.rows_per_block, MAX_CONSUMERS
+        D = R // self.engine_bytes
+        tag_fifo = u.tag_fifo
+        with m.State("MATVEC"):
+            m.d.comb += [r.phase.eq(Mux(r.matvec_started, 2, 1)), r.busy_record.eq(1)]
+            # A beat moves into stage B when it is free (or frees this cycle), and a
+            # block's first beat also needs room for its tag.
+            stage_free = ~r.b_valid | u.acc.i.ready
+            codes_there = codes.done | (r.grp < codes.addr)
+            m.d.comb += r.want.eq(r.padding | (stage_free & codes_there & (~r.block_first | tag_fifo.i.ready)))
+            with m.If(r.take):
+                m.d.sync += r.matvec_started.eq(1)
+            tag = tag_fifo.i.payload
+            m.d.comb += [tag.consumer.eq(r.cons), tag.rows.eq(Mux(r.consumer_last_block, r.rows_left, R)),
+                         tag.last.eq(r.consumer_last_block),
+                         tag.first.eq((r.cons == 0) & (r.rows_left == fields.rows[0])),
+                         u.code_rd.en.eq(r.take & ~r.padding)]
+            next_consumer = Signal()
+            with m.If(r.take & ~r.padding):
+                m.d.sync += [r.b_valid.eq(1), r.b_bytes.eq(r.beat), r.b_cons.eq(r.cons),
+                             r.b_last.eq(r.block_last_beat)]
+                with m.If(r.block_first):
+                    m.d.comb += [tag_fifo.i.valid.eq(1), r.owed_add.eq(tag.rows)]
+                m.d.sync += r.sub.eq(r.sub + 1)
+                with m.If(r.sub == D - 1):
+                    m.d.sync += [r.sub.eq(0), r.grp.eq(r.grp + 1)]
+                    with m.If(r.grp == r.groups - 1):
+                        m.d.sync += [r.grp.eq(0), r.rows_left.eq(r.rows_left - R)]
+                        with m.If(r.consumer_last_block):
+                            with m.If(r.next_align != 0):
+                                m.d.sync += r.padding.eq(1)
+                            with m.Else():
+                                m.d.comb += next_consumer.eq(1)
+            with m.If(r.take & r.padding & (r.next_align == 0)):
+                m.d.sync += r.padding.eq(0)
+                m.d.comb += next_consumer.eq(1)
+            with m.If(next_consumer):
+                m.d.sync += r.cons.eq(r.cons + 1)
+                with m.Switch(r.cons):
+                    for c in range(C - 1):
+                        with m.Case(c):
+                            m.d.sync += r.rows_left.eq(fields.rows[c + 1])
+                with m.If(r.cons == fields.consumers - 1):
+                    m.d.sync += codes.done.eq(0)
                     m.next = "HEADER"
-        with m.If(self.clear_error & ~fsm.ongoing("ERROR")):
-            m.d.sync += error.eq(0)
 
-        # ---- output side: accumulator beats -> one element per cycle -> rescale -> y ----
+    def _parse_gates_state(self, m, r):
+        """GATES: after every earlier output has left, K gates, E/4 per beat, then padding."""
+        gl = self.engine_bytes // _GAIN_WORD_BYTES
+        with m.State("GATES"):
+            m.d.comb += r.busy_record.eq(1)
+            with m.If(r.owed == 0):
+                m.d.comb += r.want.eq(Mux(r.padding, r.align != 0, ~r.lb_full))
+                with m.If(r.take):
+                    m.d.sync += r.count.eq(r.count + 1)
+                    with m.If(~r.padding):
+                        m.d.sync += [r.lb_full.eq(1), r.lb_beat.eq(r.beat), r.lb_lane.eq(0)]
+                        with m.If(r.count == r.data_beats - 1):
+                            m.d.sync += r.padding.eq(1)
+                m.d.comb += r.lb_valid.eq(r.lb_full)
+                with m.If(r.lb_full & self.y.ready):
+                    m.d.sync += [r.lb_lane.eq(r.lb_lane + 1), r.lb_left.eq(r.lb_left - 1)]
+                    with m.If((r.lb_lane == gl - 1) | (r.lb_left == 1)):
+                        m.d.sync += r.lb_full.eq(0)
+                done = r.padding & (r.align == 0) & ~r.lb_full & (r.lb_left == 0)
+                with m.If(done):
+                    m.d.sync += [r.padding.eq(0), r.count.eq(0)]
+                    m.next = "HEADER"
+
+    def _stage_serialize(self, m, u):
+        """The output side: accumulator beats (``E`` accumulators) -> one element per cycle, with its
+        block's scale and exponent, into :class:`Rescale` and its consumer/last into the side FIFO.
+
+        Rows beyond the block's tag ``rows`` are dropped. The next block's tag (and, for a
+        record's first block, its scales) is taken in the cycle the previous block ends: no
+        bubble between blocks. Returns the rescale unit (whose output is ACT).
+        """
+        E, R, C = self.engine_bytes, self.rows_per_block, MAX_CONSUMERS
+        D = R // E
+        acc_fifo, tag_fifo, scale_fifo, rescale, side_fifo = u.acc_fifo, u.tag_fifo, u.scale_fifo, u.rescale, u.side_fifo
         ser_active = Signal()
-        ser_tag = Signal(tag_layout)
+        ser_tag = Signal(u.tag_layout)
         ser_beat = Signal(range(max(D, 2)))
         ser_lane = Signal(range(E))
         ser_row = Signal(range(R + E + 1))
-        cur = Signal(scales_layout)
+        cur = Signal(u.scales_layout)
         row_exists = ser_row < ser_tag.rows
         beat_end = (ser_lane == E - 1) | (ser_row + 1 >= ser_tag.rows)   # the beat's last wanted element
         block_end = Signal()
@@ -486,8 +529,6 @@ class BitLinearEngine(wiring.Component):
             m.d.sync += [ser_lane.eq(ser_lane + 1), ser_row.eq(ser_row + 1)]
         with m.If(beat_pop):
             m.d.sync += [ser_lane.eq(0), ser_beat.eq(ser_beat + 1), ser_row.eq((ser_beat + 1) * E)]
-        # The next block's tag (and, for a record's first block, its scales) is
-        # taken in the cycle the previous block ends: no bubble between blocks.
         take_tag = tag_fifo.o.valid & (~ser_active | block_end) & (~tag_fifo.o.payload.first | scale_fifo.o.valid)
         m.d.comb += [tag_fifo.o.ready.eq(take_tag), scale_fifo.o.ready.eq(take_tag & tag_fifo.o.payload.first)]
         with m.If(block_end):
@@ -497,13 +538,16 @@ class BitLinearEngine(wiring.Component):
                          ser_row.eq(0)]
             with m.If(tag_fifo.o.payload.first):
                 m.d.sync += cur.eq(scale_fifo.o.payload)
+        return rescale
 
-        # y: the rescaled outputs, or a LOWER_BOUND record's gates (never both: the
-        # gates wait until nothing is owed).
-        with m.If(lb_valid):
+    def _stage_output(self, m, u, r, rescale):
+        """``y``: the rescaled outputs with their side FIFO's consumer/last, or a LOWER_BOUND
+        record's gates (never both: the gates wait until nothing is owed)."""
+        side_fifo = u.side_fifo
+        with m.If(r.lb_valid):
             m.d.comb += [self.y.valid.eq(1), self.y.payload.consumer.eq(0),
-                         self.y.payload.value.eq(lb_beat.word_select(lb_lane, 8 * _GATE_WORD_BYTES)),
-                         self.y.payload.last.eq(lb_left == 1)]
+                         self.y.payload.value.eq(r.lb_beat.word_select(r.lb_lane, 8 * _GATE_WORD_BYTES)),
+                         self.y.payload.last.eq(r.lb_left == 1)]
         with m.Else():
             out = rescale.o.valid & side_fifo.o.valid
             m.d.comb += [self.y.valid.eq(out), self.y.payload.value.eq(rescale.o.payload),
@@ -511,5 +555,4 @@ class BitLinearEngine(wiring.Component):
                          self.y.payload.last.eq(side_fifo.o.payload.last),
                          rescale.o.ready.eq(self.y.ready & side_fifo.o.valid),
                          side_fifo.o.ready.eq(self.y.ready & rescale.o.valid),
-                         owed_sub.eq(out & self.y.ready)]
-        return m
+                         r.owed_sub.eq(out & self.y.ready)]

@@ -64,7 +64,14 @@ REGION_ALIGN = 4096
 DEFAULT_ROWS_PER_BLOCK = 64
 RECORD_HEADER_WORDS = 32
 RECORD_HEADER_BYTES = 4 * RECORD_HEADER_WORDS
+#: Record header word indices (int32 words): word 0 holds ``RECORD_MAGIC | kind``, then the scalars.
+(KIND_WORD, K_WORD, N_CONSUMERS_WORD, FRAC_A_WORD, NORM_SOURCE_WORD, EPS_MANT_WORD, EPS_SHIFT_WORD,
+ X_FRAC_WORD) = range(8)
 CONSUMER_WORD = 8            # first word of the (N, frac_g, Cm, ec) groups
+#: Words per consumer group (consumer c's group starts at ``CONSUMER_WORD + CONSUMER_WORDS * c``)
+#: and each field's offset within it.
+CONSUMER_WORDS = 4
+ROWS_OFFSET, FRAC_G_OFFSET, CM_OFFSET, EC_OFFSET = range(CONSUMER_WORDS)
 RECORD_MAGIC = 0x4D460000  # "MF" in the top half-word; kind in the low half
 MAX_CONSUMERS = 3
 #: Stream words of gain mantissas (24-bit values, sign-extended) and of lower-bound gates.
@@ -239,8 +246,8 @@ def build_image(cfg: ModelConfig, tensors: dict[str, np.ndarray], *,
             progress(spec.name)
         start = len(stream)
         header = np.zeros(RECORD_HEADER_WORDS, dtype=np.int32)
-        header[0] = RECORD_MAGIC | int(spec.kind)
-        header[1] = spec.k
+        header[KIND_WORD] = RECORD_MAGIC | int(spec.kind)
+        header[K_WORD] = spec.k
         if spec.kind == RecordKind.LOWER_BOUND:
             layer = int(spec.name.split(".")[2])
             gates = nx.float_to_gate(lb[layer]).astype(GATE_WORD)
@@ -256,7 +263,8 @@ def build_image(cfg: ModelConfig, tensors: dict[str, np.ndarray], *,
             host[spec.norm] = a_float
             a_mant, frac_a = nx.gain_to_fixed(a_float)
         eps_mant, eps_shift = nx.eps_to_fixed(cfg.rms_norm_eps)
-        header[2:8] = (len(spec.consumers), frac_a, int(spec.norm_source), eps_mant, eps_shift, spec.x_frac)
+        header[[N_CONSUMERS_WORD, FRAC_A_WORD, NORM_SOURCE_WORD, EPS_MANT_WORD, EPS_SHIFT_WORD, X_FRAC_WORD]] = (
+            len(spec.consumers), frac_a, int(spec.norm_source), eps_mant, eps_shift, spec.x_frac)
         gain_parts, matrix_parts, cons_meta = [], [], []
         for c_index, cons in enumerate(spec.consumers):
             gamma = np.asarray(tensors[f"{cons.name}.norm.weight"], np.float32)
@@ -268,8 +276,8 @@ def build_image(cfg: ModelConfig, tensors: dict[str, np.ndarray], *,
             host[f"{cons.name}.weight_scale"] = np.array([m], np.float32)
             m64 = nx.weight_scale_float64(tensors[f"{cons.name}.weight"])
             cm, ec = nx.weight_scale_to_fixed(m64, spec.k)
-            w = CONSUMER_WORD + 4 * c_index
-            header[w: w + 4] = (cons.rows, frac_g, cm, ec)
+            w = CONSUMER_WORD + CONSUMER_WORDS * c_index
+            header[[w + ROWS_OFFSET, w + FRAC_G_OFFSET, w + CM_OFFSET, w + EC_OFFSET]] = (cons.rows, frac_g, cm, ec)
             gain_parts.append(_pad(g_mant.astype(GAIN_WORD).tobytes()))
             matrix_parts.append(_pad(pack_matrix(codes, rows_per_block).tobytes()))
             # m (float32) is the reference's and the float32 golden model's scale; m_float64 the
@@ -340,6 +348,86 @@ def build_image(cfg: ModelConfig, tensors: dict[str, np.ndarray], *,
 # --------------------------------------------------------------------------
 # Reader
 # --------------------------------------------------------------------------
+def _fields(d, where: str, **kinds) -> list:
+    """``d[key]`` for each keyword, checked to be a dict holding ``kinds`` (int: non-negative int)."""
+    if not isinstance(d, dict):
+        raise ImageError(f"{where} is not an object")
+    out = []
+    for key, kind in kinds.items():
+        if key not in d:
+            raise ImageError(f"{where} lacks {key!r}")
+        v = d[key]
+        if kind is int and not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            raise ImageError(f"{where}: {key!r} is {v!r}, not a non-negative integer")
+        if kind is not int and not isinstance(v, kind):
+            raise ImageError(f"{where}: {key!r} is not a {kind.__name__}")
+        out.append(v)
+    return out
+
+
+def _within(where: str, offset: int, size: int, limit: int, what: str) -> None:
+    if offset + size > limit:
+        raise ImageError(f"{where} ({offset} + {size} bytes) runs past the end of {what} ({limit} bytes)")
+
+
+def check_header(meta, data_size: int) -> None:
+    """Raise :class:`ImageError` when a JSON header does not describe a readable image of ``data_size``
+    data bytes: a missing key, a region or record outside its bounds, or records that differ from
+    :func:`stream_plan` of the header's config. Catches hand-edited headers whose checksum was redone."""
+    _, _, cfg_dict, rpb, regions, records, host_tensors = _fields(
+        meta, "header", format_version=int, numerics_version=int, config=dict, rows_per_block=int,
+        regions=dict, records=list, host_tensors=dict)
+    cfg = ModelConfig.from_dict(cfg_dict)
+    if rpb == 0 or rpb % 8:
+        raise ImageError(f"rows_per_block {rpb} is not a positive multiple of 8")
+    sizes = {}
+    for name in ("stream", "embedding", "host"):
+        if name not in regions:
+            raise ImageError(f"regions lack {name!r}")
+        offset, sizes[name] = _fields(regions[name], f"region {name}", offset=int, size=int)
+        _within(f"region {name}", offset, sizes[name], data_size, "the data")
+    (stride,) = _fields(regions["embedding"], "region embedding", row_stride=int)
+    if stride < 2 * cfg.D or sizes["embedding"] < cfg.V * stride:
+        raise ImageError(f"region embedding ({sizes['embedding']} bytes, row stride {stride}) does not hold "
+                         f"{cfg.V} rows of {cfg.D} bf16 values")
+    plan = stream_plan(cfg)
+    if [r.get("name") if isinstance(r, dict) else None for r in records] != [spec.name for spec in plan]:
+        raise ImageError(f"the records are not the {len(plan)} records of the config's model "
+                         f"(layers {cfg.L}): first {plan[0].name}, last {plan[-1].name}")
+    for spec, record in zip(plan, records):
+        where = f"record {spec.name}"
+        offset, size, k = _fields(record, where, offset=int, size=int, k=int)
+        _within(where, offset, size, sizes["stream"], "the stream region")
+        if k != spec.k:
+            raise ImageError(f"{where}: k {k}, the config's model has {spec.k}")
+        if spec.kind == RecordKind.LOWER_BOUND:
+            continue
+        _fields(record, where, frac_a=int, eps_mant=int, eps_shift=int, x_frac=int, consumers=list)
+        consumers = record["consumers"]
+        if [c.get("name") if isinstance(c, dict) else None for c in consumers] != [c.name for c in spec.consumers]:
+            raise ImageError(f"{where}: consumers are not {', '.join(c.name for c in spec.consumers)}")
+        for cspec, consumer in zip(spec.consumers, consumers):
+            cwhere = f"matrix {cspec.name}"
+            rows, m_offset, m_size = _fields(consumer, cwhere, rows=int, matrix_offset=int, matrix_size=int)
+            _fields(consumer, cwhere, frac_g=int, cm=int)
+            if rows != cspec.rows:
+                raise ImageError(f"{cwhere}: {rows} rows, the config's model has {cspec.rows}")
+            blocks, groups, r = packed_matrix_shape(rows, k, rpb)
+            if m_size < blocks * groups * r:
+                raise ImageError(f"{cwhere}: {m_size} bytes, {rows} x {k} codes need {blocks * groups * r}")
+            _within(cwhere, m_offset, m_size, offset + size, f"record {spec.name}")
+    for name, tensor in host_tensors.items():
+        where = f"host tensor {name}"
+        offset, shape = _fields(tensor, where, offset=int, shape=list)
+        if not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise ImageError(f"{where}: shape {shape} is not a list of sizes")
+        _within(where, offset, 4 * math.prod(shape), sizes["host"], "the host region")
+    tokenizer = meta.get("tokenizer")
+    if tokenizer is not None:
+        offset, size = _fields(tokenizer, "tokenizer", offset=int, size=int)
+        _within("tokenizer", offset, size, sizes["host"], "the host region")
+
+
 class WeightImage:
     """A validated weight image in memory.
 
@@ -393,6 +481,9 @@ class WeightImage:
                 raise ImageError(f"{name}: checksum mismatch (the file is corrupted)")
         try:
             meta = json.loads(raw[FIXED_HEADER.size: FIXED_HEADER.size + json_len])
+            if not FIXED_HEADER.size + json_len <= data_offset <= total - CHECKSUM_BYTES:
+                raise ImageError(f"data offset {data_offset} outside the file")
+            check_header(meta, total - CHECKSUM_BYTES - data_offset)
             image = cls(raw, meta, data_offset, checksum_ok)
         except (ValueError, KeyError, TypeError) as e:
             raise ImageError(f"{name}: unreadable header ({e})") from None
