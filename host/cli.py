@@ -157,23 +157,38 @@ def _open_prompt(model, prompt, backend, hw_config, bitstream):
     return image, tok, ids, engine
 
 
+def _multiple_of_8(ctx, param, value):
+    if value % 8:
+        raise click.BadParameter(f"{value} is not a multiple of 8", ctx, param)
+    return value
+
+
 @main.command()
 @click.argument("checkpoint_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out", type=OutputFile())
-@click.option("--rows-per-block", default=DEFAULT_ROWS_PER_BLOCK, show_default=True, type=click.IntRange(min=8),
+@click.option("--rows-per-block", default=DEFAULT_ROWS_PER_BLOCK, show_default=True,
+              type=click.IntRange(min=8, max=4096), callback=_multiple_of_8,
               help="rows per packed block (a multiple of 8: the accelerator's bytes per beat)")
 def convert(checkpoint_dir, out, rows_per_block):
     """Convert a HuggingFace MMfreeLM checkpoint directory to a weight image."""
     from tqdm import tqdm
 
-    bar = tqdm(desc="convert", unit="record", file=sys.stderr, leave=False)
+    bar = None
+
+    def progress(name):
+        nonlocal bar
+        if bar is None:      # only once the checkpoint has been read and checked: a bad one stays one line
+            bar = tqdm(desc="convert", unit="record", file=sys.stderr, leave=False)
+        bar.set_postfix_str(name)
+        bar.update()
+
     try:
-        data = ckpt.convert(checkpoint_dir, rows_per_block=rows_per_block,
-                            progress=lambda name: (bar.set_postfix_str(name), bar.update()))
+        data = ckpt.convert(checkpoint_dir, rows_per_block=rows_per_block, progress=progress)
     except (ckpt.CheckpointError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     image = WeightImage.from_bytes(data, name=str(out))
     write_output(out, data)  # never a half-written image under the final name
     stats = image.matrix_stats()

@@ -13,6 +13,7 @@ patterns from the same table.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -31,7 +32,10 @@ _DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8", "I8": "i1", 
 
 
 def read_safetensors(path: Path) -> dict[str, tuple[str, np.ndarray]]:
-    """All tensors of one safetensors file as (dtype tag, array); bf16 as raw uint16."""
+    """All tensors of one safetensors file as (dtype tag, array); bf16 as raw uint16.
+
+    Raises :class:`CheckpointError` naming the file and tensor when the header is not a table of
+    tensors, or a tensor's dtype, shape and byte range disagree with each other or the file."""
     raw = Path(path).read_bytes()
     if len(raw) < 8:
         raise CheckpointError(f"{path}: not a safetensors file (too short)")
@@ -42,21 +46,38 @@ def read_safetensors(path: Path) -> dict[str, tuple[str, np.ndarray]]:
         header = json.loads(raw[8: 8 + hlen])
     except ValueError:
         raise CheckpointError(f"{path}: not a safetensors file (unreadable header)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a safetensors file (the header is not a JSON object)")
     base = 8 + hlen
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
+        if not isinstance(info, dict):
+            raise CheckpointError(f"{path}: tensor {name}: entry is not an object")
         tag = info.get("dtype")
         if tag not in _DTYPES:
             raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {tag}")
-        start, end = info["data_offsets"]
+        offsets, shape = info.get("data_offsets"), info.get("shape")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_size(o) for o in offsets)
+                and offsets[0] <= offsets[1]):
+            raise CheckpointError(f"{path}: tensor {name}: data_offsets {offsets!r} is not [start, end]")
+        if not (isinstance(shape, list) and all(_is_size(n) for n in shape)):
+            raise CheckpointError(f"{path}: tensor {name}: shape {shape!r} is not a list of sizes")
+        start, end = offsets
+        itemsize = np.dtype(_DTYPES[tag]).itemsize
+        if end - start != itemsize * math.prod(shape):
+            raise CheckpointError(f"{path}: tensor {name}: shape {shape} of {tag} needs "
+                                  f"{itemsize * math.prod(shape)} bytes, data_offsets hold {end - start}")
         if base + end > len(raw):
             raise CheckpointError(f"{path}: tensor {name} runs past the end of the file (truncated?)")
-        arr = np.frombuffer(raw, dtype=_DTYPES[tag], count=(end - start) // np.dtype(_DTYPES[tag]).itemsize,
-                            offset=base + start)
-        out[name] = (tag, arr.reshape(info["shape"]))
+        arr = np.frombuffer(raw, dtype=_DTYPES[tag], count=(end - start) // itemsize, offset=base + start)
+        out[name] = (tag, arr.reshape(shape))
     return out
+
+
+def _is_size(n) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
 
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray], bf16: bool = True) -> None:
@@ -85,24 +106,55 @@ def load_checkpoint(directory) -> tuple[ModelConfig, dict[str, tuple[str, np.nda
     cfg_path = d / "config.json"
     if not cfg_path.is_file():
         raise CheckpointError(f"{d}: no config.json")
+    hf = _read_json(cfg_path)
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{cfg_path}: not a JSON object")
     try:
-        cfg = ModelConfig.from_hf(json.loads(cfg_path.read_text()))
-    except ValueError as e:  # ConfigError and JSON errors
+        cfg = ModelConfig.from_hf(hf)
+    except (ValueError, TypeError) as e:  # ConfigError, and int() of a value that is not a number
         raise CheckpointError(f"{cfg_path}: {e}") from None
     index = d / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = _read_json(index)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not (isinstance(weight_map, dict) and all(isinstance(f, str) and f for f in weight_map.values())):
+            raise CheckpointError(f"{index}: no weight_map object of tensor names to file names")
+        files = sorted(set(weight_map.values()))
     elif (d / "model.safetensors").is_file():
         files = ["model.safetensors"]
     else:
         raise CheckpointError(f"{d}: no model.safetensors or model.safetensors.index.json")
     tensors = {}
     for f in files:
+        if Path(f).name != f:
+            raise CheckpointError(f"{index}: shard {f!r} is not a file name in {d}")
         if not (d / f).is_file():
             raise CheckpointError(f"{d}: shard {f} listed in the index is missing")
         tensors.update(read_safetensors(d / f))
     tok = d / "tokenizer.json"
-    return cfg, tensors, tok.read_bytes() if tok.is_file() else None
+    return cfg, tensors, _read_tokenizer(tok) if tok.exists() else None
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"{path}: not readable JSON ({e})") from None
+
+
+def _read_tokenizer(path: Path) -> bytes:
+    """tokenizer.json's bytes, once the tokenizers library has parsed them (so no image carries a broken one)."""
+    from tokenizers import Tokenizer
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a file")
+    raw = path.read_bytes()
+    try:
+        Tokenizer.from_str(raw.decode())
+    except Exception as e:  # tokenizers raises its own exception type; UnicodeDecodeError too
+        lines = str(e).strip().splitlines()
+        raise CheckpointError(f"{path}: not a tokenizer ({lines[0] if lines else type(e).__name__})") from None
+    return raw
 
 
 def _to_float32(tag: str, arr: np.ndarray) -> np.ndarray:
