@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
 
 from mmfree.models import numerics as nx
 
-__all__ = ["Sigmoid", "SigmoidLookup", "GATE_SHAPE", "ACT_SHAPE", "SILU_PRODUCT_BITS", "sigmoid_rom",
+__all__ = ["SigmoidLookup", "GATE_SHAPE", "ACT_SHAPE", "SILU_PRODUCT_BITS", "sigmoid_rom",
            "silu_product"]
 
 #: ACT values: signed 48-bit.
@@ -94,57 +92,3 @@ class SigmoidLookup:
         s = Mux(inside, interp, nx.GATE_ONE)
         self.gate = Signal(GATE_SHAPE, name=f"{name}_gate")
         m.d.comb += self.gate.eq(Mux(negative, nx.GATE_ONE - s, s))
-
-
-class Sigmoid(wiring.Component):
-    """Stream unit: ``gate = numerics.sigmoid_act(x)`` bit for bit, with ``x`` passed along.
-
-    ``a = |x|``, segment ``j = a >> 26``, fraction ``r = a mod 2**26``;
-    ``t = rshift_round(d2 * (r - 2**26), 26)``,
-    ``s = T[j] + rshift_round(r * (2 d1 + t), 27)`` for ``j < 2048`` else
-    ``2**32``; ``gate = s`` for ``x >= 0``, ``2**32 - s`` otherwise. ``T`` is
-    ``numerics.SIGMOID_TABLE``, held as (T[j], d1, d2) words in one
-    2048-word ``Memory`` (one synchronous read per element).
-
-    Ports
-    -----
-    i : stream of ACT ``x`` (signed 48).
-    o : stream of ``{"gate": GATE (unsigned 33, 0 .. 2**32), "x": the input}``;
-        consumers such as SiLU need ``x`` next to its sigmoid.
-
-    Attributes
-    ----------
-    latency : 2 cycles from an input transfer to ``o.valid`` (table read, then
-        interpolate-and-reflect into the output register).
-    Throughput: one element per cycle; output backpressure stalls the whole
-    pipeline (``i.ready = ~o.valid | o.ready``).
-    """
-
-    latency = 2
-
-    def __init__(self):
-        super().__init__({
-            "i": In(stream.Signature(ACT_SHAPE)),
-            "o": Out(stream.Signature(data.StructLayout({"gate": GATE_SHAPE, "x": ACT_SHAPE}))),
-        })
-
-    def elaborate(self, platform):
-        m = Module()
-        advance = Signal()
-        m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance)]
-
-        # Stage 1: table read (SigmoidLookup registers), x and valid alongside.
-        lookup = SigmoidLookup(m, self.i.payload, advance, "table")
-        valid1 = Signal()
-        x1 = Signal(ACT_SHAPE)
-        with m.If(advance):
-            m.d.sync += [valid1.eq(self.i.valid), x1.eq(self.i.payload)]
-
-        # Stage 2: interpolate and reflect into the output register.
-        with m.If(advance):
-            m.d.sync += [
-                self.o.valid.eq(valid1),
-                self.o.payload.gate.eq(lookup.gate),
-                self.o.payload.x.eq(x1),
-            ]
-        return m

@@ -144,7 +144,7 @@ def synth_verilog(text: str, name: str, family: str = "xc7", *, phase: Callable[
         stat = Path(tmp) / "stat.json"
         # ``rename -hide``: Amaranth names layout fields like ``o__payload[0]``; yosys
         # 0.70's ABC9 reintegration asserts on such public names (ports are kept).
-        # ``-flatten``: submodules (SiLU's Sigmoid, ...) count towards their unit.
+        # ``-flatten``: submodules (RmsQuantize's RsqrtFixed, ...) count towards their unit.
         script = (f"read_verilog {src.name}; hierarchy -top {name}; rename -hide w:*; "
                   f"synth_xilinx -family {family} -noiopad -flatten -top {name}; "
                   f"tee -q -o {stat.name} stat -json")
@@ -220,15 +220,11 @@ def _units() -> list[UnitSpec]:
     from mmfree.hw.embedding import Bf16ToAct
     from mmfree.hw.glu import GLU
     from mmfree.hw.mlgru import MLGRU
-    from mmfree.hw.quantize import QuantizeVector
     from mmfree.hw.reciprocal import QuantReciprocal
     from mmfree.hw.bitlinear_engine import BitLinearEngine
     from mmfree.hw.rescale import Rescale
     from mmfree.hw.rms_quantize import RmsQuantize
     from mmfree.hw.rsqrt import RsqrtFixed
-    from mmfree.hw.sigmoid import Sigmoid
-    from mmfree.hw.silu import SiLU
-    from mmfree.models import numerics as nx
 
     return [
         _accumulate_spec("pynq-z2"),
@@ -243,11 +239,6 @@ def _units() -> list[UnitSpec]:
         UnitSpec("bf16_to_act", "bf16_to_act", lambda: Bf16ToAct(), "-", "1 element per cycle",
                  "a barrel shifter of the 8-bit significand over the ACT range, rounding, saturation "
                  "and negation"),
-        UnitSpec("sigmoid", "sigmoid", lambda: Sigmoid(), "-", "1 element per cycle",
-                 "a 2048-word table of 76-bit (T, d1, d2) words in block RAM and two multiplies "
-                 "for the quadratic interpolation, |x| and 1 - s (Q0.32)"),
-        UnitSpec("silu", "silu", lambda: SiLU(), "-", "1 element per cycle",
-                 "the sigmoid plus one 38 x 33-bit product x * sigma(x) (DSP blocks; |x| >= 32 needs no product)"),
         UnitSpec("mlgru", "mlgru", lambda: MLGRU(), "-", "1 channel per cycle",
                  "three sigmoid tables (f, silu(i), silu(h)), 48 x 33-bit products for the gate and "
                  "the state update and a 48 x 48-bit output product (DSP blocks)"),
@@ -256,11 +247,6 @@ def _units() -> list[UnitSpec]:
         UnitSpec("quant_reciprocal", "quant_reciprocal", lambda: QuantReciprocal(), "-",
                  "1 division per vector (sequential, 1 quotient bit per cycle)",
                  "a restoring divider: one 24-bit subtract and compare per quotient bit"),
-        UnitSpec("quantize_vector", "quantize_vector",
-                 lambda: QuantizeVector(k=2816, x_bits=nx.ACT_BITS), "k=2816, x_bits=48",
-                 "1 element per cycle per pass (2 passes per vector)",
-                 "the element memory (block RAM), a 48 x 24-bit product, the normalising shifts, "
-                 "the reciprocal, a 31 x 25-bit code multiply and the exact-tie compare"),
         UnitSpec("rsqrt", "rsqrt_fixed", lambda: RsqrtFixed(v_bits=RmsQuantize(max_k=2816, gain_lanes=4).v_bits),
                  "v_bits as RmsQuantize(max_k=2816)", "1 rsqrt per vector (digit-by-digit, sequential)",
                  "a 31-step digit-by-digit square root and a 31-step restoring divider: a few wide "
