@@ -31,19 +31,22 @@ MEM_BYTES = 1 << 20
 
 class TB:
     def __init__(self, dut, p):
-        from cocotbext.axi import AxiRamRead, AxiReadBus
+        from cocotbext.axi import AxiReadBus, AxiSlaveRead
+
+        from mmfree.sim.axi_slave import FaultyMemory
 
         self.dut, self.p = dut, p
         self.P, self.B = p["ports"], p["bus_bytes"]
         self.W = self.B * (1 << (self.P - 1).bit_length())
         self.rng = random.Random(p["seed"])
         self.mem = bytearray(self.rng.getrandbits(8) for _ in range(MEM_BYTES))
-        self.rams = []
+        self.memory = FaultyMemory(self.mem)          # one memory behind every port
+        self.slaves = []
         for port in range(self.P):
             bus = AxiReadBus.from_prefix(dut, f"bus__{port}_")
-            ram = AxiRamRead(bus, dut.clk, dut.rst, size=MEM_BYTES, mem=self.mem)
-            ram.log.setLevel(logging.WARNING)
-            self.rams.append(ram)
+            slave = AxiSlaveRead(bus, dut.clk, dut.rst, target=self.memory)
+            slave.log.setLevel(logging.ERROR)         # injected errors log a warning per beat
+            self.slaves.append(slave)
         self.layout = read_command_layout(32)
         self.bursts = []           # (cycle, port, addr, len, size, burst)
         self.in_flight = [0] * self.P
@@ -52,23 +55,10 @@ class TB:
         self.beats = 0
 
     def stall(self, probability):
-        def gen(rng=random.Random(self.rng.random())):
-            while True:
-                yield rng.random() < probability
-        for ram in self.rams:
-            ram.r_channel.set_pause_generator(gen())
-            ram.ar_channel.set_pause_generator(gen())
+        """Random AR and R stalls on every port."""
+        from mmfree.sim.axi_slave import stall_channels
 
-    def fail_window(self, lo, hi):
-        """Reads of bus words touching [lo, hi) answer SLVERR."""
-        for ram in self.rams:
-            plain = ram._read
-
-            async def _read(address, length, plain=plain):
-                if address < hi and address + length > lo:
-                    raise ValueError("injected error")
-                return await plain(address, length)
-            ram._read = _read
+        stall_channels([ch for s in self.slaves for ch in (s.ar_channel, s.r_channel)], probability, self.rng)
 
     async def monitor(self):
         """Per cycle: AR handshakes (burst checks), bursts in flight, error pulses, beats."""
@@ -168,7 +158,7 @@ if cocotb is not None:
 
         tb, src, sink = await _setup(dut, stall=0.2, backpressure=0.2, idle=0.0)
         lo = 8192 + 128
-        tb.fail_window(lo, lo + 3 * tb.B)
+        tb.memory.fail(lo, lo + 3 * tb.B)     # reads of bus words touching it answer SLVERR
         src.send([tb.layout.const({"addr": 8192, "length": 4096}).as_value().value])
         await sink.wait_for(4096 // tb.W, timeout_cycles=20_000)
         await ClockCycles(dut.clk, 20)

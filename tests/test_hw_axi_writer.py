@@ -34,14 +34,17 @@ FILL = 0xA5
 
 class TB:
     def __init__(self, dut, p):
-        from cocotbext.axi import AxiRamWrite, AxiWriteBus
+        from cocotbext.axi import AxiSlaveWrite, AxiWriteBus
+
+        from mmfree.sim.axi_slave import FaultyMemory
 
         self.dut, self.p, self.B, self.W = dut, p, p["bus_bytes"], p["word_bytes"]
         self.fmt = {4: "I", 8: "Q"}[self.W]
         self.rng = random.Random(p["seed"])
         self.mem = bytearray([FILL]) * MEM_BYTES
-        self.ram = AxiRamWrite(AxiWriteBus.from_prefix(dut, "bus_"), dut.clk, dut.rst, size=MEM_BYTES, mem=self.mem)
-        self.ram.log.setLevel(logging.WARNING)
+        self.memory = FaultyMemory(self.mem)
+        self.slave = AxiSlaveWrite(AxiWriteBus.from_prefix(dut, "bus_"), dut.clk, dut.rst, target=self.memory)
+        self.slave.log.setLevel(logging.ERROR)        # injected errors log a warning per burst
         self.layout = write_command_layout(32)
         self.bursts = []
         self.errors = 0
@@ -49,20 +52,10 @@ class TB:
         self.max_outstanding = 0
 
     def stall(self, probability):
-        def gen(rng=random.Random(self.rng.random())):
-            while True:
-                yield rng.random() < probability
-        for channel in (self.ram.aw_channel, self.ram.w_channel, self.ram.b_channel):
-            channel.set_pause_generator(gen())
+        """Random AW, W and B stalls."""
+        from mmfree.sim.axi_slave import stall_channels
 
-    def fail_window(self, lo, hi):
-        plain = self.ram._write
-
-        async def _write(address, data):
-            if address < hi and address + len(data) > lo:
-                raise ValueError("injected error")
-            await plain(address, data)
-        self.ram._write = _write
+        stall_channels((self.slave.aw_channel, self.slave.w_channel, self.slave.b_channel), probability, self.rng)
 
     async def monitor(self):
         from cocotb.triggers import ReadOnly, RisingEdge
@@ -154,7 +147,7 @@ if cocotb is not None:
     async def bench_write_error(dut):
         """SLVERR on one burst: one write_error pulse; the other bursts still written."""
         tb, cmd, words = await _setup(dut, stall=0.2, idle=0.0)
-        tb.fail_window(4096 + 64, 4096 + 68)
+        tb.memory.fail(4096 + 64, 4096 + 68)
         count = 12_000 // tb.W                                             # 12 KB: bursts on 3+ pages
         cmd.send([tb.layout.const({"addr": 0, "words": count}).as_value().value])
         words.send(range(count))
