@@ -167,7 +167,6 @@ def _stdout_to(file):
 # Inside the simulator
 # --------------------------------------------------------------------------
 if cocotb is not None:
-    from cocotb.clock import Clock
     from cocotb.simtime import get_sim_time
     from cocotb.triggers import First, RisingEdge, Timer
 
@@ -177,14 +176,10 @@ if cocotb is not None:
         from cocotbext.axi import AxiLiteBus, AxiLiteMaster
 
         from .ddr_access import DdrHostAccess
+        from .stream import start_clock_and_reset
         from .transport import CLOCK_PERIOD_NS, SOCKET_ENV, TOKEN_ENV, recv_message, send_message
 
-        Clock(dut.clk, CLOCK_PERIOD_NS, unit="ns", impl="gpi").start()
-        dut.rst.value = 1
-        for _ in range(RESET_CYCLES):
-            await RisingEdge(dut.clk)
-        dut.rst.value = 0
-        await RisingEdge(dut.clk)
+        await start_clock_and_reset(dut, period_ns=CLOCK_PERIOD_NS, reset_cycles=RESET_CYCLES, clock_impl="gpi")
         axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil"), dut.clk, dut.rst)
         ddr = DdrHostAccess(dut)
 

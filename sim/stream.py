@@ -40,9 +40,16 @@ def unpack(layout, bits: int):
     return layout.from_bits(bits)
 
 
-async def start_clock_and_reset(dut, *, period_ns: int = 10, reset_cycles: int = 3):
-    """Start ``dut.clk`` and hold ``dut.rst`` for ``reset_cycles`` rising edges."""
-    cocotb.start_soon(Clock(dut.clk, period_ns, unit="ns").start())
+async def start_clock_and_reset(dut, *, period_ns: int = 10, reset_cycles: int = 3,
+                                clock_impl: str | None = None):
+    """Start ``dut.clk`` and hold ``dut.rst`` for ``reset_cycles`` rising edges.
+
+    The one reset of every bench. ``rst`` falls on the falling edge after
+    the last reset edge, and this returns there: the next rising edge is the
+    design's first cycle out of reset. ``clock_impl`` is cocotb's ``Clock``
+    ``impl`` (``"gpi"``: the clock in C++, for long simulations).
+    """
+    Clock(dut.clk, period_ns, unit="ns", impl=clock_impl).start()
     dut.rst.value = 1
     for _ in range(reset_cycles):
         await RisingEdge(dut.clk)

@@ -76,15 +76,9 @@ class TB:
         self.rng = random.Random(params["seed"])
 
     async def reset(self):
-        from cocotb.clock import Clock
-        from cocotb.triggers import RisingEdge
+        from mmfree.sim.stream import start_clock_and_reset
 
-        Clock(self.dut.clk, 10, unit="ns").start()
-        self.dut.rst.value = 1
-        for _ in range(5):
-            await RisingEdge(self.dut.clk)
-        self.dut.rst.value = 0
-        await RisingEdge(self.dut.clk)
+        await start_clock_and_reset(self.dut, period_ns=10, reset_cycles=5)
 
     async def read(self, name):
         return await self.axil.read_dword(R[name].offset)
