@@ -212,6 +212,13 @@ def device(tiny):
     driver.close()
 
 
+def assert_recovered(driver, image, token):
+    """After an error: a new sequence's first token gives the golden logits."""
+    driver.reset_state()
+    (want,) = golden_steps(image, [token])
+    assert np.array_equal(driver.step(token).logits_act.astype(np.int64), want)
+
+
 @pytest.mark.sim
 def test_identity_of_the_simulated_build(device):
     driver, _ = device
@@ -287,9 +294,38 @@ def test_device_error_names_the_error_code(device, tiny):
         driver.step(3)
     weights.write(header, 0)
     weights.sync_to_device()
+    assert_recovered(driver, tiny, 3)
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("hidden, layers, intermediate", [
+    ("max", "max", "max+1"), ("max+1", "model", "model"), ("model", "max+1", "model"),
+    (0, "model", "model"), ("model", 0, "model"), ("model", "model", 0),
+])
+def test_shape_beyond_the_build_is_refused_by_the_device(device, tiny, hidden, layers, intermediate):
+    """MODEL_DIMS / MODEL_INNER beyond CAPACITY_* (or zero), written behind the driver's back: the
+    token core refuses to start (STATUS.error SHAPE, no token counted); the right shape runs after."""
+    driver, transport = device
+    cfg, c = transport.config, tiny.config
+    sizes = {}
+    for what, value, model, cap in (("hidden", hidden, c.D, cfg.max_hidden), ("layers", layers, c.L, cfg.max_layers),
+                                    ("intermediate", intermediate, c.I, cfg.max_intermediate)):
+        sizes[what] = {"model": model, "max": cap, "max+1": cap + 1}.get(value, value)
+    dims, inner = regs.BY_NAME["MODEL_DIMS"], regs.BY_NAME["MODEL_INNER"]
+    good = {reg.offset: transport.read(reg.offset) for reg in (dims, inner)}
     driver.reset_state()
-    (want,) = golden_steps(tiny, [3])
-    assert np.array_equal(driver.step(3).logits_act.astype(np.int64), want)
+    tokens = driver.counters()["tokens"]
+    transport.write(dims.offset, dims.field("hidden").put(sizes["hidden"]) | dims.field("layers").put(sizes["layers"]))
+    transport.write(inner.offset, inner.field("intermediate").put(sizes["intermediate"]))
+    try:
+        with pytest.raises(drv.DeviceError, match=r"^token 3: the accelerator stopped with error SHAPE$") as e:
+            driver.step(3)
+        assert e.value.code == regs.ErrorCode.SHAPE
+        assert driver.counters()["tokens"] == tokens
+    finally:
+        for offset, word in good.items():
+            transport.write(offset, word)
+    assert_recovered(driver, tiny, 3)
 
 
 @pytest.mark.sim
@@ -300,9 +336,7 @@ def test_timeout_is_one_line_and_recoverable(device, tiny):
         driver.step(9, timeout_s=200 / transport.clock_hz)
     busy = regs.BY_NAME["STATUS"].field("busy")
     assert transport.wait(driver.step_timeout_s(), lambda: not busy.get(transport.read(regs.BY_NAME["STATUS"].offset)))
-    driver.reset_state()
-    (want,) = golden_steps(tiny, [9])
-    assert np.array_equal(driver.step(9).logits_act.astype(np.int64), want)
+    assert_recovered(driver, tiny, 9)
 
 
 @pytest.mark.sim
