@@ -9,7 +9,7 @@
    regression guards.
 2. Integer golden vs float golden (float64, exact ties) over the first 2,048
    held-out positions: perplexity within 1 %, greedy next-token agreement
-   >= 99 %. ``python -m mmfree.bench.fidelity`` measures the whole held-out
+   >= 99 %. ``mmfree fidelity`` measures the whole held-out
    text; MODEL_CARD.md and docs/numerics.md give both figures.
 """
 import numpy as np

@@ -163,7 +163,7 @@ def main(argv=None) -> None:
     shutil.copyfile(args.ckpt / "training_log.json", args.out / "training_log.json")
     for name in ("config.json", "tokenizer.json"):
         shutil.copyfile(args.ckpt / name, args.out / name)
-    # The golden models' figures (python -m mmfree.bench.fidelity --update-evaluation) stay.
+    # The golden models' figures (mmfree fidelity --update-evaluation) stay.
     old = args.out / "evaluation.json"
     if old.is_file() and "golden_fidelity" in json.loads(old.read_text()):
         result["golden_fidelity"] = json.loads(old.read_text())["golden_fidelity"]
