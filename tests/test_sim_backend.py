@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from mmfree.host.backends import GoldenBackend, SimBackend
-from mmfree.host.cli import DEFAULT_MODEL
 from mmfree.host.generate import generate
 from mmfree.models.weight_image import WeightImage
 from helpers import Recording
@@ -45,9 +44,9 @@ def test_generate_sim_prints_the_golden_text():
     print(f"generate --backend sim, {TOKENS} tokens: {seconds:.1f} s")
 
 
-def test_sim_backend_logits_equal_golden_at_every_step():
+def test_sim_backend_logits_equal_golden_at_every_step(kjv):
     """Every step's float64 logits, not only the argmax (fewer tokens: the CLI test above has 32)."""
-    image = WeightImage.load(DEFAULT_MODEL)
+    image = kjv
     prompt, tokens = [image.config.bos_token_id, 1000, 7, 4095], 8
     sim = SimBackend(image)
     try:
