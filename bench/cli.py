@@ -19,8 +19,8 @@ from pathlib import Path
 import click
 
 from mmfree.contract.configs import CONFIGS
-from mmfree.host.cli import image_tokenizer, load_image
-from mmfree.host.options import json_option, model_option, read_text, text_option, write_output
+from mmfree.host.cli import load_image, text_ids
+from mmfree.host.options import json_option, model_option, text_option, write_output
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -68,11 +68,8 @@ def bench_golden(layers, tokens):
 
 
 def _text_ids(image, model, text_file, positions: int) -> list[int]:
-    """<s> and the tokens of the text, cut to ``positions`` predicted positions (0: all)."""
-    tok = image_tokenizer(image, model)
-    ids = [image.config.bos_token_id] + tok.encode(read_text(text_file), add_special_tokens=False).ids
-    if len(ids) < 2:
-        raise click.ClickException(f"{text_file}: too little text to evaluate (no token after <s>)")
+    """:func:`~mmfree.host.cli.text_ids` cut to ``positions`` predicted positions (0: all)."""
+    ids = text_ids(image, model, text_file)
     return ids[: positions + 1] if positions else ids
 
 

@@ -59,10 +59,23 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-def _check_ids(ids, vocab: int) -> None:
+def check_ids(ids, vocab: int, source: str = "") -> None:
+    """Refuse a token id outside the model's vocabulary (``source``: what the ids came from, for the message)."""
     bad = [t for t in ids if not 0 <= t < vocab]
     if bad:
-        raise click.ClickException(f"token id {bad[0]} out of range (vocabulary has {vocab} ids: 0..{vocab - 1})")
+        raise click.ClickException(f"{source}token id {bad[0]} out of range "
+                                   f"(vocabulary has {vocab} ids: 0..{vocab - 1})")
+
+
+def text_ids(image: WeightImage, model, text_file) -> list[int]:
+    """<s> and the ids of a UTF-8 text file through the image's tokenizer, at least one after <s>;
+    one-line errors naming the file."""
+    tok = image_tokenizer(image, model)
+    ids = [image.config.bos_token_id] + tok.encode(read_text(text_file), add_special_tokens=False).ids
+    if len(ids) < 2:
+        raise click.ClickException(f"{text_file}: too little text to evaluate (no token after <s>)")
+    check_ids(ids, image.config.V, f"{text_file} through {model}'s tokenizer: ")
+    return ids
 
 
 def _needs_extra(name: str, entry_point, error: BaseException) -> str:
@@ -149,7 +162,7 @@ def _open_prompt(model, prompt, backend, hw_config, bitstream):
     if not prompt.strip():
         raise click.ClickException("--prompt is empty")
     ids = [image.config.bos_token_id] + tok.encode(prompt, add_special_tokens=False).ids
-    _check_ids(ids, image.config.V)
+    check_ids(ids, image.config.V, f"{model}: the prompt's ")
     try:
         engine = open_backend(backend, image, hw_config=hw_config, bitstream=bitstream)
     except BackendError as e:
@@ -356,7 +369,7 @@ def logits(model, ids, arith, out):
     """Write the logits of every position (.npy, one row per position)."""
     token_ids = _parse_ids(ids)
     image = load_image(model)
-    _check_ids(token_ids, image.config.V)
+    check_ids(token_ids, image.config.V, "--ids: ")
     if arith in ("float", "float64"):
         from mmfree.models.golden_float import FloatModel
 
@@ -387,12 +400,8 @@ def eval_(model, text_file, max_tokens):
 
     from mmfree.models.fidelity import evaluate
 
-    text = read_text(text_file)
     image = load_image(model)
-    tok = image_tokenizer(image, model)
-    ids = ([image.config.bos_token_id] + tok.encode(text, add_special_tokens=False).ids)[:max_tokens]
-    if len(ids) < 2:
-        raise click.ClickException(f"{text_file}: too little text to evaluate (no token after <s>)")
+    ids = text_ids(image, model, text_file)[:max_tokens]
     with tqdm(total=len(ids) - 1, desc="integer model", unit="tok", file=sys.stderr, leave=False) as bar:
         r = evaluate(image, ids, progress=lambda n: bar.update(n - bar.n))
     ref = r.perplexity("float64")
@@ -404,4 +413,7 @@ def eval_(model, text_file, max_tokens):
         click.echo(f"greedy agreement {a}/{b}  {100 * r.agreement(a, b):.2f} %")
 
 
-__all__ = ["main", "CommandGroup", "COMMAND_ENTRY_POINTS", "DEFAULT_MODEL", "load_image", "image_tokenizer"]
+__all__ = ["main", "CommandGroup", "COMMAND_ENTRY_POINTS", "DEFAULT_MODEL", "load_image", "image_tokenizer", "check_ids", "text_ids"]
+
+if __name__ == "__main__":   # python -m mmfree.host.cli, where the mmfree script is not on PATH
+    main()

@@ -31,6 +31,12 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(self.rms_norm_eps, (int, float)) and 0 < self.rms_norm_eps < math.inf):
+            raise ConfigError(f"rms_norm_eps must be a positive finite number, got {self.rms_norm_eps!r}")
+        for name in ("bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value < self.vocab_size:
+                raise ConfigError(f"{name} must be a token id below vocab_size {self.vocab_size}, got {value!r}")
         if self.hidden_size > 8192 or self.intermediate_size > 8192:
             # accumulator and sum-of-squares widths are derived for K <= 8192
             raise ConfigError("hidden and intermediate sizes above 8192 are not supported")
@@ -79,20 +85,30 @@ class ModelConfig:
         for key, (want, what) in unsupported.items():
             if key in hf and hf[key] is not None and hf[key] != want:
                 raise ConfigError(f"config {key}={hf[key]!r} is not supported (the accelerator implements {what})")
+
+        def number(key, default=None, kind=int):
+            value = hf.get(key, default) if default is not None else hf[key]
+            if value is None and default is not None:
+                value = default
+            try:
+                return kind(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{key} must be a number, got {value!r}") from None
+
         try:
-            d = int(hf["hidden_size"])
+            d = number("hidden_size")
             inter = hf.get("intermediate_size")
             if inter is None:
-                ratio = hf.get("hidden_ratio") or 4
+                ratio = number("hidden_ratio", 4, float)
                 inter = 256 * math.ceil(math.floor(d * ratio * 2 / 3) / 256)
             return cls(
-                vocab_size=int(hf["vocab_size"]),
+                vocab_size=number("vocab_size"),
                 hidden_size=d,
-                num_hidden_layers=int(hf["num_hidden_layers"]),
-                intermediate_size=int(inter),
-                rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-                bos_token_id=int(hf.get("bos_token_id", 1) if hf.get("bos_token_id") is not None else 1),
-                eos_token_id=int(hf.get("eos_token_id", 2) if hf.get("eos_token_id") is not None else 2),
+                num_hidden_layers=number("num_hidden_layers"),
+                intermediate_size=number("intermediate_size", inter),
+                rms_norm_eps=number("rms_norm_eps", 1e-6, float),
+                bos_token_id=number("bos_token_id", 1),
+                eos_token_id=number("eos_token_id", 2),
             )
         except KeyError as e:
             raise ConfigError(f"config.json lacks {e.args[0]!r}") from None

@@ -99,6 +99,12 @@ CASES = {
     "config.json negative size":
         (lambda i, o: ["convert", checkpoint(i, "cfg-neg", lambda d: config_json(
             {**json.loads((d / "config.json").read_text()), "hidden_size": -4})(d)), o / "m.img"], "hidden_size"),
+    "config.json size not a number":
+        (lambda i, o: ["convert", checkpoint(i, "cfg-str", lambda d: config_json(
+            {**json.loads((d / "config.json").read_text()), "hidden_size": "x"})(d)), o / "m.img"], "hidden_size"),
+    "config.json negative epsilon":
+        (lambda i, o: ["convert", checkpoint(i, "cfg-eps", lambda d: config_json(
+            {**json.loads((d / "config.json").read_text()), "rms_norm_eps": -1})(d)), o / "m.img"], "rms_norm_eps"),
     "safetensors header a list (was a traceback)":
         (lambda i, o: ["convert", checkpoint(i, "st-list", lambda d: (d / "model.safetensors").write_bytes(
             struct.pack("<Q", 2) + b"[]")), o / "m.img"], "model.safetensors"),
@@ -147,6 +153,9 @@ CASES = {
     "image tokenizer cut short (was a traceback)":
         (lambda i, o: generate(image(i, "tok.img", lambda m: m["tokenizer"].__setitem__("size", 3))),
          "tokenizer.json"),
+    "image bos token outside the vocabulary":
+        (lambda i, o: generate(image(i, "bos.img", lambda m: m["config"].__setitem__("bos_token_id", 10**6))),
+         "bos_token_id"),
     "image empty":
         (lambda i, o: ["info", text(i, "empty.img", b"")], "empty.img"),
     "image is a folder":
@@ -194,6 +203,8 @@ CASES = {
         (lambda i, o: ["eval", "--model", TINY, "--text-file", i], "--text-file"),
     "fidelity-budget text empty":
         (lambda i, o: ["fidelity-budget", "--model", TINY, "--text", text(i, "empty.txt", b"")], "--text"),
+    "fidelity --update-evaluation without evaluation.json":
+        (lambda i, o: ["fidelity", "--model", TINY, "--update-evaluation"], "evaluation.json"),
     # build and benchmark options
     "synth unknown board":
         (lambda i, o: ["synth", "--board", "zcu104"], "--board"),
