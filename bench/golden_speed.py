@@ -33,14 +33,13 @@ def time_steps(model, ids) -> float:
 def bench(layers: int = 24, tokens: int = 16) -> None:
     """Print the machine, the model and both golden models' tokens/s."""
     cfg = ModelConfig(num_hidden_layers=layers, **SHAPE_370M)
+    print(f"machine          {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print(f"model            random, {cfg.L} layers, hidden {cfg.D}, intermediate {cfg.I}, vocab {cfg.V}: "
+          f"{cfg.ternary_weight_count() / 1e6:.1f} M ternary weights per token", flush=True)
     t0 = time.perf_counter()
     image = WeightImage.from_bytes(build_image(cfg, random_tensors(cfg, 0)))
     ids = np.random.default_rng(0).integers(0, cfg.V, tokens + 1)
     integer = IntegerModel(image)
-    build = time.perf_counter() - t0
-    print(f"machine          {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
-    print(f"model            random, {cfg.L} layers, hidden {cfg.D}, intermediate {cfg.I}, vocab {cfg.V}: "
-          f"{cfg.ternary_weight_count() / 1e6:.1f} M ternary weights per token")
-    print(f"image + decode   {build:.1f} s (not timed below)")
+    print(f"image + decode   {time.perf_counter() - t0:.1f} s (not timed below)", flush=True)
     print(f"integer golden   {time_steps(integer, ids):.2f} tokens/s")
     print(f"float golden     {time_steps(FloatModel(image), ids):.2f} tokens/s")
