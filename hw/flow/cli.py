@@ -110,9 +110,10 @@ def synth_units(units, all_units, list_units, families, json_out, doc):
         return
     known = [s.key for s in specs]
     unknown = [u for u in units if not any(k == u or k.startswith(u + "[") for k in known)]
-    if unknown or not (units or all_units):
-        raise click.ClickException(f"unknown unit {unknown[0] if unknown else '(none given)'}; "
-                                   f"known: {', '.join(known)}")
+    if unknown:
+        raise click.ClickException(f"unknown unit {unknown[0]}; known: {', '.join(known)}")
+    if not (units or all_units):
+        raise click.ClickException(f"name units or give --all; known: {', '.join(known)}")
     chosen = specs if all_units else [s for s in specs if any(s.key == u or s.key.startswith(u + "[")
                                                               for u in units)]
     jobs = [(spec, family) for spec in chosen for family in families or FAMILY_NAMES]
