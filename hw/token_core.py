@@ -1,6 +1,8 @@
 """The token datapath: every layer and the head for one token, fed by the weight stream."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth.hdl import Module, Mux, ResetInserter, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
@@ -135,84 +137,107 @@ class TokenCore(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        E = self.engine_bytes
-        D, L, I = self.hidden, self.layers, self.intermediate
-
         # Everything that holds per-token pipeline state restarts at START,
         # so a token aborted by an error leaves nothing behind.
         flush = Signal()
-        m.submodules.engine = engine = ResetInserter(flush)(self._engine)
-        m.submodules.mlgru = mlgru = ResetInserter(flush)(MLGRU())
-        m.submodules.glu = glu = ResetInserter(flush)(GLU())
-        m.submodules.embed = embed = ResetInserter(flush)(Bf16ToAct())
-        m.submodules.argmax = argmax = ResetInserter(flush)(Argmax(max_length=self.max_vocab))
-        m.submodules.mlgru_side = side = ResetInserter(flush)(
+        u = self._units(m, flush)
+        t = SimpleNamespace(
+            flush=flush, fsm_state=Signal(_State), step=Signal(RecordStep), layer=Signal(16),
+            state_base=Signal(range(self.max_layers * self.max_hidden + 1)),
+            row=Signal(range(max(2 * self.max_intermediate, self.max_vocab, self.max_hidden) + 1)),
+            error=Signal(8), best_value=Signal(ACT), best_index=Signal(32), finish=Signal(),
+            embed_beats=Signal(16))
+        m.d.comb += [self.busy.eq(t.fsm_state != _State.IDLE), self.error.eq(t.error),
+                     self.argmax.eq(t.best_index), self.argmax_value.eq(t.best_value)]
+        m.d.sync += self.done.eq(0)
+        self._control(m, u, t)
+        self._stage_embed_row(m, u, t)
+        self._weight_wait(m, u, t)
+        x = self._engine_inputs(m, u)
+        embed_row = self._embed_results(m, u, x)
+        routed = self._stage_read_buffers(m, u, t)
+        self._stage_route(m, u, t, x, routed)
+        self._mlgru_results(m, u, t, x)
+        # The token ends when the argmax of its logits is known.
+        m.d.comb += [u.argmax.o.ready.eq(1), t.finish.eq(u.argmax.o.valid)]
+        with m.If(u.argmax.o.valid):
+            m.d.sync += [t.best_value.eq(u.argmax.o.payload.value), t.best_index.eq(u.argmax.o.payload.index)]
+        glu_row = self._glu_results(m, u, x)
+        with m.If(flush):
+            m.d.sync += [glu_row.eq(0), embed_row.eq(0)]
+        self._phase(m, u, t)
+        m.d.comb += u.engine.clear_error.eq(flush)
+        return m
+
+    def _units(self, m, flush):
+        """The engine, the element-wise units and the on-chip vectors (ACT, one read port each,
+        reads take one cycle); every unit restarts on ``flush``."""
+        u = SimpleNamespace()
+        m.submodules.engine = u.engine = ResetInserter(flush)(self._engine)
+        m.submodules.mlgru = u.mlgru = ResetInserter(flush)(MLGRU())
+        m.submodules.glu = u.glu = ResetInserter(flush)(GLU())
+        m.submodules.embed = u.embed = ResetInserter(flush)(Bf16ToAct())
+        m.submodules.argmax = u.argmax = ResetInserter(flush)(Argmax(max_length=self.max_vocab))
+        m.submodules.mlgru_side = u.side = ResetInserter(flush)(
             SyncFIFOBuffered(width=_MLGRU_SIDE.size, depth=MLGRU.latency + 4))
 
-        # ---- on-chip vectors -------------------------------------------------
         def vector(name, depth, shape=ACT, ram_style=None):
             mem = Memory(shape=shape, depth=depth, init=[], attrs=ram_style_attrs(ram_style))
             m.submodules[name] = mem
             return mem.write_port(), mem.read_port(domain="sync")
 
-        resid_w, resid_r = vector("residual", self.max_hidden)
-        ibuf_w, ibuf_r = vector("i_buffer", self.max_hidden)
-        fbuf_w, fbuf_r = vector("f_buffer", self.max_hidden)
-        gbuf_w, gbuf_r = vector("g_buffer", self.max_hidden)
-        abuf_w, abuf_r = vector("a_buffer", self.max_intermediate)
-        state_w, state_r = vector("state", self.max_layers * self.max_hidden, ram_style=self.state_ram_style)
+        u.resid_w, u.resid_r = vector("residual", self.max_hidden)
+        u.ibuf_w, u.ibuf_r = vector("i_buffer", self.max_hidden)
+        u.fbuf_w, u.fbuf_r = vector("f_buffer", self.max_hidden)
+        u.gbuf_w, u.gbuf_r = vector("g_buffer", self.max_hidden)
+        u.abuf_w, u.abuf_r = vector("a_buffer", self.max_intermediate)
+        u.state_w, u.state_r = vector("state", self.max_layers * self.max_hidden, ram_style=self.state_ram_style)
+        return u
 
-        fsm_state = Signal(_State)
-        step = Signal(RecordStep)
-        layer = Signal(16)
-        state_base = Signal(range(self.max_layers * self.max_hidden + 1))
-        row = Signal(range(max(2 * self.max_intermediate, self.max_vocab, self.max_hidden) + 1))
-        error = Signal(8)
-        best_value, best_index = Signal(ACT), Signal(32)
-        finish = Signal()
-
-        m.d.comb += [self.busy.eq(fsm_state != _State.IDLE), self.error.eq(error),
-                     self.argmax.eq(best_index), self.argmax_value.eq(best_value)]
-        m.d.sync += self.done.eq(0)
-
-        # ---- control -----------------------------------------------------------
-        clear_addr = Signal.like(state_base)
-        embed_beats = Signal(16)
+    def _control(self, m, u, t):
+        """IDLE / CLEAR / EMBED / RUN: START (shape check, flush), the state clear (one word
+        per cycle, ``max_layers * max_hidden`` cycles), the end of a token or an engine error."""
+        E, D, L, I = self.engine_bytes, self.hidden, self.layers, self.intermediate
+        clear_addr = Signal.like(t.state_base)
         too_big = ((D > self.max_hidden) | (L > self.max_layers) | (I > self.max_intermediate)
                    | (D == 0) | (L == 0) | (I == 0))
-        with m.Switch(fsm_state):
+        with m.Switch(t.fsm_state):
             with m.Case(_State.IDLE):
                 with m.If(self.start):
-                    m.d.comb += flush.eq(1)
-                    m.d.sync += [step.eq(RecordStep.ATTN_IN), layer.eq(0), state_base.eq(0), row.eq(0),
-                                 embed_beats.eq(self.embed_stride // E)]
+                    m.d.comb += t.flush.eq(1)
+                    m.d.sync += [t.step.eq(RecordStep.ATTN_IN), t.layer.eq(0), t.state_base.eq(0), t.row.eq(0),
+                                 t.embed_beats.eq(self.embed_stride // E)]
                     with m.If(too_big):
-                        m.d.sync += [error.eq(regs.ErrorCode.SHAPE), self.done.eq(1)]
+                        m.d.sync += [t.error.eq(regs.ErrorCode.SHAPE), self.done.eq(1)]
                     with m.Else():
-                        m.d.sync += [error.eq(0), fsm_state.eq(_State.EMBED)]
+                        m.d.sync += [t.error.eq(0), t.fsm_state.eq(_State.EMBED)]
                 with m.Elif(self.clear_state):
-                    m.d.sync += [clear_addr.eq(0), fsm_state.eq(_State.CLEAR)]
+                    m.d.sync += [clear_addr.eq(0), t.fsm_state.eq(_State.CLEAR)]
             with m.Case(_State.CLEAR):
                 # Zero the recurrent state of every layer, one word per cycle.
-                m.d.comb += [state_w.addr.eq(clear_addr), state_w.data.eq(0), state_w.en.eq(1)]
+                m.d.comb += [u.state_w.addr.eq(clear_addr), u.state_w.data.eq(0), u.state_w.en.eq(1)]
                 m.d.sync += clear_addr.eq(clear_addr + 1)
                 with m.If(clear_addr == self.max_layers * self.max_hidden - 1):
-                    m.d.sync += fsm_state.eq(_State.IDLE)
+                    m.d.sync += t.fsm_state.eq(_State.IDLE)
             with m.Case(_State.EMBED, _State.RUN):
-                with m.If(engine.error):
-                    m.d.sync += [error.eq(regs.ErrorCode.BAD_RECORD), self.done.eq(1),
-                                 fsm_state.eq(_State.IDLE)]
-                with m.Elif(finish):
-                    m.d.sync += [self.done.eq(1), fsm_state.eq(_State.IDLE)]
+                with m.If(u.engine.error):
+                    m.d.sync += [t.error.eq(regs.ErrorCode.BAD_RECORD), self.done.eq(1),
+                                 t.fsm_state.eq(_State.IDLE)]
+                with m.Elif(t.finish):
+                    m.d.sync += [self.done.eq(1), t.fsm_state.eq(_State.IDLE)]
 
-        # ---- embedding row: E/2 bf16 values per beat, one per cycle ---------------
+    def _stage_embed_row(self, m, u, t):
+        """EMBED: the row's ``embed_stride / E`` beats, E/2 bf16 values per beat, one value per
+        cycle into :class:`Bf16ToAct` (values beyond D dropped); then RUN hands ``weights`` to the engine."""
+        E, D = self.engine_bytes, self.hidden
+        embed = u.embed
         beat = Signal(8 * E)
         beat_full = Signal()
         half = Signal(range(E // 2))
         element = Signal(16)           # index of the value under `half` within the row
         beats_taken = Signal(16)
-        with m.If(fsm_state == _State.EMBED):
-            m.d.comb += self.weights.ready.eq(~beat_full & (beats_taken != embed_beats))
+        with m.If(t.fsm_state == _State.EMBED):
+            m.d.comb += self.weights.ready.eq(~beat_full & (beats_taken != t.embed_beats))
             with m.If(self.weights.valid & self.weights.ready):
                 m.d.sync += [beat.eq(self.weights.payload), beat_full.eq(1), half.eq(0),
                              beats_taken.eq(beats_taken + 1)]
@@ -223,26 +248,31 @@ class TokenCore(wiring.Component):
                 m.d.sync += [half.eq(half + 1), element.eq(element + 1)]
                 with m.If(half == E // 2 - 1):
                     m.d.sync += beat_full.eq(0)
-                    with m.If(beats_taken == embed_beats):
-                        m.d.sync += fsm_state.eq(_State.RUN)
+                    with m.If(beats_taken == t.embed_beats):
+                        m.d.sync += t.fsm_state.eq(_State.RUN)
         with m.Else():
             m.d.sync += [beats_taken.eq(0), element.eq(0), beat_full.eq(0)]
-        with m.If(fsm_state == _State.RUN):
-            wiring.connect(m, wiring.flipped(self.weights), engine.weights)
-        # After the head's matrix the idle engine still asks for a next header;
-        # the stream is over, so that is not waiting for weights.
+        with m.If(t.fsm_state == _State.RUN):
+            wiring.connect(m, wiring.flipped(self.weights), u.engine.weights)
+
+    def _weight_wait(self, m, u, t):
+        """``weight_wait``: the engine's, or the embedding row's wait. After the head's matrix the
+        idle engine still asks for a next header; the stream is over, so that is not waiting."""
+        engine = u.engine
         head_streamed = Signal()
-        with m.If(flush):
+        with m.If(t.flush):
             m.d.sync += head_streamed.eq(0)
-        with m.Elif((step == RecordStep.HEAD) & (engine.phase == 2)):
+        with m.Elif((t.step == RecordStep.HEAD) & (engine.phase == 2)):
             m.d.sync += head_streamed.eq(1)
         m.d.comb += self.weight_wait.eq((engine.weight_wait & ~(head_streamed & (engine.phase != 2)))
-                                        | ((fsm_state == _State.EMBED) & self.weights.ready
+                                        | ((t.fsm_state == _State.EMBED) & self.weights.ready
                                            & ~self.weights.valid))
 
-        # ---- the next record's input: one of four producers at a time -------------
-        # Their outputs never overlap in time (each needs the previous record's
-        # whole input consumed), so the engine's x port is their OR.
+    def _engine_inputs(self, m, u):
+        """The next record's input: one of four producers at a time (embedding, MLGRU, residual,
+        GLU). Their outputs never overlap in time (each needs the previous record's whole input
+        consumed), so the engine's x port is their OR."""
+        engine = u.engine
         producers = []
 
         def producer(name):
@@ -251,42 +281,47 @@ class TokenCore(wiring.Component):
             m.d.comb += s.ready.eq(engine.x.ready)
             return s
 
-        embed_x, mlgru_x, resid_x, glu_x = (producer(n) for n in ("embed_x", "mlgru_x", "resid_x", "glu_x"))
+        x = SimpleNamespace(embed=producer("embed_x"), mlgru=producer("mlgru_x"), resid=producer("resid_x"),
+                            glu=producer("glu_x"))
         m.d.comb += engine.x.valid.eq(sum(p.valid for p in producers) != 0)
         for p in producers:
             with m.If(p.valid):
                 m.d.comb += engine.x.payload.eq(p.payload)
+        return x
 
-        # Embedding values: into the residual buffer and into attn.in.
+    def _embed_results(self, m, u, x):
+        """Embedding values (ACT): into the residual buffer and into ``attn.in``. Returns the row counter."""
+        D, embed = self.hidden, u.embed
         embed_row = Signal(16)
-        m.d.comb += [embed_x.valid.eq(embed.o.valid), embed.o.ready.eq(embed_x.ready),
-                     embed_x.payload.value.eq(embed.o.payload), embed_x.payload.norm.eq(embed.o.payload),
-                     embed_x.payload.last.eq(embed_row == D - 1)]
+        m.d.comb += [x.embed.valid.eq(embed.o.valid), embed.o.ready.eq(x.embed.ready),
+                     x.embed.payload.value.eq(embed.o.payload), x.embed.payload.norm.eq(embed.o.payload),
+                     x.embed.payload.last.eq(embed_row == D - 1)]
         with m.If(embed.o.valid & embed.o.ready):
-            m.d.comb += [resid_w.addr.eq(embed_row), resid_w.data.eq(embed.o.payload), resid_w.en.eq(1)]
+            m.d.comb += [u.resid_w.addr.eq(embed_row), u.resid_w.data.eq(embed.o.payload), u.resid_w.en.eq(1)]
             m.d.sync += embed_row.eq(Mux(embed_row == D - 1, 0, embed_row + 1))
+        return embed_row
 
-        # ---- engine outputs: stage 0 reads the buffers, stage 1 routes ----------
-        y = engine.y
-        s1_valid, s1_ready = Signal(), Signal()
-        s1_step = Signal(RecordStep)
-        s1_consumer, s1_value, s1_last = Signal(2), Signal(ACT), Signal()
-        s1_row, s1_bhalf = Signal.like(row), Signal()
-        advance = ~s1_valid | s1_ready
-        m.d.comb += y.ready.eq(advance & (fsm_state == _State.RUN))
-
-        bhalf = (step == RecordStep.MLP_IN) & (row >= I)
-        for port in (resid_r, ibuf_r, fbuf_r, gbuf_r, abuf_r, state_r):
+    def _stage_read_buffers(self, m, u, t):
+        """Engine outputs, stage 0: an output ``y`` is taken and the buffers are read at its row
+        (latency 1; the routing stage's ``ready`` stalls it). Advances the record step on each
+        record's (or last consumer's) ``last``. Returns the routing stage's registers."""
+        I, L, D = self.intermediate, self.layers, self.hidden
+        y, step = u.engine.y, t.step
+        s = SimpleNamespace(valid=Signal(), ready=Signal(), step=Signal(RecordStep), consumer=Signal(2),
+                            value=Signal(ACT), last=Signal(), row=Signal.like(t.row), bhalf=Signal())
+        advance = ~s.valid | s.ready
+        m.d.comb += y.ready.eq(advance & (t.fsm_state == _State.RUN))
+        bhalf = (step == RecordStep.MLP_IN) & (t.row >= I)
+        for port in (u.resid_r, u.ibuf_r, u.fbuf_r, u.gbuf_r, u.abuf_r, u.state_r):
             m.d.comb += port.en.eq(advance)
-        m.d.comb += [resid_r.addr.eq(row), ibuf_r.addr.eq(row), fbuf_r.addr.eq(row), gbuf_r.addr.eq(row),
-                     abuf_r.addr.eq(row - I), state_r.addr.eq(state_base + row)]
-
+        m.d.comb += [u.resid_r.addr.eq(t.row), u.ibuf_r.addr.eq(t.row), u.fbuf_r.addr.eq(t.row),
+                     u.gbuf_r.addr.eq(t.row), u.abuf_r.addr.eq(t.row - I), u.state_r.addr.eq(t.state_base + t.row)]
         with m.If(advance):
-            m.d.sync += s1_valid.eq(y.valid & y.ready)
+            m.d.sync += s.valid.eq(y.valid & y.ready)
         with m.If(y.valid & y.ready):
-            m.d.sync += [s1_step.eq(step), s1_consumer.eq(y.payload.consumer), s1_value.eq(y.payload.value),
-                         s1_last.eq(y.payload.last), s1_row.eq(row), s1_bhalf.eq(bhalf)]
-            m.d.sync += row.eq(Mux(y.payload.last, 0, row + 1))
+            m.d.sync += [s.step.eq(step), s.consumer.eq(y.payload.consumer), s.value.eq(y.payload.value),
+                         s.last.eq(y.payload.last), s.row.eq(t.row), s.bhalf.eq(bhalf)]
+            m.d.sync += t.row.eq(Mux(y.payload.last, 0, t.row + 1))
             with m.If(y.payload.last):
                 # The record (or its last consumer) is complete: move to the next one.
                 with m.Switch(step):
@@ -300,90 +335,94 @@ class TokenCore(wiring.Component):
                     with m.Case(RecordStep.MLP_IN):
                         m.d.sync += step.eq(RecordStep.MLP_OUT)
                     with m.Case(RecordStep.MLP_OUT):
-                        m.d.sync += [layer.eq(layer + 1), state_base.eq(state_base + D),
-                                     step.eq(Mux(layer + 1 == L, RecordStep.HEAD, RecordStep.ATTN_IN))]
+                        m.d.sync += [t.layer.eq(t.layer + 1), t.state_base.eq(t.state_base + D),
+                                     step.eq(Mux(t.layer + 1 == L, RecordStep.HEAD, RecordStep.ATTN_IN))]
+        return s
 
+    def _stage_route(self, m, u, t, x, s):
+        """Engine outputs, stage 1: each output (ACT) with the buffers read for its row goes where
+        its record step sends it (buffers, MLGRU, residual add, GLU, logits); ``s.ready`` is that
+        consumer's ready."""
+        mlgru, glu, argmax, side = u.mlgru, u.glu, u.argmax, u.side
         residual_sum = Signal(ACT)
-        m.d.comb += residual_sum.eq(saturate(resid_r.data + s1_value))
+        m.d.comb += residual_sum.eq(saturate(u.resid_r.data + s.value))
         side_in = Signal(_MLGRU_SIDE)
-        m.d.comb += [side_in.g.eq(gbuf_r.data), side_in.row.eq(s1_row), side_in.last.eq(s1_last),
+        m.d.comb += [side_in.g.eq(u.gbuf_r.data), side_in.row.eq(s.row), side_in.last.eq(s.last),
                      side.w_data.eq(side_in)]
-        with m.Switch(s1_step):
+        with m.Switch(s.step):
             with m.Case(RecordStep.ATTN_IN):
-                m.d.comb += s1_ready.eq(1)
-                for index, port in enumerate((ibuf_w, fbuf_w, gbuf_w)):
-                    m.d.comb += [port.addr.eq(s1_row), port.data.eq(s1_value),
-                                 port.en.eq(s1_valid & (s1_consumer == index))]
+                m.d.comb += s.ready.eq(1)
+                for index, port in enumerate((u.ibuf_w, u.fbuf_w, u.gbuf_w)):
+                    m.d.comb += [port.addr.eq(s.row), port.data.eq(s.value),
+                                 port.en.eq(s.valid & (s.consumer == index))]
             with m.Case(RecordStep.LOWER_BOUND):
                 # h_new = f*h + silu(i)*(1-f) with f from the gate; w = g*silu(h_new)
-                m.d.comb += [mlgru.i.payload.i.eq(ibuf_r.data), mlgru.i.payload.f.eq(fbuf_r.data),
-                             mlgru.i.payload.g.eq(gbuf_r.data), mlgru.i.payload.h.eq(state_r.data),
-                             mlgru.i.payload.lb.eq(s1_value[:nx.GATE_FRAC]),
-                             mlgru.i.valid.eq(s1_valid & side.w_rdy),
-                             side.w_en.eq(s1_valid & mlgru.i.ready),
-                             s1_ready.eq(mlgru.i.ready & side.w_rdy)]
+                m.d.comb += [mlgru.i.payload.i.eq(u.ibuf_r.data), mlgru.i.payload.f.eq(u.fbuf_r.data),
+                             mlgru.i.payload.g.eq(u.gbuf_r.data), mlgru.i.payload.h.eq(u.state_r.data),
+                             mlgru.i.payload.lb.eq(s.value[:nx.GATE_FRAC]),
+                             mlgru.i.valid.eq(s.valid & side.w_rdy),
+                             side.w_en.eq(s.valid & mlgru.i.ready),
+                             s.ready.eq(mlgru.i.ready & side.w_rdy)]
             with m.Case(RecordStep.ATTN_OUT, RecordStep.MLP_OUT):
                 # r = saturate(h + o); h = saturate(r + d)
                 # (norm is ignored by the engine here; driving it keeps no field constant,
                 # which Verilator would flag as an empty always block)
-                m.d.comb += [resid_x.valid.eq(s1_valid), resid_x.payload.value.eq(residual_sum),
-                             resid_x.payload.norm.eq(residual_sum),
-                             resid_x.payload.last.eq(s1_last), s1_ready.eq(resid_x.ready),
-                             resid_w.addr.eq(s1_row), resid_w.data.eq(residual_sum),
-                             resid_w.en.eq(s1_valid & resid_x.ready)]
+                m.d.comb += [x.resid.valid.eq(s.valid), x.resid.payload.value.eq(residual_sum),
+                             x.resid.payload.norm.eq(residual_sum),
+                             x.resid.payload.last.eq(s.last), s.ready.eq(x.resid.ready),
+                             u.resid_w.addr.eq(s.row), u.resid_w.data.eq(residual_sum),
+                             u.resid_w.en.eq(s.valid & x.resid.ready)]
             with m.Case(RecordStep.MLP_IN):
-                with m.If(s1_bhalf):
-                    m.d.comb += [glu.i.payload.a.eq(abuf_r.data), glu.i.payload.b.eq(s1_value),
-                                 glu.i.valid.eq(s1_valid), s1_ready.eq(glu.i.ready)]
+                with m.If(s.bhalf):
+                    m.d.comb += [glu.i.payload.a.eq(u.abuf_r.data), glu.i.payload.b.eq(s.value),
+                                 glu.i.valid.eq(s.valid), s.ready.eq(glu.i.ready)]
                 with m.Else():
-                    m.d.comb += [abuf_w.addr.eq(s1_row), abuf_w.data.eq(s1_value), abuf_w.en.eq(s1_valid),
-                                 s1_ready.eq(1)]
+                    m.d.comb += [u.abuf_w.addr.eq(s.row), u.abuf_w.data.eq(s.value), u.abuf_w.en.eq(s.valid),
+                                 s.ready.eq(1)]
             with m.Case(RecordStep.HEAD):
                 # Every logit goes out and through the argmax in the same transfer.
-                m.d.comb += [self.logits.valid.eq(s1_valid & argmax.i.ready),
-                             self.logits.payload.value.eq(s1_value), self.logits.payload.last.eq(s1_last),
-                             argmax.i.valid.eq(s1_valid & self.logits.ready),
-                             argmax.i.payload.value.eq(s1_value), argmax.i.payload.last.eq(s1_last),
-                             s1_ready.eq(self.logits.ready & argmax.i.ready)]
+                m.d.comb += [self.logits.valid.eq(s.valid & argmax.i.ready),
+                             self.logits.payload.value.eq(s.value), self.logits.payload.last.eq(s.last),
+                             argmax.i.valid.eq(s.valid & self.logits.ready),
+                             argmax.i.payload.value.eq(s.value), argmax.i.payload.last.eq(s.last),
+                             s.ready.eq(self.logits.ready & argmax.i.ready)]
 
-        # MLGRU results: the new state back to the layer's slot, w and g to attn.out.
+    def _mlgru_results(self, m, u, t, x):
+        """MLGRU results: the new state h back to the layer's slot, w (ACT) and g to ``attn.out``."""
+        mlgru, side = u.mlgru, u.side
         side_out = data.View(_MLGRU_SIDE, side.r_data)
-        m.d.comb += [mlgru_x.valid.eq(mlgru.o.valid), mlgru.o.ready.eq(mlgru_x.ready),
-                     side.r_en.eq(mlgru.o.valid & mlgru_x.ready),
-                     mlgru_x.payload.value.eq(mlgru.o.payload.w), mlgru_x.payload.norm.eq(side_out.g),
-                     mlgru_x.payload.last.eq(side_out.last)]
-        with m.If(mlgru.o.valid & mlgru_x.ready):
-            m.d.comb += [state_w.addr.eq(state_base + side_out.row), state_w.data.eq(mlgru.o.payload.h),
-                         state_w.en.eq(1)]
+        m.d.comb += [x.mlgru.valid.eq(mlgru.o.valid), mlgru.o.ready.eq(x.mlgru.ready),
+                     side.r_en.eq(mlgru.o.valid & x.mlgru.ready),
+                     x.mlgru.payload.value.eq(mlgru.o.payload.w), x.mlgru.payload.norm.eq(side_out.g),
+                     x.mlgru.payload.last.eq(side_out.last)]
+        with m.If(mlgru.o.valid & x.mlgru.ready):
+            m.d.comb += [u.state_w.addr.eq(t.state_base + side_out.row), u.state_w.data.eq(mlgru.o.payload.h),
+                         u.state_w.en.eq(1)]
 
-        # The token ends when the argmax of its logits is known.
-        m.d.comb += [argmax.o.ready.eq(1), finish.eq(argmax.o.valid)]
-        with m.If(argmax.o.valid):
-            m.d.sync += [best_value.eq(argmax.o.payload.value), best_index.eq(argmax.o.payload.index)]
-
-        # GLU results: mlp.out's input, the last one when I have come out.
+    def _glu_results(self, m, u, x):
+        """GLU results (ACT): ``mlp.out``'s input, the last one when I have come out. Returns the row counter."""
+        I, glu = self.intermediate, u.glu
         glu_row = Signal(16)
-        m.d.comb += [glu_x.valid.eq(glu.o.valid), glu.o.ready.eq(glu_x.ready),
-                     glu_x.payload.value.eq(glu.o.payload), glu_x.payload.norm.eq(glu.o.payload),
-                     glu_x.payload.last.eq(glu_row == I - 1)]
+        m.d.comb += [x.glu.valid.eq(glu.o.valid), glu.o.ready.eq(x.glu.ready),
+                     x.glu.payload.value.eq(glu.o.payload), x.glu.payload.norm.eq(glu.o.payload),
+                     x.glu.payload.last.eq(glu_row == I - 1)]
         with m.If(glu.o.valid & glu.o.ready):
             m.d.sync += glu_row.eq(Mux(glu_row == I - 1, 0, glu_row + 1))
-        with m.If(flush):
-            m.d.sync += [glu_row.eq(0), embed_row.eq(0)]
+        return glu_row
 
-        # ---- phase for the counters ----------------------------------------------
-        with m.If(fsm_state == _State.EMBED):
+    def _phase(self, m, u, t):
+        """``phase`` for the counters (``registers.Phase``)."""
+        engine = u.engine
+        with m.If(t.fsm_state == _State.EMBED):
             m.d.comb += self.phase.eq(regs.Phase.EMBED)
-        with m.Elif(fsm_state == _State.RUN):
+        with m.Elif(t.fsm_state == _State.RUN):
             with m.If(engine.phase == 2):
                 m.d.comb += self.phase.eq(regs.Phase.MATVEC)
             with m.Elif(engine.phase == 1):
                 m.d.comb += self.phase.eq(regs.Phase.PREP)
-            with m.Elif(step == RecordStep.HEAD):
+            with m.Elif(t.step == RecordStep.HEAD):
                 m.d.comb += self.phase.eq(regs.Phase.HEAD)
             with m.Else():
                 m.d.comb += self.phase.eq(regs.Phase.ELEMENTWISE)
         with m.Else():
             m.d.comb += self.phase.eq(regs.Phase.IDLE)
-        m.d.comb += engine.clear_error.eq(flush)
-        return m
