@@ -1,4 +1,4 @@
-"""The GLU's element-wise part (``golden_int.IntegerModel.glu``), one element per beat."""
+"""The GLU's element-wise part (``golden_int.glu``), one element per beat."""
 from __future__ import annotations
 
 from amaranth.hdl import Module, Signal
@@ -15,7 +15,7 @@ GLU_IN = data.StructLayout({"a": ACT_SHAPE, "b": ACT_SHAPE})
 
 
 class GLU(wiring.Component):
-    """Stream unit: ``w = mul_act(silu_act(a), b)``, bit exact with ``IntegerModel.glu``.
+    """Stream unit: ``w = mul_act(silu_act(a), b)``, bit exact with ``golden_int.glu``.
 
     Ports
     -----

@@ -1,4 +1,4 @@
-"""The MLGRU's element-wise part (``golden_int.IntegerModel.mlgru``), one element per beat."""
+"""The MLGRU's element-wise part (``golden_int.mlgru_step``), one element per beat."""
 from __future__ import annotations
 
 from amaranth.hdl import Module, Signal, unsigned
@@ -22,7 +22,7 @@ MLGRU_OUT = data.StructLayout({"w": ACT_SHAPE, "h": ACT_SHAPE})
 
 
 class MLGRU(wiring.Component):
-    """Stream unit, bit exact with ``IntegerModel.mlgru`` per element::
+    """Stream unit, bit exact with ``golden_int.mlgru_step`` per element::
 
         f = lb + rshift_round((2**32 - lb) * sigmoid_act(f_pre), 32)
         c = mul_gate(silu_act(i), 2**32 - f)

@@ -94,6 +94,44 @@ def norm_stats(x: np.ndarray, x_frac: int, norm_mant: np.ndarray, frac_a: int, e
     return NormStats(v, sa, inv, z)
 
 
+def consumer_scale(qv: QuantizedVector, stats: NormStats, cm: int, ec: int, frac_g: int,
+                   frac_a: int) -> tuple[int, int] | None:
+    """Step 4's ``(scale, exp)`` of one consumer (``numerics.output_scale``: scale unsigned
+    ``SCALE_OUT_BITS``, exp a signed shift), from its codes' M', sh and the vector's V, sa, inv, z;
+    None when the consumer's outputs are all zero (V = 0 or M' = 0)."""
+    if stats.sumsq == 0 or qv.peak_norm == 0:
+        return None
+    return nx.output_scale(qv.peak_norm, stats.inv, stats.z, cm, ec, qv.shift, stats.shift, frac_g, frac_a)
+
+
+def mlgru_step(i: np.ndarray, f_pre: np.ndarray, g: np.ndarray, h: np.ndarray,
+               lower_bound: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The MLGRU's element-wise part (``hw.mlgru.MLGRU``): returns ``(w, h_new)``, both ACT.
+
+    ``i``, ``f_pre``, ``g`` (the ``attn.in`` outputs), ``h`` (the layer's
+    state) are ACT (``numerics.ACT_BITS``, Q15.32) int64 arrays;
+    ``lower_bound`` is the layer's gates, GATE (Q0.32, below 1). With
+    ``f = LB + (1 - LB) * sigmoid(f_pre)`` (GATE, truncated):
+    ``h_new = saturate(f * h + silu(i) * (1 - f))`` and ``w = g * silu(h_new)``,
+    each product rounded (``numerics.mul_gate`` / ``mul_act``).
+    """
+    lb = lower_bound
+    f = lb + nx.mul_rshift(nx.GATE_ONE - lb, nx.sigmoid_act(f_pre), nx.GATE_FRAC)  # LB + (1-LB)*sigma
+    c = nx.mul_gate(nx.silu_act(i), nx.GATE_ONE - f)                                   # silu(i)*(1-f)
+    h_new = nx.saturate(nx.mul_gate(h, f) + c)                                        # f*h + c
+    return nx.mul_act(g, nx.silu_act(h_new)), h_new                                   # g*silu(h)
+
+
+def glu(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The GLU's element-wise part (``hw.glu.GLU``): ``silu(a) * b`` (``numerics.mul_act``), ACT in and out."""
+    return nx.mul_act(nx.silu_act(a), b)
+
+
+def residual_add(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """A residual add of two ACT vectors, saturated to ACT."""
+    return nx.saturate(x + y)
+
+
 class IntegerModel:
     """Bit-exact integer model of one weight image. State: L ACT vectors (int64 arrays)."""
 
@@ -133,12 +171,12 @@ class IntegerModel:
         outs = []
         for cons, (g_mant, frac_g) in zip(rec["consumers"], folded):
             qv = quantize_vector(x, g_mant)
-            if stats.sumsq == 0 or qv.peak_norm == 0:
+            scaling = consumer_scale(qv, stats, cons["cm"], cons["ec"], frac_g, frac_a)
+            if scaling is None:
                 outs.append(np.zeros(cons["rows"], np.int64))
                 continue
             acc = (self._codes[cons["name"]] @ qv.codes.astype(np.float32)).astype(np.int64)
-            scale, exp = nx.output_scale(qv.peak_norm, stats.inv, stats.z, cons["cm"], cons["ec"],
-                                         qv.shift, stats.shift, frac_g, frac_a)
+            scale, exp = scaling
             y = nx.rescale(acc, scale, exp)
             if trace is not None:
                 trace[cons["name"]] = {"codes": qv.codes, "acc": acc, "scale": scale, "exp": exp, "y": y,
@@ -153,16 +191,13 @@ class IntegerModel:
         return nx.bf16_to_act(self.image.embedding_bf16(int(token)))
 
     def mlgru(self, layer: int, i: np.ndarray, f_pre: np.ndarray, g: np.ndarray, state: np.ndarray):
-        """The token mixer's element-wise part: returns (w = g * silu(h), new state h), both ACT."""
-        lb = self._lb[layer]
-        f = lb + nx.mul_rshift(nx.GATE_ONE - lb, nx.sigmoid_act(f_pre), nx.GATE_FRAC)  # LB + (1-LB)*sigma
-        c = nx.mul_gate(nx.silu_act(i), nx.GATE_ONE - f)                                   # silu(i)*(1-f)
-        h = nx.saturate(nx.mul_gate(state, f) + c)                                        # f*h + c
-        return nx.mul_act(g, nx.silu_act(h)), h                                           # g*silu(h)
+        """The token mixer's element-wise part (:func:`mlgru_step` with the layer's gates):
+        returns (w = g * silu(h), new state h), both ACT."""
+        return mlgru_step(i, f_pre, g, state, self._lb[layer])
 
     def glu(self, ab: np.ndarray) -> np.ndarray:
-        """The channel mixer's element-wise part: silu(a) * b."""
-        return nx.mul_act(nx.silu_act(ab[: self.cfg.I]), ab[self.cfg.I:])
+        """The channel mixer's element-wise part (:func:`glu` of the a and b halves): silu(a) * b."""
+        return glu(ab[: self.cfg.I], ab[self.cfg.I:])
 
     def step(self, token: int, state: list[np.ndarray], trace: dict | None = None):
         """ACT logits (int64, V) of one token and the new state; ``trace`` collects intermediates."""
@@ -174,10 +209,10 @@ class IntegerModel:
             w, s = self.mlgru(layer, i, f_pre, g, state[layer])
             new_state.append(s)
             (o,) = self.bitlinear(w, f"{p}.attn.out", trace, norm_vector=g)
-            r = nx.saturate(h + o)
+            r = residual_add(h, o)
             (ab,) = self.bitlinear(r, f"{p}.mlp.in", trace)
             (d,) = self.bitlinear(self.glu(ab), f"{p}.mlp.out", trace)
-            h = nx.saturate(r + d)
+            h = residual_add(r, d)
             if trace is not None:
                 trace[f"{p}.hidden"] = h
         (logits,) = self.bitlinear(h, "head", trace)
