@@ -175,11 +175,13 @@ if cocotb is not None:
         """Execute the host's requests until it says quit (or closes the socket)."""
         from cocotbext.axi import AxiLiteBus, AxiLiteMaster
 
+        from .accel_tb import RST_DELAY
         from .ddr_access import DdrHostAccess
         from .stream import start_clock_and_reset
         from .transport import CLOCK_PERIOD_NS, SOCKET_ENV, TOKEN_ENV, recv_message, send_message
 
-        await start_clock_and_reset(dut, period_ns=CLOCK_PERIOD_NS, reset_cycles=RESET_CYCLES, clock_impl="gpi")
+        await start_clock_and_reset(dut, period_ns=CLOCK_PERIOD_NS, reset_cycles=RESET_CYCLES, rst_delay=RST_DELAY,
+                                    clock_impl="gpi")
         axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil"), dut.clk, dut.rst)
         ddr = DdrHostAccess(dut)
 

@@ -30,7 +30,7 @@ from mmfree.hw.control_registers import ADDR_WIDTH as REG_ADDR_WIDTH
 
 from .runner import Build, build
 
-__all__ = ["AccelDut", "TB_SOURCES", "DUT_NAME", "TOPLEVEL", "tb_parameters", "build_accel_tb",
+__all__ = ["AccelDut", "TB_SOURCES", "DUT_NAME", "TOPLEVEL", "RST_DELAY", "tb_parameters", "build_accel_tb",
            "simulate_accel_tb"]
 
 _HERE = Path(__file__).resolve().parent
@@ -39,6 +39,9 @@ TB_SOURCES = (_HERE / "ddr_model.v", _HERE / "accel_tb.v")
 #: Module name of the generated accelerator wrapper, and of the bench's top.
 DUT_NAME = "accel_dut"
 TOPLEVEL = "accel_tb"
+#: accel_tb.v registers ``rst`` (``rst_q``) before the accelerator and the DDR model see it: a
+#: bench passes this to ``start_clock_and_reset`` (a DDR load in that cycle would be lost).
+RST_DELAY = 1
 #: ddr_params() keys -> accel_tb Verilog parameters.
 _DDR_PARAMETERS = {"bandwidth_num": "BW_NUM", "bandwidth_den": "BW_DEN", "latency_cycles": "LATENCY",
                    "size_bytes": "SIZE_BYTES"}

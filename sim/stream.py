@@ -40,14 +40,18 @@ def unpack(layout, bits: int):
     return layout.from_bits(bits)
 
 
-async def start_clock_and_reset(dut, *, period_ns: int = 10, reset_cycles: int = 3,
+async def start_clock_and_reset(dut, *, period_ns: int = 10, reset_cycles: int = 3, rst_delay: int = 0,
                                 clock_impl: str | None = None):
     """Start ``dut.clk`` and hold ``dut.rst`` for ``reset_cycles`` rising edges.
 
     The one reset of every bench. ``rst`` falls on the falling edge after
     the last reset edge, and this returns there: the next rising edge is the
-    design's first cycle out of reset. ``clock_impl`` is cocotb's ``Clock``
-    ``impl`` (``"gpi"``: the clock in C++, for long simulations).
+    design's first cycle out of reset. A bench whose top registers ``rst``
+    before the design sees it (``rst_delay`` registers; ``accel_tb.v``: 1)
+    returns ``rst_delay`` rising edges later, once the design is out of
+    reset: what the bench drives then is never lost to a reset.
+    ``clock_impl`` is cocotb's ``Clock`` ``impl`` (``"gpi"``: the clock in
+    C++, for long simulations).
     """
     Clock(dut.clk, period_ns, unit="ns", impl=clock_impl).start()
     dut.rst.value = 1
@@ -55,6 +59,8 @@ async def start_clock_and_reset(dut, *, period_ns: int = 10, reset_cycles: int =
         await RisingEdge(dut.clk)
     await FallingEdge(dut.clk)
     dut.rst.value = 0
+    for _ in range(rst_delay):
+        await RisingEdge(dut.clk)
 
 
 class StreamDriver:
