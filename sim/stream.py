@@ -87,6 +87,11 @@ class StreamDriver:
     def idle_now(self) -> bool:
         return not self.queue
 
+    def stop(self) -> None:
+        """Stop driving: the words still queued are dropped; valid keeps its value (drive it yourself)."""
+        self._task.cancel()
+        self.queue.clear()
+
     async def _run(self):
         holding = False
         fired = False

@@ -5,22 +5,22 @@ import numpy as np
 import pytest
 
 from mmfree.models import checkpoint as ckpt
-from mmfree.models import numerics as nx
 from mmfree.models.synthetic import random_tensors, write_checkpoint
 from mmfree.models.weight_image import WeightImage
 
-from helpers import SMALL, VECTORS
+from helpers import SMALL, VECTORS, reference_ternary
 
 
 def test_convert_reproduces_runtime_quantization(tmp_path):
+    """Codes and scales as the reference computes them at run time (helpers.reference_ternary: the
+    exact mean, the float32 product, ties to even), from the checkpoint's bf16 latent weights."""
     tensors = random_tensors(SMALL, 11)
     write_checkpoint(tmp_path, SMALL, tensors)
     img = WeightImage.from_bytes(ckpt.convert(tmp_path))
     for name in ["model.layers.1.attn.o_proj", "model.layers.0.mlp.gate_proj", "lm_head"]:
-        w = tensors[f"{name}.weight"]
-        m = np.float32(np.abs(w.astype(np.float64)).mean())
+        codes, m = reference_ternary(tensors[f"{name}.weight"])
         assert img.host_tensor(f"{name}.weight_scale")[0] == m            # scale over the whole tensor
-        assert np.array_equal(img.codes(name), np.clip(np.round(w * (np.float32(1) / m)), -1, 1))
+        assert np.array_equal(img.codes(name), codes)
 
 
 def test_gate_proj_halves_share_one_scale(tmp_path):
@@ -29,7 +29,12 @@ def test_gate_proj_halves_share_one_scale(tmp_path):
     write_checkpoint(tmp_path, SMALL, tensors)
     img = WeightImage.from_bytes(ckpt.convert(tmp_path))
     w = tensors["model.layers.0.mlp.gate_proj.weight"]
-    assert img.host_tensor("model.layers.0.mlp.gate_proj.weight_scale")[0] == np.float32(np.abs(w.astype(np.float64)).mean())
+    codes, m = reference_ternary(w)
+    assert img.host_tensor("model.layers.0.mlp.gate_proj.weight_scale")[0] == m
+    assert np.array_equal(img.codes("model.layers.0.mlp.gate_proj"), codes)
+    # one scale per half would differ by about 4x
+    halves = [reference_ternary(w[: SMALL.I])[1], reference_ternary(w[SMALL.I:])[1]]
+    assert halves[0] > 3 * m / 2 and halves[1] < 2 * m / 3
 
 
 def test_embedding_kept_bit_exact(tmp_path):

@@ -91,7 +91,7 @@ if cocotb is not None:
         taken = len(src.transfer_cycles)
         slack = 4 * max(p["in_bytes"], p["out_bytes"])              # output and converter registers
         assert p["depth_bytes"] <= taken * p["in_bytes"] <= p["depth_bytes"] + slack, taken
-        src._task.cancel()                                          # the words still queued are dropped
+        src.stop()                                                  # the words still queued are dropped
         await FallingEdge(dut.clk)
         dut.i__valid.value = 0
         dut.flush.value = 1

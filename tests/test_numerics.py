@@ -7,6 +7,8 @@ import pytest
 
 from mmfree.models import numerics as nx
 
+from helpers import exact_sum_abs, reference_ternary
+
 
 def test_pack_unpack_roundtrip_all_byte_values():
     codes = nx.TRIT_DECODE_TABLE[: nx.PACKED_MAX + 1]          # every valid byte's five weights
@@ -33,30 +35,6 @@ def test_pack_rejects_bad_input():
 # m = max(mean|W|, 1e-5) (float32), T = clamp(round_half_to_even(W * (1/m)), -1, 1)
 # with the product and the reciprocal rounded to float32 (``(w * scale).round()``).
 # --------------------------------------------------------------------------
-def exact_sum_abs(w) -> Fraction:
-    """The exact sum of |w| over float32 values: 24-bit mantissas summed per binade in int64."""
-    mant, exp = np.frexp(np.abs(np.asarray(w, np.float32)).astype(np.float64).ravel())
-    mant = (mant * 2.0**24).astype(np.int64)                   # exact: a float32 has 24 significant bits
-    return sum((Fraction(int(mant[exp == e].sum())) * Fraction(2) ** int(e - 24) for e in np.unique(exp)),
-               Fraction(0))
-
-
-def float32_nearest(q: Fraction) -> np.float32:
-    """``q`` (>= 0) rounded to float32, ties to even, decided exactly."""
-    f = np.float32(float(q))
-    candidates = (np.nextafter(f, np.float32(0)), f, np.nextafter(f, np.float32(np.inf)))
-    return min(candidates, key=lambda c: (abs(Fraction(float(c)) - q), int(c.view(np.uint32)) & 1))
-
-
-def reference_ternary(w):
-    """(codes, m) of the reference, computed from the exact mean; codes by the tie rule spelt out."""
-    w = np.asarray(w, np.float32)
-    m = max(float32_nearest(exact_sum_abs(w) / w.size), np.float32(nx.WEIGHT_SCALE_FLOOR))
-    p = w * (np.float32(1) / m)                                # float32 product, as torch computes it
-    # round_half_to_even then clamp to [-1, 1]: |p| > 1/2 gives +-1; |p| == 1/2 is a tie that goes to 0 (even)
-    return (np.sign(p) * (np.abs(p) > 0.5)).astype(np.int8), m
-
-
 def bf16_values(x):
     return nx.bf16_to_float32(nx.float32_to_bf16(np.asarray(x, np.float32)))
 
