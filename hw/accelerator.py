@@ -220,7 +220,7 @@ class Accelerator(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        P, B = self.params["ports"], self.params["bus_bytes"]
+        P = self.params["ports"]
         m.submodules.registers = rg = self.registers
         m.submodules.reader = reader = self.reader
         m.submodules.writer = writer = self.writer
@@ -257,7 +257,6 @@ class Accelerator(wiring.Component):
         logits_on = Signal()                                # LOGITS_ADDR != 0 for this token
         logits_left = Signal(32)
         tokens = Signal(32)
-        running = Signal()                                  # a token is in progress (counters run)
         addr_mask = (1 << self.params["addr_width"]) - 1
 
         embed_addr = Cat(rg.embed_addr_lo, rg.embed_addr_hi)
@@ -352,7 +351,15 @@ class Accelerator(wiring.Component):
                 with m.If(error == 0):
                     m.d.sync += tokens.eq(tokens + 1)
 
-        # ---- status and counters ------------------------------------------------------------
+        self._status_counters(m, state=state, error=error, tokens=tokens, start_pending=start_pending,
+                              clear_pending=clear_pending)
+        return m
+
+    def _status_counters(self, m, *, state, error, tokens, start_pending, clear_pending):
+        """STATUS, TOKENS, ARGMAX and the cycle/byte counters (``_PHASE_COUNTERS``): zeroed as a
+        token starts, counting every cycle of it up to FINISH."""
+        rg, core, reader, B = self.registers, self.core, self.reader, self.params["bus_bytes"]
+        running = Signal()                                  # a token is in progress (counters run)
         m.d.comb += [running.eq((state != _State.IDLE) & (state != _State.CLEAR)),
                      rg.status_busy.eq((state != _State.IDLE) | core.busy | start_pending | clear_pending),
                      rg.status_error.eq(error), rg.tokens.eq(tokens),
@@ -373,4 +380,3 @@ class Accelerator(wiring.Component):
                 m.d.sync += count.eq(0)
             with m.Elif(running & (state != _State.FINISH)):
                 m.d.sync += count.eq(count + increment)
-        return m
