@@ -2,7 +2,7 @@
 
 A case is the record's scalars (the keys of ``hw.rms_quantize.rms_params_layout``),
 its gains and an input vector; the expected values come from
-``golden_int`` (``norm_stats``, ``quantize_vector``, ``numerics.output_scale``
+``golden_int`` (``norm_stats``, ``quantize_vector``, ``consumer_scale``
 and ``IntegerModel.bitlinear``) exactly as the integer model calls them.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import functools
 import numpy as np
 
 from mmfree.models import numerics as nx
-from mmfree.models.golden_int import IntegerModel, norm_stats, quantize_vector
+from mmfree.models.golden_int import IntegerModel, consumer_scale, norm_stats, quantize_vector
 from mmfree.models.config import ModelConfig
 from mmfree.models.synthetic import random_tensors
 from mmfree.models.weight_image import MAX_CONSUMERS, NormSource, WeightImage, build_image
@@ -70,14 +70,11 @@ def golden_input(params: dict, a: np.ndarray, gains: list[np.ndarray], x: np.nda
         out["codes"].append(qv.codes.astype(np.int64))
         out["peak_norm"].append(qv.peak_norm)
         out["shift"].append(qv.shift)
-        if stats.sumsq == 0 or qv.peak_norm == 0:
-            out["scale"].append(0)
-            out["exp"].append(None)
-        else:
-            scale, exp = nx.output_scale(qv.peak_norm, stats.inv, stats.z, params["cm"][c], params["ec"][c],
-                                         qv.shift, stats.shift, params["frac_g"][c], params["frac_a"])
-            out["scale"].append(scale)
-            out["exp"].append(exp)
+        scaling = consumer_scale(qv, stats, params["cm"][c], params["ec"][c], params["frac_g"][c],
+                                 params["frac_a"])
+        scale, exp = (0, None) if scaling is None else scaling
+        out["scale"].append(scale)
+        out["exp"].append(exp)
     return out
 
 
