@@ -33,7 +33,7 @@ class TB:
     def __init__(self, dut, p):
         from cocotbext.axi import AxiReadBus, AxiSlaveRead
 
-        from mmfree.sim.axi_slave import FaultyMemory
+        from mmfree.sim.axi_bench import FaultyMemory
 
         self.dut, self.p = dut, p
         self.P, self.B = p["ports"], p["bus_bytes"]
@@ -56,7 +56,7 @@ class TB:
 
     def stall(self, probability):
         """Random AR and R stalls on every port."""
-        from mmfree.sim.axi_slave import stall_channels
+        from mmfree.sim.axi_bench import stall_channels
 
         stall_channels([ch for s in self.slaves for ch in (s.ar_channel, s.r_channel)], probability, self.rng)
 

@@ -36,7 +36,7 @@ class TB:
     def __init__(self, dut, p):
         from cocotbext.axi import AxiSlaveWrite, AxiWriteBus
 
-        from mmfree.sim.axi_slave import FaultyMemory
+        from mmfree.sim.axi_bench import FaultyMemory
 
         self.dut, self.p, self.B, self.W = dut, p, p["bus_bytes"], p["word_bytes"]
         self.fmt = {4: "I", 8: "Q"}[self.W]
@@ -53,7 +53,7 @@ class TB:
 
     def stall(self, probability):
         """Random AW, W and B stalls."""
-        from mmfree.sim.axi_slave import stall_channels
+        from mmfree.sim.axi_bench import stall_channels
 
         stall_channels((self.slave.aw_channel, self.slave.w_channel, self.slave.b_channel), probability, self.rng)
 

@@ -87,11 +87,14 @@ if cocotb is not None:
                 await tb.axil.write_dword(offset, 0xFFFFFFFF)
                 assert await tb.axil.read_dword(offset) == 0, hex(offset)
 
-    @cocotb.test()
-    async def bench_read_write(dut):
-        """RW registers hold what was written (fields masked), byte strobes honoured; constants ignore writes."""
+    async def _read_write(dut, stall: float):
         tb = await _tb(dut)
         rng = random.Random(5)
+        if stall:
+            from mmfree.sim.axi_bench import stall_channels
+
+            wr, rd = tb.axil.write_if, tb.axil.read_if
+            stall_channels((wr.aw_channel, wr.w_channel, wr.b_channel, rd.ar_channel, rd.r_channel), stall, rng)
         for r in regs.REGISTERS:
             if r.access != "RW":
                 continue
@@ -107,6 +110,16 @@ if cocotb is not None:
             assert await tb.axil.read_dword(r.offset) == want, r.name
         await tb.axil.write_dword(R["ID"].offset, 0)
         assert await tb.axil.read_dword(R["ID"].offset) == regs.ID_MAGIC
+
+    @cocotb.test()
+    async def bench_read_write(dut):
+        """RW registers hold what was written (fields masked), byte strobes honoured; constants ignore writes."""
+        await _read_write(dut, 0.0)
+
+    @cocotb.test()
+    async def bench_read_write_stalled(dut):
+        """The same with random gaps on AW, W and AR and random backpressure on B and R."""
+        await _read_write(dut, 0.4)
 
     @cocotb.test()
     async def bench_w1s_w1c_ro(dut):
@@ -150,7 +163,7 @@ def test_control_registers_verilator():
 
     result = simulate(ControlRegisters(constants=CONSTANTS), toplevel="control_registers",
                       test_module=Path(__file__).stem, module_dir=Path(__file__).parent)
-    assert result.tests == 3 and result.failed == 0
+    assert result.tests == 4 and result.failed == 0
 
 
 def test_ports_follow_the_register_map():

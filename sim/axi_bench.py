@@ -1,10 +1,13 @@
-"""cocotbext-axi slaves for the AXI benches: random channel stalls and injected error responses.
+"""What the AXI benches add to cocotbext-axi: random channel stalls and injected error responses.
 
 Only cocotbext-axi's public API is used: a channel's ``set_pause_generator`` /
-``clear_pause_generator`` for stalls, and the ``target`` object of
-``AxiSlaveRead`` / ``AxiSlaveWrite`` (anything with ``async read(address,
-length)`` and ``async write(address, data)``) for the memory; an exception
-from the target is answered SLVERR on that beat (reads) or burst (writes).
+``clear_pause_generator`` for stalls (a paused source channel leaves valid
+low that cycle, a paused sink channel holds ready low: gaps and
+backpressure, on a master's channels as on a slave's), and the ``target``
+object of ``AxiSlaveRead`` / ``AxiSlaveWrite`` (anything with ``async
+read(address, length)`` and ``async write(address, data)``) for the memory;
+an exception from the target is answered SLVERR on that beat (reads) or
+burst (writes).
 
 Typical use::
 
