@@ -57,7 +57,10 @@ class DdrHostAccess:
         signal.value = 1
         await RisingEdge(self.dut.clk)          # the model copies at this edge
         signal.value = 0
-        await RisingEdge(self.dut.clk)          # host_status was set at the previous edge
+        await RisingEdge(self.dut.clk)          # host_ack and host_status were set at the previous edge
+        if not int(self.dut.ddr_ack.value):    # the model was in reset at the pulse: nothing was copied
+            raise DdrAccessError(f"DDR access of {nbytes} bytes at {address:#x}: not acknowledged "
+                                 "(the DDR model was in reset)")
         status = int(self.dut.ddr_status.value)
         if status:
             raise DdrAccessError(f"DDR access of {nbytes} bytes at {address:#x}: {_STATUS.get(status, status)}")
