@@ -1,4 +1,6 @@
-"""cocotb models of ``amaranth.lib.stream`` ports (``<name>__payload/valid/ready``).
+"""cocotb models of ``amaranth.lib.stream`` ports (``<name>__payload/valid/ready``), and the
+clock and reset every bench starts with (:func:`start_clock_and_reset`; AXI channel stalls
+are in :mod:`mmfree.sim.axi_bench`).
 
 Timing scheme: the bench drives on the falling edge and samples in the
 ``ReadOnly`` phase after it, so what it samples is exactly what the next
