@@ -143,3 +143,25 @@ def test_build_commands_need_their_extra_in_one_line(tmp_path, command):
     assert out.returncode == 0, out.stderr
     code, last = out.stdout.strip().splitlines()[-2:]
     assert code != "0" and last.startswith("Error: ") and "amaranth" in last and "Traceback" not in out.stdout
+
+
+#: An elaborate() longer than this is a pipeline waiting to be named (../shared/style.md, habit 14).
+MAX_ELABORATE_LINES = 150
+
+
+def elaborate_lengths() -> dict[str, int]:
+    """Lines of every ``elaborate`` method in hw/, keyed ``file:Class``."""
+    lengths = {}
+    for path in sorted((REPO / "hw").rglob("*.py")):
+        for cls in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(cls, ast.ClassDef):
+                for fn in cls.body:
+                    if isinstance(fn, ast.FunctionDef) and fn.name == "elaborate":
+                        lengths[f"{path.name}:{cls.name}"] = fn.end_lineno - fn.lineno + 1
+    return lengths
+
+
+def test_every_elaborate_fits_a_screen():
+    lengths = elaborate_lengths()
+    assert len(lengths) >= 15                      # the walk found the units
+    assert {k: n for k, n in lengths.items() if n > MAX_ELABORATE_LINES} == {}
