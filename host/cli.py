@@ -22,7 +22,8 @@ import click
 import numpy as np
 
 from mmfree.models import checkpoint as ckpt
-from mmfree.models.weight_image import DEFAULT_ROWS_PER_BLOCK, ImageError, WeightImage
+from mmfree.models.weight_image import (DEFAULT_ROWS_PER_BLOCK, MAX_ROWS_PER_BLOCK, ROWS_PER_BLOCK_STEP, ImageError,
+                                        WeightImage, rows_per_block_problem)
 
 from .backends import BackendError, open_backend
 from .generate import generate as generate_ids
@@ -170,9 +171,10 @@ def _open_prompt(model, prompt, backend, hw_config, bitstream):
     return image, tok, ids, engine
 
 
-def _multiple_of_8(ctx, param, value):
-    if value % 8:
-        raise click.BadParameter(f"{value} is not a multiple of 8", ctx, param)
+def _rows_per_block(ctx, param, value):
+    problem = rows_per_block_problem(value)
+    if problem:
+        raise click.BadParameter(problem, ctx, param)
     return value
 
 
@@ -180,8 +182,9 @@ def _multiple_of_8(ctx, param, value):
 @click.argument("checkpoint_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out", type=OutputFile())
 @click.option("--rows-per-block", default=DEFAULT_ROWS_PER_BLOCK, show_default=True,
-              type=click.IntRange(min=8, max=4096), callback=_multiple_of_8,
-              help="rows per packed block (a multiple of 8: the accelerator's bytes per beat)")
+              type=int, callback=_rows_per_block,
+              help=f"rows per packed block (a multiple of {ROWS_PER_BLOCK_STEP}, at most {MAX_ROWS_PER_BLOCK}; "
+                   "the build's bytes per beat must divide it)")
 def convert(checkpoint_dir, out, rows_per_block):
     """Convert a HuggingFace MMfreeLM checkpoint directory to a weight image."""
     from tqdm import tqdm

@@ -12,7 +12,7 @@ from amaranth.lib.wiring import In, Out
 from mmfree.models import numerics as nx
 from mmfree.models.weight_image import (CM_OFFSET, CONSUMER_WORD, CONSUMER_WORDS, EC_OFFSET, EPS_MANT_WORD,
                                         EPS_SHIFT_WORD, FRAC_A_WORD, FRAC_G_OFFSET, GAIN_WORD, GATE_WORD, K_WORD,
-                                        MAX_CONSUMERS, N_CONSUMERS_WORD, NORM_SOURCE_WORD, RECORD_HEADER_BYTES,
+                                        MAX_CONSUMERS, MAX_ROWS_PER_BLOCK, N_CONSUMERS_WORD, NORM_SOURCE_WORD, RECORD_HEADER_BYTES,
                                         RECORD_MAGIC, ROWS_OFFSET, STREAM_ALIGN, X_FRAC_WORD, NormSource,
                                         RecordKind)
 
@@ -107,7 +107,8 @@ class BitLinearEngine(wiring.Component):
     Parameters
     ----------
     engine_bytes : int, E, bytes per weight beat: a power of two, 8..64.
-    rows_per_block : int, R, the image's rows_per_block: a positive multiple of E, at most 4096.
+    rows_per_block : int, R, the image's rows_per_block: a positive multiple of E, at most
+        ``weight_image.MAX_ROWS_PER_BLOCK``.
     max_k : int, the longest input vector (max(D, I)), 1..65535.
     max_rows : int, the most rows of a consumer (max(2I, V)), 1..2**24 - 1.
     elements_per_cycle : int, P, elements per cycle of the input stage's code
@@ -141,9 +142,9 @@ class BitLinearEngine(wiring.Component):
                 raise TypeError(f"{name} must be an integer, not {value!r}")
         if engine_bytes not in (8, 16, 32, 64):
             raise ValueError(f"engine_bytes must be a power of two in 8..64, not {engine_bytes}")
-        if not 1 <= rows_per_block <= 4096 or rows_per_block % engine_bytes:
+        if not 1 <= rows_per_block <= MAX_ROWS_PER_BLOCK or rows_per_block % engine_bytes:
             raise ValueError(f"rows_per_block must be a positive multiple of engine_bytes ({engine_bytes}), "
-                             f"at most 4096, not {rows_per_block}")
+                             f"at most {MAX_ROWS_PER_BLOCK}, not {rows_per_block}")
         if not 1 <= max_k <= 65535:
             raise ValueError(f"max_k must be in 1..65535, not {max_k}")
         if not 1 <= max_rows < (1 << 24):

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import numerics as nx
 from .config import ConfigError, ModelConfig
-from .weight_image import DEFAULT_ROWS_PER_BLOCK, ImageError, build_image, expected_tensors
+from .weight_image import DEFAULT_ROWS_PER_BLOCK, ImageError, build_image, expected_tensors, is_size
 
 
 class CheckpointError(ValueError):
@@ -59,10 +59,10 @@ def read_safetensors(path: Path) -> dict[str, tuple[str, np.ndarray]]:
         if tag not in _DTYPES:
             raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {tag}")
         offsets, shape = info.get("data_offsets"), info.get("shape")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_size(o) for o in offsets)
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_size(o) for o in offsets)
                 and offsets[0] <= offsets[1]):
             raise CheckpointError(f"{path}: tensor {name}: data_offsets {offsets!r} is not [start, end]")
-        if not (isinstance(shape, list) and all(_is_size(n) for n in shape)):
+        if not (isinstance(shape, list) and all(is_size(n) for n in shape)):
             raise CheckpointError(f"{path}: tensor {name}: shape {shape!r} is not a list of sizes")
         start, end = offsets
         itemsize = np.dtype(_DTYPES[tag]).itemsize
@@ -74,10 +74,6 @@ def read_safetensors(path: Path) -> dict[str, tuple[str, np.ndarray]]:
         arr = np.frombuffer(raw, dtype=_DTYPES[tag], count=(end - start) // itemsize, offset=base + start)
         out[name] = (tag, arr.reshape(shape))
     return out
-
-
-def _is_size(n) -> bool:
-    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
 
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray], bf16: bool = True) -> None:

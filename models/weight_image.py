@@ -62,6 +62,10 @@ CHECKSUM_BYTES = 32
 STREAM_ALIGN = 64
 REGION_ALIGN = 4096
 DEFAULT_ROWS_PER_BLOCK = 64
+#: rows_per_block is a positive multiple of ROWS_PER_BLOCK_STEP (the narrowest accelerator
+#: beat, 8 bytes, takes whole rows) and at most MAX_ROWS_PER_BLOCK.
+ROWS_PER_BLOCK_STEP = 8
+MAX_ROWS_PER_BLOCK = 4096
 RECORD_HEADER_WORDS = 32
 RECORD_HEADER_BYTES = 4 * RECORD_HEADER_WORDS
 #: Record header word indices (int32 words): word 0 holds ``RECORD_MAGIC | kind``, then the scalars.
@@ -205,6 +209,20 @@ def lower_bounds(raw: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------
 # Writer
 # --------------------------------------------------------------------------
+def rows_per_block_problem(rows_per_block) -> str | None:
+    """Why ``rows_per_block`` cannot be an image's (None when it can)."""
+    if is_size(rows_per_block) and 0 < rows_per_block <= MAX_ROWS_PER_BLOCK \
+            and rows_per_block % ROWS_PER_BLOCK_STEP == 0:
+        return None
+    return (f"rows_per_block {rows_per_block!r} is not a positive multiple of {ROWS_PER_BLOCK_STEP}, "
+            f"at most {MAX_ROWS_PER_BLOCK}")
+
+
+def is_size(n) -> bool:
+    """A non-negative int (not a bool): a size, offset or dimension read from a JSON header."""
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
+
+
 def _pad(b: bytes, a: int = STREAM_ALIGN) -> bytes:
     return b + bytes(align(len(b), a) - len(b))
 
@@ -224,8 +242,9 @@ def build_image(cfg: ModelConfig, tensors: dict[str, np.ndarray], *,
     are); without it the float32 embedding is rounded to bf16.
     ``progress`` is an optional callable(str) called once per record.
     """
-    if rows_per_block <= 0 or rows_per_block % 8 or rows_per_block > 4096:
-        raise ValueError("rows_per_block must be a positive multiple of 8, at most 4096")
+    problem = rows_per_block_problem(rows_per_block)
+    if problem:
+        raise ValueError(problem)
     shapes = expected_tensors(cfg)
     for name, shape in shapes.items():
         if name not in tensors:
@@ -357,7 +376,7 @@ def _fields(d, where: str, **kinds) -> list:
         if key not in d:
             raise ImageError(f"{where} lacks {key!r}")
         v = d[key]
-        if kind is int and not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+        if kind is int and not is_size(v):
             raise ImageError(f"{where}: {key!r} is {v!r}, not a non-negative integer")
         if kind is not int and not isinstance(v, kind):
             raise ImageError(f"{where}: {key!r} is not a {kind.__name__}")
@@ -378,8 +397,9 @@ def check_header(meta, data_size: int) -> None:
         meta, "header", format_version=int, numerics_version=int, config=dict, rows_per_block=int,
         regions=dict, records=list, host_tensors=dict)
     cfg = ModelConfig.from_dict(cfg_dict)
-    if rpb == 0 or rpb % 8:
-        raise ImageError(f"rows_per_block {rpb} is not a positive multiple of 8")
+    problem = rows_per_block_problem(rpb)
+    if problem:
+        raise ImageError(problem)
     sizes = {}
     for name in ("stream", "embedding", "host"):
         if name not in regions:
@@ -419,7 +439,7 @@ def check_header(meta, data_size: int) -> None:
     for name, tensor in host_tensors.items():
         where = f"host tensor {name}"
         offset, shape = _fields(tensor, where, offset=int, shape=list)
-        if not all(isinstance(n, int) and n >= 0 for n in shape):
+        if not all(is_size(n) for n in shape):
             raise ImageError(f"{where}: shape {shape} is not a list of sizes")
         _within(where, offset, 4 * math.prod(shape), sizes["host"], "the host region")
     tokenizer = meta.get("tokenizer")
