@@ -14,11 +14,18 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 
-__all__ = ["TransportError", "DeviceBuffer", "Transport", "check_register_access"]
+__all__ = ["TransportError", "DeviceBuffer", "Transport", "check_register_access", "first_line"]
 
 
 class TransportError(RuntimeError):
     """The transport cannot reach or drive the device (one-line message)."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type's name when it has none): what a one-line
+    error quotes of an exception from a library (pynq, tokenizers, a driver or a transport)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 REGISTER_MASK = 0xFFFF_FFFF

@@ -122,13 +122,12 @@ class _AcceleratorBackend:
 def _one_line_errors():
     """Turn driver, transport and range errors into :class:`BackendError` (one line)."""
     from .driver import DriverError
-    from mmfree.contract.transport import TransportError
+    from mmfree.contract.transport import TransportError, first_line
 
     try:
         yield
     except (DriverError, TransportError, ValueError) as e:
-        lines = str(e).strip().splitlines()
-        raise BackendError(lines[0] if lines else type(e).__name__) from None
+        raise BackendError(first_line(e)) from None
 
 
 #: Entry-point group through which a package offers a :class:`~mmfree.contract.transport.Transport`:

@@ -21,6 +21,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from mmfree.contract.transport import first_line
 from mmfree.models import checkpoint as ckpt
 from mmfree.models.weight_image import (DEFAULT_ROWS_PER_BLOCK, MAX_ROWS_PER_BLOCK, ROWS_PER_BLOCK_STEP, ImageError,
                                         WeightImage, rows_per_block_problem)
@@ -52,12 +53,7 @@ def image_tokenizer(image: WeightImage, name):
     try:
         return Tokenizer.from_str(raw.decode())
     except Exception as e:  # tokenizers raises its own exception types (and UnicodeDecodeError)
-        raise click.ClickException(f"{name}: the image's tokenizer.json is unreadable ({_first_line(e)})") from None
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
+        raise click.ClickException(f"{name}: the image's tokenizer.json is unreadable ({first_line(e)})") from None
 
 
 def check_ids(ids, vocab: int, source: str = "") -> None:
@@ -82,7 +78,7 @@ def text_ids(image: WeightImage, model, text_file) -> list[int]:
 def _needs_extra(name: str, entry_point, error: BaseException) -> str:
     extras = list(entry_point.extras) or ["sim"]
     return (f"mmfree {name} needs the {' and '.join(extras)} extra{'s' if len(extras) > 1 else ''} "
-            f"(pip install 'mmfree[{','.join(extras)}]'): {_first_line(error)}")
+            f"(pip install 'mmfree[{','.join(extras)}]'): {first_line(error)}")
 
 
 class _MissingExtra(click.Command):

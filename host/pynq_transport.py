@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mmfree.contract.registers import ACCELERATOR_IP_NAME
-from mmfree.contract.transport import DeviceBuffer, Transport, TransportError, check_register_access
+from mmfree.contract.transport import DeviceBuffer, Transport, TransportError, check_register_access, first_line
 
 __all__ = ["PynqTransport", "PynqBuffer", "import_pynq"]
 
@@ -34,11 +34,6 @@ def import_pynq():
         raise TransportError("the pynq backend needs the pynq package, which runs on a PYNQ board image "
                              "(pip install 'mmfree[board]' there)") from None
     return pynq
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 class PynqBuffer(DeviceBuffer):
@@ -95,7 +90,7 @@ class PynqTransport(Transport):
         try:
             self._overlay = pynq.Overlay(str(path), download=download)
         except Exception as e:  # pynq raises many kinds; the user needs one line
-            raise TransportError(f"cannot load overlay {path}: {_first_line(e)}") from None
+            raise TransportError(f"cannot load overlay {path}: {first_line(e)}") from None
         ips = {name: d for name, d in self._overlay.ip_dict.items()
                if (ip_name is None and name.split("/")[-1] == ACCELERATOR_IP_NAME) or name == ip_name}
         if len(ips) != 1:
@@ -130,7 +125,7 @@ class PynqTransport(Transport):
         try:
             array = self._allocate(shape=(nbytes,), dtype=np.uint8)
         except Exception as e:
-            raise TransportError(f"cannot allocate {nbytes:,} bytes of device memory: {_first_line(e)}") from None
+            raise TransportError(f"cannot allocate {nbytes:,} bytes of device memory: {first_line(e)}") from None
         array[:] = 0
         buf = PynqBuffer(array)
         self._buffers.append(buf)

@@ -134,13 +134,12 @@ def prepare(config, *, progress=None) -> SimulatorBuild:
 
         from amaranth.hdl import UnusedElaboratable
 
-        from mmfree.contract.transport import TransportError
+        from mmfree.contract.transport import TransportError, first_line
 
         # The half-elaborated design would warn about every unused unit at exit, after the error line.
         warnings.simplefilter("ignore", UnusedElaboratable)
 
-        detail = (str(e).strip().splitlines() or [""])[0]
-        raise TransportError(f"building the {config.name} simulator failed: {type(e).__name__}: {detail} "
+        raise TransportError(f"building the {config.name} simulator failed: {type(e).__name__}: {first_line(e)} "
                              f"(log: {log})") from None
     marker.write_text(json.dumps({"config": config.name, "design_key": key, "build_dir": str(build.build_dir)}))
     return SimulatorBuild(build, config, design_hash)
