@@ -21,7 +21,7 @@ import dataclasses
 
 from .configs import AcceleratorConfig, get_config
 
-__all__ = ["Board", "BOARDS", "BoardError", "get_board", "RESOURCES", "CONTROL_RANGE"]
+__all__ = ["Board", "BOARDS", "BoardError", "get_board", "RESOURCES", "CONTROL_RANGE", "YOSYS_FAMILIES"]
 
 #: Resources the utilization report counts, in table order.
 RESOURCES = ("LUT", "FF", "BRAM36", "URAM", "DSP")
@@ -94,6 +94,8 @@ BOARDS: dict[str, Board] = {b.name: b for b in (
           capacity={"LUT": 117_120, "FF": 234_240, "BRAM36": 144, "URAM": 64, "DSP": 1_248},
           pynq_image="Kria-PYNQ on the Ubuntu 22.04 image for KV260"),
 )}
+#: yosys ``synth_xilinx -family`` names of the boards' parts, in board order (each once).
+YOSYS_FAMILIES = tuple(dict.fromkeys(b.yosys_family for b in BOARDS.values()))
 
 
 def get_board(name: str) -> Board:

@@ -18,10 +18,7 @@ from pathlib import Path
 
 import click
 
-from mmfree.contract.boards import BOARDS
-
-#: yosys ``synth_xilinx -family`` names: the boards' parts (mmfree.hw.flow.synth.FAMILIES describes them).
-FAMILY_NAMES = tuple(dict.fromkeys(b.yosys_family for b in BOARDS.values()))
+from mmfree.contract.boards import BOARDS, YOSYS_FAMILIES
 
 
 def board_option(*, required: bool = False):
@@ -83,11 +80,16 @@ def synth(board, check):
         raise click.ClickException("over budget: " + " | ".join(failed))
 
 
+def _selects(name: str, key: str) -> bool:
+    """A unit name selects its key and all its parameter sets (``ternary_accumulate[kv260]``)."""
+    return key == name or key.startswith(name + "[")
+
+
 @click.command("synth-units")
 @click.argument("units", nargs=-1)
 @click.option("--all", "all_units", is_flag=True, help="every unit")
 @click.option("--list", "list_units", is_flag=True, help="print the unit keys and exit")
-@click.option("--family", "families", multiple=True, type=click.Choice(FAMILY_NAMES),
+@click.option("--family", "families", multiple=True, type=click.Choice(YOSYS_FAMILIES),
               help="yosys synth_xilinx family (repeatable; default both)")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), callback=_output_file,
               help="write every row to this file")
@@ -109,14 +111,13 @@ def synth_units(units, all_units, list_units, families, json_out, doc):
         click.echo("\n".join(s.key for s in specs))
         return
     known = [s.key for s in specs]
-    unknown = [u for u in units if not any(k == u or k.startswith(u + "[") for k in known)]
+    unknown = [u for u in units if not any(_selects(u, k) for k in known)]
     if unknown:
         raise click.ClickException(f"unknown unit {unknown[0]}; known: {', '.join(known)}")
     if not (units or all_units):
         raise click.ClickException(f"name units or give --all; known: {', '.join(known)}")
-    chosen = specs if all_units else [s for s in specs if any(s.key == u or s.key.startswith(u + "[")
-                                                              for u in units)]
-    jobs = [(spec, family) for spec in chosen for family in families or FAMILY_NAMES]
+    chosen = specs if all_units else [s for s in specs if any(_selects(u, s.key) for u in units)]
+    jobs = [(spec, family) for spec in chosen for family in families or YOSYS_FAMILIES]
     rows = []
     with tqdm(jobs, desc="synth-units", unit="run", file=sys.stderr, leave=False) as bar:
         for spec, family in bar:

@@ -40,11 +40,13 @@ from typing import Callable
 
 from amaranth.back import verilog
 
+from mmfree.contract.boards import YOSYS_FAMILIES
+
 __all__ = ["UNITS", "FAMILIES", "UnitSpec", "SynthError", "group_cells", "synth_counts", "synth_unit",
            "synth_verilog", "SYNTH_PHASES", "yosys_command", "yosys_version", "render_markdown"]
 
-#: yosys ``synth_xilinx -family`` names of the two boards' parts.
-FAMILIES = {"xc7": "Zynq-7000 (PYNQ-Z2: xc7z020)", "xcup": "Zynq UltraScale+ (KV260: xck26)"}
+#: yosys ``synth_xilinx -family`` names: those of the boards' parts (contract/boards.py).
+FAMILIES = YOSYS_FAMILIES
 
 # pyosys as a subprocess of this interpreter: one script, the yosys log on stderr.
 _PYOSYS = ("import sys\nfrom pyosys import libyosys as ys\n"
@@ -100,9 +102,11 @@ def group_cells(cells: dict[str, int]) -> dict[str, float]:
     return groups
 
 
-def unit_verilog(spec: "UnitSpec") -> str:
-    """The Verilog that the synthesis of ``spec`` reads (no source locations, so it is reproducible)."""
-    return verilog.convert(spec.build(), name=spec.toplevel, emit_src=False)
+def unit_verilog(spec: "UnitSpec", component=None) -> str:
+    """The Verilog that the synthesis of ``spec`` reads (no source locations, so it is reproducible);
+    ``component``: the unit already built by ``spec.build()``."""
+    return verilog.convert(component if component is not None else spec.build(), name=spec.toplevel,
+                           emit_src=False)
 
 
 def verilog_sha256(text: str) -> str:
@@ -112,8 +116,6 @@ def verilog_sha256(text: str) -> str:
 
 def synth_counts(component, name: str, family: str = "xc7") -> dict[str, int]:
     """Cell counts (Xilinx primitives) of ``component`` after ``synth_xilinx -family <family> -noiopad -flatten``."""
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, not {family!r}")
     return synth_verilog(verilog.convert(component, name=name, emit_src=False), name, family)
 
 
@@ -279,7 +281,7 @@ def _unit_table() -> list[UnitSpec]:
 def synth_unit(spec: UnitSpec, family: str) -> dict:
     """Figures of one unit and family: grouped cells, latency, and LUT per weight-lane if it has lanes."""
     component = spec.build()
-    text = verilog.convert(component, name=spec.toplevel, emit_src=False)
+    text = unit_verilog(spec, component)
     cells = synth_verilog(text, spec.toplevel, family)
     groups = group_cells(cells)
     row = {"unit": spec.key, "family": family, "params": spec.params,
