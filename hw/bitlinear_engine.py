@@ -13,7 +13,7 @@ from mmfree.models import numerics as nx
 from mmfree.models.weight_image import (CM_OFFSET, CONSUMER_WORD, CONSUMER_WORDS, EC_OFFSET, EPS_MANT_WORD,
                                         EPS_SHIFT_WORD, FRAC_A_WORD, FRAC_G_OFFSET, GAIN_WORD, GATE_WORD, K_WORD,
                                         MAX_CONSUMERS, MAX_ROWS_PER_BLOCK, N_CONSUMERS_WORD, NORM_SOURCE_WORD, RECORD_HEADER_BYTES,
-                                        RECORD_MAGIC, ROWS_OFFSET, STREAM_ALIGN, X_FRAC_WORD, NormSource,
+                                        RECORD_KIND_BITS, RECORD_MAGIC, ROWS_OFFSET, STREAM_ALIGN, X_FRAC_WORD, NormSource,
                                         RecordKind)
 
 from .rescale import EXP_SHAPE, SCALE_OUT_BITS, Rescale
@@ -261,9 +261,9 @@ class BitLinearEngine(wiring.Component):
         def within(v, lo, hi):
             return (v >= lo) & (v <= hi)
 
-        f = SimpleNamespace(kind=header[:16], k=word(K_WORD), consumers=word(N_CONSUMERS_WORD),
+        f = SimpleNamespace(kind=header[:RECORD_KIND_BITS], k=word(K_WORD), consumers=word(N_CONSUMERS_WORD),
                             rows=[consumer_word(c, ROWS_OFFSET) for c in range(C)])
-        magic_ok = header[16:32] == (RECORD_MAGIC >> 16)
+        magic_ok = header[RECORD_KIND_BITS:_WORD] == (RECORD_MAGIC >> RECORD_KIND_BITS)
         frac_g = [consumer_word(c, FRAC_G_OFFSET) for c in range(C)]
         cm = [consumer_word(c, CM_OFFSET) for c in range(C)]
         ec = [consumer_word(c, EC_OFFSET) for c in range(C)]

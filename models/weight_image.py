@@ -76,7 +76,9 @@ CONSUMER_WORD = 8            # first word of the (N, frac_g, Cm, ec) groups
 #: and each field's offset within it.
 CONSUMER_WORDS = 4
 ROWS_OFFSET, FRAC_G_OFFSET, CM_OFFSET, EC_OFFSET = range(CONSUMER_WORDS)
-RECORD_MAGIC = 0x4D460000  # "MF" in the top half-word; kind in the low half
+#: Word 0 of a record header: the kind in its low RECORD_KIND_BITS, RECORD_MAGIC ("MF") above.
+RECORD_KIND_BITS = 16
+RECORD_MAGIC = 0x4D46 << RECORD_KIND_BITS
 MAX_CONSUMERS = 3
 #: Stream words of gain mantissas (24-bit values, sign-extended) and of lower-bound gates.
 GAIN_WORD = "<i4"
