@@ -2,13 +2,13 @@
 
 Registered in the ``mmfree.commands`` entry-point group (pyproject.toml); the
 host's CLI finds them by name. Options the host's commands also take
-(``--model``, ``--text``, ``--json``) come from :mod:`mmfree.host.options`.
+(``--model``, ``--text-file``, ``--json``) come from :mod:`mmfree.host.options`.
 Every benchmark module is imported when its command runs.
 
     mmfree bench-accel [--configs pynq-z2,kv260] [--models bundled,370m] [--tokens 3] [--out bench/results]
     mmfree bench-golden [--layers 24] [--tokens 16]
-    mmfree fidelity [--model IMG] [--text TXT] [--positions 0] [--slice 2048] [--json OUT] [--update-evaluation]
-    mmfree fidelity-budget [--model IMG] [--text TXT] [--positions 8192] [--mode both] [--no-check] [--json OUT]
+    mmfree fidelity [--model IMG] [--text-file TXT] [--positions 0] [--slice 2048] [--json OUT] [--update-evaluation]
+    mmfree fidelity-budget [--model IMG] [--text-file TXT] [--positions 8192] [--mode both] [--no-check] [--json OUT]
 """
 from __future__ import annotations
 

@@ -28,8 +28,8 @@ from mmfree.models.weight_image import (DEFAULT_ROWS_PER_BLOCK, MAX_ROWS_PER_BLO
 
 from .backends import BackendError, open_backend
 from .generate import generate as generate_ids
-from .options import (DEFAULT_MODEL, FiniteFloat, InputFile, OutputFile, atomic_output, backend_options,
-                      json_option, model_option, read_text, write_output)
+from .options import (DEFAULT_MODEL, FiniteFloat, OutputFile, atomic_output, backend_options,
+                      json_option, model_option, read_text, text_option, write_output)
 
 #: Entry-point group through which other folders offer ``mmfree`` sub-commands (click commands).
 COMMAND_ENTRY_POINTS = "mmfree.commands"
@@ -388,7 +388,7 @@ def logits(model, ids, arith, out):
 
 @main.command("eval")
 @model_option
-@click.option("--text-file", type=InputFile(), required=True, help="text to evaluate (UTF-8)")
+@text_option
 @click.option("--max-tokens", default=4096, show_default=True, type=click.IntRange(min=2))
 def eval_(model, text_file, max_tokens):
     """Perplexity of a text under float32, float64 and integer arithmetic, and their greedy agreement.

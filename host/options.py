@@ -133,7 +133,7 @@ bitstream_option = click.option("--bitstream", default=None, type=click.Path(dir
                                 help="--backend pynq: the overlay .bit (default bitstreams/<hw-config>/mmfree.bit)")
 json_option = click.option("--json", "json_out", default=None, type=OutputFile(),
                            help="also write the figures to this JSON file")
-text_option = click.option("--text", "text_file", default=HELDOUT_TEXT, show_default=True, type=InputFile(),
+text_option = click.option("--text-file", "text_file", default=HELDOUT_TEXT, show_default=True, type=InputFile(),
                            help="text to evaluate (UTF-8)")
 
 

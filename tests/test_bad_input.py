@@ -202,7 +202,7 @@ CASES = {
     "eval text is a folder":
         (lambda i, o: ["eval", "--model", TINY, "--text-file", i], "--text-file"),
     "fidelity-budget text empty":
-        (lambda i, o: ["fidelity-budget", "--model", TINY, "--text", text(i, "empty.txt", b"")], "--text"),
+        (lambda i, o: ["fidelity-budget", "--model", TINY, "--text-file", text(i, "empty.txt", b"")], "--text-file"),
     "fidelity --update-evaluation without evaluation.json":
         (lambda i, o: ["fidelity", "--model", TINY, "--update-evaluation"], "evaluation.json"),
     # build and benchmark options
