@@ -174,8 +174,10 @@ _PYNQ_Z2 = BoardMemory(
                "the efficiency was measured with 4 HP masters at PL 150 MHz on DDR3 1,050 Mb/s, the PYNQ-Z2's DDR "
                "clocks. No published PL->DDR bandwidth measurement on a PYNQ-Z2 was found"),
     ),
-    notes="HP0/HP1 share memory-interconnect switch and DDRC port 3, HP2/HP3 port 2 (UG585 ch.5 Figure 5-1, "
-          "ch.10: two DDRC ports dedicated to AXI_HP); for two read ports use HP0+HP2 (or HP1+HP3). One 64-bit HP "
+    notes="HP0/HP1 share one memory-interconnect switch and DDRC port, HP2/HP3 the other (UG585 ch.5 Figure 5-1; "
+          "ch.10: 'two ports are dedicated to the AXI_HP interfaces'); the numbers 3 (HP0/HP1) and 2 (HP2/HP3) are "
+          "secondary (a public Zynq design citing UG585 Table 5-11) and matter only as labels of the sharing. For two "
+          "read ports use HP0+HP2 (or HP1+HP3). One 64-bit HP "
           "port at 150 MHz carries at most 1.2 GB/s, so two ports are needed to approach the 2.1 GB/s DRAM peak. "
           "UG585's 75 % design-maximum efficiency (1.58 GB/s) is the planning figure the anchors used; the "
           "calibration uses the measured 97 % sequential-read table entry.",
@@ -243,8 +245,9 @@ _KV260 = BoardMemory(
         Figure(15.97, "GB/s", _BITNET + ": head stream 65,667,072 B in 4.103-4.123 ms = 15.93-16.01 GB/s "
                "(midpoint), sustained sequential reads, all four ports at their beat rate"),
     ),
-    notes="S_AXI_HP1_FPD and S_AXI_HP2_FPD share XPI port 4; HP0 shares port 3 with the DisplayPort DMA, HP3 "
-          "shares port 5 with the FPD DMA (UG1085 ch.35 'PL-PS Interface Specifics'); with two read ports use "
+    notes="S_AXI_HP1_FPD and S_AXI_HP2_FPD share XPI port 4; HP0 shares a port with the DisplayPort DMA, HP3 "
+          "one with the FPD DMA (UG1085 ch.35 'PL-PS Interface Specifics'; their numbers 3 and 5 follow the DDR "
+          "subsystem diagram of UG1085 ch.17, where ports 0-2 serve the RPU and the CCI); with two read ports use "
           "HP0+HP3 (or one of HP1/HP2 with HP0 or HP3), never HP1+HP2. The same design's weight stream reached "
           "only 12.73 GB/s (79.6 % of the 16.0 GB/s beat rate) because the engines on HP1 and HP2 finished 9-33 % "
           "late (bitnet-kv260 measurements.md); that is the anchors' '12.7 GB/s', and the anchors' '16.0 GB/s "
