@@ -12,9 +12,11 @@ Plain Python (no numpy, amaranth or cocotb): the board path imports it.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable
 
-__all__ = ["TransportError", "DeviceBuffer", "Transport", "check_register_access", "first_line"]
+__all__ = ["TransportError", "DeviceBuffer", "Transport", "check_register_access", "first_line", "HostCounts",
+           "CountingTransport"]
 
 
 class TransportError(RuntimeError):
@@ -103,17 +105,25 @@ class Transport(abc.ABC):
         return [self.read(o) for o in offsets]
 
     @abc.abstractmethod
-    def allocate(self, nbytes: int) -> DeviceBuffer:
-        """A zero-filled device buffer of at least ``nbytes``, 4 KiB aligned."""
+    def allocate(self, nbytes: int, *, cacheable: bool = False) -> DeviceBuffer:
+        """A zero-filled device buffer of at least ``nbytes``, 4 KiB aligned.
+
+        ``cacheable``: the host reads this buffer back in bulk; a transport whose host has
+        caches maps it cached (``sync_from_device`` then invalidates), others ignore it.
+        """
 
     @abc.abstractmethod
-    def wait(self, timeout_s: float, predicate: Callable[[], bool]) -> bool:
+    def wait(self, timeout_s: float, predicate: Callable[[], bool], *, expected_s: float = 0.0) -> bool:
         """Let the device run until ``predicate()`` is true or ``timeout_s`` of device time pass.
 
         Returns True when the predicate held, False on timeout. A board polls
         (device time is wall time); the simulator advances simulated time
         until the accelerator's interrupt or a bounded number of cycles and
         evaluates the predicate only then, never once per cycle.
+
+        ``expected_s``: device time the caller knows the condition needs (a token's
+        cycles from the previous one): the transport may let that much pass before
+        the first evaluation, so a wait that ends on time costs one predicate call.
         """
 
     @abc.abstractmethod
@@ -125,3 +135,101 @@ class Transport(abc.ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+@dataclasses.dataclass
+class HostCounts:
+    """What the host asked of a transport: register accesses, buffer bytes, cache and wait calls.
+
+    Counted by :class:`CountingTransport` from the calls actually made (``read_many`` counts one
+    read per register). ``a - b`` is the traffic between two snapshots.
+    """
+
+    register_reads: int = 0
+    register_writes: int = 0
+    buffer_bytes_read: int = 0       # DeviceBuffer.read: bytes the host copied out of device buffers
+    buffer_bytes_written: int = 0
+    invalidates: int = 0             # DeviceBuffer.sync_from_device calls
+    flushes: int = 0                 # DeviceBuffer.sync_to_device calls
+    waits: int = 0                   # Transport.wait calls
+
+    @property
+    def register_accesses(self) -> int:
+        return self.register_reads + self.register_writes
+
+    def __sub__(self, other: "HostCounts") -> "HostCounts":
+        return HostCounts(**{f.name: getattr(self, f.name) - getattr(other, f.name)
+                             for f in dataclasses.fields(self)})
+
+    def copy(self) -> "HostCounts":
+        return dataclasses.replace(self)
+
+
+class _CountingBuffer(DeviceBuffer):
+    """A :class:`DeviceBuffer` whose reads, writes and syncs add to its transport's counts."""
+
+    def __init__(self, inner: DeviceBuffer, counts: HostCounts):
+        super().__init__(inner.physical_address, inner.nbytes)
+        self.inner, self._counts = inner, counts
+
+    def write(self, data: bytes, offset: int = 0) -> None:
+        self.inner.write(data, offset)
+        self._counts.buffer_bytes_written += len(data)
+
+    def read(self, nbytes: int, offset: int = 0) -> bytes:
+        data = self.inner.read(nbytes, offset)
+        self._counts.buffer_bytes_read += len(data)
+        return data
+
+    def sync_to_device(self) -> None:
+        self._counts.flushes += 1
+        self.inner.sync_to_device()
+
+    def sync_from_device(self) -> None:
+        self._counts.invalidates += 1
+        self.inner.sync_from_device()
+
+    def free(self) -> None:
+        self.inner.free()
+
+
+class CountingTransport(Transport):
+    """``inner`` with every call counted in :attr:`counts` (a :class:`HostCounts`).
+
+    The driver talks through one of these, so the host traffic it reports is what it
+    asked of the transport, call by call, on any transport.
+    """
+
+    def __init__(self, inner: Transport):
+        self.inner = inner
+        self.counts = HostCounts()
+
+    @property
+    def clock_hz(self) -> float:
+        return self.inner.clock_hz
+
+    @property
+    def register_window(self) -> int:
+        return self.inner.register_window
+
+    def read(self, offset: int) -> int:
+        self.counts.register_reads += 1
+        return self.inner.read(offset)
+
+    def read_many(self, offsets: list[int]) -> list[int]:
+        self.counts.register_reads += len(offsets)
+        return self.inner.read_many(offsets)
+
+    def write(self, offset: int, value: int) -> None:
+        self.counts.register_writes += 1
+        self.inner.write(offset, value)
+
+    def allocate(self, nbytes: int, *, cacheable: bool = False) -> DeviceBuffer:
+        return _CountingBuffer(self.inner.allocate(nbytes, cacheable=cacheable), self.counts)
+
+    def wait(self, timeout_s: float, predicate: Callable[[], bool], *, expected_s: float = 0.0) -> bool:
+        self.counts.waits += 1
+        return self.inner.wait(timeout_s, predicate, expected_s=expected_s)
+
+    def close(self) -> None:
+        self.inner.close()

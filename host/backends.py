@@ -1,9 +1,19 @@
 """Backends that compute one token's logits: the same interface for the golden
 models now, and for the simulated and the real accelerator.
 
-A backend is reset to the zero state, then fed one token id per ``step``;
-each step returns the next-token logits as float64 (V,); ``close`` releases
-what it holds. Backends are chosen by name with :func:`open_backend`:
+A backend is reset to the zero state, then fed one token id per call;
+``close`` releases what it holds. Three calls feed a token, each returning
+only what its caller needs (the decode loop, :func:`mmfree.host.generate.generate`,
+picks the cheapest):
+
+* ``step(token)``: the next-token logits as float64 (V,) (sampling, ``logits``, ``eval``);
+* ``step_argmax(token)``: the greedy next token (lowest id on ties), an int;
+* ``advance(token)``: nothing (a prompt token: only the state moves).
+
+The golden backends compute the logits either way; the accelerator backends
+read from the device only what the call returns: ``advance`` reads STATUS,
+``step_argmax`` STATUS and ARGMAX, ``step`` STATUS and the logits buffer
+(:class:`~mmfree.host.driver.Read`). Backends are chosen by name with :func:`open_backend`:
 
 * ``golden``: the integer golden model (what the accelerator computes);
 * ``float``: the float32 golden model;
@@ -46,6 +56,12 @@ class _GoldenModelBackend:
         logits, self.state = self.model.step(token, self.state)
         return self.to_float(logits)
 
+    def step_argmax(self, token: int) -> int:
+        return int(np.argmax(self.step(token)))        # numpy: the lowest index on ties, as ARGMAX
+
+    def advance(self, token: int) -> None:
+        self.step(token)
+
     def close(self) -> None:
         pass
 
@@ -86,11 +102,14 @@ class _AcceleratorBackend:
     """A backend over :class:`~mmfree.host.driver.AcceleratorDriver` on some transport.
 
     ``last`` holds the last step's :class:`~mmfree.host.driver.StepResult`
-    (argmax, raw ACT logits, cycle counters).
+    (what that call read, and its host traffic in ``last.host``). With
+    ``read_counters`` set, every call also reads the hardware counters
+    (``last.counters``); by default none does (9 register reads a token).
     """
 
     name = ""
     manifest = None  # a bitstream's manifest.json to check DESIGN_HASH against
+    read_counters = False
 
     def __init__(self, image: WeightImage, transport):
         from .driver import AcceleratorDriver
@@ -109,10 +128,27 @@ class _AcceleratorBackend:
         with _one_line_errors():
             self.driver.reset_state()
 
-    def step(self, token: int) -> np.ndarray:
+    def _step(self, token: int, read):
+        from .driver import Read
+
         with _one_line_errors():
-            self.last = self.driver.step(token)
-        return self.last.logits
+            self.last = self.driver.step(token, read=read | (Read.COUNTERS if self.read_counters else Read.NONE))
+        return self.last
+
+    def step(self, token: int) -> np.ndarray:
+        from .driver import Read
+
+        return self._step(token, Read.LOGITS).logits
+
+    def step_argmax(self, token: int) -> int:
+        from .driver import Read
+
+        return self._step(token, Read.ARGMAX).argmax
+
+    def advance(self, token: int) -> None:
+        from .driver import Read
+
+        self._step(token, Read.NONE)
 
     def close(self) -> None:
         self.driver.close()

@@ -266,19 +266,58 @@ def generate(model, prompt, max_new_tokens, temperature, top_k, seed, backend, h
 
 
 class _CountingBackend:
-    """A backend that keeps each step's hardware counters (accelerator backends hold them in ``last``)."""
+    """A backend that keeps, per fed token, what kind of call fed it, the hardware counters and the
+    host traffic of the driver's step (accelerator backends; ``None`` for the golden ones).
+
+    The counters are read after each step with ``driver.counters()``: their 9 register reads are
+    the benchmark's own, outside the step's host traffic (``StepResult.host``), which is what
+    ``mmfree generate`` costs.
+    """
 
     def __init__(self, backend):
-        self.backend, self.counters = backend, []
+        self.backend, self.steps = backend, []
 
     def reset(self):
         self.backend.reset()
 
+    def _record(self, kind: str, value):
+        driver = getattr(self.backend, "driver", None)
+        if driver is None:
+            self.steps.append((kind, None, None))
+        else:
+            self.steps.append((kind, driver.counters(), self.backend.last.host))
+        return value
+
     def step(self, token):
-        logits = self.backend.step(token)
-        last = getattr(self.backend, "last", None)
-        self.counters.append(dict(last.counters) if last is not None else None)
-        return logits
+        return self._record("generated", self.backend.step(token))
+
+    def step_argmax(self, token):
+        return self._record("generated", self.backend.step_argmax(token))
+
+    def advance(self, token):
+        return self._record("prompt", self.backend.advance(token))
+
+
+def _host_figures(steps) -> dict:
+    """Mean host traffic per generated-token step (from the driver's counting transport), and what
+    it costs on each board by :mod:`mmfree.contract.host_costs`."""
+    from mmfree.contract.host_costs import HOST_COSTS, host_us_per_token
+
+    hosts = [h for kind, _, h in steps if kind == "generated" and h is not None]
+    if not hosts:
+        return {}
+    def mean(name):
+        return sum(getattr(h, name) for h in hosts) / len(hosts)
+    reads, writes, nbytes = mean("register_reads"), mean("register_writes"), mean("buffer_bytes_read")
+    invalidates, waits = mean("invalidates"), mean("waits")
+    return {"host_register_reads_per_token": reads, "host_register_writes_per_token": writes,
+            "host_register_accesses_per_token": reads + writes,
+            "host_register_bytes_per_token": 4 * (reads + writes),
+            "host_bytes_read_per_token": nbytes, "host_invalidates_per_token": invalidates,
+            "host_waits_per_token": waits,
+            "host_us_per_token_modelled": {
+                board: round(host_us_per_token(board, reads, writes, nbytes, invalidates=invalidates, waits=waits), 1)
+                for board in HOST_COSTS}}
 
 
 @main.command()
@@ -293,7 +332,11 @@ def bench(model, prompt, tokens, backend, hw_config, bitstream, json_out):
     The host figure is wall time of whole steps (driver, transfers, host
     code). Accelerator backends also report the hardware counters (CYCLES_*,
     BYTES_READ) averaged over the steps, and the device time they mean at the
-    accelerator's clock (for --backend sim: the simulated build's clock).
+    accelerator's clock (for --backend sim: the simulated build's clock), and
+    the host traffic of a generated token as the driver counted it (register
+    reads and writes, bytes read from device buffers; the counter readout
+    for this report is not part of it) with the host time it means on each
+    board (contract/host_costs.py).
     """
     import json
     import time
@@ -311,7 +354,7 @@ def bench(model, prompt, tokens, backend, hw_config, bitstream, json_out):
         raise click.ClickException(str(e)) from None
     finally:
         engine.close()
-    steps = len(counting.counters)
+    steps = len(counting.steps)
     figures = {"backend": backend, "model": str(model), "prompt_tokens": len(ids), "generated": len(out),
                "steps": steps, "wall_s": round(wall, 4), "host_tokens_per_s": round(steps / wall, 3)}
     manifest = getattr(engine, "manifest", None)
@@ -320,10 +363,11 @@ def bench(model, prompt, tokens, backend, hw_config, bitstream, json_out):
     click.echo(f"backend          {backend}" + (f": {manifest.get('board')} bitstream, DESIGN_HASH "
                                                 f"{manifest.get('design_hash')}" if manifest else ""))
     click.echo(f"model            {model.name}: D {image.config.D}, L {image.config.L}, V {image.config.V}")
-    click.echo(f"steps            {len(ids)} prompt + {len(out)} generated = {steps} tokens through the model")
+    click.echo(f"steps            {len(ids)} prompt + {len(out)} generated: {steps} tokens through the model "
+               "(the last generated one is not fed back)")
     click.echo(f"host             {wall:.3f} s wall: {figures['host_tokens_per_s']:,.2f} tokens/s "
                f"({1e3 * wall / steps:.2f} ms per token)")
-    counters = [c for c in counting.counters if c]
+    counters = [c for _, c, _ in counting.steps if c]
     if counters and clock:
         mean = {k: sum(c[k] for c in counters) / len(counters) for k in counters[0]}
         device_s = mean["cycles_total"] / clock
@@ -339,6 +383,14 @@ def bench(model, prompt, tokens, backend, hw_config, bitstream, json_out):
                    f"({100 * mean['cycles_weight_wait'] / mean['cycles_total']:.1f} % of the token)")
         click.echo(f"memory           {mean['bytes_read']:,.0f} bytes read per token: "
                    f"{mean['bytes_read'] / device_s / 1e9:.3f} GB/s")
+    host = _host_figures(counting.steps)
+    if host:
+        figures.update(host)
+        modelled = ", ".join(f"{board} {us:,.0f} us" for board, us in host["host_us_per_token_modelled"].items())
+        click.echo(f"host I/O         {host['host_register_reads_per_token']:.2f} register reads + "
+                   f"{host['host_register_writes_per_token']:.2f} writes, "
+                   f"{host['host_bytes_read_per_token']:,.0f} buffer bytes per generated token "
+                   f"(modelled host time: {modelled})")
     if sim_speed:
         figures["simulated_cycles_per_s"] = round(sim_speed)
         click.echo(f"simulator        {sim_speed:,.0f} simulated cycles per second")

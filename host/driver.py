@@ -7,6 +7,14 @@ Running a model is a sentence of named stages::
     driver.load_image(image)       # copy STREAM + EMBEDDING once, point the registers at them
     driver.reset_state()           # zero every layer's recurrent state (start of a sequence)
     result = driver.step(token)    # one token: logits, argmax, cycle counters
+    token = driver.step(token, read=Read.ARGMAX).argmax   # greedy: one STATUS and one ARGMAX read
+
+What a step reads is chosen per call (:class:`Read`): the V logits (a buffer of
+V int64 words), ARGMAX, ARGMAX_VALUE_LO/HI, the counters; a prompt token needs
+none of them. Every register access and buffer byte goes through a
+:class:`~mmfree.contract.transport.CountingTransport`: :attr:`AcceleratorDriver.host_counts`
+is the running total, :attr:`StepResult.host` one step's share (``HostCounts``),
+which ``mmfree bench`` reports and :mod:`mmfree.contract.host_costs` prices.
 
 Every register offset and field comes from :mod:`mmfree.contract.registers`; the
 logits' format from :mod:`mmfree.models.numerics`. The same code runs on a
@@ -23,6 +31,7 @@ of range (refused before the device is touched).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import math
 import time
@@ -35,10 +44,10 @@ from mmfree.contract import registers as regs
 from mmfree.models import numerics as nx
 from mmfree.models.weight_image import WeightImage
 
-from mmfree.contract.transport import Transport
+from mmfree.contract.transport import CountingTransport, HostCounts, Transport
 
 __all__ = ["DriverError", "IdentityMismatch", "DeviceTimeout", "DeviceError", "BuildIdentity", "StepResult",
-           "AcceleratorDriver", "COUNTERS", "BUFFER_ALIGN", "LOGIT_WORD", "timeout_cycles"]
+           "AcceleratorDriver", "COUNTERS", "BUFFER_ALIGN", "LOGIT_WORD", "timeout_cycles", "Read", "HostCounts"]
 
 #: Registers reported by :meth:`AcceleratorDriver.counters`, in map order.
 COUNTERS: tuple[regs.Register, ...] = tuple(
@@ -52,6 +61,17 @@ LOGIT_WORD = np.dtype(f"<i{regs.LOGIT_WORD_BYTES}")
 #: cycles the bus needs just to carry its bytes, plus a fixed allowance.
 TIMEOUT_FACTOR = 16
 TIMEOUT_SLACK_CYCLES = 100_000
+
+
+class Read(enum.Flag):
+    """What :meth:`AcceleratorDriver.step` reads back after STATUS.done (STATUS itself always)."""
+
+    NONE = 0
+    ARGMAX = enum.auto()          # ARGMAX: the greedy next token (1 register)
+    ARGMAX_VALUE = enum.auto()    # ARGMAX_VALUE_LO/HI (2 registers)
+    COUNTERS = enum.auto()        # CYCLES_*, BYTES_READ, TOKENS (9 registers)
+    LOGITS = enum.auto()          # the logits buffer: V x LOGIT_WORD bytes, after an invalidate
+    ALL = ARGMAX | ARGMAX_VALUE | COUNTERS | LOGITS
 
 
 class DriverError(RuntimeError):
@@ -184,15 +204,18 @@ class StepResult:
     (``numerics.act_to_float``); ``argmax``/``argmax_value`` what the ARGMAX
     and ARGMAX_VALUE_LO/HI registers say (lowest index on ties; the value in
     ACT); ``counters`` the cycle/byte counters of this token (lower-case
-    register names); ``wall_s`` the host's time for the step.
+    register names); each is ``None`` unless the step's :class:`Read` asked
+    for it. ``host`` is the step's host traffic (register reads and writes,
+    buffer bytes, invalidates, waits), ``wall_s`` the host's time for the step.
     """
 
     token: int
-    argmax: int
-    argmax_value: int
-    logits_act: np.ndarray
-    logits: np.ndarray
-    counters: dict[str, int]
+    argmax: int | None
+    argmax_value: int | None
+    logits_act: np.ndarray | None
+    logits: np.ndarray | None
+    counters: dict[str, int] | None
+    host: HostCounts
     wall_s: float
 
 
@@ -238,21 +261,29 @@ class AcceleratorDriver:
 
     def __init__(self, transport: Transport):
         self.transport = transport
+        self._io = CountingTransport(transport)       # every access of the driver goes through it
         self.identity: BuildIdentity | None = None
         self.image: WeightImage | None = None
         self._layout: _Layout | None = None
         self._weights = None
         self._logits = None
+        self._idle = False                            # known idle: a done was seen, or STATUS.busy clear
+        self._token_cycles: int | None = None         # CYCLES_TOTAL of the last token (all tokens cost the same)
+
+    @property
+    def host_counts(self) -> HostCounts:
+        """Everything the driver has asked of its transport so far (a snapshot)."""
+        return self._io.counts.copy()
 
     # -- registers --------------------------------------------------------
     def _read(self, name: str) -> int:
-        return self.transport.read(regs.BY_NAME[name].offset)
+        return self._io.read(regs.BY_NAME[name].offset)
 
     def _write(self, name: str, value: int) -> None:
-        self.transport.write(regs.BY_NAME[name].offset, value)
+        self._io.write(regs.BY_NAME[name].offset, value)
 
     def _read_many(self, names) -> dict[str, int]:
-        values = self.transport.read_many([regs.BY_NAME[n].offset for n in names])
+        values = self._io.read_many([regs.BY_NAME[n].offset for n in names])
         return dict(zip(names, values))
 
     @staticmethod
@@ -304,11 +335,12 @@ class AcceleratorDriver:
         identity.check_image(image)
         layout = _Layout.of(image)
         self._release()
-        weights = self.transport.allocate(layout.weight_buffer_bytes)
+        weights = self._io.allocate(layout.weight_buffer_bytes)
         weights.write(bytes(image.stream), layout.stream_offset)
         weights.write(bytes(image.region("embedding")), layout.embed_offset)
         weights.sync_to_device()
-        logits = self.transport.allocate(layout.logits_bytes)
+        # Cacheable: read back in bulk after one invalidate (docs/board.md, "Host time per token").
+        logits = self._io.allocate(layout.logits_bytes, cacheable=True)
         self._weights, self._logits = weights, logits
         base = weights.physical_address
         self._write_address("STREAM", base + layout.stream_offset)
@@ -328,6 +360,7 @@ class AcceleratorDriver:
                 buf.free()
         self._weights = self._logits = None
         self.image = self._layout = None
+        self._token_cycles = None
 
     def _require_image(self) -> _Layout:
         if self._layout is None:
@@ -346,6 +379,7 @@ class AcceleratorDriver:
             timeout_s = timeout_cycles(4 * layout.hidden * layout.layers, 4) / self.transport.clock_hz
         self._wait_idle("before clear_state")
         self._write("CONTROL", self._pack("CONTROL", clear_state=1))
+        self._idle = False
         self._wait_idle("after clear_state", timeout_s)
 
     def _wait_idle(self, when: str, timeout_s: float | None = None) -> None:
@@ -353,12 +387,23 @@ class AcceleratorDriver:
         a token runs (one may still run after a :class:`DeviceTimeout`)."""
         if timeout_s is None:
             timeout_s = self.step_timeout_s()
+        if self._idle:
+            return
         busy = regs.BY_NAME["STATUS"].field("busy")
-        if not self.transport.wait(timeout_s, lambda: not busy.get(self._read("STATUS"))):
+        if not self._io.wait(timeout_s, lambda: not busy.get(self._read("STATUS"))):
             raise DeviceTimeout(f"the accelerator stayed busy {timeout_s * 1e3:.3g} ms of device time {when}")
+        self._idle = True
 
-    def step(self, token: int, timeout_s: float | None = None) -> StepResult:
-        """Run one token; return its logits, argmax and counters.
+    def step(self, token: int, timeout_s: float | None = None, *, read: Read = Read.ALL) -> StepResult:
+        """Run one token; return what ``read`` asks for (default: logits, argmax, counters).
+
+        Host traffic per token: 3 register writes (STATUS.done W1C, TOKEN,
+        CONTROL.start); STATUS reads until done (one when the token takes
+        the time the last one did: the wait is told the last CYCLES_TOTAL);
+        then only the registers and buffer ``read`` names. STATUS.done
+        implies the device is idle again, so no idle check precedes START
+        after a completed token. The first token after :meth:`load_image`
+        also reads CYCLES_TOTAL once, to learn the token's duration.
 
         Raises ``ValueError`` for a token id outside the loaded vocabulary
         (before touching the device), :class:`DeviceTimeout` when
@@ -373,32 +418,54 @@ class AcceleratorDriver:
         token = int(token)
         if timeout_s is None:
             timeout_s = self.step_timeout_s()
-        start = time.perf_counter()
+        start, before = time.perf_counter(), self._io.counts.copy()
         self._wait_idle(f"before token {token}")
-        done = regs.BY_NAME["STATUS"].field("done")
+        status_reg = regs.BY_NAME["STATUS"]
+        done = status_reg.field("done")
         self._write("STATUS", done.put(1))                       # W1C: forget the previous token's done
         self._write("TOKEN", token)
         self._write("CONTROL", self._pack("CONTROL", start=1))
-        if not self.transport.wait(timeout_s, lambda: done.get(self._read("STATUS"))):
+        self._idle = False
+        status = 0
+
+        def finished() -> bool:
+            nonlocal status
+            status = self._read("STATUS")
+            return bool(done.get(status))
+
+        expected_s = 0.0 if self._token_cycles is None else self._token_cycles / self.transport.clock_hz
+        if not self._io.wait(timeout_s, finished, expected_s=min(expected_s, timeout_s)):
             raise DeviceTimeout(f"token {token}: no STATUS.done within {timeout_s * 1e3:.3g} ms of device time "
                                 f"({timeout_s * self.transport.clock_hz:,.0f} cycles)")
-        words = self._read_many(("STATUS", "ARGMAX", "ARGMAX_VALUE_LO", "ARGMAX_VALUE_HI")
-                                + tuple(r.name for r in COUNTERS))
-        code = self._get("STATUS", "error", words["STATUS"])
+        self._idle = True                                         # done: the token core is idle again
+        code = status_reg.field("error").get(status)
         if code:
             raise DeviceError(f"token {token}: the accelerator stopped with error {_error_name(code)}", code)
-        self._logits.sync_from_device()
-        logits_act = np.frombuffer(self._logits.read(layout.logits_bytes), dtype=LOGIT_WORD).astype(np.int64)
-        argmax_value = words["ARGMAX_VALUE_HI"] << 32 | words["ARGMAX_VALUE_LO"]
-        argmax_value -= (argmax_value >> 63) << 64                    # two's complement 64 bits
-        return StepResult(token=token, argmax=words["ARGMAX"], argmax_value=argmax_value, logits_act=logits_act,
-                          logits=nx.act_to_float(logits_act),
-                          counters={r.name.lower(): words[r.name] for r in COUNTERS},
-                          wall_s=time.perf_counter() - start)
+        names = (("ARGMAX",) if Read.ARGMAX in read else ()) \
+            + (("ARGMAX_VALUE_LO", "ARGMAX_VALUE_HI") if Read.ARGMAX_VALUE in read else ()) \
+            + (tuple(r.name for r in COUNTERS) if Read.COUNTERS in read
+               else ("CYCLES_TOTAL",) if self._token_cycles is None else ())
+        words = self._read_many(names) if names else {}
+        if "CYCLES_TOTAL" in words:
+            self._token_cycles = words["CYCLES_TOTAL"]
+        argmax_value = None
+        if Read.ARGMAX_VALUE in read:
+            argmax_value = words["ARGMAX_VALUE_HI"] << 32 | words["ARGMAX_VALUE_LO"]
+            argmax_value -= (argmax_value >> 63) << 64                # two's complement 64 bits
+        logits_act = None
+        if Read.LOGITS in read:
+            self._logits.sync_from_device()
+            logits_act = np.frombuffer(self._logits.read(layout.logits_bytes), dtype=LOGIT_WORD).astype(np.int64)
+        return StepResult(token=token, argmax=words.get("ARGMAX"), argmax_value=argmax_value, logits_act=logits_act,
+                          logits=None if logits_act is None else nx.act_to_float(logits_act),
+                          counters={r.name.lower(): words[r.name] for r in COUNTERS} if Read.COUNTERS in read
+                          else None,
+                          host=self._io.counts - before, wall_s=time.perf_counter() - start)
 
     def counters(self) -> dict[str, int]:
         """The cycle and byte counters of the last token (lower-case register names)."""
         words = self._read_many(tuple(r.name for r in COUNTERS))
+        self._token_cycles = words["CYCLES_TOTAL"] or self._token_cycles
         return {r.name.lower(): words[r.name] for r in COUNTERS}
 
     def close(self) -> None:

@@ -23,17 +23,35 @@ def sample(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Ge
 
 def generate(backend, prompt_ids: list[int], max_new_tokens: int, *, temperature: float = 0.0,
              top_k: int = 0, seed: int = 0, eos_id: int | None = None) -> Iterator[int]:
-    """Feed the prompt, then yield up to ``max_new_tokens`` sampled ids (stops after eos)."""
+    """Feed the prompt, then yield up to ``max_new_tokens`` sampled ids (stops after eos).
+
+    Each token is fed with the backend call that returns only what is needed
+    (:mod:`mmfree.host.backends`): prompt tokens but the last with ``advance``
+    (no output); then, greedy (temperature 0), ``step_argmax``; sampling,
+    ``step`` (the logits). The last generated token is not fed back: nothing
+    would read its output. A backend without ``advance``/``step_argmax``
+    (a wrapper that records logits) is fed with ``step``.
+    """
     if not prompt_ids:
         raise ValueError("empty prompt")
+    if temperature < 0:
+        raise ValueError("temperature must be >= 0")
     rng = np.random.default_rng(seed)
     backend.reset()
-    logits = None
-    for t in prompt_ids:
-        logits = backend.step(int(t))
+    advance = getattr(backend, "advance", backend.step)
+    for t in prompt_ids[:-1]:
+        advance(int(t))
+    token = int(prompt_ids[-1])
+    if max_new_tokens <= 0:
+        advance(token)
+        return
+    step_argmax = getattr(backend, "step_argmax", None)
     for _ in range(max_new_tokens):
-        nxt = sample(logits, temperature, top_k, rng)
+        if temperature == 0 and step_argmax is not None:
+            nxt = int(step_argmax(token))
+        else:
+            nxt = sample(backend.step(token), temperature, top_k, rng)
         yield nxt
         if eos_id is not None and nxt == eos_id:
             return
-        logits = backend.step(nxt)
+        token = nxt

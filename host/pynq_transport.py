@@ -3,8 +3,16 @@
 ``PynqTransport(bitfile)`` loads the overlay (the ``.bit`` with its ``.hwh``
 beside it), finds the accelerator's AXI4-Lite window in the overlay's IP
 table, maps it (``pynq.MMIO``) and allocates buffers with ``pynq.allocate``
-(physically contiguous, cache flushed/invalidated on sync). ``wait`` polls
-the predicate: device time is wall time on a board.
+(physically contiguous, cache flushed/invalidated on sync; a buffer the host
+reads back in bulk is mapped cacheable, so its copy runs from the cache after
+one invalidate instead of word by word from uncached DDR).
+
+``wait`` sleeps, then polls: device time is wall time on a board. Given the
+time the token is expected to take (``expected_s``, the driver's previous
+CYCLES_TOTAL at the manifest's clock) it sleeps that long first, then reads
+the predicate back to back for :data:`SPIN_S`, then with :data:`POLL_INTERVAL_S`
+sleeps in between; a token that ends when expected costs one STATUS read.
+Why not PYNQ's ``Interrupt``: docs/board.md ("Host time per token").
 
 Imports only the standard library, numpy and (lazily) pynq: a PYNQ board
 image has neither amaranth nor cocotb.
@@ -20,8 +28,12 @@ from mmfree.contract.transport import DeviceBuffer, Transport, TransportError, c
 
 __all__ = ["PynqTransport", "PynqBuffer", "import_pynq"]
 
-#: Sleep between polls: short against a token's milliseconds, long enough not to starve the PS.
+#: Sleep between polls once the spin is over: short against a token's milliseconds, long enough
+#: not to starve the PS (Linux adds its default 50 us timer slack to it).
 POLL_INTERVAL_S = 20e-6
+#: After the expected time, poll back to back this long (each MMIO read from Python is itself
+#: tens of microseconds: contract/host_costs.py) before sleeping between polls.
+SPIN_S = 1e-3
 #: Shortest wait: on a board the bound is wall time, which includes the host's own scheduling.
 MIN_WAIT_S = 0.25
 
@@ -117,13 +129,14 @@ class PynqTransport(Transport):
         check_register_access(offset, value, window=self.register_window)
         self._mmio.write(offset, value)
 
-    def allocate(self, nbytes: int) -> PynqBuffer:
+    def allocate(self, nbytes: int, *, cacheable: bool = False) -> PynqBuffer:
         import numpy as np
 
         if nbytes <= 0:
             raise ValueError(f"buffer size must be positive, not {nbytes}")
         try:
-            array = self._allocate(shape=(nbytes,), dtype=np.uint8)
+            # PYNQ 3 maps buffers uncached unless asked (pynq/pl_server/xrt_device.py: cacheable=0).
+            array = self._allocate(shape=(nbytes,), dtype=np.uint8, cacheable=bool(cacheable))
         except Exception as e:
             raise TransportError(f"cannot allocate {nbytes:,} bytes of device memory: {first_line(e)}") from None
         array[:] = 0
@@ -131,14 +144,19 @@ class PynqTransport(Transport):
         self._buffers.append(buf)
         return buf
 
-    def wait(self, timeout_s: float, predicate: Callable[[], bool]) -> bool:
+    def wait(self, timeout_s: float, predicate: Callable[[], bool], *, expected_s: float = 0.0) -> bool:
         deadline = time.monotonic() + max(timeout_s, MIN_WAIT_S)
+        if expected_s > 0:
+            time.sleep(min(expected_s, timeout_s))
+        spin_until = time.monotonic() + SPIN_S
         while True:
             if predicate():
                 return True
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline:
                 return bool(predicate())
-            time.sleep(POLL_INTERVAL_S)
+            if now >= spin_until:
+                time.sleep(POLL_INTERVAL_S)
 
     def close(self) -> None:
         for buf in self._buffers:

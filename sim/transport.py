@@ -17,7 +17,10 @@ What each transport call costs:
   it asks for.
 * ``wait``: the server lets the simulation run until the accelerator's
   ``irq`` rises or a bounded number of cycles pass (one ``First(RisingEdge,
-  Timer)``: no Python per clock cycle), then the predicate is evaluated.
+  Timer)``: no Python per clock cycle), then the predicate is evaluated;
+  given ``expected_s``, the first run is that long plus an eighth and
+  ``WAIT_FIRST_CYCLES`` (or until ``irq``), so a token that ends when
+  expected costs one predicate call.
   Device time is simulated cycles / ``config.clock_hz``.
 
 Simulated time stands still while the host computes: the simulator is
@@ -283,7 +286,8 @@ class SimTransport(Transport):
         check_register_access(offset, value, window=self.register_window)
         self._request("write", offset, value)
 
-    def allocate(self, nbytes: int) -> SimBuffer:
+    def allocate(self, nbytes: int, *, cacheable: bool = False) -> SimBuffer:
+        # cacheable: the simulated host has no cache (each read after sync_from_device fetches).
         if nbytes <= 0:
             raise ValueError(f"buffer size must be positive, not {nbytes}")
         address = self._next_address
@@ -318,9 +322,15 @@ class SimTransport(Transport):
         self.wait_wall_s += time.perf_counter() - start
         return cycles, irq
 
-    def wait(self, timeout_s: float, predicate: Callable[[], bool]) -> bool:
+    def wait(self, timeout_s: float, predicate: Callable[[], bool], *, expected_s: float = 0.0) -> bool:
         budget = int(timeout_s * self.clock_hz)
         chunk = WAIT_FIRST_CYCLES
+        expected = int(expected_s * self.clock_hz)
+        if expected > 0:
+            # The condition cannot hold earlier: run past it (irq ends the run when the token is done;
+            # the slack covers the cycles between START's write and the counter's start) before looking.
+            cycles, _ = self.advance(min(expected + expected // 8 + WAIT_FIRST_CYCLES, budget))
+            budget -= cycles
         while True:
             if predicate():
                 return True
