@@ -38,7 +38,7 @@ def generate(backend, prompt_ids: list[int], max_new_tokens: int, *, temperature
         raise ValueError("temperature must be >= 0")
     rng = np.random.default_rng(seed)
     backend.reset()
-    advance = getattr(backend, "advance", backend.step)
+    advance = getattr(backend, "advance", None) or backend.step
     for t in prompt_ids[:-1]:
         advance(int(t))
     token = int(prompt_ids[-1])

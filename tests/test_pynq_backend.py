@@ -84,6 +84,24 @@ def test_pynq_backend_generates_the_golden_tokens(fake_pynq, tiny, tmp_path):
         buffers = list(board.driver.transport._buffers)
         assert list(generate(device, prompt, 4)) == want
         assert board.driver.transport._buffers == buffers
+        # Greedy through the board's own code: no logits byte; the wait sleeps the token's expected
+        # time (pynq_sim's clock is a lower bound of the simulator's speed), then one STATUS read.
+        hosts = []
+
+        class Greedy:                      # keeps each generated token's host traffic
+            reset, advance = board.reset, board.advance
+
+            @staticmethod
+            def step_argmax(token):
+                nxt = board.step_argmax(token)
+                hosts.append(board.last.host)
+                return nxt
+
+        assert list(generate(Greedy, prompt, 4)) == want
+        assert len(hosts) == 4
+        for h in hosts:
+            assert (h.buffer_bytes_read, h.invalidates, h.register_writes, h.waits) == (0, 0, 3, 1), h
+            assert 2 <= h.register_reads <= 3, h                      # STATUS (once if on time), ARGMAX
     finally:
         board.close()
 
@@ -160,5 +178,8 @@ def test_cli_generate_and_bench_on_the_simulated_board(tmp_path):
     assert figures["bitstream"]["design_hash"] == f"0x{simulated_design_hash():08X}"
     assert figures["host_tokens_per_s"] > 0 and figures["counters_mean"]["cycles_total"] > 0
     assert figures["counters_mean"]["bytes_read"] > 0
-    for label in ("host ", "device ", "phases ", "weight wait ", "memory "):
+    assert figures["host_bytes_read_per_token"] == 0 and figures["host_register_writes_per_token"] == 3
+    assert 2 <= figures["host_register_reads_per_token"] < 3
+    assert set(figures["host_us_per_token_modelled"]) == {"pynq-z2", "kv260"}
+    for label in ("host ", "device ", "phases ", "weight wait ", "memory ", "host I/O "):
         assert any(line.startswith(label) for line in bench.stdout.splitlines()), bench.stdout
