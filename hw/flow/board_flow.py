@@ -11,8 +11,12 @@ synthesizes it with yosys ``synth_xilinx -family xc7|xcup -noiopad -flatten``
 (pyosys, see :mod:`mmfree.hw.flow.synth`), and writes
 ``bitstreams/<board>/utilization.json`` and ``utilization.md``: LUT (logic +
 LUT RAM sites), FF, BRAM36 (a RAMB18 is half), URAM, DSP against the part's
-capacity. It exits 1 when a board uses more than its LUT budget (70 %: room
-for Vivado's routing) or more of anything than the part has.
+capacity. The same yosys run writes the mapped netlist, whose logic depth
+:mod:`mmfree.hw.flow.depth` measures against the configuration's clock:
+``bitstreams/<board>/timing.json`` and ``timing.md`` (docs/timing.md). It exits
+1 when a board uses more than its LUT budget (70 %: room for Vivado's routing)
+or more of anything than the part has, or when its worst register-to-register
+path is estimated longer than the clock period.
 
 ``bitstream`` writes ``build/vivado/<board>/``: the accelerator's Verilog,
 the block-design wrapper and ``build.tcl`` (:mod:`mmfree.hw.flow.vivado`), and
@@ -21,7 +25,7 @@ the block-design wrapper and ``build.tcl`` (:mod:`mmfree.hw.flow.vivado`), and
 ``bitstreams/<board>/``. Without Vivado it stops after writing, with the
 command to run and exit status 3.
 
-``synth --check`` compares each committed ``utilization.json`` with the current RTL
+``synth --check`` compares each committed ``utilization.json`` (and ``timing.json``) with the current RTL
 (design hash) and its budget, without synthesis: what the test suite runs.
 
 The design hash
@@ -51,7 +55,8 @@ from mmfree.contract.boards import RESOURCES, Board
 from mmfree.contract.registers import design_hash_from_digest
 
 __all__ = ["BoardDesign", "elaborate", "design_sha256", "utilization", "budget_problems", "render_table",
-           "synth_board", "write_vivado_project", "committed_problems", "build_bitstream", "BITSTREAMS", "VIVADO_BUILD",
+           "synth_board", "write_vivado_project", "committed_problems", "timing_problems", "build_bitstream",
+           "BITSTREAMS", "VIVADO_BUILD",
            "VIVADO_EXIT"]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -192,11 +197,15 @@ def synth_board(board: Board, *, out_dir: Path | None = None, say: Callable[[str
         last[:] = [now, name]
 
     log = REPO / "build" / "synth" / f"{board.name}.yosys.log"
+    netlist = log.with_name(f"{board.name}.netlist.json")
     log.parent.mkdir(parents=True, exist_ok=True)
     say(f"{board.name}: yosys synth_xilinx -family {board.yosys_family} (log: {log.relative_to(REPO)})")
-    cells = synth_verilog(design.verilog, TOP, board.yosys_family, phase=phase, log_path=log)
+    cells = synth_verilog(design.verilog, TOP, board.yosys_family, phase=phase, log_path=log, netlist_path=netlist)
     t2 = time.perf_counter()
     say(f"  [{t2 - t0:7.1f} s] synthesis done ({t2 - t1:.1f} s)")
+    timing = _timing_report(board, design, netlist)
+    say(f"  [{time.perf_counter() - t0:7.1f} s] logic depth: worst path {timing['worst']['delay_ns']:.2f} ns, "
+        f"{timing['worst']['levels']:g} LUT levels, estimated Fmax {timing['fmax_mhz']:.0f} MHz")
     report = {"board": board.name, "title": board.title, "part": board.part, "family": board.yosys_family,
               "design_sha256": design.design_sha256, "design_hash": f"0x{design.design_hash:08X}",
               "numerics_version": NUMERICS_VERSION, "interface_version": INTERFACE_VERSION,
@@ -211,7 +220,50 @@ def synth_board(board: Board, *, out_dir: Path | None = None, say: Callable[[str
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "utilization.json").write_text(json.dumps(report, indent=1) + "\n")
     (out_dir / "utilization.md").write_text(render_table(report, board))
+    _write_timing(timing, board, out_dir)
+    report["timing"] = timing
+    report["problems"] = problems + timing["problems"]
     return report
+
+
+# --------------------------------------------------------------------------
+# Logic depth (timing.json / timing.md beside the utilization report)
+# --------------------------------------------------------------------------
+def _timing_report(board: Board, design: BoardDesign, netlist: Path) -> dict:
+    """The logic-depth report of a synthesized board (:mod:`.depth`), with the design hash it stands for."""
+    from . import depth
+    from .vivado import TOP
+
+    analysis = depth.analyze(json.loads(netlist.read_text()), TOP, board.yosys_family)
+    return {"board": board.name, "part": board.part, "design_sha256": design.design_sha256,
+            "design_hash": f"0x{design.design_hash:08X}",
+            **depth.board_report(analysis, board.config.clock_hz)}
+
+
+def _write_timing(timing: dict, board: Board, out_dir: Path) -> None:
+    from .depth import render_markdown
+
+    (out_dir / "timing.json").write_text(json.dumps(timing, indent=1) + "\n")
+    (out_dir / "timing.md").write_text(render_markdown(timing, board.title))
+
+
+def timing_problems(board: Board, *, design: BoardDesign | None = None, out_dir: Path | None = None) -> list[str]:
+    """Why ``bitstreams/<board>/timing.json`` does not stand for the current RTL within the clock's budget."""
+    path = (Path(out_dir) if out_dir is not None else BITSTREAMS / board.name) / "timing.json"
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return [f"{path}: cannot read it ({e}); run make synth BOARD={board.name}"]
+    design = design or elaborate(board, with_hash=False)
+    if report.get("design_sha256") != design.design_sha256:
+        return [f"{path} was made from other RTL (design hash {report.get('design_hash')}, the current one is "
+                f"0x{design.design_hash:08X}); run make synth BOARD={board.name}"]
+    if "worst" not in report or "within_budget" not in report:
+        return [f"{path} has no worst path; run make synth BOARD={board.name}"]
+    if report.get("clock_mhz") != board.config.clock_hz / 1e6:
+        return [f"{path} is for {report.get('clock_mhz')} MHz, the configuration's clock is "
+                f"{board.config.clock_hz / 1e6:g} MHz; run make synth BOARD={board.name}"]
+    return list(report.get("problems", []))
 
 
 # --------------------------------------------------------------------------

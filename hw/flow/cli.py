@@ -42,14 +42,17 @@ def _output_file(ctx, param, value):
 @click.command()
 @board_option()
 @click.option("--check", is_flag=True,
-              help="compare the committed bitstreams/<board>/utilization.json with the current RTL and its "
-                   "budget, without synthesis (what the test suite runs)")
+              help="compare the committed bitstreams/<board>/utilization.json and timing.json with the current "
+                   "RTL and their budgets (resources; logic depth at the clock), without synthesis")
 def synth(board, check):
-    """Synthesis estimate of the whole accelerator per board: bitstreams/<board>/utilization.{json,md}.
+    """Synthesis estimate of the whole accelerator per board: bitstreams/<board>/utilization.{json,md}
+    and timing.{json,md}.
 
     Elaborates the accelerator at the board's configuration and synthesizes it
     with yosys synth_xilinx (docs/board.md). Fails when a board uses more than
-    its LUT budget (70 %) or more of anything than the part has.
+    its LUT budget (70 %) or more of anything than the part has, or when its
+    worst register-to-register path is estimated longer than the clock period
+    (docs/timing.md).
     """
     from . import board_flow
     from .synth import SynthError
@@ -58,11 +61,13 @@ def synth(board, check):
     if check:
         failed = []
         for b in boards:
-            problems = board_flow.committed_problems(b)
+            design = board_flow.elaborate(b, with_hash=False)
+            problems = (board_flow.committed_problems(b, design=design)
+                        + board_flow.timing_problems(b, design=design))
             if problems:
                 failed.append(f"{b.name}: " + "; ".join(problems))
             else:
-                click.echo(f"{b.name}: utilization.json matches the RTL, within budget")
+                click.echo(f"{b.name}: utilization.json and timing.json match the RTL, within budget")
         if failed:
             raise click.ClickException(" | ".join(failed))
         return

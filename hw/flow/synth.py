@@ -130,12 +130,13 @@ _PASS_LINE = re.compile(r"^\d+(\.\d+)?\. Executing (\S+)")
 
 
 def synth_verilog(text: str, name: str, family: str = "xc7", *, phase: Callable[[str], None] | None = None,
-                  log_path: Path | None = None) -> dict[str, int]:
+                  log_path: Path | None = None, netlist_path: Path | None = None) -> dict[str, int]:
     """Cell counts of the Verilog ``text`` (top module ``name``) after ``synth_xilinx -family <family>
     -noiopad -flatten``.
 
     ``phase`` is called with a phase name (:data:`SYNTH_PHASES`) whenever yosys enters one, as
-    its log streams past; ``log_path`` keeps the whole yosys log. :class:`SynthError` (one line)
+    its log streams past; ``log_path`` keeps the whole yosys log; ``netlist_path`` receives the
+    mapped netlist (``write_json``, what :mod:`mmfree.hw.flow.depth` reads). :class:`SynthError` (one line)
     when yosys fails or writes no statistics.
     """
     if family not in FAMILIES:
@@ -150,6 +151,8 @@ def synth_verilog(text: str, name: str, family: str = "xc7", *, phase: Callable[
         script = (f"read_verilog {src.name}; hierarchy -top {name}; rename -hide w:*; "
                   f"synth_xilinx -family {family} -noiopad -flatten -top {name}; "
                   f"tee -q -o {stat.name} stat -json")
+        if netlist_path is not None:
+            script += f"; write_json {Path(netlist_path).resolve()}"
         errors: list[str] = []
         # The log of a whole accelerator is tens of MB: stream it, keep only what is needed.
         try:
