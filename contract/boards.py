@@ -83,7 +83,9 @@ class Board:
 BOARDS: dict[str, Board] = {b.name: b for b in (
     Board("pynq-z2", "TUL PYNQ-Z2 (Zynq-7020)", part="xc7z020clg400-1", board_part="tul.com.tw:pynq-z2",
           yosys_family="xc7", ps="processing_system7",
-          hp_ports=("S_AXI_HP0", "S_AXI_HP1", "S_AXI_HP2", "S_AXI_HP3"), control_port="M_AXI_GP0",
+          # HP0 and HP2 first: they reach different DDR controller ports (HP0/HP1 share one, HP2/HP3
+          # the other; docs/memory.md), so a two-port build takes bursts through both.
+          hp_ports=("S_AXI_HP0", "S_AXI_HP2", "S_AXI_HP1", "S_AXI_HP3"), control_port="M_AXI_GP0",
           control_address=0x43C0_0000,
           capacity={"LUT": 53_200, "FF": 106_400, "BRAM36": 140, "URAM": 0, "DSP": 220},
           pynq_image="PYNQ 3.x SD-card image for PYNQ-Z2"),

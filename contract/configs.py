@@ -23,7 +23,11 @@ import dataclasses
 import math
 from fractions import Fraction
 
-__all__ = ["AcceleratorConfig", "CONFIGS", "ConfigError", "DEFAULT_SIM_CONFIG", "get_config"]
+__all__ = ["AcceleratorConfig", "CONFIGS", "ConfigError", "DEFAULT_SIM_CONFIG", "get_config", "MEMORY_MODELS",
+           "board_ddr_params", "TRANSACTION_BYTES"]
+
+#: The simulated DDR's models (``AcceleratorConfig.memory``).
+MEMORY_MODELS = ("board", "ideal")
 
 
 class ConfigError(ValueError):
@@ -50,6 +54,13 @@ class AcceleratorConfig:
     ddr_bytes : size of the simulated DDR (images and buffers must fit).
     elements_per_cycle : input-stage elements per cycle of the BitLinear engine (1, 2 or 4): the
         per-record prep passes shrink by this factor, which matters when the weight stream is fast.
+    max_burst_beats : longest AXI burst the build issues (16 on the Zynq-7000's AXI3 HP ports).
+    memory_board : the board whose memory system (:mod:`mmfree.contract.memory`) the simulated
+        DDR models.
+    memory : ``"board"`` (the default: refresh, rows, turnaround, port acceptance and latency of
+        ``memory_board``, :func:`board_ddr_params`) or ``"ideal"`` (a constant
+        ``ddr_bytes_per_cycle`` with a fixed ``ddr_latency_cycles``: the upper bound).
+    cpu_share : share of the DRAM's peak bandwidth the processor takes meanwhile (board model only).
     """
 
     name: str
@@ -71,6 +82,10 @@ class AcceleratorConfig:
     elements_per_cycle: int = 1
     #: ``ram_style`` of the weight FIFO and the state memory (``"ultra"``: UltraRAM, UltraScale+ only).
     large_ram_style: str | None = None
+    max_burst_beats: int = 256
+    memory_board: str = "pynq-z2"
+    memory: str = "board"
+    cpu_share: float = 0.0
 
     def __post_init__(self):
         if self.bus_bytes not in (8, 16):
@@ -82,6 +97,10 @@ class AcceleratorConfig:
                              f"engine_bytes {self.engine_bytes}")
         if self.ddr_bytes_per_cycle <= 0 or self.ddr_bytes_per_cycle > self.bus_bytes * self.ports:
             raise ConfigError(f"{self.name}: ddr_bytes_per_cycle must be in (0, bus_bytes * ports]")
+        if self.memory not in MEMORY_MODELS:
+            raise ConfigError(f"{self.name}: memory must be one of {', '.join(MEMORY_MODELS)}, not {self.memory!r}")
+        if not 0 <= self.cpu_share < 1:
+            raise ConfigError(f"{self.name}: cpu_share must be in [0, 1), not {self.cpu_share!r}")
 
     @property
     def ddr_bytes_per_second(self) -> float:
@@ -98,14 +117,21 @@ class AcceleratorConfig:
                     rows_per_block=self.rows_per_block, fifo_bytes=self.fifo_bytes,
                     max_hidden=self.max_hidden, max_layers=self.max_layers,
                     max_intermediate=self.max_intermediate, max_vocab=self.max_vocab,
-                    design_hash=design_hash, outstanding=self.outstanding,
+                    design_hash=design_hash, outstanding=self.outstanding, max_burst_beats=self.max_burst_beats,
                     elements_per_cycle=self.elements_per_cycle, large_ram_style=self.large_ram_style)
 
     def ddr_params(self) -> dict:
-        """Parameters of the simulated DDR (sim/ddr_model.v) for this configuration."""
+        """Parameters of the simulated DDR (sim/ddr_model.v) for this configuration's ``memory``."""
+        if self.memory == "board":
+            return board_ddr_params(self)
         bw = Fraction(self.ddr_bytes_per_cycle)
         return dict(bandwidth_num=bw.numerator, bandwidth_den=bw.denominator,
                     latency_cycles=self.ddr_latency_cycles, size_bytes=self.ddr_bytes)
+
+    def with_memory(self, memory: str, cpu_share: float | None = None) -> "AcceleratorConfig":
+        """This build on another memory model (``"board"`` or ``"ideal"``), or processor share."""
+        return dataclasses.replace(self, memory=memory,
+                                   cpu_share=self.cpu_share if cpu_share is None else cpu_share)
 
     def roofline_cycles(self, bytes_moved: int) -> float:
         """Cycles the DDR needs to deliver ``bytes_moved`` at its sustained bandwidth."""
@@ -117,18 +143,59 @@ class AcceleratorConfig:
         return d
 
 
+#: Bytes of bus time each AXI burst costs the memory controller beyond its data (command
+#: processing, the gap between transactions), per board memory: the one fitted parameter of the
+#: board model. Every other one is a cited figure (contract/memory.py); this one is chosen so the
+#: sustained sequential read bandwidth meets the board's calibration points (docs/memory.md;
+#: checked by tests/test_ddr_board_model.py).
+TRANSACTION_BYTES = {"pynq-z2": 0, "kv260": 0}
+
+
+def board_ddr_params(config: AcceleratorConfig) -> dict:
+    """sim/ddr_model.v's board-model parameters for ``config`` at its clock, from the cited
+    figures of its ``memory_board`` (:mod:`mmfree.contract.memory`; docs/memory.md says how each
+    mechanism works). Times are rounded up to whole cycles of the fabric clock."""
+    from .boards import get_board
+    from .memory import get_board_memory
+
+    mem = get_board_memory(config.memory_board)
+    ns_per_cycle = 1e9 / config.clock_hz
+
+    def cycles(ns: float) -> int:
+        return math.ceil(ns / ns_per_cycle - 1e-9)
+
+    peak = Fraction(mem.peak_bytes_per_s / config.clock_hz).limit_denominator(1000)
+    banks = int(mem.banks.value)
+    hp_ports = get_board(config.memory_board).hp_ports[:config.ports]
+    groups = [mem.ddrc_port_of_hp[hp] for hp in hp_ports]
+    miss = cycles(mem.t_rp_ns.value + mem.t_rcd_ns.value)
+    return dict(bandwidth_num=peak.numerator, bandwidth_den=peak.denominator,
+                latency_cycles=max(2, cycles(mem.read_latency_ns.value)), size_bytes=config.ddr_bytes,
+                queue=int(mem.pl_port_read_acceptance.value),
+                refresh_interval_cycles=round(mem.t_refi_ns.value / ns_per_cycle),
+                refresh_cycles=cycles(mem.t_rfc_ns.value), banks=banks, bank_shift=int(mem.bank_shift.value),
+                row_shift=int(mem.row_bytes.value * banks).bit_length() - 1, miss_cycles=miss,
+                turnaround_cycles=cycles(mem.t_rtw_ns.value + mem.t_wtr_ns.value),
+                transaction_bytes=TRANSACTION_BYTES[config.memory_board],
+                port_group=sum((g % 4) << (2 * p) for p, g in enumerate(groups)),
+                # the spread between a read that finds its row open and one that must open it
+                jitter_cycles=miss,
+                cpu_bytes_num=round(config.cpu_share * peak.numerator))
+
+
 _FULL_370M = dict(max_hidden=1024, max_layers=24, max_intermediate=2816, max_vocab=32000,
                   ddr_bytes=96 << 20)
 
 CONFIGS: dict[str, AcceleratorConfig] = {c.name: c for c in (
     AcceleratorConfig("pynq-z2", bus_bytes=8, ports=2, engine_bytes=16, rows_per_block=64, fifo_bytes=16384,
-                      outstanding=4, clock_hz=150e6, ddr_bytes_per_cycle=Fraction(14), ddr_latency_cycles=24,
+                      outstanding=8, max_burst_beats=16, clock_hz=150e6, ddr_bytes_per_cycle=Fraction(14), ddr_latency_cycles=24,
                       description="Zynq-7020, 2 x 64-bit HP ports, 150 MHz, 2.1 GB/s", **_FULL_370M),
     AcceleratorConfig("kv260", bus_bytes=16, ports=4, engine_bytes=64, rows_per_block=64, fifo_bytes=65536,
-                      outstanding=4, elements_per_cycle=4, large_ram_style="ultra", clock_hz=250e6, ddr_bytes_per_cycle=Fraction(64), ddr_latency_cycles=48,
+                      outstanding=8, max_burst_beats=16, elements_per_cycle=4, large_ram_style="ultra", clock_hz=250e6, ddr_bytes_per_cycle=Fraction(64), ddr_latency_cycles=48,
+                      memory_board="kv260",
                       description="Zynq UltraScale+ K26, 4 x 128-bit HP ports, 250 MHz, 16 GB/s", **_FULL_370M),
     AcceleratorConfig("sim-default", bus_bytes=8, ports=2, engine_bytes=16, rows_per_block=64, fifo_bytes=16384,
-                      outstanding=4, clock_hz=150e6, ddr_bytes_per_cycle=Fraction(14), ddr_latency_cycles=24,
+                      outstanding=8, max_burst_beats=16, clock_hz=150e6, ddr_bytes_per_cycle=Fraction(14), ddr_latency_cycles=24,
                       max_hidden=256, max_layers=8, max_intermediate=768, max_vocab=4096, ddr_bytes=8 << 20,
                       description="PYNQ-Z2 memory system, capacity of the bundled model (D 256, L 6, I 768, V 4096)"),
 )}

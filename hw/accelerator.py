@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 
 from mmfree.contract import registers as regs
 from .axi import AXI4LiteSignature, AXI4ReadSignature, AXI4Signature, AXI4WriteSignature, FlatInterface, flat_ports
-from .axi_reader import AxiReader
+from .axi_reader import ALIGN_BYTES, AxiReader
 from .axi_writer import AxiWriter
 from .control_registers import ADDR_WIDTH as REG_ADDR_WIDTH, ControlRegisters
 from .stream_fifo import check_ram_style
@@ -129,6 +129,8 @@ class Accelerator(wiring.Component):
     max_hidden, max_layers, max_intermediate, max_vocab : the core's capacity.
     design_hash : the build's content hash, its first 32 bits (DESIGN_HASH register).
     outstanding : read (and write) bursts in flight per port, 1..16.
+    max_burst_beats : longest AXI burst, read or write (power of two, 256 for AXI4; 16 for the
+        Zynq-7000's AXI3 HP ports, so no interconnect has to split bursts).
     addr_width : AXI address bits (32).
     starve_cycles : how long a starved core (see above) waits before STREAM_SHORT (65536).
     large_ram_style : None, or the synthesis ``ram_style`` of the two largest memories, the
@@ -145,7 +147,8 @@ class Accelerator(wiring.Component):
 
     def __init__(self, *, bus_bytes: int, ports: int, engine_bytes: int, rows_per_block: int, fifo_bytes: int,
                  max_hidden: int, max_layers: int, max_intermediate: int, max_vocab: int, design_hash: int = 0,
-                 outstanding: int = 4, addr_width: int = 32, starve_cycles: int = 1 << 16,
+                 outstanding: int = 4, max_burst_beats: int = 256, addr_width: int = 32,
+                 starve_cycles: int = 1 << 16,
                  elements_per_cycle: int = 1, large_ram_style: str | None = None, core=None):
         if bus_bytes not in (8, 16):
             raise ValueError(f"bus_bytes must be 8 or 16, not {bus_bytes!r}")
@@ -167,7 +170,8 @@ class Accelerator(wiring.Component):
         self.params = dict(bus_bytes=bus_bytes, ports=ports, engine_bytes=engine_bytes,
                            rows_per_block=rows_per_block, fifo_bytes=fifo_bytes, max_hidden=max_hidden,
                            max_layers=max_layers, max_intermediate=max_intermediate, max_vocab=max_vocab,
-                           design_hash=design_hash, outstanding=outstanding, addr_width=addr_width,
+                           design_hash=design_hash, outstanding=outstanding, max_burst_beats=max_burst_beats,
+                           addr_width=addr_width,
                            elements_per_cycle=elements_per_cycle, large_ram_style=large_ram_style)
         check_ram_style(large_ram_style)
         width = max(engine_bytes, bus_bytes * (1 << (ports - 1).bit_length()))
@@ -176,9 +180,10 @@ class Accelerator(wiring.Component):
             raise ValueError(f"fifo_bytes must be a power of two of at least {2 * width}, not {fifo_bytes!r}")
         if core is not None:  # checked before any unit is built, so a refusal leaves nothing unused
             self._check_core(core, engine_bytes)
-        self.reader = AxiReader(bus_bytes=bus_bytes, ports=ports, addr_width=addr_width, outstanding=outstanding)
         self.writer = AxiWriter(bus_bytes=bus_bytes, word_bytes=regs.LOGIT_WORD_BYTES, addr_width=addr_width,
-                                outstanding=outstanding)
+                                outstanding=outstanding, max_burst_beats=max_burst_beats)
+        self.reader = AxiReader(bus_bytes=bus_bytes, ports=ports, addr_width=addr_width, outstanding=outstanding,
+                                burst_bytes=max(self.writer.burst_bytes, ALIGN_BYTES))
         self.weight_fifo = WeightFifo(in_bytes=self.reader.word_bytes, out_bytes=engine_bytes,
                                       depth_bytes=fifo_bytes, ram_style=large_ram_style)
         self.constants = build_constants(bus_bytes=bus_bytes, ports=ports, engine_bytes=engine_bytes,

@@ -20,7 +20,7 @@ class AxiWriter(wiring.Component):
     """Write ``words`` words of ``word_bytes`` from ``data`` to memory at ``addr`` with AXI4 INCR bursts.
 
     A command is cut into bursts at every ``burst_bytes`` address boundary
-    (the largest power of two of at most 256 beats and 4 KiB, so no burst
+    (the largest power of two of at most ``max_burst_beats`` beats and 4 KiB, so no burst
     crosses 4 KiB); AW of a burst is issued as soon as the command is
     known, up to ``outstanding`` bursts ahead of their write responses. Words
     are packed little-endian into bus beats at their address lanes; WSTRB
@@ -48,6 +48,8 @@ class AxiWriter(wiring.Component):
     word_bytes : int, 4 or 8 (default 4), bytes per ``data`` word; at most ``bus_bytes``.
     addr_width : int, address bits (12..64).
     outstanding : int, 1..16 bursts issued ahead of their write responses.
+    max_burst_beats : int, longest burst in beats (power of two, 1..256; 16 for an AXI3 port
+        such as a Zynq-7000 HP port).
 
     Attributes
     ----------
@@ -58,7 +60,8 @@ class AxiWriter(wiring.Component):
 
     latency = 2
 
-    def __init__(self, *, bus_bytes: int, word_bytes: int = 4, addr_width: int = 32, outstanding: int = 4):
+    def __init__(self, *, bus_bytes: int, word_bytes: int = 4, addr_width: int = 32, outstanding: int = 4,
+                 max_burst_beats: int = MAX_BURST_BEATS):
         check_widths(addr_width=addr_width, data_bytes=bus_bytes, data_name="bus_bytes")
         if not isinstance(word_bytes, int) or isinstance(word_bytes, bool):
             raise TypeError(f"word_bytes must be an integer, not {word_bytes!r}")
@@ -72,7 +75,11 @@ class AxiWriter(wiring.Component):
             raise ValueError(f"outstanding must be in [1, 16], not {outstanding}")
         self.bus_bytes, self.word_bytes = bus_bytes, word_bytes
         self.addr_width, self.outstanding = addr_width, outstanding
-        self.burst_bytes = min(BOUNDARY_BYTES, MAX_BURST_BEATS * bus_bytes)
+        if (not isinstance(max_burst_beats, int) or isinstance(max_burst_beats, bool)
+                or not 1 <= max_burst_beats <= MAX_BURST_BEATS or max_burst_beats & (max_burst_beats - 1)):
+            raise ValueError(f"max_burst_beats must be a power of two in [1, {MAX_BURST_BEATS}], "
+                             f"not {max_burst_beats!r}")
+        self.burst_bytes = min(BOUNDARY_BYTES, max_burst_beats * bus_bytes)
         super().__init__({
             "cmd": In(stream.Signature(write_command_layout(addr_width))),
             "data": In(stream.Signature(unsigned(8 * word_bytes))),

@@ -31,6 +31,7 @@ from mmfree.hw.control_registers import ADDR_WIDTH as REG_ADDR_WIDTH
 from .runner import Build, build
 
 __all__ = ["AccelDut", "TB_SOURCES", "DUT_NAME", "TOPLEVEL", "RST_DELAY", "tb_parameters", "build_accel_tb",
+           "ddr_verilog_parameters",
            "simulate_accel_tb"]
 
 _HERE = Path(__file__).resolve().parent
@@ -42,9 +43,39 @@ TOPLEVEL = "accel_tb"
 #: accel_tb.v registers ``rst`` (``rst_q``) before the accelerator and the DDR model see it: a
 #: bench passes this to ``start_clock_and_reset`` (a DDR load in that cycle would be lost).
 RST_DELAY = 1
-#: ddr_params() keys -> accel_tb Verilog parameters.
+#: ddr_params() keys -> Verilog parameters of sim/ddr_model.v (through accel_tb / ddr_calib_tb):
+#: the ideal memory's, which every configuration gives ...
 _DDR_PARAMETERS = {"bandwidth_num": "BW_NUM", "bandwidth_den": "BW_DEN", "latency_cycles": "LATENCY",
                    "size_bytes": "SIZE_BYTES"}
+#: ... and the board model's (contract/configs.py ``board_ddr_params``), absent for the ideal memory.
+_BOARD_PARAMETERS = {"queue": "QUEUE", "refresh_interval_cycles": "REFI", "refresh_cycles": "RFC",
+                     "banks": "BANKS", "bank_shift": "BANK_SHIFT", "row_shift": "ROW_SHIFT",
+                     "miss_cycles": "MISS", "turnaround_cycles": "TURN", "transaction_bytes": "TXN_BYTES",
+                     "group_queue": "GROUP_QUEUE", "port_group": "PORT_GROUP", "jitter_cycles": "JITTER",
+                     "cpu_bytes_num": "CPU_NUM"}
+
+
+def ddr_verilog_parameters(ddr: dict) -> dict:
+    """Verilog parameters of ``sim/ddr_model.v`` for a configuration's ``ddr_params()``; ValueError
+    (one line) for a missing, unknown or non-integer one."""
+    missing = sorted(set(_DDR_PARAMETERS) - set(ddr))
+    if missing:
+        raise ValueError(f"ddr parameters lack {', '.join(missing)}")
+    unknown = sorted(set(ddr) - set(_DDR_PARAMETERS) - set(_BOARD_PARAMETERS))
+    if unknown:
+        raise ValueError(f"unknown ddr parameters {', '.join(unknown)}")
+    out = {}
+    for key, value in ddr.items():
+        name = _DDR_PARAMETERS.get(key) or _BOARD_PARAMETERS[key]
+        least = 1 if key in ("bandwidth_num", "bandwidth_den", "size_bytes", "banks", "queue", "group_queue") else 0
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"ddr parameter {key} must be an integer >= {least}, not {value!r}")
+        out[name] = value
+    if out["LATENCY"] < 2:
+        raise ValueError(f"ddr parameter latency_cycles must be at least 2, not {out['LATENCY']}")
+    if out["SIZE_BYTES"] >= 1 << 31:
+        raise ValueError(f"ddr parameter size_bytes must be below 2 GiB, not {out['SIZE_BYTES']}")
+    return out
 
 
 class AccelDut(wiring.Component):
@@ -87,20 +118,8 @@ class AccelDut(wiring.Component):
 def tb_parameters(accelerator, ddr: dict) -> dict:
     """Verilog parameters of ``accel_tb`` for ``accelerator`` and a configuration's ``ddr_params()``."""
     p = accelerator.params
-    missing = sorted(set(_DDR_PARAMETERS) - set(ddr))
-    if missing:
-        raise ValueError(f"ddr parameters lack {', '.join(missing)}")
-    out = {"PORTS": p["ports"], "DATA_BYTES": p["bus_bytes"], "ADDR_W": p["addr_width"]}
-    for key, name in _DDR_PARAMETERS.items():
-        value = ddr[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "latency_cycles" else 1):
-            raise ValueError(f"ddr parameter {key} must be a positive integer, not {value!r}")
-        out[name] = value
-    if out["LATENCY"] < 2:
-        raise ValueError(f"ddr parameter latency_cycles must be at least 2, not {out['LATENCY']}")
-    if out["SIZE_BYTES"] >= 1 << 31:
-        raise ValueError(f"ddr parameter size_bytes must be below 2 GiB, not {out['SIZE_BYTES']}")
-    return out
+    return {"PORTS": p["ports"], "DATA_BYTES": p["bus_bytes"], "ADDR_W": p["addr_width"],
+            **ddr_verilog_parameters(ddr)}
 
 
 def build_accel_tb(accelerator, ddr: dict, *, waves: bool = False) -> Build:

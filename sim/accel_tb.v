@@ -23,6 +23,7 @@
 //   ddr_write_bytes           bytes of W beats taken since reset
 //   ddr_first_read, ddr_last_read   cycle numbers (since reset) of the first and latest R beat
 //   ddr_cycles                cycles since reset
+//   ddr_row_misses, ddr_refreshes   row activations and refreshes of the board model since reset
 //   ddr_protocol_error        sticky: a burst broke an AXI rule the model checks (see ddr_model.v)
 // The Python side of the DDR ports is mmfree.sim.ddr_access.DdrHostAccess.
 module accel_tb #(
@@ -32,7 +33,21 @@ module accel_tb #(
     parameter integer SIZE_BYTES = 16777216,
     parameter integer BW_NUM = 8,
     parameter integer BW_DEN = 1,
-    parameter integer LATENCY = 24
+    parameter integer LATENCY = 24,
+    // the board model (sim/ddr_model.v; 0 = the ideal memory)
+    parameter integer QUEUE = 16,
+    parameter integer REFI = 0,
+    parameter integer RFC = 0,
+    parameter integer BANKS = 1,
+    parameter integer BANK_SHIFT = 12,
+    parameter integer ROW_SHIFT = 31,
+    parameter integer MISS = 0,
+    parameter integer TURN = 0,
+    parameter integer TXN_BYTES = 0,
+    parameter integer GROUP_QUEUE = 64,
+    parameter integer PORT_GROUP = 0,
+    parameter integer JITTER = 0,
+    parameter integer CPU_NUM = 0
 ) (
     input  wire        clk,
     input  wire        rst,
@@ -67,6 +82,8 @@ module accel_tb #(
     output wire [63:0] ddr_first_read,
     output wire [63:0] ddr_last_read,
     output wire [63:0] ddr_cycles,
+    output wire [63:0] ddr_row_misses,
+    output wire [63:0] ddr_refreshes,
     output wire        ddr_protocol_error
 );
     localparam integer DW = DATA_BYTES * 8;
@@ -117,7 +134,10 @@ module accel_tb #(
 
     ddr_model #(
         .PORTS(PORTS), .DATA_BYTES(DATA_BYTES), .ADDR_W(ADDR_W), .SIZE_BYTES(SIZE_BYTES),
-        .BW_NUM(BW_NUM), .BW_DEN(BW_DEN), .LATENCY(LATENCY)
+        .BW_NUM(BW_NUM), .BW_DEN(BW_DEN), .LATENCY(LATENCY), .QUEUE(QUEUE), .REFI(REFI), .RFC(RFC),
+        .BANKS(BANKS), .BANK_SHIFT(BANK_SHIFT), .ROW_SHIFT(ROW_SHIFT), .MISS(MISS), .TURN(TURN),
+        .TXN_BYTES(TXN_BYTES), .GROUP_QUEUE(GROUP_QUEUE), .PORT_GROUP(PORT_GROUP), .JITTER(JITTER),
+        .CPU_NUM(CPU_NUM)
     ) ddr (
         .clk(clk), .rst(rst_q),
         .rd_araddr(araddr), .rd_arlen(arlen), .rd_arsize(arsize), .rd_arburst(arburst),
@@ -131,6 +151,8 @@ module accel_tb #(
         .host_ack(ddr_ack), .host_status(ddr_status), .err_lo(ddr_err_lo), .err_hi(ddr_err_hi),
         .stat_read_bytes(ddr_read_bytes), .stat_write_bytes(ddr_write_bytes),
         .stat_first_read(ddr_first_read), .stat_last_read(ddr_last_read), .stat_cycles(ddr_cycles),
+        .stat_row_misses(ddr_row_misses), .stat_refreshes(ddr_refreshes),
+        .stat_bursts(), .stat_latency_sum(), .stat_latency_min(), .stat_latency_max(),
         .protocol_error(ddr_protocol_error)
     );
 endmodule

@@ -85,8 +85,10 @@ class DdrHostAccess:
         self.dut.ddr_err_hi.value = hi
 
     def stats(self) -> dict:
-        """The model's counters: read/write bytes, first/last read cycle, cycles, protocol error."""
+        """The model's counters: read/write bytes, first/last read cycle, cycles, row activations and
+        refreshes (board model), protocol error."""
         d = self.dut
         return {"read_bytes": int(d.ddr_read_bytes.value), "write_bytes": int(d.ddr_write_bytes.value),
                 "first_read": int(d.ddr_first_read.value), "last_read": int(d.ddr_last_read.value),
-                "cycles": int(d.ddr_cycles.value), "protocol_error": int(d.ddr_protocol_error.value)}
+                "cycles": int(d.ddr_cycles.value), "row_misses": int(d.ddr_row_misses.value),
+                "refreshes": int(d.ddr_refreshes.value), "protocol_error": int(d.ddr_protocol_error.value)}

@@ -173,7 +173,9 @@ def test_project_part_clock_addresses_ports(projects, name):
     widths = re.findall(r"CONFIG\.(?:PCW_S_AXI_HP\d_DATA_WIDTH|PSU__SAXIGP\d__DATA_WIDTH) \{(\d+)\}", tcl)
     assert widths == [str(8 * cfg.bus_bytes)] * cfg.ports
     masters = re.findall(r"get_bd_addr_spaces mmfree_accelerator/(m_axi_p\d)\] \[get_bd_addr_segs ps/\*/HP(\d)_DDR", tcl)
-    assert masters == [(f"m_axi_p{p}", str(p)) for p in range(cfg.ports)]
+    assert masters == [(f"m_axi_p{p}", str(vivado.hp_index(board.hp_ports[p]))) for p in range(cfg.ports)]
+    gp_offset = 2 if board.ps == "zynq_ultra_ps_e" else 0       # UltraScale+: HP<n>_FPD is S_AXI_GP<n+2>
+    assert sorted(int(n) - gp_offset for n in enabled) == sorted(vivado.hp_index(h) for h in board.used_hp_ports)
     # the outputs land in bitstreams/<board>/, named as the pynq backend expects
     rel = re.search(r"set out \[file normalize \[file join \$here (\S+)\]\]", tcl).group(1)
     assert (folder / rel).resolve() == out.resolve()

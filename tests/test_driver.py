@@ -153,8 +153,9 @@ def test_configurations():
     assert z2.ddr_bytes_per_second == pytest.approx(2.1e9) and kv.ddr_bytes_per_second == pytest.approx(16e9)
     assert (z2.bus_bytes, z2.ports, kv.bus_bytes, kv.ports) == (8, 2, 16, 4)
     assert z2.roofline_cycles(1400) == 100 and kv.max_vocab_log2 == 15
-    assert z2.ddr_params() == {"bandwidth_num": 14, "bandwidth_den": 1, "latency_cycles": 24,
-                               "size_bytes": 96 << 20}
+    assert z2.with_memory("ideal").ddr_params() == {"bandwidth_num": 14, "bandwidth_den": 1, "latency_cycles": 24,
+                                                    "size_bytes": 96 << 20}
+    assert z2.memory == "board" and z2.ddr_params()["refresh_cycles"] > 0     # the board model by default
     with pytest.raises(configs.ConfigError, match="unknown accelerator configuration 'zcu104' "
                                                   r"\(choose from pynq-z2, kv260, sim-default\)"):
         configs.get_config("zcu104")

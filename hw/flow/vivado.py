@@ -136,20 +136,31 @@ def wrapper_verilog(accelerator) -> str:
 # --------------------------------------------------------------------------
 # The Tcl script
 # --------------------------------------------------------------------------
+def hp_index(port: str) -> int:
+    """The number of an HP port: 2 for ``S_AXI_HP2`` or ``S_AXI_HP2_FPD``."""
+    return int(port.removeprefix("S_AXI_HP").split("_")[0])
+
+
+def _used_hp(board: Board, ports: int) -> list[int]:
+    """Numbers of the HP ports read ports 0..ports-1 use, in that order."""
+    return [hp_index(h) for h in board.hp_ports[:ports]]
+
+
 def _ps7(board: Board, ports: int, bus_bits: int) -> dict:
     """Processing system 7 (Zynq-7000): properties, pins, interfaces."""
     props = {"PCW_USE_M_AXI_GP0": 1, "PCW_USE_M_AXI_GP1": 0, "PCW_EN_CLK0_PORT": 1,
              "PCW_FPGA0_PERIPHERAL_FREQMHZ": PS_CLOCK_MHZ, "PCW_EN_RST0_PORT": 1,
              "PCW_USE_FABRIC_INTERRUPT": 1, "PCW_IRQ_F2P_INTR": 1}
+    used = _used_hp(board, ports)
     for n in range(len(board.hp_ports)):
-        props[f"PCW_USE_S_AXI_HP{n}"] = int(n < ports)
-        if n < ports:
+        props[f"PCW_USE_S_AXI_HP{n}"] = int(n in used)
+        if n in used:
             props[f"PCW_S_AXI_HP{n}_DATA_WIDTH"] = bus_bits
     return dict(
         automation="apply_bd_automation -rule xilinx.com:bd_rule:processing_system7 -config "
                    '{make_external "FIXED_IO, DDR" apply_board_preset "1" Master "Disable" Slave "Disable"} $ps',
         props=props, pl_clock="ps/FCLK_CLK0", pl_resetn="ps/FCLK_RESET0_N", irq="ps/IRQ_F2P",
-        control_clock="ps/M_AXI_GP0_ACLK", hp_clocks=[f"ps/S_AXI_HP{n}_ACLK" for n in range(ports)])
+        control_clock="ps/M_AXI_GP0_ACLK", hp_clocks=[f"ps/S_AXI_HP{n}_ACLK" for n in used])
 
 
 def _psu(board: Board, ports: int, bus_bits: int) -> dict:
@@ -157,14 +168,15 @@ def _psu(board: Board, ports: int, bus_bits: int) -> dict:
     props = {"PSU__USE__M_AXI_GP0": 1, "PSU__MAXIGP0__DATA_WIDTH": 32, "PSU__USE__M_AXI_GP1": 0,
              "PSU__USE__M_AXI_GP2": 0, "PSU__FPGA_PL0_ENABLE": 1,
              "PSU__CRL_APB__PL0_REF_CTRL__FREQMHZ": PS_CLOCK_MHZ, "PSU__USE__IRQ0": 1}
+    used = _used_hp(board, ports)
     for n in range(len(board.hp_ports)):
-        props[f"PSU__USE__S_AXI_GP{n + 2}"] = int(n < ports)
-        if n < ports:
+        props[f"PSU__USE__S_AXI_GP{n + 2}"] = int(n in used)
+        if n in used:
             props[f"PSU__SAXIGP{n + 2}__DATA_WIDTH"] = bus_bits
     return dict(
         automation='apply_bd_automation -rule xilinx.com:bd_rule:zynq_ultra_ps_e -config {apply_board_preset "1"} $ps',
         props=props, pl_clock="ps/pl_clk0", pl_resetn="ps/pl_resetn0", irq="ps/pl_ps_irq0",
-        control_clock="ps/maxihpm0_fpd_aclk", hp_clocks=[f"ps/saxihp{n}_fpd_aclk" for n in range(ports)])
+        control_clock="ps/maxihpm0_fpd_aclk", hp_clocks=[f"ps/saxihp{n}_fpd_aclk" for n in used])
 
 
 _PS = {"processing_system7": _ps7, "zynq_ultra_ps_e": _psu}
@@ -250,7 +262,8 @@ connect_bd_net [get_bd_pins clock/clk_out1] [get_bd_pins control_path/aclk]
 connect_bd_net [get_bd_pins reset/interconnect_aresetn] [get_bd_pins control_path/aresetn]
 
 # Memory: read port p (port 0 also writes the logits) -> SmartConnect (AXI4 to the HP port's
-# protocol and width) -> PS HP port p -> DDR.""")
+# protocol and width; the build's bursts already fit an AXI3 port) -> the board's HP port of
+# read port p (contract/boards.py) -> DDR.""")
     for p, hp in enumerate(board.used_hp_ports):
         t.append(f"""set memory_path [create_bd_cell -type ip -vlnv [latest_ip smartconnect] memory_path_p{p}]
 set_property -dict [list CONFIG.NUM_SI {{1}} CONFIG.NUM_MI {{1}}] $memory_path
@@ -262,9 +275,9 @@ connect_bd_net [get_bd_pins reset/interconnect_aresetn] [get_bd_pins memory_path
 # ---- address map: registers at a fixed address; each master sees the DDR where the CPU does ----
 assign_bd_address -target_address_space [get_bd_addr_spaces ps/Data] -offset 0x{board.control_address:08X} \\
     -range {CONTROL_RANGE // 1024}K [get_bd_addr_segs {CELL}/s_axil/reg0]""")
-    for p in range(cfg.ports):
+    for p, n in enumerate(_used_hp(board, cfg.ports)):
         t.append(f"assign_bd_address -target_address_space [get_bd_addr_spaces {CELL}/m_axi_p{p}] "
-                 f"[get_bd_addr_segs ps/*/HP{p}_DDR_LOW*]")
+                 f"[get_bd_addr_segs ps/*/HP{n}_DDR_LOW*]")
     t.append(f"""set control [get_bd_addr_segs -of_objects [get_bd_addr_spaces ps/Data] -filter {{NAME =~ "*{CELL}*"}}]
 if {{[llength $control] != 1 || [get_property OFFSET $control] != 0x{board.control_address:08X}}} {{
     fail "the register window is not at 0x{board.control_address:08X}"
