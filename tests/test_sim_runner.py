@@ -24,10 +24,13 @@ try:  # only inside the simulator process
 except ImportError:  # pragma: no cover
     cocotb = None
 
-#: Cycles per token of the bundled model on sim-default over the DDR roofline's: measured
-#: 100,252 cycles, 1.042 x the roofline (README, bench/results/accelerator.json). The bound
-#: leaves 1 % for changes of the DDR model's timing, not a lost overlap of reads and work.
+#: Cycles per token of the bundled model on sim-default's ideal memory over its roofline: measured
+#: 1.042 x the roofline (README, bench/results/accelerator.json). The bound leaves 1 % for changes
+#: of the DDR model's timing, not a lost overlap of reads and work.
 CYCLES_OVER_ROOFLINE_MAX = 1.052
+#: On the board memory model (PYNQ-Z2's: refresh, rows, latency spread) the same tokens reach at
+#: least this share of the model's sustained read bandwidth (measured 0.948 with 16-beat bursts).
+BOARD_EFFICIENCY_MIN = 0.94
 
 
 class Accumulator(wiring.Component):
@@ -124,11 +127,9 @@ def test_only_ports_are_public():
     assert '-var "count"' not in control and '-var "total"' in control
 
 
-@pytest.mark.sim
-@pytest.mark.slow
-def test_accelerator_cycles_on_the_bundled_model(kjv):
-    """sim-default with the bundled model: bit exact; every token the same cycles, at the roofline;
-    the simulation advanced at least the cycles the device counted."""
+def run_bundled(kjv, config):
+    """Four tokens of the bundled model on ``config``, bit exact: (cycles, bytes read, cycles the
+    simulation advanced, its speed)."""
     from mmfree.host.driver import AcceleratorDriver
     from mmfree.sim.transport import SimTransport
 
@@ -136,7 +137,7 @@ def test_accelerator_cycles_on_the_bundled_model(kjv):
 
     image = kjv
     tokens = (image.config.bos_token_id, 1000, 7, 4095)
-    with SimTransport("sim-default") as transport:
+    with SimTransport(config) as transport:
         driver = AcceleratorDriver(transport)
         driver.check_identity()
         driver.load_image(image)
@@ -146,11 +147,43 @@ def test_accelerator_cycles_on_the_bundled_model(kjv):
             assert np.array_equal(result.logits_act.astype(np.int64), want), f"token {token}: logits differ"
             cycles.append(result.counters["cycles_total"])
             bytes_read.append(result.counters["bytes_read"])
-        simulated = transport.cycles
-        speed = transport.simulated_cycles_per_s
-    roofline = transport.config.roofline_cycles(bytes_read[0])
+        return cycles, bytes_read, transport.cycles, transport.simulated_cycles_per_s
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_accelerator_cycles_on_the_bundled_model(kjv):
+    """sim-default with the bundled model on the ideal memory: bit exact; every token the same
+    cycles, at the roofline; the simulation advanced at least the cycles the device counted."""
+    from mmfree.contract.configs import get_config
+
+    config = get_config("sim-default").with_memory("ideal")
+    cycles, bytes_read, simulated, speed = run_bundled(kjv, config)
+    roofline = config.roofline_cycles(bytes_read[0])
     print(f"sim-default: {cycles[0]:,} cycles per token ({cycles[0] / roofline:.3f} x the roofline); "
           f"the simulator ran {speed:,.0f} cycles/s (not asserted)")
     assert len(set(cycles)) == 1 and len(set(bytes_read)) == 1, (cycles, bytes_read)   # no position, no cache
     assert roofline <= cycles[0] <= CYCLES_OVER_ROOFLINE_MAX * roofline, (cycles[0], roofline)
     assert simulated >= sum(cycles), (simulated, sum(cycles))
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_accelerator_on_the_board_memory_model(kjv):
+    """The same tokens on sim-default's board memory model (PYNQ-Z2's): bit exact, and at least
+    BOARD_EFFICIENCY_MIN of what that memory sustains through the build's read master."""
+    from mmfree.contract.configs import get_config
+    from mmfree.sim.ddr_calib import measure_read
+
+    config = get_config("sim-default")
+    assert config.memory == "board"
+    cycles, bytes_read, _, _ = run_bundled(kjv, config)
+    sustained = measure_read(dict(config.ddr_params(), size_bytes=2 << 20), bus_bytes=config.bus_bytes,
+                             ports=config.ports, outstanding=config.outstanding,
+                             burst_bytes=config.max_burst_beats * config.bus_bytes, read_bytes=2 << 20)
+    efficiency = bytes_read[0] / sustained["bytes_per_cycle"] / max(cycles)
+    print(f"sim-default, board memory: {cycles} cycles per token, {efficiency:.3f} of the sustained "
+          f"{sustained['bytes_per_cycle']:.3f} B/cycle")
+    assert len(set(bytes_read)) == 1
+    assert max(cycles) - min(cycles) <= 0.01 * min(cycles), cycles     # refresh moves a token by little
+    assert efficiency >= BOARD_EFFICIENCY_MIN, efficiency
