@@ -11,6 +11,7 @@ xc7.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -131,7 +132,8 @@ def test_dsp_registers_decide_the_stages():
             "MREG": "00000000000000000000000000000000", "PREG": "00000000000000000000000000000000",
             "USE_DPORT": "FALSE"}
     assert depth._dsp_stages(regs, "A") == (254, False)
-    assert depth._dsp_arrival(regs) == (3935, True)            # AREG -> multiplier -> ALU -> P, unregistered
+    assert depth._dsp_arrival(regs) == (2952, True)            # AREG -> multiplier -> ALU -> P, unregistered
+    assert depth._dsp_arrival(dict(regs, USE_DPORT="TRUE")) == (3935, True)      # and the pre-adder before it
     no_input_regs = dict(regs, AREG="0", BREG="0", MREG="1", PREG="1")
     assert depth._dsp_stages(no_input_regs, "A") == (1416, True)
     assert depth._dsp_arrival(no_input_regs) == (329, False)
@@ -156,3 +158,41 @@ def test_committed_timing_report_is_current_and_within_budget(name):
                                                          board.config.clock_hz)
     md = (REPO / "bitstreams" / name / "timing.md").read_text()
     assert md == depth.render_markdown(report, board.title)
+
+
+def test_timing_problems_name_the_cause(tmp_path):
+    """A missing, stale or over-budget timing.json is one line each, saying what to run or what the clock allows."""
+    board = get_board("pynq-z2")
+
+    class Design:                       # what timing_problems reads of an elaborated design
+        design_sha256, design_hash = "ab" * 32, 0xABABABAB
+
+    missing = board_flow.timing_problems(board, design=Design, out_dir=tmp_path)
+    assert len(missing) == 1 and missing[0].endswith("run make synth BOARD=pynq-z2")
+    report = {"design_sha256": "cd" * 32, "design_hash": "0xCDCDCDCD", "clock_mhz": 150.0, "worst": {},
+              "within_budget": True, "problems": []}
+    (tmp_path / "timing.json").write_text(json.dumps(report))
+    assert board_flow.timing_problems(board, design=Design, out_dir=tmp_path) == [
+        f"{tmp_path / 'timing.json'} was made from other RTL (design hash 0xCDCDCDCD, the current one is "
+        "0xABABABAB); run make synth BOARD=pynq-z2"]
+    over = dict(report, design_sha256="ab" * 32, within_budget=False, problems=["worst path 9.00 ns ..."])
+    (tmp_path / "timing.json").write_text(json.dumps(over))
+    assert board_flow.timing_problems(board, design=Design, out_dir=tmp_path) == ["worst path 9.00 ns ..."]
+    (tmp_path / "timing.json").write_text(json.dumps({k: v for k, v in over.items() if k != "worst"}))
+    assert board_flow.timing_problems(board, design=Design, out_dir=tmp_path)[0].endswith(
+        "has no worst path; run make synth BOARD=pynq-z2")
+
+
+def test_board_report_says_the_clock_the_path_supports():
+    timing = depth.PART_TIMING["xc7"]
+    slow = depth.Path(start="FDRE a", end="FDRE.D b", levels=9, carry_cells=0, carry_chains=0, dsp_unregistered=0,
+                      slow_launch=None, delay_ns=depth.path_delay_ns(timing, 9), through=["LUT6"] * 9)
+    fast = dataclasses.replace(slow, levels=2, delay_ns=depth.path_delay_ns(timing, 2), through=["LUT6"] * 2)
+    report = depth.DepthReport("xc7", [slow, fast], {9: 1, 2: 1}, 2, [slow], [slow.delay_ns, fast.delay_ns])
+    r = depth.board_report(report, 150e6)
+    assert r["budget_levels"] == 6 and not r["within_budget"] and r["endpoints_over_period"] == 1
+    assert r["problems"] == [f"worst path {slow.delay_ns:.2f} ns (9 LUT levels, 0 carry cells) exceeds the 6.67 ns "
+                             f"period at 150 MHz; the estimate supports {1e3 / slow.delay_ns:.0f} MHz"]
+    assert depth.board_report(dataclasses.replace(report, paths=[fast]), 150e6)["within_budget"]
+    md = depth.render_markdown(r, "PYNQ-Z2")
+    assert "not Vivado timing closure" in md and "OVER budget" in md

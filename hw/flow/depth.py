@@ -55,7 +55,7 @@ class PartTiming:
     setup (D or CE), ``bram_cko``/``bram_cko_reg`` block RAM clock to out without
     and with the output register, ``bram_setup`` its worst input setup,
     ``srl_cko`` a shift register's clock to out, ``dsp_scale`` the factor applied
-    to the DSP48E1 figures (:data:`_DSP48E1`) for this part.
+    to the DSP48E1 figures (``_DSP_REQUIRED``, ``_DSP_ARRIVAL``, ``_DSP_COMB``) for this part.
     """
 
     family: str
@@ -97,34 +97,46 @@ PART_TIMING: dict[str, PartTiming] = {
         family="xc7", speed="-1 (xc7z020clg400-1)", lut=0.642, net=0.300, carry_in=0.582, carry_cell=0.114,
         ff_cko=0.303, ff_setup=0.109, bram_cko=2.454, bram_cko_reg=0.882, bram_setup=0.737, srl_cko=1.472,
         dsp_scale=1.0, sources=(_PRJXRAY, _WIRE)),
-    # DS925 (Zynq UltraScale+ MPSoC DC and AC switching characteristics) publishes no CLB delays,
-    # only block maxima; its DSP48 table, 0.72 V -2 column (the K26's -2LV), gives 644 MHz with all
-    # registers and 323 MHz without pipeline registers, against the 7-series figures' 2.8-3.0 ns
-    # unpipelined multiply. With no published LUT/FF/net figure the 7-series -1 figures stand in:
-    # the K26's 16 nm fabric is faster, so this bounds the delay from above.
+    # DS925 (Zynq UltraScale+ MPSoC DC and AC switching characteristics) publishes no CLB delays, only
+    # block maxima. The one comparable figure: its DSP48 table, 0.72 V -2 column (the K26's -2LV), gives
+    # FMAX_NOPIPELINEREG 323 MHz (3.10 ns, A register to P register without MREG), where the prjxray-db
+    # 7-series -1 model has 2.95 ns from AREG to P (cells_sim.v DSP48E1 \P.arrival) plus the P setup:
+    # within a few percent. So the 7-series -1 figures stand in for the K26 unscaled.
     "xcup": PartTiming(
         family="xcup", speed="-2LV, VCCINT 0.72 V (xck26-sfvc784-2LV-c)", lut=0.642, net=0.300, carry_in=0.582,
         carry_cell=0.114, ff_cko=0.303, ff_setup=0.109, bram_cko=2.454, bram_cko_reg=0.882, bram_setup=0.737,
         srl_cko=1.472, dsp_scale=1.0,
-        sources=(_PRJXRAY + " - standing in as an upper bound: DS925 publishes no CLB delays for "
-                 "Zynq UltraScale+ (its DSP48 table, -2 at 0.72 V: FMAX 644 MHz with all registers, "
-                 "323 MHz without pipeline registers)", _WIRE)),
+        sources=(_PRJXRAY + ", standing in for the K26: DS925 publishes no CLB delays for Zynq UltraScale+; "
+                 "its DSP48 table at -2, 0.72 V (FMAX 644 MHz with all registers, 323 MHz = 3.10 ns without "
+                 "pipeline registers) matches the 7-series -1 model's unpipelined DSP path (AREG to P 2.95 ns) "
+                 "within a few percent", _WIRE)),
 }
 
-# DSP48E1 figures (ps) from yosys cells_sim.v's DSP48E1 functions (prjxray-db): the setup of an input
-# that meets a register after some unregistered stages, the clock to out of P behind the last register,
-# and the combinational input-to-P delay of a DSP with no register on the way. Keyed by the stages.
-_DSP_REQUIRED = {"A": (("AREG", 254), ("MREG", 1416), ("PREG", 2739)),
-                 "B": (("BREG", 324), ("MREG", 1285), ("PREG", 2608)),
-                 "C": (("CREG", 168), ("PREG", 1244)),
-                 "D": (("DREG", 248), ("ADREG", 1195), ("MREG", 2310), ("PREG", 3635)),
-                 "PCIN": (("PREG", 1244),)}
-_DSP_ARRIVAL = (("PREG", 329), ("CREG", 1687), ("MREG", 1671), ("AREG", 3935), ("DREG", 3908), ("ADREG", 2958),
-                ("BREG", 2813))
-_DSP_COMB = {"A": 3806, "B": 2690, "C": 1325, "D": 3717, "PCIN": 1325}
+# DSP48E1 figures (ps) from yosys cells_sim.v's DSP48E1 functions (\A.required, \P.arrival, \A.P.comb ...,
+# prjxray-db), per mode: "mult" (USE_MULT=MULTIPLY, USE_DPORT=FALSE), "dport" (with the pre-adder),
+# "none" (USE_MULT=NONE). _DSP_REQUIRED: the setup of an input at the first register on its way, in
+# pipeline order (the later the register, the more unregistered stages before it); _DSP_ARRIVAL: clock to
+# P behind the last register (PREG, else the register before the unregistered stages); _DSP_COMB: input
+# to P of a DSP with no register on the way.
+_DSP_REQUIRED = {
+    "mult": {"A": (("AREG", 254), ("MREG", 1416), ("PREG", 2739)), "B": (("BREG", 324), ("MREG", 1285), ("PREG", 2608)),
+             "C": (("CREG", 168), ("PREG", 1244)), "PCIN": (("PREG", 1244),)},
+    "dport": {"A": (("AREG", 254), ("ADREG", 1283), ("MREG", 2400), ("PREG", 3723)),
+              "B": (("BREG", 324), ("MREG", 1285), ("PREG", 2608)), "C": (("CREG", 168), ("PREG", 1244)),
+              "D": (("DREG", 248), ("ADREG", 1195), ("MREG", 2310), ("PREG", 3635)), "PCIN": (("PREG", 1244),)},
+    "none": {"A": (("AREG", 254), ("PREG", 1441)), "B": (("BREG", 324), ("PREG", 1428)),
+             "C": (("CREG", 168), ("PREG", 1244)), "PCIN": (("PREG", 1244),)}}
+_DSP_ARRIVAL = {
+    "mult": (("PREG", 329), ("CREG", 1687), ("MREG", 1671), ("AREG", 2952), ("BREG", 2813)),
+    "dport": (("PREG", 329), ("CREG", 1687), ("MREG", 1671), ("ADREG", 2958), ("AREG", 3935), ("DREG", 3908),
+              ("BREG", 2813)),
+    "none": (("PREG", 329), ("CREG", 1687), ("AREG", 1632), ("BREG", 1616))}
+_DSP_COMB = {"mult": {"A": 2823, "B": 2690, "C": 1325, "PCIN": 1325},
+             "dport": {"A": 3806, "B": 2690, "C": 1325, "D": 3717, "PCIN": 1325},
+             "none": {"A": 1523, "B": 1509, "C": 1325, "PCIN": 1325}}
 #: DSP inputs fed by the neighbouring DSP's cascade outputs on dedicated wires.
 _DSP_CASCADE = {"ACIN": "A", "BCIN": "B", "PCIN": "PCIN"}
-_DSP48E1 = "yosys cells_sim.v DSP48E1 \\A.required, \\P.arrival, \\A.P.comb functions (prjxray-db)"
+
 
 #: Fraction of a LUT level that a wide-function mux adds (it sits behind LUTs in its slice).
 MUXF_LEVEL = {"MUXF7": 0.5, "MUXF8": 0.25, "MUXF9": 0.25}
@@ -230,12 +242,15 @@ class _Arc:
         self.delay, self.hop, self.levels, self.carry, self.chain, self.dsp = delay, hop, levels, carry, chain, dsp
 
 
+def _dsp_mode(params: dict) -> str:
+    if _str(params, "USE_MULT", "MULTIPLY").upper() == "NONE":
+        return "none"
+    return "dport" if _str(params, "USE_DPORT", "FALSE").upper() == "TRUE" else "mult"
+
+
 def _dsp_stages(params: dict, pin: str) -> tuple[float | None, bool]:
     """(setup in ps or None when no register follows ``pin``, whether an unregistered stage is crossed)."""
-    use_dport = _str(params, "USE_DPORT", "FALSE").upper() == "TRUE"
-    for n, (reg, ps) in enumerate(_DSP_REQUIRED.get(pin, ())):
-        if reg in ("ADREG", "DREG") and not use_dport:
-            continue
+    for n, (reg, ps) in enumerate(_DSP_REQUIRED[_dsp_mode(params)].get(pin, ())):
         if _flag(params, reg):
             return ps, n > 0
     return None, True
@@ -243,7 +258,7 @@ def _dsp_stages(params: dict, pin: str) -> tuple[float | None, bool]:
 
 def _dsp_arrival(params: dict) -> tuple[float | None, bool]:
     """(clock to P in ps or None when no register drives P, whether an unregistered stage follows it)."""
-    for n, (reg, ps) in enumerate(_DSP_ARRIVAL):
+    for n, (reg, ps) in enumerate(_DSP_ARRIVAL[_dsp_mode(params)]):
         if _flag(params, reg):
             return ps, n > 0
     return None, True
@@ -367,7 +382,8 @@ class _Graph:
         for pin in ins:
             base = pin.rstrip("0123456789")
             key = _DSP_CASCADE.get(base, base)
-            if key not in _DSP_REQUIRED:                     # control pins (OPMODE, CE*, RST*): registered
+            mode = _dsp_mode(params)
+            if key not in _DSP_REQUIRED[mode]:               # control pins (OPMODE, CE*, RST*): registered
                 cap([pin], self.timing.ff_setup)
                 continue
             setup, crossed_in = _dsp_stages(params, key)
@@ -375,7 +391,7 @@ class _Graph:
                 cap([pin], setup * ps, crossed_in)
             else:
                 hop = 0.0 if base in _DSP_CASCADE else self.timing.net
-                comb([pin], data_out, _Arc(_DSP_COMB[key] * ps, hop, dsp=1))
+                comb([pin], data_out, _Arc(_DSP_COMB[mode][key] * ps, hop, dsp=1))
 
     # -- longest paths ----------------------------------------------------
     def longest_paths(self) -> dict[int, tuple]:
