@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -18,7 +18,7 @@ from amaranth.lib.wiring import In, Out
 from mmfree.models import numerics as nx
 from mmfree.models.weight_image import MAX_CONSUMERS, NormSource
 
-from .quantize import CODE_ESTIMATE_BITS, bit_length, code_correct, code_estimate, normalise_peak, shift_magnitude
+from .quantize import CODE_ESTIMATE_BITS, code_correct, code_estimate, shift_magnitude
 from .reciprocal import RECIP_BITS, QuantReciprocal
 from .rescale import RATIO_BITS, SCALE_OUT_BITS
 from .fixed_point import pipeline_stages
@@ -122,7 +122,8 @@ class RmsQuantize(wiring.Component):
        is updated for that part: no pass of its own. ``max|n|`` (n = x for
        ``NormSource.INPUT``, the ``norm`` field for ``GATE``) is taken while x
        is loaded.
-    2. **Normalise and divide**: ``sh_c``, ``M'_c`` (``numerics.normalize_shift``),
+    2. **Normalise and divide**: the peaks' bit lengths (a priority-encoder
+       tree, registered), then ``sh_c``, ``M'_c`` (``numerics.normalize_shift``),
        ``sa``, ``sn``; one :class:`~mmfree.hw.reciprocal.QuantReciprocal` per
        consumer, in parallel.
     3. **Code pass**, ``elements_per_cycle`` (P) elements per cycle: the codes
@@ -186,9 +187,9 @@ class RmsQuantize(wiring.Component):
     after this one's ``scales`` beat has left.
     """
 
-    #: Max-pass drain (3), normalise (1), divide (1 + QuantReciprocal.latency), code pipeline (7:
+    #: Max-pass drain (3), normalise (2: bit lengths, then shifts), divide (1 + QuantReciprocal.latency), code pipeline (7:
     #: read, products, magnitudes, shifts, code estimate, code correction and squares, packing).
-    CODES_OVERHEAD = 3 + 1 + 1 + QuantReciprocal.latency + 7
+    CODES_OVERHEAD = 3 + 2 + 1 + QuantReciprocal.latency + 7
 
     def __init__(self, *, max_k: int, gain_lanes: int, elements_per_cycle: int = 1):
         for name, value in (("max_k", max_k), ("gain_lanes", gain_lanes),
@@ -599,24 +600,46 @@ class RmsQuantize(wiring.Component):
 
     # -- the control: load, passes, then the scalars ----------------------------
     def _peak_shifts(self, m, mem, v, x_peaks, max_pass):
-        """Combinational: each ``M_c`` normalised (``numerics.normalize_shift``: M', sh and its split
-        shifts) and the bit lengths of ``max|x * A|`` and ``max|n|``, for the NORMALISE state;
-        ``M'_c`` to the reciprocals."""
-        C = MAX_CONSUMERS
+        """The peaks' highest set bits for the BITLEN state (priority-encoder trees, registered
+        there) and, from those registers, each ``M_c`` normalised (``numerics.normalize_shift``:
+        M', sh and its split shifts) and the bit lengths of ``max|x * A|`` and ``max|n|`` for the
+        NORMALISE state; ``M'_c`` to the reciprocals."""
+        C, bits = MAX_CONSUMERS, nx.QUANT_NORM_BITS
         peak_x, peak_norm_in = x_peaks
-        norm_now = [normalise_peak(m, max_pass.peak[c], nx.QUANT_NORM_BITS, name=f"peak{c}") for c in range(C)]
-        bitlen_a = bit_length(m, max_pass.peak_a, name="bitlen_a")
-        bitlen_n = bit_length(m, Mux(v.p.source == NormSource.GATE, peak_norm_in, peak_x), name="bitlen_n")
+        peaks = [max_pass.peak_a, Mux(v.p.source == NormSource.GATE, peak_norm_in, peak_x), *max_pass.peak]
+        found = [_msb_index(value) for value in peaks]
+        # registered in BITLEN: (value != 0, index of the highest set bit)
+        msb = [(Signal(name=f"nonzero{i}"), Signal(len(index), name=f"msb{i}")) for i, (_nz, index) in
+               enumerate(found)]
+        bitlen = []
+        for i, (nonzero, index) in enumerate(msb):
+            length = Signal(range(len(peaks[i]) + 1), name=f"bitlen{i}")
+            m.d.comb += length.eq(Mux(nonzero, index + 1, 0))
+            bitlen.append(length)
+        norm_now = []
+        for c in range(C):
+            length, peak, index = bitlen[2 + c], max_pass.peak[c], msb[2 + c][1]
+            # peak << (bits - bitlen) or peak >> (bitlen - bits): one right shift of peak << (bits - 1)
+            value = Signal(bits, name=f"peak{c}_norm")
+            shift = Signal(signed(8), name=f"peak{c}_shift")
+            right = Signal(range(MAG_BITS + 1), name=f"peak{c}_shift_right")
+            left = Signal(range(bits + 1), name=f"peak{c}_shift_left")
+            m.d.comb += [value.eq((peak << (bits - 1)) >> index), shift.eq(Mux(length == 0, 0, length - bits))]
+            with m.If(length >= bits):
+                m.d.comb += right.eq(length - bits)
+            with m.Elif(length != 0):
+                m.d.comb += left.eq(bits - length)
+            norm_now.append((value, shift, right, left))
         for recip_unit, value in zip(mem.recips, v.peak_norm):
             m.d.comb += [recip_unit.i.payload.eq(value), recip_unit.o.ready.eq(1)]
-        return norm_now, bitlen_a, bitlen_n
+        return SimpleNamespace(found=found, msb=msb, norm_now=norm_now, bitlen_a=bitlen[0], bitlen_n=bitlen[1])
 
     def _fsm_load(self, m, mem, v, peak_shifts, max_pass, code_done, advance):
         """FSM states IDLE to CODE_PASS: params, gains with the max pass, the normalisation
-        of the peaks (1 cycle), the reciprocals (1 + ``QuantReciprocal.latency``), the code pass."""
+        of the peaks (2 cycles: bit lengths, then shifts), the reciprocals (1 + ``QuantReciprocal.latency``), the code pass."""
         C, gl = MAX_CONSUMERS, self.gain_lanes
         gl_log2 = gl.bit_length() - 1
-        norm_now, bitlen_a, bitlen_n = peak_shifts
+        norm_now, bitlen_a, bitlen_n = peak_shifts.norm_now, peak_shifts.bitlen_a, peak_shifts.bitlen_n
         with m.State("IDLE"):
             m.d.comb += self.params.ready.eq(1)
             with m.If(self.params.valid):
@@ -636,7 +659,11 @@ class RmsQuantize(wiring.Component):
                         m.next = "MAX_DRAIN"
         with m.State("MAX_DRAIN"):
             with m.If(max_pass.done):
-                m.next = "NORMALISE"
+                m.next = "BITLEN"
+        with m.State("BITLEN"):
+            for (nonzero, index), (nz_now, index_now) in zip(peak_shifts.msb, peak_shifts.found):
+                m.d.sync += [nonzero.eq(nz_now), index.eq(index_now)]
+            m.next = "NORMALISE"
         with m.State("NORMALISE"):
             for c in range(C):
                 value, sh, right, left = norm_now[c]
@@ -763,6 +790,21 @@ class RmsQuantize(wiring.Component):
             with m.If(self.scales.ready):
                 m.d.sync += self.scales.valid.eq(0)
                 m.next = "IDLE"
+
+
+def _msb_index(value):
+    """``(value != 0, value.bit_length() - 1)``: a priority encoder as a balanced tree of 2:1
+    multiplexers (depth log2 of the width). Each node's lower part is a power of two wide, so
+    the upper part's index gains a constant top bit: no adders in the tree."""
+    def node(lo, width):
+        if width == 1:
+            return value[lo], Const(0, 1)
+        low = 1 << ((width - 1).bit_length() - 1)      # largest power of two below width
+        nz_lo, index_lo = node(lo, low)
+        nz_hi, index_hi = node(lo + low, width - low)
+        return nz_lo | nz_hi, Mux(nz_hi, index_hi | low, index_lo)
+    nonzero, index = node(0, len(value))
+    return nonzero, index[:max(1, (len(value) - 1).bit_length())]
 
 
 def _sumsq_magnitude(value, rounding, right, left):
