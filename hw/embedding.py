@@ -1,6 +1,6 @@
 """bf16 embedding values to ACT (``numerics.bf16_to_act``), one value per cycle."""
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -29,11 +29,11 @@ class Bf16ToAct(wiring.Component):
 
     Attributes
     ----------
-    latency : 2 cycles from an input transfer to ``o.valid`` (shift, then sign).
+    latency : 3 cycles from an input transfer to ``o.valid`` (decode, magnitude, sign).
     Throughput: one value per cycle; output backpressure stalls the pipeline.
     """
 
-    latency = 2
+    latency = 3
 
     i: In(stream.Signature(unsigned(16)))
     o: Out(stream.Signature(signed(nx.ACT_BITS)))
@@ -46,27 +46,28 @@ class Bf16ToAct(wiring.Component):
 
         bits = self.i.payload
         sign, exp, mant = bits[15], bits[nx.BF16_MANT_BITS:15], bits[:nx.BF16_MANT_BITS]
-        sig = Signal(unsigned(nx.BF16_MANT_BITS + 1))
-        m.d.comb += sig.eq(mant | (1 << nx.BF16_MANT_BITS))
-        left = Signal(range(nx.ACT_BITS + 1))       # clip(s, 0, 48), as numerics clips before shifting
-        right = Signal(range(63))                   # clip(-s, 1, 62)
+        sig_width = nx.BF16_MANT_BITS + 1
+        # 1: decode the exponent (functions of its 8 bits): the shifts, saturation and zero
         s = Signal(signed(10))
-        m.d.comb += [s.eq(exp - _UNSHIFTED_EXP),
-                     left.eq(Mux(s > nx.ACT_BITS, nx.ACT_BITS, Mux(s < 0, 0, s))),
-                     right.eq(Mux(-s > 62, 62, Mux(-s < 1, 1, -s)))]
-        # 1: magnitude
-        shifted_up = Signal(unsigned(nx.BF16_MANT_BITS + 1 + nx.ACT_BITS))
-        m.d.comb += shifted_up.eq(sig << left)
-        half_ulp = Signal(unsigned(62))
-        m.d.comb += half_ulp.eq(Const(1, 62) << (right - 1)[:6])
-        rounded = (sig + half_ulp) >> right
-        magnitude = Mux(exp == 0, 0,
-                        Mux(exp == 0xFF, nx.ACT_MAX,
-                            Mux(s >= 0, Mux(shifted_up > nx.ACT_MAX, nx.ACT_MAX, shifted_up), rounded)))
-        mag1 = stage("magnitude1", unsigned(nx.ACT_BITS - 1), magnitude)
-        sign1 = stage("sign1", 1, sign)
+        m.d.comb += s.eq(exp - _UNSHIFTED_EXP)
+        # sig << s > ACT_MAX  <=>  s + bitlen(sig) > ACT_BITS - 1 (sig's top bit is set)
+        saturate = (exp == 0xFF) | (s > nx.ACT_BITS - 1 - sig_width)
         valid1 = stage("valid1", 1, self.i.valid)
-        # 2: sign
+        sign1 = stage("sign1", 1, sign)
+        sig1 = stage("sig1", unsigned(sig_width), mant | (1 << nx.BF16_MANT_BITS))
+        zero1 = stage("zero1", 1, exp == 0)
+        saturate1 = stage("saturate1", 1, saturate)
+        up1 = stage("up1", 1, s >= 0)
+        left1 = stage("left1", range(nx.ACT_BITS - sig_width + 1), Mux(s < 0, 0, s))   # saturates beyond
+        # rshift_round(sig, -s) = ((sig >> (-s - 1)) + 1) >> 1, 0 once -s - 1 >= sig_width
+        right1 = stage("right1", range(sig_width + 1), Mux(-s - 1 > sig_width, sig_width, -s - 1))
+        # 2: magnitude
+        rounded = ((sig1 >> right1) + 1) >> 1
+        magnitude = Mux(zero1, 0, Mux(saturate1, nx.ACT_MAX, Mux(up1, sig1 << left1, rounded)))
+        mag2 = stage("magnitude2", unsigned(nx.ACT_BITS - 1), magnitude)
+        sign2 = stage("sign2", 1, sign1)
+        valid2 = stage("valid2", 1, valid1)
+        # 3: sign
         with m.If(advance):
-            m.d.sync += [self.o.valid.eq(valid1), self.o.payload.eq(Mux(sign1, -mag1, mag1))]
+            m.d.sync += [self.o.valid.eq(valid2), self.o.payload.eq(Mux(sign2, -mag2, mag2))]
         return m
