@@ -1,12 +1,14 @@
 """The GLU's element-wise part (``golden_int.glu``), one element per beat."""
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .fixed_point import mul_act, pipeline_stages
-from .sigmoid import ACT_SHAPE, SigmoidLookup, silu_product
+from mmfree.models import numerics as nx
+
+from .fixed_point import delay, pipeline_stages, pipelined_product, product_latency, rshift_round, saturate_sign_extension
+from .sigmoid import ACT_SHAPE, SILU_LATENCY, SigmoidLookup, pipelined_silu_product
 
 __all__ = ["GLU", "GLU_IN"]
 
@@ -24,12 +26,16 @@ class GLU(wiring.Component):
 
     Attributes
     ----------
-    latency : 3 cycles from an input transfer to ``o.valid`` (table read,
-        ``silu(a)``, product into the output register).
+    latency : 20 cycles from an input transfer to ``o.valid``: ``sigma(a)``
+        (:attr:`SigmoidLookup.latency <.sigmoid.SigmoidLookup.latency>`, 10),
+        ``silu(a)`` (:data:`~.sigmoid.SILU_LATENCY`, 4), the 48 x 48-bit
+        product (:func:`~.fixed_point.pipelined_product`, 4), the rounding
+        shift (1), saturation into the output register (1). Every stage holds
+        at most one DSP48 multiply or one carry chain.
     Throughput: one element per cycle; output backpressure stalls the pipeline.
     """
 
-    latency = 3
+    latency = SigmoidLookup.latency + SILU_LATENCY + 6
 
     def __init__(self):
         super().__init__({
@@ -43,17 +49,23 @@ class GLU(wiring.Component):
         m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance)]
 
         stage = pipeline_stages(m, advance)
+        x = self.i.payload
 
-        # 1: table read for sigma(a)
-        sig_a = SigmoidLookup(m, self.i.payload.a, advance, "sigmoid_a")
-        a1 = stage("a1", ACT_SHAPE, self.i.payload.a)
-        b1 = stage("b1", ACT_SHAPE, self.i.payload.b)
-        valid1 = stage("valid1", 1, self.i.valid)
-        # 2: silu(a) = a * sigma(a)
-        silu2 = stage("silu2", ACT_SHAPE, silu_product(a1, sig_a.gate))
-        b2 = stage("b2", ACT_SHAPE, b1)
-        valid2 = stage("valid2", 1, valid1)
-        # 3: w = silu(a) * b (a 96-bit product), rounded to ACT
+        # 1 .. 10: sigma(a)
+        sig_a = SigmoidLookup(m, x.a, advance, "sigmoid_a")
+        a = delay(stage, "a", x.a, SigmoidLookup.latency)
+        # 11 .. 14: silu(a) = a * sigma(a)
+        silu = pipelined_silu_product(stage, "silu_a", a, sig_a.gate)
+        # 15 .. 18: silu(a) * b (a 96-bit product)
+        b = delay(stage, "b", x.b, SigmoidLookup.latency + SILU_LATENCY)
+        lat = product_latency(silu, b)
+        product = pipelined_product(stage, "w", silu, b)
+        # 19: rshift_round(silu(a) * b, 32)
+        rounded = stage("w_rounded", signed(2 * nx.ACT_BITS - nx.ACT_FRAC + 1), rshift_round(product, nx.ACT_FRAC))
+        valid = delay(stage, "valid", self.i.valid, SigmoidLookup.latency + SILU_LATENCY + lat + 1,
+                      reset_less=False)
+        assert SigmoidLookup.latency + SILU_LATENCY + lat + 2 == self.latency
+        # 20: saturated to ACT, the output register
         with m.If(advance):
-            m.d.sync += [self.o.valid.eq(valid2), self.o.payload.eq(mul_act(silu2, b2))]
+            m.d.sync += [self.o.valid.eq(valid), self.o.payload.eq(saturate_sign_extension(rounded))]
         return m

@@ -1,14 +1,15 @@
 """The MLGRU's element-wise part (``golden_int.mlgru_step``), one element per beat."""
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, unsigned
+from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from mmfree.models import numerics as nx
 
-from .fixed_point import mul_act, mul_gate, rshift_round, saturate, pipeline_stages
-from .sigmoid import ACT_SHAPE, GATE_SHAPE, SigmoidLookup, silu_product
+from .fixed_point import (delay, pipeline_stages, pipelined_product, product_latency, rshift_round,
+                          saturate_sign_extension)
+from .sigmoid import ACT_SHAPE, GATE_SHAPE, SILU_LATENCY, SigmoidLookup, pipelined_silu_product
 
 __all__ = ["MLGRU", "MLGRU_IN", "MLGRU_OUT"]
 
@@ -36,12 +37,17 @@ class MLGRU(wiring.Component):
 
     Attributes
     ----------
-    latency : 7 cycles from an input transfer to ``o.valid``.
-    Throughput: one element per cycle (three sigmoid tables, eight multipliers);
+    latency : 42 cycles from an input transfer to ``o.valid``:
+        ``sigma(f_pre)``, ``sigma(i)`` (10), ``f`` and ``silu(i)`` (4), ``1 - f`` (1),
+        the two gate products (3), rounding (1), saturation (1), their sum (1),
+        saturation into ``h`` (1), ``sigma(h)`` (10), ``silu(h)`` (4), ``g * silu(h)`` (4),
+        rounding (1), saturation into the output register (1). Every stage
+        holds at most one DSP48 multiply or one carry chain.
+    Throughput: one element per cycle (three sigmoid tables, DSP48 limb products);
     output backpressure stalls the whole pipeline.
     """
 
-    latency = 7
+    latency = 2 * SigmoidLookup.latency + 2 * SILU_LATENCY + 14
 
     def __init__(self):
         super().__init__({
@@ -55,40 +61,53 @@ class MLGRU(wiring.Component):
         m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance)]
 
         stage = pipeline_stages(m, advance)
-
-        def valid_chain(valid, n):
-            for k in range(n):
-                valid = stage(f"valid{k + 1}", 1, valid)
-            return valid
-
         x = self.i.payload
-        # 1: table reads for sigma(f_pre) and sigma(i)
+        sig_lat = SigmoidLookup.latency
+
+        def mul_gate_stages(name, v, gate):
+            """``mul_gate(v, gate)``: the product, rounding, saturation in their own stages."""
+            product = pipelined_product(stage, name, v, gate)
+            rounded = stage(f"{name}_rounded", signed(len(product) - nx.GATE_FRAC + 1),
+                            rshift_round(product, nx.GATE_FRAC))
+            return stage(f"{name}_saturated", ACT_SHAPE, saturate_sign_extension(rounded))
+
+        # 1 .. 10: sigma(f_pre), sigma(i)
         sig_f = SigmoidLookup(m, x.f, advance, "sigmoid_f")
         sig_i = SigmoidLookup(m, x.i, advance, "sigmoid_i")
-        i1, g1, h1, lb1 = (stage(f"{n}1", s, v) for n, s, v in
-                           (("i", ACT_SHAPE, x.i), ("g", ACT_SHAPE, x.g), ("hprev", ACT_SHAPE, x.h),
-                            ("lb", unsigned(nx.GATE_FRAC), x.lb)))
-        # 2: f = lb + (1 - lb) * sigma(f_pre); silu(i) = i * sigma(i)
-        f2 = stage("f2", GATE_SHAPE,
-                   lb1 + rshift_round((nx.GATE_ONE - lb1) * sig_f.gate, nx.GATE_FRAC))
-        silu_i2 = stage("silu_i2", ACT_SHAPE, silu_product(i1, sig_i.gate))
-        g2, h2 = stage("g2", ACT_SHAPE, g1), stage("hprev2", ACT_SHAPE, h1)
-        # 3: h = saturate(f * h_prev + silu(i) * (1 - f))
-        keep = mul_gate(h2, f2)
-        new = mul_gate(silu_i2, nx.GATE_ONE - f2)
-        h3 = stage("h3", ACT_SHAPE, saturate(keep + new))
-        g3 = stage("g3", ACT_SHAPE, g2)
-        # 4: table read for sigma(h)
-        sig_h = SigmoidLookup(m, h3, advance, "sigmoid_h")
-        h4, g4 = stage("h4", ACT_SHAPE, h3), stage("g4", ACT_SHAPE, g3)
-        # 5: silu(h) = h * sigma(h)
-        silu_h5 = stage("silu_h5", ACT_SHAPE, silu_product(h4, sig_h.gate))
-        h5, g5 = stage("h5", ACT_SHAPE, h4), stage("g5", ACT_SHAPE, g4)
-        # 6: w = g * silu(h) (a 96-bit product), rounded to ACT
-        h6 = stage("h6", ACT_SHAPE, h5)
-        w6 = stage("w6", ACT_SHAPE, mul_act(g5, silu_h5))
-        valid6 = valid_chain(self.i.valid, 6)
-        # 7: output register
+        one_minus_lb = delay(stage, "one_minus_lb", stage("one_minus_lb", GATE_SHAPE, nx.GATE_ONE - x.lb),
+                             sig_lat - 1)
+        # 11 .. 14: f = lb + rshift_round((1 - lb) * sigma(f_pre), 32); silu(i) = i * sigma(i)
+        lat_f = product_latency(one_minus_lb, sig_f.gate)
+        f_product = pipelined_product(stage, "f_product", one_minus_lb, sig_f.gate)
+        lb = delay(stage, "lb", x.lb, sig_lat + lat_f)
+        f = stage("f", GATE_SHAPE, lb + rshift_round(f_product, nx.GATE_FRAC))
+        silu_i = pipelined_silu_product(stage, "silu_i", delay(stage, "i", x.i, sig_lat), sig_i.gate)
+        assert lat_f + 1 == SILU_LATENCY
+        # 15: 1 - f
+        one_minus_f = stage("one_minus_f", GATE_SHAPE, nx.GATE_ONE - f)
+        f, silu_i = stage("f_gate", GATE_SHAPE, f), stage("silu_i_gate", ACT_SHAPE, silu_i)
+        h_prev = delay(stage, "hprev", x.h, sig_lat + SILU_LATENCY + 1)
+        # 16 .. 20: mul_gate(h_prev, f), mul_gate(silu(i), 1 - f)
+        keep = mul_gate_stages("keep", h_prev, f)
+        new = mul_gate_stages("new", silu_i, one_minus_f)
+        # 21 .. 22: h = saturate(keep + new)
+        total = stage("h_sum", signed(nx.ACT_BITS + 1), keep + new)
+        h = stage("h", ACT_SHAPE, saturate_sign_extension(total))
+        lat_h = sig_lat + SILU_LATENCY + 1 + product_latency(h_prev, f) + 4
+        # 23 .. 32: sigma(h); 33 .. 36: silu(h)
+        sig_h = SigmoidLookup(m, h, advance, "sigmoid_h")
+        silu_h = pipelined_silu_product(stage, "silu_h", delay(stage, "h_silu", h, sig_lat), sig_h.gate)
+        # 37 .. 40: g * silu(h) (a 96-bit product); 41: rounded
+        lat_w = lat_h + sig_lat + SILU_LATENCY
+        g = delay(stage, "g", x.g, lat_w)
+        w_product = pipelined_product(stage, "w_product", g, silu_h)
+        lat_w += product_latency(g, silu_h)
+        w = stage("w_rounded", signed(2 * nx.ACT_BITS - nx.ACT_FRAC + 1), rshift_round(w_product, nx.ACT_FRAC))
+        h_out = delay(stage, "h_out", h, lat_w + 1 - lat_h)
+        valid = delay(stage, "valid", self.i.valid, lat_w + 1, reset_less=False)
+        assert lat_w + 2 == self.latency, lat_w
+        # 42: w saturated to ACT, the output register
         with m.If(advance):
-            m.d.sync += [self.o.valid.eq(valid6), self.o.payload.w.eq(w6), self.o.payload.h.eq(h6)]
+            m.d.sync += [self.o.valid.eq(valid), self.o.payload.w.eq(saturate_sign_extension(w)),
+                         self.o.payload.h.eq(h_out)]
         return m

@@ -1,13 +1,15 @@
 """Sigmoid of an ACT value by table and quadratic interpolation (``numerics.sigmoid_act``)."""
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib.memory import Memory
 
 from mmfree.models import numerics as nx
 
+from .fixed_point import delay, pipeline_stages, pipelined_product, product_latency, rshift_round
+
 __all__ = ["SigmoidLookup", "GATE_SHAPE", "ACT_SHAPE", "SILU_PRODUCT_BITS", "sigmoid_rom",
-           "silu_product"]
+           "silu_product", "pipelined_silu_product", "SILU_LATENCY"]
 
 #: ACT values: signed 48-bit.
 ACT_SHAPE = signed(nx.ACT_BITS)
@@ -58,15 +60,27 @@ class SigmoidLookup:
     """The table half of ``sigmoid_act`` for use inside a unit's pipeline (not a component).
 
     ``SigmoidLookup(m, x, advance, name)`` adds a table ``Memory`` to ``m``,
-    addresses it with segment ``j`` of ``|x|`` and registers the fraction, the
-    in-range flag and the sign when ``advance`` is high. One cycle later
-    :attr:`gate` is ``sigmoid_act(x)`` (combinational from those registers
-    and the read data: two multiplies in series), held while ``advance`` is low.
+    addresses it with segment ``j`` of ``|x|`` and, on every cycle where
+    ``advance`` is high, moves these stages one step (stall-together):
+
+    1. table read (address ``j``); fraction ``r``, in-range flag, sign registered;
+    2. read data registered (the block RAM's output register);
+    3. .. 4. ``d2 * (r - 2**26)`` (:func:`~.fixed_point.pipelined_product`);
+    5. ``k = 2 d1 + rshift_round(d2 * (r - 2**26), 26)``;
+    6. .. 8. ``r * k``;
+    9. ``s = T[j] + rshift_round(r * k, 27)``;
+    10. :attr:`gate`: ``s``, or 2**32 outside the table, mirrored (``2**32 - s``) for x < 0.
+
+    :attr:`gate` is ``sigmoid_act(x)`` :attr:`latency` advancing cycles after ``x``.
     """
+
+    #: Advancing cycles from ``x`` to :attr:`gate` (a register).
+    latency = 10
 
     def __init__(self, m: Module, x, advance, name: str):
         words, base_bits, d1_bits, d2_bits = sigmoid_rom()
         shift = nx.SIGMOID_SEGMENT_SHIFT
+        stage = pipeline_stages(m, advance)
         table = Memory(shape=unsigned(base_bits + d1_bits + d2_bits), depth=nx.SIGMOID_SEGMENTS, init=words)
         m.submodules[name] = table
         rd = table.read_port(domain="sync")
@@ -75,20 +89,52 @@ class SigmoidLookup:
         m.d.comb += mag.eq(Mux(x < 0, -x, x))
         seg = mag[shift:]
         m.d.comb += [rd.addr.eq(seg[:nx.SIGMOID_SEGMENTS_LOG2]), rd.en.eq(advance)]
-        frac = Signal(shift, name=f"{name}_frac")
-        inside = Signal(name=f"{name}_inside")
-        negative = Signal(name=f"{name}_negative")
-        with m.If(advance):
-            m.d.sync += [frac.eq(mag[:shift]), inside.eq(seg < nx.SIGMOID_SEGMENTS), negative.eq(x < 0)]
-        # t = rshift_round(d2 * (r - 2**26), 26); s = T[j] + rshift_round(r * (2 d1 + t), 27),
-        # or 2**32 outside; 2**32 - s for x < 0
-        base = rd.data[:base_bits]
-        d1 = rd.data[base_bits: base_bits + d1_bits]
-        d2 = rd.data[base_bits + d1_bits:].as_signed()
-        t = Signal(signed(d2_bits + 1), name=f"{name}_t")
-        m.d.comb += t.eq((d2 * (frac - (1 << shift)) + (1 << (shift - 1))) >> shift)
-        interp = Signal(unsigned(base_bits + 1), name=f"{name}_interp")
-        m.d.comb += interp.eq(base + ((frac * ((d1 << 1) + t) + (1 << shift)) >> (shift + 1)))
+        frac1 = stage(f"{name}_frac1", shift, mag[:shift])
+        inside1 = stage(f"{name}_inside1", 1, seg < nx.SIGMOID_SEGMENTS)
+        negative1 = stage(f"{name}_negative1", 1, x < 0)
+        # 2: read data registered before any logic
+        word2 = stage(f"{name}_word2", len(rd.data), rd.data)
+        base2 = word2[:base_bits]
+        d1_2 = word2[base_bits: base_bits + d1_bits]
+        d2_2 = word2[base_bits + d1_bits:].as_signed()
+        frac2 = stage(f"{name}_frac2", shift, frac1)
+        # 3 .. 4: d2 * (r - 2**26); r - 2**26 in [-2**26, 0) is r with a sign bit set
+        frac_minus_one = Cat(frac2, 1).as_signed()
+        lat_t = product_latency(d2_2, frac_minus_one)
+        t_product = pipelined_product(stage, f"{name}_t", d2_2, frac_minus_one)
+        d1_t, frac_t = delay(stage, f"{name}_d1_", d1_2, lat_t), delay(stage, f"{name}_frac_", frac2, lat_t)
+        # 5: k = 2 d1 + t, t = rshift_round(d2 * (r - 2**26), 26)
+        k = stage(f"{name}_k", signed(d1_bits + 3), (d1_t << 1) + rshift_round(t_product, shift))
+        frac_k = stage(f"{name}_frac_k", shift, frac_t)
+        # 6 .. 8: r * k
+        lat_i = product_latency(frac_k, k)
+        interp_product = pipelined_product(stage, f"{name}_interp", frac_k, k)
+        # 9: s = T[j] + rshift_round(r * k, 27)
+        lat = 2 + lat_t + 1 + lat_i
+        base_i = delay(stage, f"{name}_base_", base2, lat - 2)
+        interp = stage(f"{name}_interp", unsigned(base_bits + 1), base_i + rshift_round(interp_product, shift + 1))
+        inside = delay(stage, f"{name}_inside_", inside1, lat)
+        negative = delay(stage, f"{name}_negative_", negative1, lat)
+        # 10: 2**32 outside the table; 2**32 - s for x < 0
         s = Mux(inside, interp, nx.GATE_ONE)
-        self.gate = Signal(GATE_SHAPE, name=f"{name}_gate")
-        m.d.comb += self.gate.eq(Mux(negative, nx.GATE_ONE - s, s))
+        self.gate = stage(f"{name}_gate", GATE_SHAPE, Mux(negative, nx.GATE_ONE - s, s))
+        assert lat + 2 == self.latency, lat
+
+
+#: Advancing cycles of :func:`pipelined_silu_product`: the 38 x 33-bit product, then rounding and the range mux.
+SILU_LATENCY = 4
+
+
+def pipelined_silu_product(stage, name: str, x, gate):
+    """:func:`silu_product` of ``x`` and ``gate``, :data:`SILU_LATENCY` stages later (``stage`` of
+    :func:`~.fixed_point.pipeline_stages`): the product's partial products and their sums, then one
+    stage with the rounding shift and the choice of product, x or 0."""
+    n = SILU_PRODUCT_BITS
+    fits = (x[n - 1:] == 0) | (x[n - 1:] == (1 << (nx.ACT_BITS - n + 1)) - 1)    # sign extension of bit n-1
+    lat = product_latency(x[:n].as_signed(), gate)
+    product = pipelined_product(stage, f"{name}_product", x[:n].as_signed(), gate)
+    outside = delay(stage, f"{name}_outside", Mux(x < 0, 0, x), lat)
+    fits = delay(stage, f"{name}_fits", fits, lat)
+    # mul_gate: rshift_round(x * g, 32); |x * g| <= 2**69, never saturates
+    assert lat + 1 == SILU_LATENCY, lat
+    return stage(f"{name}_silu", ACT_SHAPE, Mux(fits, rshift_round(product, nx.GATE_FRAC), outside))

@@ -103,7 +103,7 @@ def test_stimulus_reaches_saturation(unit):
 
 
 def test_latencies():
-    assert MLGRU.latency == 7 and GLU.latency == 3
+    assert MLGRU.latency == 42 and GLU.latency == 20
 
 
 @pytest.mark.sim
