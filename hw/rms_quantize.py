@@ -160,7 +160,8 @@ class RmsQuantize(wiring.Component):
         j of a part in beat ``j // gain_lanes``, lane ``j % gain_lanes``; lanes
         beyond K are ignored). Taken once x is complete.
     x : stream of :data:`X_LAYOUT`: the K elements, ``last`` on the final one.
-        Accepted whenever the previous vector's code pass has read its input,
+        Accepted (registered on transfer, ``ready`` from registers only) whenever the previous
+        vector's code pass has read its input, and not after a ``last`` until then,
         independently of ``params``/``gains`` (the next record's input may
         arrive while the current one's matrices are streaming).
     codes : stream of :data:`CODES_LAYOUT`: ``ceil(K / 5)`` beats, ``last`` on the final one.
@@ -322,9 +323,12 @@ class RmsQuantize(wiring.Component):
     def _stage_x_load(self, m, mem, v):
         """Writes x into its banks, one element per cycle whenever ``x_full`` is low.
 
-        Contract: ``x`` (ACT value and norm) in, the banks and ``max|x|``,
-        ``max|norm|`` (ACT magnitudes) out, registered as each element
-        transfers; ``x_full`` rises after ``last`` and falls on ``x_release``.
+        Contract: ``x`` (ACT value and norm) in, registered as it transfers
+        (``ready`` depends on registers only; nothing is taken after a
+        ``last`` until ``x_release``); the next cycle writes the banks and
+        registers the magnitudes, the one after folds them into ``max|x|``,
+        ``max|norm|`` (ACT magnitudes). ``x_full`` rises the cycle after the
+        ``last`` transfer (its element written) and falls on ``x_release``.
         Returns ``(peak_x, peak_norm_in)``.
         """
         gl = self.gain_lanes
@@ -333,23 +337,33 @@ class RmsQuantize(wiring.Component):
         x_first = Signal(init=1)
         peak_x = Signal(nx.ACT_BITS)                  # max|x| and max|norm|: the pre-norm's max|n|
         peak_norm_in = Signal(nx.ACT_BITS)
-        load = self.x.valid & ~v.x_full
-        m.d.comb += self.x.ready.eq(~v.x_full)
+        # (1) the element as it transferred
+        taken = Signal(X_LAYOUT)
+        taken_valid = Signal()
+        m.d.comb += self.x.ready.eq(~v.x_full & ~(taken_valid & taken.last))
+        m.d.sync += taken_valid.eq(self.x.valid & self.x.ready)
+        with m.If(self.x.valid & self.x.ready):
+            m.d.sync += taken.eq(self.x.payload)
+        # (2) into its bank; its magnitudes
         for lane, port in enumerate(mem.x_wr):
-            m.d.comb += [port.addr.eq(x_word), port.data.value.eq(self.x.payload.value),
-                         port.data.norm.eq(self.x.payload.norm), port.en.eq(load & (x_lane == lane))]
+            m.d.comb += [port.addr.eq(x_word), port.data.value.eq(taken.value),
+                         port.data.norm.eq(taken.norm), port.en.eq(taken_valid & (x_lane == lane))]
+        mag_valid, mag_first = Signal(), Signal()
         mag_x = Signal(nx.ACT_BITS)
         mag_norm_in = Signal(nx.ACT_BITS)
-        m.d.comb += [mag_x.eq(Mux(self.x.payload.value < 0, -self.x.payload.value, self.x.payload.value)),
-                     mag_norm_in.eq(Mux(self.x.payload.norm < 0, -self.x.payload.norm, self.x.payload.norm))]
-        with m.If(load):
-            m.d.sync += [x_first.eq(0), x_lane.eq(x_lane + 1),
-                         peak_x.eq(Mux(x_first | (mag_x > peak_x), mag_x, peak_x)),
-                         peak_norm_in.eq(Mux(x_first | (mag_norm_in > peak_norm_in), mag_norm_in, peak_norm_in))]
+        m.d.sync += mag_valid.eq(taken_valid)
+        with m.If(taken_valid):
+            m.d.sync += [mag_first.eq(x_first), x_first.eq(0), x_lane.eq(x_lane + 1),
+                         mag_x.eq(Mux(taken.value < 0, -taken.value, taken.value)),
+                         mag_norm_in.eq(Mux(taken.norm < 0, -taken.norm, taken.norm))]
             with m.If(x_lane == gl - 1):
                 m.d.sync += [x_lane.eq(0), x_word.eq(x_word + 1)]
-            with m.If(self.x.payload.last):
+            with m.If(taken.last):
                 m.d.sync += [v.x_full.eq(1), x_lane.eq(0), x_word.eq(0), x_first.eq(1)]
+        # (3) the maxima (read in BITLEN, long after x_full)
+        with m.If(mag_valid):
+            m.d.sync += [peak_x.eq(Mux(mag_first | (mag_x > peak_x), mag_x, peak_x)),
+                         peak_norm_in.eq(Mux(mag_first | (mag_norm_in > peak_norm_in), mag_norm_in, peak_norm_in))]
         with m.If(v.x_release):
             m.d.sync += v.x_full.eq(0)
         return peak_x, peak_norm_in
