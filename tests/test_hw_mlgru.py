@@ -4,6 +4,7 @@ This file is both the pytest module and the cocotb bench module (``bench_*``).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,22 @@ def test_stimulus_reaches_saturation(unit):
 
 def test_latencies():
     assert MLGRU.latency == 42 and GLU.latency == 20
+
+
+@pytest.mark.synth
+@pytest.mark.parametrize("unit", ["mlgru", "glu"])
+def test_logic_depth_meets_150mhz(tmp_path, unit):
+    """yosys synth_xilinx -family xc7 of the unit alone (15 .. 35 s): the worst path's estimate
+    (hw/flow/depth.py) fits the PYNQ-Z2's 150 MHz period and crosses no unregistered DSP48 stage."""
+    from amaranth.back import verilog
+
+    from mmfree.hw.flow import depth
+    from mmfree.hw.flow.synth import synth_verilog
+
+    netlist = tmp_path / f"{unit}.json"
+    synth_verilog(verilog.convert(UNITS[unit](), name=unit, emit_src=False), unit, "xc7", netlist_path=netlist)
+    worst = depth.analyze(json.loads(netlist.read_text()), unit, "xc7").worst
+    assert worst.delay_ns <= 1e9 / 150e6 and worst.dsp_unregistered == 0, worst
 
 
 @pytest.mark.sim
