@@ -130,27 +130,35 @@ def run_model(config, image, tokens: int, progress) -> dict:
             "sim_cycles_per_s": sum(r["sim_cycles"] for r in rows) / max(sum(r["sim_wall_s"] for r in rows), 1e-9)}
 
 
-def sustained_bytes_per_cycle(config, progress) -> dict:
-    """The board model's sustained sequential read bandwidth through this build's read master."""
+def sustained_read(config, progress, clock_hz: float | None = None) -> dict:
+    """Sequential read bandwidth of the board memory model through this build's read master, at
+    ``clock_hz`` (default the build's clock): ``gb_per_s`` and the model's statistics."""
+    import dataclasses
+
     from mmfree.sim.ddr_calib import measure_read
 
-    progress(f"{config.name}: sustained read bandwidth of the board memory model")
+    config = dataclasses.replace(config, clock_hz=clock_hz or config.clock_hz)
+    progress(f"{config.name}: read bandwidth of the board memory model at {config.clock_hz / 1e6:g} MHz")
     read_bytes = 4 << 20
     stats = measure_read(dict(config.ddr_params(), size_bytes=read_bytes), bus_bytes=config.bus_bytes,
                          ports=config.ports, outstanding=config.outstanding,
                          burst_bytes=config.max_burst_beats * config.bus_bytes, read_bytes=read_bytes)
-    return {k: stats[k] for k in ("bytes_per_cycle", "latency_min", "latency_mean", "latency_max",
-                                  "row_misses", "refreshes")}
+    out = {k: stats[k] for k in ("bytes_per_cycle", "latency_min", "latency_mean", "latency_max",
+                                 "row_misses", "refreshes")}
+    out.update(clock_mhz=config.clock_hz / 1e6, gb_per_s=stats["bytes_per_cycle"] * config.clock_hz / 1e9)
+    return out
 
 
-def derive(config, board_run: dict, ideal_run: dict, sustained: dict, name: str) -> dict:
+def derive(config, board_run: dict, ideal_run: dict, sustained: dict, build_read: dict, name: str) -> dict:
     """Every figure of one model on one board: board-model and ideal cycles, the DDR ceilings,
-    host time and board tokens/s (see the module docstring)."""
+    host time and board tokens/s (see the module docstring). ``sustained``: the memory model at its
+    calibration clock (the DDR's sustained rate); ``build_read``: at the build's clock (what its
+    ports carry)."""
     from mmfree.contract.host_costs import host_us_per_token
     from mmfree.contract.memory import get_board_memory
 
     peak = get_board_memory(config.memory_board).peak_bytes_per_s
-    sustained_bpc = sustained["bytes_per_cycle"]
+    sustained_bpc = sustained["gb_per_s"] * 1e9 / config.clock_hz      # DDR sustained, per build cycle
     cycles, nbytes = board_run["cycles_per_token"], board_run["bytes_read"]
     greedy = board_run["greedy_host"]
     host_us = host_us_per_token(config.memory_board, greedy["register_reads"], greedy["register_writes"],
@@ -161,7 +169,9 @@ def derive(config, board_run: dict, ideal_run: dict, sustained: dict, name: str)
     return {"config": config.name, "model": name, "clock_mhz": config.clock_hz / 1e6,
             "bytes_read": nbytes, "cycles_per_token": cycles, "phases": board_run["phases"],
             "ddr_peak_gb_per_s": peak / 1e9,
-            "ddr_sustained_gb_per_s": sustained_bpc * config.clock_hz / 1e9,
+            "ddr_sustained_gb_per_s": sustained["gb_per_s"],
+            "build_read_gb_per_s": build_read["gb_per_s"],
+            "efficiency_vs_build_read": nbytes / build_read["bytes_per_cycle"] / cycles,
             "sustained_roofline_cycles": nbytes / sustained_bpc,
             "efficiency_vs_sustained": nbytes / sustained_bpc / cycles,
             "device_us_per_token": 1e6 * device_s,
@@ -177,7 +187,7 @@ def derive(config, board_run: dict, ideal_run: dict, sustained: dict, name: str)
             "roofline_cycles_ideal": ideal_roofline,
             "efficiency_ideal": ideal_roofline / ideal_run["cycles_per_token"],
             "tokens_per_s_ideal": config.clock_hz / ideal_run["cycles_per_token"],
-            "sustained_read": sustained}
+            "sustained_read": sustained, "build_read": build_read}
 
 
 def project_full(one: dict, two: dict, layers: int = FULL_LAYERS) -> dict:
@@ -290,7 +300,11 @@ def bench(config_names: list[str], models: list[str], tokens: int, out: Path) ->
 
     try:
         for config in configs:
-            sustained = sustained_bytes_per_cycle(config, progress)
+            from mmfree.contract.memory import get_board_memory
+
+            calibration_mhz = get_board_memory(config.memory_board).calibration_clock_mhz.value
+            sustained = sustained_read(config, progress, calibration_mhz * 1e6)
+            build_read = sustained_read(config, progress)
             measured = {"board": {}, "ideal": {}}
             for memory in measured:
                 for key, image in images.items():
@@ -299,11 +313,11 @@ def bench(config_names: list[str], models: list[str], tokens: int, out: Path) ->
                     bar.update()
             board, ideal = measured["board"], measured["ideal"]
             if "bundled" in board:
-                figures.append(derive(config, board["bundled"], ideal["bundled"], sustained,
+                figures.append(derive(config, board["bundled"], ideal["bundled"], sustained, build_read,
                                       "bundled KJV model (6 layers, D 256)"))
             if "370m-l1" in board:
                 full = project_full(board["370m-l1"], board["370m-l2"])
-                fig = derive(config, full, project_full(ideal["370m-l1"], ideal["370m-l2"]), sustained,
+                fig = derive(config, full, project_full(ideal["370m-l1"], ideal["370m-l2"]), sustained, build_read,
                              f"370M shape, {FULL_LAYERS} layers (projected from 1 and 2)")
                 fig["per_layer_cycles"] = full["per_layer_cycles"]
                 figures.append(fig)

@@ -5,17 +5,25 @@ One table, plain Python (no amaranth import), read by the simulator transport
 model with ``config.ddr_params()``), by the benchmark, and later by the
 synthesis flow. A configuration is chosen by name (``--config pynq-z2``).
 
-The DDR figures are the roofline the benchmark compares against: the bytes
-per cycle the board's memory delivers to the fabric at the accelerator's
-clock, shared by all read ports.
+The memory: ``ddr_params()`` gives the simulated DDR either the board's memory
+model (``memory="board"``, the default: :func:`board_ddr_params` from the cited
+figures of :mod:`mmfree.contract.memory`) or the ideal memory, a constant
+``ddr_bytes_per_cycle`` (``memory="ideal"``: the upper bound).
 
-* ``pynq-z2``: Zynq-7020, two 64-bit HP ports, 150 MHz fabric clock,
-  14 B/cycle = 2.1 GB/s (what the 16-bit DDR3-1066 of the board sustains).
-* ``kv260``: Zynq UltraScale+ K26, four 128-bit HP ports, 250 MHz,
-  64 B/cycle = 16 GB/s (64-bit DDR4-2400, about 83 % of its 19.2 GB/s peak).
-* ``sim-default``: the PYNQ-Z2 memory system with capacities sized for the
-  bundled model (and the tiny test model): a smaller, faster Verilator build
-  for CI and ``mmfree generate --backend sim``.
+The clocks are what the logic-depth estimate of the RTL supports
+(``bitstreams/<board>/timing.md``, docs/timing.md): an estimate, not timing
+closure; the RTL's deepest paths, not the parts, hold them there today.
+
+* ``pynq-z2``: Zynq-7020, four 64-bit HP ports (AXI3, 16-beat bursts), 60 MHz,
+  32 weight bytes per cycle: the four ports' 1.92 GB/s at 60 MHz is what keeps
+  the 16-bit DDR3 (2.1 GB/s peak, 2.04 sustained) nearly busy at this clock.
+* ``kv260``: Zynq UltraScale+ K26, four 128-bit HP ports, 64 weight bytes per
+  cycle; at its clock the ports, not the 64-bit DDR4-2400 (19.2 GB/s peak, about
+  16 sustained), bound the stream.
+* ``sim-default``: the PYNQ-Z2 memory at 150 MHz (the PL clock of UG585's
+  efficiency test) with two ports and capacities sized for the bundled model
+  (and the tiny test model): a smaller, faster Verilator build for CI and
+  ``mmfree generate --backend sim``.
 """
 from __future__ import annotations
 
@@ -187,17 +195,19 @@ _FULL_370M = dict(max_hidden=1024, max_layers=24, max_intermediate=2816, max_voc
                   ddr_bytes=96 << 20)
 
 CONFIGS: dict[str, AcceleratorConfig] = {c.name: c for c in (
-    AcceleratorConfig("pynq-z2", bus_bytes=8, ports=2, engine_bytes=16, rows_per_block=64, fifo_bytes=16384,
-                      outstanding=8, max_burst_beats=16, clock_hz=150e6, ddr_bytes_per_cycle=Fraction(14), ddr_latency_cycles=24,
-                      description="Zynq-7020, 2 x 64-bit HP ports, 150 MHz, 2.1 GB/s", **_FULL_370M),
+    AcceleratorConfig("pynq-z2", bus_bytes=8, ports=4, engine_bytes=32, rows_per_block=64, fifo_bytes=16384,
+                      outstanding=8, max_burst_beats=16, elements_per_cycle=2, clock_hz=60e6, ddr_bytes_per_cycle=Fraction(32), ddr_latency_cycles=24,
+                      description="Zynq-7020, 4 x 64-bit HP ports, 60 MHz (what the logic-depth estimate "
+                                  "supports), DDR3 2.1 GB/s", **_FULL_370M),
     AcceleratorConfig("kv260", bus_bytes=16, ports=4, engine_bytes=64, rows_per_block=64, fifo_bytes=65536,
-                      outstanding=8, max_burst_beats=16, elements_per_cycle=4, large_ram_style="ultra", clock_hz=250e6, ddr_bytes_per_cycle=Fraction(64), ddr_latency_cycles=48,
-                      memory_board="kv260",
-                      description="Zynq UltraScale+ K26, 4 x 128-bit HP ports, 250 MHz, 16 GB/s", **_FULL_370M),
+                      outstanding=8, max_burst_beats=16, elements_per_cycle=4, large_ram_style="ultra", clock_hz=45e6,
+                      ddr_bytes_per_cycle=Fraction(64), ddr_latency_cycles=48, memory_board="kv260",
+                      description="Zynq UltraScale+ K26, 4 x 128-bit HP ports, 45 MHz (what the logic-depth "
+                                  "estimate supports), DDR4 19.2 GB/s", **_FULL_370M),
     AcceleratorConfig("sim-default", bus_bytes=8, ports=2, engine_bytes=16, rows_per_block=64, fifo_bytes=16384,
                       outstanding=8, max_burst_beats=16, clock_hz=150e6, ddr_bytes_per_cycle=Fraction(14), ddr_latency_cycles=24,
                       max_hidden=256, max_layers=8, max_intermediate=768, max_vocab=4096, ddr_bytes=8 << 20,
-                      description="PYNQ-Z2 memory system, capacity of the bundled model (D 256, L 6, I 768, V 4096)"),
+                      description="PYNQ-Z2 memory system at 150 MHz (the PL clock of UG585's efficiency test), 2 ports, capacity of the bundled model (D 256, L 6, I 768, V 4096)"),
 )}
 
 #: What ``mmfree generate --backend sim`` builds unless told otherwise.

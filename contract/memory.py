@@ -87,6 +87,7 @@ class BoardMemory:
     ddrc_port_bytes_per_s: Figure
     read_latency_ns: Figure
     calibration: tuple[Figure, ...]
+    calibration_clock_mhz: Figure      # the PL clock the calibration points were measured at
     notes: str = ""
 
     @property
@@ -174,6 +175,8 @@ _PYNQ_Z2 = BoardMemory(
                "the efficiency was measured with 4 HP masters at PL 150 MHz on DDR3 1,050 Mb/s, the PYNQ-Z2's DDR "
                "clocks. No published PL->DDR bandwidth measurement on a PYNQ-Z2 was found"),
     ),
+    calibration_clock_mhz=Figure(150, "MHz", "UG585 v1.11 ch.22: the DDR efficiency test system's PL AXI masters "
+                                 "ran at 150 MHz, the conditions of the calibration point"),
     notes="HP0/HP1 share one memory-interconnect switch and DDRC port, HP2/HP3 the other (UG585 ch.5 Figure 5-1; "
           "ch.10: 'two ports are dedicated to the AXI_HP interfaces'); the numbers 3 (HP0/HP1) and 2 (HP2/HP3) are "
           "secondary (a public Zynq design citing UG585 Table 5-11) and matter only as labels of the sharing. For two "
@@ -245,6 +248,8 @@ _KV260 = BoardMemory(
         Figure(15.97, "GB/s", _BITNET + ": head stream 65,667,072 B in 4.103-4.123 ms = 15.93-16.01 GB/s "
                "(midpoint), sustained sequential reads, all four ports at their beat rate"),
     ),
+    calibration_clock_mhz=Figure(250, "MHz", _BITNET + ": the four HP ports ran at 250 MHz during the "
+                                 "measurement"),
     notes="S_AXI_HP1_FPD and S_AXI_HP2_FPD share XPI port 4; HP0 shares a port with the DisplayPort DMA, HP3 "
           "one with the FPD DMA (UG1085 ch.35 'PL-PS Interface Specifics'; their numbers 3 and 5 follow the DDR "
           "subsystem diagram of UG1085 ch.17, where ports 0-2 serve the RPU and the CCI); with two read ports use "

@@ -298,3 +298,4 @@ def test_bitstream_runs_vivado_and_checks_its_outputs(projects, tmp_path, monkey
     assert CliRunner().invoke(bitstream, ["--board", "kv260"]).exit_code == 0
     assert (tmp_path / "call.txt").read_text().strip() == (
         f"{tmp_path / 'build' / 'vivado' / 'kv260'} -mode batch -source build.tcl -notrace")
+
