@@ -32,7 +32,7 @@ import math
 from fractions import Fraction
 
 __all__ = ["AcceleratorConfig", "CONFIGS", "ConfigError", "DEFAULT_SIM_CONFIG", "get_config", "MEMORY_MODELS",
-           "board_ddr_params", "TRANSACTION_BYTES"]
+           "board_ddr_params"]
 
 #: The simulated DDR's models (``AcceleratorConfig.memory``).
 MEMORY_MODELS = ("board", "ideal")
@@ -151,13 +151,6 @@ class AcceleratorConfig:
         return d
 
 
-#: Bytes of bus time each AXI burst costs the memory controller beyond its data (command
-#: processing, the gap between transactions), per board memory: the one fitted parameter of the
-#: board model. Every other one is a cited figure (contract/memory.py); this one is chosen so the
-#: sustained sequential read bandwidth meets the board's calibration points (docs/memory.md;
-#: checked by tests/test_ddr_board_model.py).
-TRANSACTION_BYTES = {"pynq-z2": 0, "kv260": 0}
-
 
 def board_ddr_params(config: AcceleratorConfig) -> dict:
     """sim/ddr_model.v's board-model parameters for ``config`` at its clock, from the cited
@@ -184,7 +177,6 @@ def board_ddr_params(config: AcceleratorConfig) -> dict:
                 refresh_cycles=cycles(mem.t_rfc_ns.value), banks=banks, bank_shift=int(mem.bank_shift.value),
                 row_shift=int(mem.row_bytes.value * banks).bit_length() - 1, miss_cycles=miss,
                 turnaround_cycles=cycles(mem.t_rtw_ns.value + mem.t_wtr_ns.value),
-                transaction_bytes=TRANSACTION_BYTES[config.memory_board],
                 port_group=sum((g % 4) << (2 * p) for p, g in enumerate(groups)),
                 # the spread between a read that finds its row open and one that must open it
                 jitter_cycles=miss,

@@ -36,7 +36,8 @@ __all__ = ["AccelDut", "TB_SOURCES", "DUT_NAME", "TOPLEVEL", "RST_DELAY", "tb_pa
 
 _HERE = Path(__file__).resolve().parent
 #: The hand-written Verilog of the bench.
-TB_SOURCES = (_HERE / "ddr_model.v", _HERE / "accel_tb.v")
+TB_SOURCES = (_HERE / "ddr_model_params.vh", _HERE / "ddr_model_param_map.vh", _HERE / "ddr_model.v",
+              _HERE / "accel_tb.v")
 #: Module name of the generated accelerator wrapper, and of the bench's top.
 DUT_NAME = "accel_dut"
 TOPLEVEL = "accel_tb"
@@ -50,7 +51,7 @@ _DDR_PARAMETERS = {"bandwidth_num": "BW_NUM", "bandwidth_den": "BW_DEN", "latenc
 #: ... and the board model's (contract/configs.py ``board_ddr_params``), absent for the ideal memory.
 _BOARD_PARAMETERS = {"queue": "QUEUE", "refresh_interval_cycles": "REFI", "refresh_cycles": "RFC",
                      "banks": "BANKS", "bank_shift": "BANK_SHIFT", "row_shift": "ROW_SHIFT",
-                     "miss_cycles": "MISS", "turnaround_cycles": "TURN", "transaction_bytes": "TXN_BYTES",
+                     "miss_cycles": "MISS", "turnaround_cycles": "TURN",
                      "group_queue": "GROUP_QUEUE", "port_group": "PORT_GROUP", "jitter_cycles": "JITTER",
                      "cpu_bytes_num": "CPU_NUM"}
 

@@ -27,27 +27,7 @@
 //   ddr_protocol_error        sticky: a burst broke an AXI rule the model checks (see ddr_model.v)
 // The Python side of the DDR ports is mmfree.sim.ddr_access.DdrHostAccess.
 module accel_tb #(
-    parameter integer PORTS = 1,
-    parameter integer DATA_BYTES = 8,
-    parameter integer ADDR_W = 32,
-    parameter integer SIZE_BYTES = 16777216,
-    parameter integer BW_NUM = 8,
-    parameter integer BW_DEN = 1,
-    parameter integer LATENCY = 24,
-    // the board model (sim/ddr_model.v; 0 = the ideal memory)
-    parameter integer QUEUE = 16,
-    parameter integer REFI = 0,
-    parameter integer RFC = 0,
-    parameter integer BANKS = 1,
-    parameter integer BANK_SHIFT = 12,
-    parameter integer ROW_SHIFT = 31,
-    parameter integer MISS = 0,
-    parameter integer TURN = 0,
-    parameter integer TXN_BYTES = 0,
-    parameter integer GROUP_QUEUE = 64,
-    parameter integer PORT_GROUP = 0,
-    parameter integer JITTER = 0,
-    parameter integer CPU_NUM = 0
+`include "ddr_model_params.vh"
 ) (
     input  wire        clk,
     input  wire        rst,
@@ -133,11 +113,7 @@ module accel_tb #(
     );
 
     ddr_model #(
-        .PORTS(PORTS), .DATA_BYTES(DATA_BYTES), .ADDR_W(ADDR_W), .SIZE_BYTES(SIZE_BYTES),
-        .BW_NUM(BW_NUM), .BW_DEN(BW_DEN), .LATENCY(LATENCY), .QUEUE(QUEUE), .REFI(REFI), .RFC(RFC),
-        .BANKS(BANKS), .BANK_SHIFT(BANK_SHIFT), .ROW_SHIFT(ROW_SHIFT), .MISS(MISS), .TURN(TURN),
-        .TXN_BYTES(TXN_BYTES), .GROUP_QUEUE(GROUP_QUEUE), .PORT_GROUP(PORT_GROUP), .JITTER(JITTER),
-        .CPU_NUM(CPU_NUM)
+`include "ddr_model_param_map.vh"
     ) ddr (
         .clk(clk), .rst(rst_q),
         .rd_araddr(araddr), .rd_arlen(arlen), .rd_arsize(arsize), .rd_arburst(arburst),

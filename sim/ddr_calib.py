@@ -28,7 +28,8 @@ from .runner import bench_params, simulate
 __all__ = ["CalibDut", "measure_read"]
 
 _HERE = Path(__file__).resolve().parent
-SOURCES = (_HERE / "ddr_model.v", _HERE / "ddr_calib_tb.v")
+SOURCES = (_HERE / "ddr_model_params.vh", _HERE / "ddr_model_param_map.vh", _HERE / "ddr_model.v",
+           _HERE / "ddr_calib_tb.v")
 #: Simulated cycles between two looks at ``done`` (Python never touches a beat).
 POLL_CYCLES = 20_000
 

@@ -24,8 +24,6 @@
 //     rotate over the banks hides its activations inside the read latency.
 //   Turnaround: every write burst costs TURN cycles of bus time (read-to-write plus
 //     write-to-read; the controller drains a burst's writes as one group).
-//   Transaction overhead: every burst, read or write, costs TXN_BYTES bytes of bus time (the
-//     controller's per-command cost that short AXI3 bursts pay more often).
 //   Acceptance: each port holds at most QUEUE bursts accepted and not finished; ports sharing
 //     a controller port (PORT_GROUP, 2 bits per port) hold at most GROUP_QUEUE together.
 //   Latency distribution: a burst's first beat comes LATENCY + (LFSR % (JITTER + 1)) cycles
@@ -60,26 +58,7 @@
 // R / W handshakes), stat_first_read / stat_last_read (cycle numbers of the
 // first and latest R handshake), stat_cycles (cycles since reset).
 module ddr_model #(
-    parameter integer PORTS = 1,
-    parameter integer DATA_BYTES = 8,
-    parameter integer ADDR_W = 32,
-    parameter integer SIZE_BYTES = 16777216,
-    parameter integer BW_NUM = 8,
-    parameter integer BW_DEN = 1,
-    parameter integer LATENCY = 24,
-    parameter integer QUEUE = 16,
-    parameter integer REFI = 0,
-    parameter integer RFC = 0,
-    parameter integer BANKS = 1,
-    parameter integer BANK_SHIFT = 12,
-    parameter integer ROW_SHIFT = 31,
-    parameter integer MISS = 0,
-    parameter integer TURN = 0,
-    parameter integer TXN_BYTES = 0,
-    parameter integer GROUP_QUEUE = 64,
-    parameter integer PORT_GROUP = 0,
-    parameter integer JITTER = 0,
-    parameter integer CPU_NUM = 0
+`include "ddr_model_params.vh"
 ) (
     input  wire                          clk,
     input  wire                          rst,
@@ -343,7 +322,6 @@ module ddr_model #(
                     rd_left[p] = {1'b0, arq_len[q]} + 1;
                     rd_acc[p] = arq_acc[q];
                     rd_first[p] = 1;
-                    credit = credit - TXN_BYTES * BW_DEN;
                     arq_head[p] <= (arq_head[p] + 1) % QUEUE;
                     arq_count[p] <= arq_count[p] - 1 + (accept ? 1 : 0);
                 end else if (accept) begin
@@ -405,7 +383,7 @@ module ddr_model #(
                 w_addr = awq_addr[awq_head];
                 w_left = {1'b0, awq_len[awq_head]} + 1;
                 w_resp = 0;
-                credit = credit - TURN * BW_NUM - TXN_BYTES * BW_DEN;
+                credit = credit - TURN * BW_NUM;
                 if (ROWS) begin
                     bk = bank_of(w_addr);
                     if (!open_ok[bk] || open_row[bk] != row_of(w_addr)) begin

@@ -18,7 +18,9 @@
   e.g. ``sim/accel_tb.v`` around the accelerator plus ``sim/ddr_model.v``):
   the component is converted under ``verilog_name``, ``toplevel`` names the
   Verilog top, ``parameters`` are its Verilog parameters and ``plusargs`` go
-  to the simulator; all of them are part of the cache key.
+  to the simulator; all of them are part of the cache key. Extra sources that
+  are not ``.v``/``.sv`` (headers such as ``sim/ddr_model_params.vh``) are
+  copied beside them and only ``include``d.
 * :func:`build` returns the cached :class:`Build` itself, for callers that
   start the simulator their own way (a long-lived server bench).
 
@@ -74,6 +76,8 @@ MAKE_VARS = ("OPT_FAST=-O3",)
 FAST_RUNTIME_MAKE_VARS = ("OPT_GLOBAL=-O2",)
 #: The control file that makes the top module's ports public, written into each build directory.
 PORTS_CONTROL_FILE = "public_ports.vlt"
+#: Extra sources with these suffixes are compiled; any other (a ``.vh`` header) is only ``include``d.
+HDL_SUFFIXES = (".v", ".sv")
 #: Where the cached builds live (git-ignored), relative to the repository root.
 SIM_BUILD = Path(__file__).resolve().parent.parent / "sim_build"
 
@@ -212,11 +216,12 @@ def _build(verilog_text: str, toplevel: str, *, waves: bool, extra_sources=(), p
             source.write_text(verilog_text)
             sources = [build_dir / PORTS_CONTROL_FILE, source]
             for p in extra:  # copied, so the build directory says exactly what was built
-                sources.append(build_dir / p.name)
-                shutil.copyfile(p, sources[-1])
+                shutil.copyfile(p, build_dir / p.name)
+                if p.suffix in HDL_SUFFIXES:                # the rest (.vh) are `include'd from the build directory
+                    sources.append(build_dir / p.name)
             start = time.monotonic()
             with _make_vars(make_vars):
-                runner.build(sources=sources, hdl_toplevel=toplevel, build_dir=build_dir,
+                runner.build(sources=sources, includes=[build_dir], hdl_toplevel=toplevel, build_dir=build_dir,
                              build_args=list(BUILD_ARGS), parameters=parameters, waves=waves, always=True)
             elapsed = time.monotonic() - start
             build_times.append((str(build_dir), elapsed))

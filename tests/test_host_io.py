@@ -68,7 +68,7 @@ class LogTransport(Transport):
         return predicate()
 
     def close(self):
-        pass
+        self.log.append(("close",))
 
 
 def counts_from_log(log) -> HostCounts:
@@ -123,6 +123,9 @@ def test_counting_transport_counts_the_calls_made():
     io.read(0)
     io.write(0, 0)
     assert io.counts - snapshot == HostCounts(register_reads=1, register_writes=1)
+    before = io.counts.copy()
+    io.close()
+    assert inner.log[-1] == ("close",) and io.counts == before       # closing reaches the device, costs nothing
 
 
 class CallLog:

@@ -247,22 +247,29 @@ def _write_timing(timing: dict, board: Board, out_dir: Path) -> None:
     (out_dir / "timing.md").write_text(render_markdown(timing, board.title))
 
 
-def timing_problems(board: Board, *, design: BoardDesign | None = None, out_dir: Path | None = None) -> list[str]:
-    """Why ``bitstreams/<board>/timing.json`` does not stand for the current RTL within the clock's budget."""
-    path = (Path(out_dir) if out_dir is not None else BITSTREAMS / board.name) / "timing.json"
+def _committed_report(board: Board, name: str, design: BoardDesign | None, out_dir: Path | None):
+    """``bitstreams/<board>/<name>`` (or in ``out_dir``) against the current RTL: ``(path, report,
+    problem)``, where ``problem`` is the one line saying it cannot be read (``report`` None) or was
+    made from other RTL (the design hash covers the clock too), else None."""
+    path = (Path(out_dir) if out_dir is not None else BITSTREAMS / board.name) / name
     try:
         report = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        return [f"{path}: cannot read it ({e}); run make synth BOARD={board.name}"]
+        return path, None, f"{path}: cannot read it ({e}); run make synth BOARD={board.name}"
     design = design or elaborate(board, with_hash=False)
     if report.get("design_sha256") != design.design_sha256:
-        return [f"{path} was made from other RTL (design hash {report.get('design_hash')}, the current one is "
-                f"0x{design.design_hash:08X}); run make synth BOARD={board.name}"]
+        return path, report, (f"{path} was made from other RTL (design hash {report.get('design_hash')}, the "
+                              f"current one is 0x{design.design_hash:08X}); run make synth BOARD={board.name}")
+    return path, report, None
+
+
+def timing_problems(board: Board, *, design: BoardDesign | None = None, out_dir: Path | None = None) -> list[str]:
+    """Why ``bitstreams/<board>/timing.json`` does not stand for the current RTL within the clock's budget."""
+    path, report, problem = _committed_report(board, "timing.json", design, out_dir)
+    if problem:
+        return [problem]
     if "worst" not in report or "within_budget" not in report:
         return [f"{path} has no worst path; run make synth BOARD={board.name}"]
-    if report.get("clock_mhz") != board.config.clock_hz / 1e6:
-        return [f"{path} is for {report.get('clock_mhz')} MHz, the configuration's clock is "
-                f"{board.config.clock_hz / 1e6:g} MHz; run make synth BOARD={board.name}"]
     return list(report.get("problems", []))
 
 
@@ -271,19 +278,11 @@ def timing_problems(board: Board, *, design: BoardDesign | None = None, out_dir:
 # --------------------------------------------------------------------------
 def committed_problems(board: Board, *, design: BoardDesign | None = None, out_dir: Path | None = None) -> list[str]:
     """Why ``bitstreams/<board>/utilization.json`` does not stand for the current RTL within budget."""
-    path = (Path(out_dir) if out_dir is not None else BITSTREAMS / board.name) / "utilization.json"
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        return [f"{path}: cannot read it ({e}); run make synth BOARD={board.name}"]
-    design = design or elaborate(board, with_hash=False)
-    problems = []
-    if report.get("design_sha256") != design.design_sha256:
-        problems.append(f"{path} was made from other RTL (design hash {report.get('design_hash')}, the current "
-                        f"one is 0x{design.design_hash:08X}); run make synth BOARD={board.name}")
-    for k in RESOURCES:
-        if k not in report.get("used", {}):
-            problems.append(f"{path} has no {k} figure")
+    path, report, problem = _committed_report(board, "utilization.json", design, out_dir)
+    if report is None:
+        return [problem]
+    problems = [problem] if problem else []
+    problems += [f"{path} has no {k} figure" for k in RESOURCES if k not in report.get("used", {})]
     if not problems:
         problems += budget_problems(report, board)
     return problems
