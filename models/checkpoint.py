@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -78,20 +79,38 @@ def read_safetensors(path: Path) -> dict[str, tuple[str, np.ndarray]]:
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray], bf16: bool = True) -> None:
     """Write float tensors in the released format (bf16 by default). For tests and training export."""
-    header, blobs, offset = {}, [], 0
-    for name, arr in tensors.items():
-        if bf16:
-            data = nx.float32_to_bf16(np.asarray(arr, np.float32)).astype("<u2").tobytes()
-            tag = "BF16"
-        else:
-            data = np.asarray(arr, "<f4").tobytes()
-            tag = "F32"
-        header[name] = {"dtype": tag, "shape": list(np.shape(arr)), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
+    write_safetensors_stream(path, {n: tuple(np.shape(a)) for n, a in tensors.items()}, tensors.values(), bf16)
+
+
+def write_safetensors_stream(path: Path, shapes: dict[str, tuple[int, ...]], arrays: Iterable[np.ndarray],
+                             bf16: bool = True) -> int:
+    """Write one safetensors file whose tensors come one at a time, so only one is ever held.
+
+    ``shapes`` gives every tensor's name and shape in file order (the header is written first);
+    ``arrays`` yields the float tensors in that order. Returns the data bytes written. Raises
+    ``ValueError`` when an array's shape differs from ``shapes`` or ``arrays`` ends early."""
+    itemsize = 2 if bf16 else 4
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        size = itemsize * math.prod(shape)
+        header[name] = {"dtype": "BF16" if bf16 else "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
     h = json.dumps(header).encode()
     h += b" " * ((8 - len(h) % 8) % 8)
-    Path(path).write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    arrays = iter(arrays)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h)
+        for name, shape in shapes.items():
+            arr = next(arrays, None)
+            if arr is None:
+                raise ValueError(f"{path}: no array for tensor {name}")
+            if tuple(np.shape(arr)) != tuple(shape):
+                raise ValueError(f"{path}: tensor {name} has shape {tuple(np.shape(arr))}, expected {tuple(shape)}")
+            if bf16:
+                f.write(nx.float32_to_bf16(np.asarray(arr, np.float32)).astype("<u2").tobytes())
+            else:
+                f.write(np.asarray(arr, "<f4").tobytes())
+    return offset
 
 
 def load_checkpoint(directory) -> tuple[ModelConfig, dict[str, tuple[str, np.ndarray]], bytes | None]:
@@ -157,6 +176,35 @@ def _to_float32(tag: str, arr: np.ndarray) -> np.ndarray:
     return nx.bf16_to_float32(arr) if tag == "BF16" else arr.astype(np.float32)
 
 
+class _Float32Tensors(Mapping):
+    """The checkpoint's tensors widened to float32 one at a time, on access.
+
+    A full 2.7B checkpoint is ~5 GB of bf16 and would be ~10 GB of float32 at
+    once; :func:`build_image` reads each tensor a few times in a row (shape,
+    finiteness, codes, scale), so the last one widened is kept."""
+
+    def __init__(self, raw: dict[str, tuple[str, np.ndarray]], names):
+        self._raw, self._names = raw, list(names)
+        self._last: tuple[str | None, np.ndarray | None] = (None, None)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if self._last[0] != name:
+            if name not in self._raw:
+                raise KeyError(name)
+            self._last = (None, None)             # drop the previous tensor before widening the next
+            self._last = (name, _to_float32(*self._raw[name]))
+        return self._last[1]
+
+    def __contains__(self, name) -> bool:
+        return name in self._raw
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 def convert(directory, *, rows_per_block: int = DEFAULT_ROWS_PER_BLOCK, progress=None) -> bytes:
     """Weight-image bytes of a checkpoint directory.
 
@@ -175,7 +223,7 @@ def convert(directory, *, rows_per_block: int = DEFAULT_ROWS_PER_BLOCK, progress
         if tuple(raw[name][1].shape) != shape:
             raise CheckpointError(f"tensor {name} has shape {tuple(raw[name][1].shape)}, expected {shape} "
                                   f"from config.json")
-    tensors = {name: _to_float32(*raw[name]) for name in expected}
+    tensors = _Float32Tensors(raw, expected)
     emb_tag, emb = raw["model.embeddings.weight"]
     try:
         return build_image(cfg, tensors, rows_per_block=rows_per_block, tokenizer_json=tok,
@@ -185,4 +233,5 @@ def convert(directory, *, rows_per_block: int = DEFAULT_ROWS_PER_BLOCK, progress
         raise CheckpointError(str(e)) from None
 
 
-__all__ = ["CheckpointError", "ConfigError", "convert", "load_checkpoint", "read_safetensors", "write_safetensors"]
+__all__ = ["CheckpointError", "ConfigError", "convert", "load_checkpoint", "read_safetensors", "write_safetensors",
+           "write_safetensors_stream"]

@@ -1,12 +1,16 @@
 """Converting released-format checkpoints (synthetic, with the real names, shapes and bf16 dtype)."""
+import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
 
 from mmfree.models import checkpoint as ckpt
-from mmfree.models.synthetic import random_tensors, write_checkpoint
-from mmfree.models.weight_image import WeightImage
+from mmfree.models.config import ModelConfig
+from mmfree.models.synthetic import (RELEASED_SHAPES, hf_config, iter_random_tensors, parse_size, random_tensors,
+                                     released_config, write_checkpoint)
+from mmfree.models.weight_image import WeightImage, expected_tensors
 
 from helpers import SMALL, VECTORS, reference_ternary
 
@@ -113,3 +117,60 @@ def test_truncated_safetensors(tmp_path):
 def test_intermediate_size_derived_from_hidden():
     cfg, _, _ = ckpt.load_checkpoint(VECTORS / "small-d128-l3" / "checkpoint")
     assert cfg.I == 256 * -(-int(128 * 4 * 2 / 3) // 256)
+
+
+@pytest.mark.parametrize("name", list(RELEASED_SHAPES))
+def test_released_shapes_derive_intermediate_size(name):
+    """The released config.json files leave intermediate_size null (hidden_ratio 4); from_hf's
+    derivation gives the table's 2816 / 5632 / 6912 (spec/model.md §5)."""
+    cfg = RELEASED_SHAPES[name]
+    hf = {**hf_config(cfg), "intermediate_size": None}
+    assert ModelConfig.from_hf(hf) == cfg
+    assert released_config(name, layers=2) == dataclasses.replace(cfg, num_hidden_layers=2)
+    assert (cfg.L, cfg.D, cfg.I) == {"370M": (24, 1024, 2816), "1.3B": (24, 2048, 5632),
+                                     "2.7B": (32, 2560, 6912)}[name]
+
+
+def test_unknown_released_shape():
+    with pytest.raises(KeyError, match="unknown shape '7B'; released shapes: 370M, 1.3B, 2.7B"):
+        released_config("7B")
+
+
+@pytest.mark.parametrize("size, n", [(1000, 1000), ("2GB", 2 * 10**9), ("2GiB", 2 * 2**30), ("500MB", 5 * 10**8),
+                                     ("1.5kb", 1500), ("64", 64)])
+def test_parse_size(size, n):
+    assert parse_size(size) == n
+
+
+@pytest.mark.parametrize("size", ["2 parsecs", "", 0, "-1GB"])
+def test_parse_size_rejects(size):
+    with pytest.raises(ValueError):
+        parse_size(size)
+
+
+def test_sharded_synthetic_checkpoint_converts_like_one_file(tmp_path):
+    """write_checkpoint's shards (HF names, index with total_size) convert to the same image bytes."""
+    write_checkpoint(tmp_path / "one" / "ckpt", SMALL, seed=6)
+    d = write_checkpoint(tmp_path / "sharded" / "ckpt", SMALL, seed=6, max_shard_size="70KB")
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 2 and files[0] == f"model-00001-of-{len(files):05d}.safetensors"
+    assert sorted(p.name for p in d.glob("*.safetensors")) == files
+    assert list(index["weight_map"]) == list(expected_tensors(SMALL))
+    assert index["metadata"]["total_size"] == sum(2 * math.prod(s) for s in expected_tensors(SMALL).values())
+    sizes = {n: 2 * math.prod(s) for n, s in expected_tensors(SMALL).items()}
+    for f in files:   # every shard within the limit (no single tensor of SMALL is larger)
+        assert sum(sizes[n] for n, g in index["weight_map"].items() if g == f) <= 70_000
+    assert ckpt.convert(d) == ckpt.convert(tmp_path / "one" / "ckpt")
+    assert not (d / "model.safetensors").exists()
+
+
+def test_checkpoint_within_one_shard_stays_one_file(tmp_path):
+    write_checkpoint(tmp_path, SMALL, seed=6, max_shard_size="1GB")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_random_tensors_come_one_at_a_time_with_the_same_values():
+    whole = random_tensors(SMALL, 8)
+    for name, t in iter_random_tensors(SMALL, 8):
+        assert np.array_equal(t, whole[name])
