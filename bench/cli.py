@@ -6,7 +6,7 @@ host's CLI finds them by name. Options the host's commands also take
 Every benchmark module is imported when its command runs.
 
     mmfree bench-accel [--configs pynq-z2,kv260] [--models bundled,370m] [--tokens 3] [--out bench/results]
-    mmfree bench-golden [--layers 24] [--tokens 16]
+    mmfree bench-golden [--shape 370M] [--layers L] [--tokens 16]
     mmfree fidelity [--model IMG] [--text-file TXT] [--positions 0] [--slice 2048] [--json OUT] [--update-evaluation]
     mmfree fidelity-budget [--model IMG] [--text-file TXT] [--positions 8192] [--mode both] [--no-check] [--json OUT]
 """
@@ -21,6 +21,7 @@ import click
 from mmfree.contract.configs import CONFIGS
 from mmfree.host.cli import load_image, text_ids
 from mmfree.host.options import json_option, model_option, text_option, write_output
+from mmfree.models.synthetic import RELEASED_SHAPES
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,13 +59,15 @@ def bench_accel(configs, models, tokens, out):
 
 
 @click.command("bench-golden")
-@click.option("--layers", default=24, show_default=True, type=click.IntRange(min=1))
+@click.option("--shape", type=click.Choice(list(RELEASED_SHAPES)), default="370M", show_default=True,
+              help="released model shape")
+@click.option("--layers", type=click.IntRange(min=1), help="layers  [default: the shape's own, 24 or 32]")
 @click.option("--tokens", default=16, show_default=True, type=click.IntRange(min=1), help="timed steps")
-def bench_golden(layers, tokens):
-    """Tokens/s of the integer and float golden models on a random model of the MMfreeLM-370M shape."""
+def bench_golden(shape, layers, tokens):
+    """Tokens/s of the integer and float golden models on a random model of a released MMfreeLM shape."""
     from . import golden_speed
 
-    golden_speed.bench(layers, tokens)
+    golden_speed.bench(layers, tokens, shape)
 
 
 def _text_ids(image, model, text_file, positions: int) -> list[int]:

@@ -1,10 +1,12 @@
-"""Tokens/s of the integer golden model on a random model of the full MMfreeLM-370M shape.
+"""Tokens/s of the integer golden model on a random model of a released MMfreeLM shape.
 
-24 layers, hidden 1024, intermediate 2816, vocab 32000 (341 M ternary
-weights per token). Builds the weight image in memory (not timed), then times
-one-token steps of the integer model and of the float model.
+370M (the default): 24 layers, hidden 1024, intermediate 2816, vocab 32000
+(341 M ternary weights per token); 1.3B and 2.7B as spec/model.md §5
+(``models/synthetic.py`` RELEASED_SHAPES). Builds the weight image in memory
+(not timed), then times one-token steps of the integer model and of the
+float model. ``--layers`` defaults to the shape's own count.
 
-    mmfree bench-golden [--layers 24] [--tokens 16]
+    mmfree bench-golden [--shape 370M|1.3B|2.7B] [--layers L] [--tokens 16]
 """
 from __future__ import annotations
 
@@ -14,10 +16,9 @@ import time
 
 import numpy as np
 
-from mmfree.models.config import ModelConfig
 from mmfree.models.golden_float import FloatModel
 from mmfree.models.golden_int import IntegerModel
-from mmfree.models.synthetic import SHAPE_370M, random_tensors
+from mmfree.models.synthetic import random_tensors, released_config
 from mmfree.models.weight_image import WeightImage, build_image
 
 
@@ -30,11 +31,11 @@ def time_steps(model, ids) -> float:
     return (len(ids) - 1) / (time.perf_counter() - t0)
 
 
-def bench(layers: int = 24, tokens: int = 16) -> None:
-    """Print the machine, the model and both golden models' tokens/s."""
-    cfg = ModelConfig(num_hidden_layers=layers, **SHAPE_370M)
+def bench(layers: int | None = None, tokens: int = 16, shape: str = "370M") -> None:
+    """Print the machine, the model and both golden models' tokens/s (``layers`` None: the shape's own)."""
+    cfg = released_config(shape, layers)
     print(f"machine          {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
-    print(f"model            random, {cfg.L} layers, hidden {cfg.D}, intermediate {cfg.I}, vocab {cfg.V}: "
+    print(f"model            random {shape} shape, {cfg.L} layers, hidden {cfg.D}, intermediate {cfg.I}, vocab {cfg.V}: "
           f"{cfg.ternary_weight_count() / 1e6:.1f} M ternary weights per token", flush=True)
     t0 = time.perf_counter()
     image = WeightImage.from_bytes(build_image(cfg, random_tensors(cfg, 0)))

@@ -174,3 +174,18 @@ def test_random_tensors_come_one_at_a_time_with_the_same_values():
     whole = random_tensors(SMALL, 8)
     for name, t in iter_random_tensors(SMALL, 8):
         assert np.array_equal(t, whole[name])
+
+
+def test_synthetic_command_writes_a_sharded_checkpoint(tmp_path, monkeypatch):
+    """``python -m mmfree.models.synthetic --shape S [--layers N] [--max-shard-size B] OUT`` (a tiny shape
+    stands in for the released ones, which take minutes)."""
+    from mmfree.models import synthetic
+
+    monkeypatch.setitem(synthetic.RELEASED_SHAPES, "tiny", SMALL)
+    d = synthetic.main(["--shape", "tiny", "--layers", "1", "--max-shard-size", "50KB", str(tmp_path)])
+    assert len(set(json.loads((d / "model.safetensors.index.json").read_text())["weight_map"].values())) > 1
+    cfg, _, _ = ckpt.load_checkpoint(d)
+    assert cfg == dataclasses.replace(SMALL, num_hidden_layers=1)
+    WeightImage.from_bytes(ckpt.convert(d))
+    with pytest.raises(SystemExit):
+        synthetic.main(["--layers", "1", str(tmp_path)])        # --layers needs --shape
