@@ -169,18 +169,22 @@ class FloatModel:
     def initial_state(self) -> list[np.ndarray]:
         return [np.zeros(self.cfg.D, self.dtype) for _ in range(self.cfg.L)]
 
-    def forward(self, ids, state: list[np.ndarray] | None = None, *, return_state: bool = False):
+    def forward(self, ids, state: list[np.ndarray] | None = None, *, return_state: bool = False,
+                trace: dict | None = None):
         """Logits (T x V, in the model's dtype) of a whole sequence, batched over positions.
 
         ``state``: the per-layer state before the first token (zero if None);
         with ``return_state`` the result is (logits, state after the last
-        token), so a long text can be fed in pieces.
+        token), so a long text can be fed in pieces. ``trace`` collects each
+        layer's output (T x D) under the keys :meth:`step` uses.
         """
         ids = np.asarray(ids, dtype=np.int64)
         state = self.initial_state() if state is None else list(state)
         h = self.embedding[ids]
         for layer in range(self.cfg.L):
             h, state[layer] = self._layer(layer, h, state[layer])
+            if trace is not None:
+                trace[f"model.layers.{layer}.hidden"] = h
         logits = self._head(h)
         return (logits, state) if return_state else logits
 
