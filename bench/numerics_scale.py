@@ -155,6 +155,7 @@ def summarize(r: dict) -> dict:
     """Means and maxima over positions of one model's :func:`compare` arrays."""
     h = r["hidden"]
     dec = r["decisive"]
+    late = (h > 1e-6).any(axis=1)
     return {
         "hidden_rel_per_layer": [{"mean": float(h[:, k].mean()), "max": float(h[:, k].max())}
                                  for k in range(h.shape[1])],
@@ -167,7 +168,9 @@ def summarize(r: dict) -> dict:
         "margin_rel_range_min": float(r["margin"].min()), "margin_rel_range_median": float(np.median(r["margin"])),
         "decisive_positions": int(dec.sum()),
         "argmax_agreement_decisive": float(r["agree"][dec].mean()) if dec.any() else None,
-        "first_position_hidden_above_1e-6": int(np.argmax(late)) if (late := (h > 1e-6).any(axis=1)).any() else None,
+        # a hidden error above 1e-6 means an int8 code landed on the other side of a rounding boundary
+        "positions_hidden_above_1e-6": int(late.sum()),
+        "first_position_hidden_above_1e-6": int(np.argmax(late)) if late.any() else None,
     }
 
 
@@ -211,7 +214,8 @@ def report(res: dict) -> None:
     print(f"float64 top-2 margin / logit range: min {i['margin_rel_range_min']:.2e}, "
           f"median {i['margin_rel_range_median']:.2e}")
     first = i["first_position_hidden_above_1e-6"]
-    print(f"first position with an integer hidden error above 1e-6: {'none' if first is None else first}")
+    print(f"positions with an integer hidden error above 1e-6 (a code flip): {i['positions_hidden_above_1e-6']}, "
+          f"the first: {'none' if first is None else first}")
     print(f"build {res['seconds_build']} s, compare {res['seconds_compare']} s")
 
 
