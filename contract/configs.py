@@ -60,9 +60,13 @@ class AcceleratorConfig:
     ddr_bytes_per_cycle : DDR bandwidth at ``clock_hz`` (a fraction, shared by the ports).
     ddr_latency_cycles : read latency of the DDR model (address to first beat).
     ddr_bytes : size of the simulated DDR (images and buffers must fit).
+    ddr_base : bus address of the simulated DDR's first byte (a multiple of 4096): where the
+        board's contiguous memory (what ``pynq.allocate`` hands out) lies.
     elements_per_cycle : input-stage elements per cycle of the BitLinear engine (1, 2 or 4): the
         per-record prep passes shrink by this factor, which matters when the weight stream is fast.
     max_burst_beats : longest AXI burst the build issues (16 on the Zynq-7000's AXI3 HP ports).
+    addr_width : address bits of the AXI4 masters (32 reaches the low 4 GB; 40 reaches the
+        Zynq UltraScale+ DDR that the address map puts at 0x8_0000_0000, docs/capacity.md).
     memory_board : the board whose memory system (:mod:`mmfree.contract.memory`) the simulated
         DDR models.
     memory : ``"board"`` (the default: refresh, rows, turnaround, port acceptance and latency of
@@ -91,6 +95,8 @@ class AcceleratorConfig:
     #: ``ram_style`` of the weight FIFO and the state memory (``"ultra"``: UltraRAM, UltraScale+ only).
     large_ram_style: str | None = None
     max_burst_beats: int = 256
+    addr_width: int = 32
+    ddr_base: int = 0
     memory_board: str = "pynq-z2"
     memory: str = "board"
     cpu_share: float = 0.0
@@ -107,6 +113,11 @@ class AcceleratorConfig:
             raise ConfigError(f"{self.name}: ddr_bytes_per_cycle must be in (0, bus_bytes * ports]")
         if self.memory not in MEMORY_MODELS:
             raise ConfigError(f"{self.name}: memory must be one of {', '.join(MEMORY_MODELS)}, not {self.memory!r}")
+        if not 32 <= self.addr_width <= 64:
+            raise ConfigError(f"{self.name}: addr_width must be in [32, 64], not {self.addr_width}")
+        if self.ddr_base % 4096 or not 0 <= self.ddr_base or self.ddr_base + self.ddr_bytes > 1 << self.addr_width:
+            raise ConfigError(f"{self.name}: the simulated DDR at {self.ddr_base:#x} must be 4 KiB aligned and "
+                             f"end within {self.addr_width}-bit addresses")
         if not 0 <= self.cpu_share < 1:
             raise ConfigError(f"{self.name}: cpu_share must be in [0, 1), not {self.cpu_share!r}")
 
@@ -126,6 +137,7 @@ class AcceleratorConfig:
                     max_hidden=self.max_hidden, max_layers=self.max_layers,
                     max_intermediate=self.max_intermediate, max_vocab=self.max_vocab,
                     design_hash=design_hash, outstanding=self.outstanding, max_burst_beats=self.max_burst_beats,
+                    addr_width=self.addr_width,
                     elements_per_cycle=self.elements_per_cycle, large_ram_style=self.large_ram_style)
 
     def ddr_params(self) -> dict:
@@ -134,7 +146,8 @@ class AcceleratorConfig:
             return board_ddr_params(self)
         bw = Fraction(self.ddr_bytes_per_cycle)
         return dict(bandwidth_num=bw.numerator, bandwidth_den=bw.denominator,
-                    latency_cycles=self.ddr_latency_cycles, size_bytes=self.ddr_bytes)
+                    latency_cycles=self.ddr_latency_cycles, size_bytes=self.ddr_bytes,
+                    base_page=self.ddr_base >> 12)
 
     def with_memory(self, memory: str, cpu_share: float | None = None) -> "AcceleratorConfig":
         """This build on another memory model (``"board"`` or ``"ideal"``), or processor share."""
@@ -172,6 +185,7 @@ def board_ddr_params(config: AcceleratorConfig) -> dict:
     miss = cycles(mem.t_rp_ns.value + mem.t_rcd_ns.value)
     return dict(bandwidth_num=peak.numerator, bandwidth_den=peak.denominator,
                 latency_cycles=max(2, cycles(mem.read_latency_ns.value)), size_bytes=config.ddr_bytes,
+                base_page=config.ddr_base >> 12,
                 queue=int(mem.pl_port_read_acceptance.value),
                 refresh_interval_cycles=round(mem.t_refi_ns.value / ns_per_cycle),
                 refresh_cycles=cycles(mem.t_rfc_ns.value), banks=banks, bank_shift=int(mem.bank_shift.value),
@@ -185,6 +199,11 @@ def board_ddr_params(config: AcceleratorConfig) -> dict:
 
 _FULL_370M = dict(max_hidden=1024, max_layers=24, max_intermediate=2816, max_vocab=32000,
                   ddr_bytes=96 << 20)
+#: Every released size (spec/model.md section 5): 2.7B's D 2560, L 32, I 6912 bound the others. The
+#: simulated DDR is the KV260's contiguous memory under Ubuntu (docs/capacity.md): 1008 MiB at
+#: 0x3600_0000, which holds a whole 2.7B image (~690 MB: stream, embedding, logits).
+_FULL_2_7B = dict(max_hidden=2560, max_layers=32, max_intermediate=6912, max_vocab=32000,
+                  ddr_bytes=1008 << 20, ddr_base=0x3600_0000)
 
 CONFIGS: dict[str, AcceleratorConfig] = {c.name: c for c in (
     AcceleratorConfig("pynq-z2", bus_bytes=8, ports=4, engine_bytes=32, rows_per_block=64, fifo_bytes=16384,
@@ -193,9 +212,10 @@ CONFIGS: dict[str, AcceleratorConfig] = {c.name: c for c in (
                                   "supports), DDR3 2.1 GB/s", **_FULL_370M),
     AcceleratorConfig("kv260", bus_bytes=16, ports=4, engine_bytes=64, rows_per_block=64, fifo_bytes=65536,
                       outstanding=8, max_burst_beats=16, elements_per_cycle=4, large_ram_style="ultra", clock_hz=45e6,
-                      ddr_bytes_per_cycle=Fraction(64), ddr_latency_cycles=48, memory_board="kv260",
+                      ddr_bytes_per_cycle=Fraction(64), ddr_latency_cycles=48, memory_board="kv260", addr_width=40,
                       description="Zynq UltraScale+ K26, 4 x 128-bit HP ports, 45 MHz (what the logic-depth "
-                                  "estimate supports), DDR4 19.2 GB/s", **_FULL_370M),
+                                  "estimate supports), DDR4 19.2 GB/s; every released size (370M, 1.3B, 2.7B), "
+                                  "40-bit addresses", **_FULL_2_7B),
     AcceleratorConfig("sim-default", bus_bytes=8, ports=2, engine_bytes=16, rows_per_block=64, fifo_bytes=16384,
                       outstanding=8, max_burst_beats=16, clock_hz=150e6, ddr_bytes_per_cycle=Fraction(14), ddr_latency_cycles=24,
                       max_hidden=256, max_layers=8, max_intermediate=768, max_vocab=4096, ddr_bytes=8 << 20,

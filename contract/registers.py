@@ -26,7 +26,9 @@ ID_MAGIC = 0x4D4D4631
 #: Hardware/driver interface version in ``VERSION`` bits [15:0]; bump on any change to this table.
 #: Version 2 (numerics version 2, 48-bit ACT): logits are written as int64 words and the
 #: argmax value is a 64-bit pair (ARGMAX_VALUE_LO/HI).
-INTERFACE_VERSION = 2
+#: Version 3: BUILD_CONFIG.addr_bits (the masters' address width), so the driver refuses a
+#: buffer the build cannot reach (UltraScale+ maps its upper DDR above 4 GB).
+INTERFACE_VERSION = 3
 #: Bytes per logit in the LOGITS_ADDR buffer: the ACT logit (48 bits) sign-extended to a
 #: little-endian int64 (the logits writer's word; the driver reads the buffer with it).
 LOGIT_WORD_BYTES = 8
@@ -124,6 +126,7 @@ REGISTERS: tuple[Register, ...] = (
         Field("ports", 4, 4, "number of AXI4 read ports"),
         Field("engine_bytes_log2", 8, 4, "log2 of the packed weight bytes the matrix engine takes per cycle"),
         Field("rows_per_block_log2", 12, 4, "log2 of the weight image's rows_per_block this build expects"),
+        Field("addr_bits", 16, 8, "address bits of the AXI4 masters: every buffer must end below 2**addr_bits"),
     )),
     Register("CAPACITY_DIMS", 0x10, "RO", "Largest model this build holds on chip.", (
         Field("max_hidden", 0, 16, "largest D"),

@@ -122,6 +122,7 @@ class BuildIdentity:
     max_layers: int
     max_intermediate: int
     max_vocab_log2: int
+    addr_width: int = 32
 
     #: The registers this is decoded from.
     REGISTERS = ("ID", "VERSION", "DESIGN_HASH", "BUILD_CONFIG", "CAPACITY_DIMS", "CAPACITY_INNER")
@@ -139,7 +140,8 @@ class BuildIdentity:
                    rows_per_block=1 << field("BUILD_CONFIG", "rows_per_block_log2"),
                    max_hidden=field("CAPACITY_DIMS", "max_hidden"), max_layers=field("CAPACITY_DIMS", "max_layers"),
                    max_intermediate=field("CAPACITY_INNER", "max_intermediate"),
-                   max_vocab_log2=field("CAPACITY_INNER", "max_vocab_log2"))
+                   max_vocab_log2=field("CAPACITY_INNER", "max_vocab_log2"),
+                   addr_width=field("BUILD_CONFIG", "addr_bits"))
 
     @property
     def max_vocab(self) -> int:
@@ -174,7 +176,7 @@ class BuildIdentity:
                                    "together")
         build = manifest.get("config", {})
         for key in ("bus_bytes", "ports", "engine_bytes", "rows_per_block", "max_hidden", "max_layers",
-                    "max_intermediate"):
+                    "max_intermediate", "addr_width"):
             if key in build and int(build[key]) != getattr(self, key):
                 raise IdentityMismatch(f"the device's {key} is {getattr(self, key)} but the manifest says "
                                        f"{build[key]}")
@@ -329,19 +331,21 @@ class AcceleratorDriver:
         One buffer holds STREAM (offset 0) and EMBEDDING (next 4 KiB
         boundary); another receives the V int64 logits. Refuses an image the
         build cannot run (:class:`IdentityMismatch`) before allocating
-        anything. Ends with :meth:`reset_state`.
+        anything, and a buffer that ends beyond the build's address width
+        (``BUILD_CONFIG.addr_bits``) before writing it (both freed again).
+        Ends with :meth:`reset_state`.
         """
         identity = self.identity or self.check_identity()
         identity.check_image(image)
         layout = _Layout.of(image)
         self._release()
-        weights = self._io.allocate(layout.weight_buffer_bytes)
+        self._weights = self._reachable("weight", self._io.allocate(layout.weight_buffer_bytes), identity)
+        # Cacheable: read back in bulk after one invalidate (docs/board.md, "Host time per token").
+        self._logits = self._reachable("logits", self._io.allocate(layout.logits_bytes, cacheable=True), identity)
+        weights, logits = self._weights, self._logits
         weights.write(bytes(image.stream), layout.stream_offset)
         weights.write(bytes(image.region("embedding")), layout.embed_offset)
         weights.sync_to_device()
-        # Cacheable: read back in bulk after one invalidate (docs/board.md, "Host time per token").
-        logits = self._io.allocate(layout.logits_bytes, cacheable=True)
-        self._weights, self._logits = weights, logits
         base = weights.physical_address
         self._write_address("STREAM", base + layout.stream_offset)
         self._write("STREAM_BYTES", layout.stream_bytes)
@@ -353,6 +357,17 @@ class AcceleratorDriver:
         self._write("VOCAB", layout.vocab)
         self.image, self._layout = image, layout
         self.reset_state()
+
+    def _reachable(self, what: str, buf, identity: BuildIdentity):
+        """``buf`` if the build's masters can address all of it; else every buffer is freed and
+        :class:`IdentityMismatch` says why (a CMA above 4 GB and a 32-bit build, say)."""
+        if buf.physical_address + buf.nbytes > 1 << identity.addr_width:
+            buf.free()
+            self._release()
+            raise IdentityMismatch(f"the {what} buffer at 0x{buf.physical_address:X} ends beyond this build's "
+                                   f"{identity.addr_width}-bit addresses; use a build that reaches it "
+                                   "(BUILD_CONFIG.addr_bits)")
+        return buf
 
     def _release(self) -> None:
         for buf in (self._weights, self._logits):

@@ -54,7 +54,7 @@ def _int_in(name, value, lo, hi):
 
 
 def build_constants(*, bus_bytes, ports, engine_bytes, rows_per_block, max_hidden, max_layers,
-                    max_intermediate, max_vocab, design_hash) -> dict[str, int]:
+                    max_intermediate, max_vocab, design_hash, addr_width=32) -> dict[str, int]:
     """The build-identity registers (DESIGN_HASH, BUILD_CONFIG, CAPACITY_*) of a build."""
     b = regs.BY_NAME
     return {
@@ -63,7 +63,8 @@ def build_constants(*, bus_bytes, ports, engine_bytes, rows_per_block, max_hidde
                          b["BUILD_CONFIG"].field("ports").put(ports) |
                          b["BUILD_CONFIG"].field("engine_bytes_log2").put(_log2_exact("engine_bytes", engine_bytes)) |
                          b["BUILD_CONFIG"].field("rows_per_block_log2").put(
-                             _log2_exact("rows_per_block", rows_per_block))),
+                             _log2_exact("rows_per_block", rows_per_block)) |
+                         b["BUILD_CONFIG"].field("addr_bits").put(addr_width)),
         "CAPACITY_DIMS": (b["CAPACITY_DIMS"].field("max_hidden").put(max_hidden) |
                           b["CAPACITY_DIMS"].field("max_layers").put(max_layers)),
         "CAPACITY_INNER": (b["CAPACITY_INNER"].field("max_intermediate").put(max_intermediate) |
@@ -189,7 +190,7 @@ class Accelerator(wiring.Component):
         self.constants = build_constants(bus_bytes=bus_bytes, ports=ports, engine_bytes=engine_bytes,
                                          rows_per_block=rows_per_block, max_hidden=max_hidden,
                                          max_layers=max_layers, max_intermediate=max_intermediate,
-                                         max_vocab=max_vocab, design_hash=design_hash)
+                                         max_vocab=max_vocab, design_hash=design_hash, addr_width=addr_width)
         self.registers = ControlRegisters(constants=self.constants)
         if core is None:
             from .token_core import TokenCore

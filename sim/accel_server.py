@@ -14,8 +14,8 @@ Requests (tuples) and replies (``("ok", value)`` or ``("error", text)``):
 ``("read", off)``          AXI4-Lite read of the register at byte ``off``
 ``("read_many", offs)``    several reads, one reply
 ``("write", off, value)``  AXI4-Lite write
-``("mem_write", a, b)``    bytes ``b`` into the simulated DDR at ``a`` (host access, no bus cycles)
-``("mem_read", a, n)``     ``n`` bytes of the DDR from ``a``
+``("mem_write", a, b)``    bytes ``b`` into the simulated DDR at offset ``a`` (host access, no bus cycles)
+``("mem_read", a, n)``     ``n`` bytes of the DDR from offset ``a``
 ``("advance", n)``         run until ``irq`` rises or ``n`` cycles pass: (cycles, irq rose)
 ``("quit",)``              reply, then end the test (the simulator exits)
 ========================  ===================================================

@@ -47,7 +47,7 @@ RST_DELAY = 1
 #: ddr_params() keys -> Verilog parameters of sim/ddr_model.v (through accel_tb / ddr_calib_tb):
 #: the ideal memory's, which every configuration gives ...
 _DDR_PARAMETERS = {"bandwidth_num": "BW_NUM", "bandwidth_den": "BW_DEN", "latency_cycles": "LATENCY",
-                   "size_bytes": "SIZE_BYTES"}
+                   "size_bytes": "SIZE_BYTES", "base_page": "BASE_PAGE"}
 #: ... and the board model's (contract/configs.py ``board_ddr_params``), absent for the ideal memory.
 _BOARD_PARAMETERS = {"queue": "QUEUE", "refresh_interval_cycles": "REFI", "refresh_cycles": "RFC",
                      "banks": "BANKS", "bank_shift": "BANK_SHIFT", "row_shift": "ROW_SHIFT",

@@ -75,6 +75,7 @@ def measure_read(ddr: dict, *, bus_bytes: int, ports: int, outstanding: int, bur
     parameters = {"PORTS": ports, "DATA_BYTES": bus_bytes, "ADDR_W": 32, **ddr_verilog_parameters(ddr),
                   "READ_BYTES": read_bytes}
     parameters["SIZE_BYTES"] = max(parameters["SIZE_BYTES"], read_bytes)
+    parameters["BASE_PAGE"] = 0             # the master reads from address 0 of its 32-bit bus
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "stats.json"
         simulate(CalibDut(reader), toplevel="ddr_calib_tb", verilog_name="calib_dut", extra_sources=SOURCES,

@@ -1,7 +1,9 @@
 // ddr_model: a behavioural DDR memory behind AXI4 for Verilator (a test model, not gateware).
 //
 // PORTS read-only AXI4 slave ports (AR/R) and one write port (AW/W/B), all
-// on one byte array of SIZE_BYTES. Python never touches a beat: the host
+// on one byte array of SIZE_BYTES that sits at bus address BASE_PAGE * 4096
+// (the Zynq UltraScale+ maps its upper DDR at 0x8_0000_0000, above 32-bit
+// addresses; the host side and err_lo/err_hi use offsets into the array). Python never touches a beat: the host
 // side loads and dumps memory through files (below), so a bench runs as fast
 // as the compiled model.
 //
@@ -37,8 +39,8 @@
 // responses follow the last beat of a burst after one cycle.
 //
 // Responses: OKAY; SLVERR for a beat touching the byte window
-// [err_lo, err_hi) (set both to 0 for none); DECERR beyond SIZE_BYTES
-// (read data 0, writes dropped).
+// [err_lo, err_hi) (set both to 0 for none); DECERR below BASE or beyond
+// BASE + SIZE_BYTES (read data 0, writes dropped).
 //
 // Protocol checks: protocol_error goes (and stays) high on a burst that is
 // not INCR, has AxSIZE other than log2(DATA_BYTES), an address not aligned
@@ -113,6 +115,9 @@ module ddr_model #(
     output reg                           protocol_error
 );
     localparam integer SIZE_LOG2 = $clog2(DATA_BYTES);
+    // Where the array sits on the bus; a burst address is made an offset into it on acceptance (one
+    // below BASE wraps far beyond SIZE_BYTES, so it answers DECERR).
+    localparam [ADDR_W-1:0] BASE = {{ADDR_W{1'b0}}, BASE_PAGE[31:0]} << 12;
     localparam integer BEAT = DATA_BYTES * BW_DEN;             // credit of one beat
     localparam integer CAP = (PORTS + 1) * DATA_BYTES * BW_DEN;
     localparam integer QBITS = $clog2(QUEUE) + 1;
@@ -286,7 +291,7 @@ module ddr_model #(
                 accept = rd_arvalid[p] && ar_ok[p];
                 if (accept) begin
                     q = p * QUEUE + (arq_head[p] + arq_count[p]) % QUEUE;
-                    arq_addr[q] = rd_araddr[p*ADDR_W +: ADDR_W];
+                    arq_addr[q] = rd_araddr[p*ADDR_W +: ADDR_W] - BASE;
                     arq_len[q] = rd_arlen[p*8 +: 8];
                     arq_acc[q] = stat_cycles;
                     lfsr = lfsr_next(lfsr);
@@ -374,7 +379,7 @@ module ddr_model #(
             // ---- write port -----------------------------------------------------------
             if (wr_awvalid && awq_count < QUEUE) begin
                 q = (awq_head + awq_count) % QUEUE;
-                awq_addr[q] = wr_awaddr;
+                awq_addr[q] = wr_awaddr - BASE;
                 awq_len[q] = wr_awlen;
                 if (burst_bad(wr_awaddr, wr_awlen, wr_awsize, wr_awburst)) protocol_error <= 1;
             end

@@ -6,6 +6,7 @@
     parameter integer DATA_BYTES = 8,
     parameter integer ADDR_W = 32,
     parameter integer SIZE_BYTES = 16777216,
+    parameter integer BASE_PAGE = 0,
     parameter integer BW_NUM = 8,
     parameter integer BW_DEN = 1,
     parameter integer LATENCY = 24,

@@ -290,23 +290,32 @@ class SimTransport(Transport):
         # cacheable: the simulated host has no cache (each read after sync_from_device fetches).
         if nbytes <= 0:
             raise ValueError(f"buffer size must be positive, not {nbytes}")
-        address = self._next_address
-        end = address + -(-nbytes // BUFFER_ALIGN) * BUFFER_ALIGN
+        offset = self._next_address
+        end = offset + -(-nbytes // BUFFER_ALIGN) * BUFFER_ALIGN
         if end > self.config.ddr_bytes:
             raise TransportError(f"cannot allocate {nbytes:,} bytes: the simulated DDR of {self.config.name} "
-                                 f"holds {self.config.ddr_bytes:,} bytes ({address:,} in use)")
+                                 f"holds {self.config.ddr_bytes:,} bytes ({offset:,} in use)")
         self._next_address = end
+        address = self.config.ddr_base + offset
         # The DDR may hold data from an earlier buffer at this address: start from zeros.
-        self.memory_write(address, bytes(end - address))
+        self.memory_write(address, bytes(end - offset))
         return SimBuffer(self, address, nbytes)
 
+    def _offset(self, address: int, nbytes: int) -> int:
+        """Where bus ``address`` lies in the simulated DDR (which starts at ``config.ddr_base``)."""
+        offset = address - self.config.ddr_base
+        if offset < 0 or offset + nbytes > self.config.ddr_bytes:
+            raise TransportError(f"{nbytes:,} bytes at {address:#x} are outside the simulated DDR "
+                                 f"[{self.config.ddr_base:#x}, {self.config.ddr_base + self.config.ddr_bytes:#x})")
+        return offset
+
     def memory_write(self, address: int, data: bytes) -> None:
-        """Put ``data`` into the simulated DDR at ``address`` (host access: no bus cycles)."""
-        self._request("mem_write", address, bytes(data))
+        """Put ``data`` into the simulated DDR at bus ``address`` (host access: no bus cycles)."""
+        self._request("mem_write", self._offset(address, len(data)), bytes(data))
 
     def memory_read(self, address: int, nbytes: int) -> bytes:
-        """``nbytes`` of the simulated DDR from ``address`` (host access: no bus cycles)."""
-        return self._request("mem_read", address, nbytes)
+        """``nbytes`` of the simulated DDR from bus ``address`` (host access: no bus cycles)."""
+        return self._request("mem_read", self._offset(address, nbytes), nbytes)
 
     @property
     def simulated_cycles_per_s(self) -> float:

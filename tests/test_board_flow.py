@@ -172,8 +172,13 @@ def test_project_part_clock_addresses_ports(projects, name):
     assert len(enabled) == cfg.ports == len(board.used_hp_ports)
     widths = re.findall(r"CONFIG\.(?:PCW_S_AXI_HP\d_DATA_WIDTH|PSU__SAXIGP\d__DATA_WIDTH) \{(\d+)\}", tcl)
     assert widths == [str(8 * cfg.bus_bytes)] * cfg.ports
-    masters = re.findall(r"get_bd_addr_spaces mmfree_accelerator/(m_axi_p\d)\] \[get_bd_addr_segs ps/\*/HP(\d)_DDR", tcl)
-    assert masters == [(f"m_axi_p{p}", str(vivado.hp_index(board.hp_ports[p]))) for p in range(cfg.ports)]
+    masters = re.findall(r"get_bd_addr_spaces mmfree_accelerator/(m_axi_p\d)\] \[get_bd_addr_segs ps/\*/HP(\d)_(DDR_\w+)\*",
+                         tcl)
+    # a build of more than 32 address bits (the KV260's 40) also reaches the DDR above 4 GB
+    segments = ("DDR_LOW", "DDR_HIGH") if cfg.addr_width > 32 else ("DDR_LOW",)
+    assert masters == [(f"m_axi_p{p}", str(vivado.hp_index(board.hp_ports[p])), s)
+                       for p in range(cfg.ports) for s in segments]
+    assert (name == "kv260") == (cfg.addr_width == 40)
     gp_offset = 2 if board.ps == "zynq_ultra_ps_e" else 0       # UltraScale+: HP<n>_FPD is S_AXI_GP<n+2>
     assert sorted(int(n) - gp_offset for n in enabled) == sorted(vivado.hp_index(h) for h in board.used_hp_ports)
     # the outputs land in bitstreams/<board>/, named as the pynq backend expects

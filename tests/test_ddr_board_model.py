@@ -106,4 +106,4 @@ def test_board_parameters_come_from_the_cited_figures():
     assert {k: v for k, v in sim.ddr_params().items() if k != "size_bytes"} == \
         {k: v for k, v in same_clock.ddr_params().items() if k != "size_bytes"}
     assert dataclasses.replace(get_config("kv260"), memory="ideal").ddr_params().keys() == {
-        "bandwidth_num", "bandwidth_den", "latency_cycles", "size_bytes"}
+        "bandwidth_num", "bandwidth_den", "latency_cycles", "size_bytes", "base_page"}

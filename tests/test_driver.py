@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mmfree.host import driver as drv
-from mmfree.contract.transport import check_register_access
+from mmfree.contract.transport import Transport, check_register_access
 from mmfree.contract import configs, registers as regs
 from mmfree.models import numerics as nx
 from mmfree.models.weight_image import WeightImage
@@ -38,7 +38,7 @@ def identity_words(cfg: configs.AcceleratorConfig, **override) -> dict[str, int]
         "DESIGN_HASH": 0x1234ABCD,
         "BUILD_CONFIG": pack("BUILD_CONFIG", bus_bytes_log2=cfg.bus_bytes.bit_length() - 1, ports=cfg.ports,
                              engine_bytes_log2=cfg.engine_bytes.bit_length() - 1,
-                             rows_per_block_log2=cfg.rows_per_block.bit_length() - 1),
+                             rows_per_block_log2=cfg.rows_per_block.bit_length() - 1, addr_bits=cfg.addr_width),
         "CAPACITY_DIMS": pack("CAPACITY_DIMS", max_hidden=cfg.max_hidden, max_layers=cfg.max_layers),
         "CAPACITY_INNER": pack("CAPACITY_INNER", max_intermediate=cfg.max_intermediate,
                                max_vocab_log2=cfg.max_vocab_log2),
@@ -60,6 +60,7 @@ def test_identity_decodes_every_configuration(name):
     assert (ident.max_hidden, ident.max_layers, ident.max_intermediate) == \
         (cfg.max_hidden, cfg.max_layers, cfg.max_intermediate)
     assert ident.max_vocab >= cfg.max_vocab and ident.design_hash == 0x1234ABCD
+    assert ident.addr_width == cfg.addr_width
 
 
 @pytest.mark.parametrize("reg, value, message", [
@@ -155,7 +156,11 @@ def test_configurations():
     assert (z2.bus_bytes, z2.ports, kv.bus_bytes, kv.ports) == (8, 4, 16, 4)
     assert z2.roofline_cycles(3200) == 100 and kv.max_vocab_log2 == 15
     assert z2.with_memory("ideal").ddr_params() == {"bandwidth_num": 32, "bandwidth_den": 1, "latency_cycles": 24,
-                                                    "size_bytes": 96 << 20}
+                                                    "size_bytes": 96 << 20, "base_page": 0}
+    # the KV260 holds every released size; 40-bit addresses reach its DDR above 4 GB too; its
+    # simulated DDR is where Ubuntu's CMA lies
+    assert (kv.max_hidden, kv.max_layers, kv.max_intermediate, kv.addr_width) == (2560, 32, 6912, 40)
+    assert kv.ddr_params()["base_page"] << 12 == kv.ddr_base == 0x3600_0000
     assert z2.memory == "board" and z2.ddr_params()["refresh_cycles"] > 0     # the board model by default
     with pytest.raises(configs.ConfigError, match="unknown accelerator configuration 'zcu104' "
                                                   r"\(choose from pynq-z2, kv260, sim-default\)"):
@@ -384,3 +389,75 @@ def test_a_simulator_that_dies_is_one_line(tiny):
                 transport.read(regs.BY_NAME["ID"].offset)
     finally:
         transport.close()
+
+
+class _BuffersAbove(Transport):
+    """``inner`` with every buffer's bus address raised by ``shift`` (as a board whose CMA lies in
+    its upper DDR): the driver must refuse what its build cannot address, before any START."""
+
+    def __init__(self, inner, shift):
+        self.inner, self.shift, self.allocated = inner, shift, []
+
+    def read(self, offset):
+        return self.inner.read(offset)
+
+    def read_many(self, offsets):
+        return self.inner.read_many(offsets)
+
+    def write(self, offset, value):
+        self.inner.write(offset, value)
+
+    def allocate(self, nbytes, *, cacheable=False):
+        buf = self.inner.allocate(nbytes, cacheable=cacheable)
+        buf.physical_address += self.shift
+        self.allocated.append(buf)
+        return buf
+
+    def wait(self, timeout_s, predicate, *, expected_s=0.0):
+        return self.inner.wait(timeout_s, predicate, expected_s=expected_s)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.sim
+def test_buffer_beyond_the_builds_addresses_is_refused(device, tiny):
+    driver, transport = device
+    high = drv.AcceleratorDriver(_BuffersAbove(transport, 1 << 32))
+    assert high.check_identity().addr_width == 32
+    with pytest.raises(drv.IdentityMismatch) as e:
+        high.load_image(tiny)
+    assert str(e.value).startswith("the weight buffer at 0x1") and "32-bit addresses" in str(e.value)
+    assert "\n" not in str(e.value) and high.image is None
+    driver.load_image(tiny)                      # the fixture's driver goes on as before
+    assert_recovered(driver, tiny, 5)
+
+
+@pytest.mark.sim
+def test_a_40_bit_build_runs_from_above_4_gb(tiny):
+    """The KV260's address width and DDR placement on the small build: every read and the logits
+    write go through the high address halves, bit exact."""
+    import dataclasses
+
+    from mmfree.sim.transport import SimTransport
+
+    cfg = dataclasses.replace(configs.get_config("sim-default"), addr_width=40, ddr_base=0x8_0000_0000)
+    with SimTransport(cfg) as transport:
+        driver = drv.AcceleratorDriver(transport)
+        assert driver.check_identity().addr_width == 40
+        driver.load_image(tiny)
+        assert driver._weights.physical_address >= 0x8_0000_0000
+        tokens = [1, 7, 300]
+        want = golden_steps(tiny, tokens)
+        for token, logits in zip(tokens, want):
+            result = driver.step(token)
+            assert np.array_equal(result.logits_act.astype(np.int64), logits)
+            assert result.argmax == int(np.argmax(logits))
+        driver.close()
+
+
+def test_simulated_ddr_must_lie_within_the_address_width():
+    import dataclasses
+
+    with pytest.raises(configs.ConfigError, match="must be 4 KiB aligned and end within 32-bit addresses"):
+        dataclasses.replace(configs.get_config("sim-default"), ddr_base=0xFFFF_F000)

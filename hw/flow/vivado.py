@@ -275,9 +275,13 @@ connect_bd_net [get_bd_pins reset/interconnect_aresetn] [get_bd_pins memory_path
 # ---- address map: registers at a fixed address; each master sees the DDR where the CPU does ----
 assign_bd_address -target_address_space [get_bd_addr_spaces ps/Data] -offset 0x{board.control_address:08X} \\
     -range {CONTROL_RANGE // 1024}K [get_bd_addr_segs {CELL}/s_axil/reg0]""")
+    # A build with more than 32 address bits also reaches the DDR that UltraScale+ maps above 4 GB
+    # (DDR_HIGH at 0x8_0000_0000, UG1137 Table 1); PYNQ's CMA sits in DDR_LOW (docs/capacity.md).
+    segments = ("DDR_LOW", "DDR_HIGH") if cfg.addr_width > 32 else ("DDR_LOW",)
     for p, n in enumerate(_used_hp(board, cfg.ports)):
-        t.append(f"assign_bd_address -target_address_space [get_bd_addr_spaces {CELL}/m_axi_p{p}] "
-                 f"[get_bd_addr_segs ps/*/HP{n}_DDR_LOW*]")
+        for segment in segments:
+            t.append(f"assign_bd_address -target_address_space [get_bd_addr_spaces {CELL}/m_axi_p{p}] "
+                     f"[get_bd_addr_segs ps/*/HP{n}_{segment}*]")
     t.append(f"""set control [get_bd_addr_segs -of_objects [get_bd_addr_spaces ps/Data] -filter {{NAME =~ "*{CELL}*"}}]
 if {{[llength $control] != 1 || [get_property OFFSET $control] != 0x{board.control_address:08X}}} {{
     fail "the register window is not at 0x{board.control_address:08X}"
