@@ -7,11 +7,12 @@ the ideal memory (a constant ``ddr_bytes_per_cycle``: the upper bound), through
 the host driver exactly as ``mmfree generate --backend sim`` does:
 
 * the bundled model (``models/kjv/kjv.img``);
-* random models of the full MMfreeLM-370M shape (hidden 1024, intermediate
-  2816, vocab 32000; ``models/synthetic.py``) with 1 and 2 layers. The
-  difference is one layer's cost; the 24-layer figure is
-  ``cycles(L=1) + 23 * (cycles(L=2) - cycles(L=1))``, and likewise for the
-  bytes read.
+* random models of each released shape (370M, 1.3B, 2.7B: hidden, intermediate
+  and vocab in full; ``models/synthetic.py`` RELEASED_SHAPES) with 1 and 2
+  layers, on each configuration that holds the shape. The difference is one
+  layer's cost; the L-layer figure is
+  ``cycles(L=1) + (L - 1) * (cycles(L=2) - cycles(L=1))``, and likewise for
+  the bytes read.
 
 Per token it records CYCLES_TOTAL, the phase counters and BYTES_READ, and
 checks the logits against the integer golden model bit for bit. It also
@@ -35,7 +36,7 @@ Derived, per board and model:
 Writes ``<out>/accelerator.json`` (every figure) and ``<out>/accelerator.png``
 (measured vs roofline cycles per token per configuration).
 
-    mmfree bench-accel [--configs pynq-z2,kv260] [--models bundled,370m] [--tokens 3] [--out bench/results]
+    mmfree bench-accel [--configs pynq-z2,kv260] [--models bundled,370m,1.3b,2.7b] [--tokens 3] [--out bench/results]
     make bench-accel
 """
 from __future__ import annotations
@@ -53,17 +54,16 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "models" / "kjv" / "kjv.img"
 CACHE = REPO / "build" / "bench"
-FULL_LAYERS = 24
 
 
-def synthetic_370m(layers: int, cache: Path, progress) -> Path:
-    """A random weight image of the 370M shape with ``layers`` layers (built once, cached;
-    rebuilt when the cached one was made for another image format or numerics version)."""
-    from mmfree.models.config import ModelConfig
-    from mmfree.models.synthetic import SHAPE_370M, random_tensors
+def synthetic_image(shape: str, layers: int, cache: Path, progress) -> Path:
+    """A random weight image of the released ``shape`` (``models/synthetic.py`` RELEASED_SHAPES)
+    with ``layers`` layers (built once, cached; rebuilt when the cached one was made for another
+    image format or numerics version)."""
+    from mmfree.models.synthetic import random_tensors, released_config
     from mmfree.models.weight_image import ImageError, WeightImage, build_image
 
-    path = cache / f"random-370m-l{layers}.img"
+    path = cache / f"random-{shape.lower()}-l{layers}.img"
     if path.exists():
         try:
             WeightImage.load(path)
@@ -72,13 +72,22 @@ def synthetic_370m(layers: int, cache: Path, progress) -> Path:
             path.unlink()
     if not path.exists():
         progress(f"building {path.name} (once)")
-        cfg = ModelConfig(num_hidden_layers=layers, **SHAPE_370M)
+        cfg = released_config(shape, layers)
         cache.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".part")
         tmp.write_bytes(build_image(cfg, random_tensors(cfg, seed=layers),
-                                    source={"checkpoint": f"synthetic 370M shape, {layers} layers, seed {layers}"}))
+                                    source={"checkpoint": f"synthetic {shape} shape, {layers} layers, seed {layers}"}))
         tmp.replace(path)
     return path
+
+
+def holds(config, shape: str) -> bool:
+    """Whether the build ``config`` holds the released ``shape`` (its on-chip capacity)."""
+    from mmfree.models.synthetic import released_config
+
+    c = released_config(shape)
+    return (c.D <= config.max_hidden and c.L <= config.max_layers and c.I <= config.max_intermediate
+            and c.V <= config.max_vocab)
 
 
 def run_model(config, image, tokens: int, progress) -> dict:
@@ -190,7 +199,7 @@ def derive(config, board_run: dict, ideal_run: dict, sustained: dict, build_read
             "sustained_read": sustained, "build_read": build_read}
 
 
-def project_full(one: dict, two: dict, layers: int = FULL_LAYERS) -> dict:
+def project_full(one: dict, two: dict, layers: int) -> dict:
     """The L-layer figures from measurements at 1 and 2 layers (one layer = their difference)."""
     def scale(a, b):
         return a + (layers - 1) * (b - a)
@@ -255,8 +264,10 @@ def replot(json_path: Path) -> None:
     plot(json.loads(json_path.read_text())["figures"], json_path.with_suffix(".png"))
 
 
-#: What ``models`` may name: the bundled model, and the 370M shape (projected from 1 and 2 layers).
-MODELS = ("bundled", "370m")
+#: What ``models`` may name: the bundled model, and the released shapes (projected from 1 and 2
+#: layers), each run on the configurations that hold it.
+SHAPES = {"370m": "370M", "1.3b": "1.3B", "2.7b": "2.7B"}
+MODELS = ("bundled", *SHAPES)
 #: Where the figures go by default.
 RESULTS = REPO / "bench" / "results"
 
@@ -274,22 +285,32 @@ def bench(config_names: list[str], models: list[str], tokens: int, out: Path) ->
     from mmfree.host.options import write_output
     from mmfree.models.weight_image import ImageError, WeightImage
 
+    from mmfree.models.synthetic import released_config
+
     configs = [get_config(c) for c in config_names]
-    bar = tqdm(total=len(configs) * 2 * (("bundled" in models) + 2 * ("370m" in models)), unit="run",
-               file=sys.stderr, desc="accelerator bench")
+    shapes = [SHAPES[m] for m in models if m in SHAPES]
+    plan = {c.name: (["bundled"] if "bundled" in models else []) +
+            [f"{s.lower()}-l{n}" for s in shapes if holds(c, s) for n in (1, 2)] for c in configs}
+    bar = tqdm(total=2 * sum(len(v) for v in plan.values()), unit="run", file=sys.stderr, desc="accelerator bench")
 
     def progress(line):
         if line.startswith("building"):          # slow, once: worth a line of its own
             bar.write(line, file=sys.stderr)
         bar.set_postfix_str(line[-60:])
 
+    for c in configs:
+        for s in shapes:
+            if not holds(c, s):
+                bar.write(f"{c.name} does not hold the {s} shape (D {c.max_hidden}, L {c.max_layers}, "
+                          f"I {c.max_intermediate} at most): not run", file=sys.stderr)
     images = {}
     try:
         if "bundled" in models:
             images["bundled"] = WeightImage.load(BUNDLED)
-        if "370m" in models:
-            for layers in (1, 2):
-                images[f"370m-l{layers}"] = WeightImage.load(synthetic_370m(layers, CACHE, progress))
+        for s in shapes:
+            if any(holds(c, s) for c in configs):
+                for layers in (1, 2):
+                    images[f"{s.lower()}-l{layers}"] = WeightImage.load(synthetic_image(s, layers, CACHE, progress))
     except ImageError as e:
         bar.close()
         raise click.ClickException(str(e)) from None
@@ -307,18 +328,22 @@ def bench(config_names: list[str], models: list[str], tokens: int, out: Path) ->
             build_read = sustained_read(config, progress)
             measured = {"board": {}, "ideal": {}}
             for memory in measured:
-                for key, image in images.items():
-                    measured[memory][key] = run_model(config.with_memory(memory), image, tokens, progress)
+                for key in plan[config.name]:
+                    measured[memory][key] = run_model(config.with_memory(memory), images[key], tokens, progress)
                     runs.append({"model": key, **measured[memory][key]})
                     bar.update()
             board, ideal = measured["board"], measured["ideal"]
             if "bundled" in board:
                 figures.append(derive(config, board["bundled"], ideal["bundled"], sustained, build_read,
                                       "bundled KJV model (6 layers, D 256)"))
-            if "370m-l1" in board:
-                full = project_full(board["370m-l1"], board["370m-l2"])
-                fig = derive(config, full, project_full(ideal["370m-l1"], ideal["370m-l2"]), sustained, build_read,
-                             f"370M shape, {FULL_LAYERS} layers (projected from 1 and 2)")
+            for s in shapes:
+                one, two = f"{s.lower()}-l1", f"{s.lower()}-l2"
+                if one not in board:
+                    continue
+                layers = released_config(s).L
+                full = project_full(board[one], board[two], layers)
+                fig = derive(config, full, project_full(ideal[one], ideal[two], layers), sustained, build_read,
+                             f"{s} shape, {layers} layers (projected from 1 and 2)")
                 fig["per_layer_cycles"] = full["per_layer_cycles"]
                 figures.append(fig)
     except (DriverError, TransportError) as e:

@@ -5,7 +5,7 @@ host's CLI finds them by name. Options the host's commands also take
 (``--model``, ``--text-file``, ``--json``) come from :mod:`mmfree.host.options`.
 Every benchmark module is imported when its command runs.
 
-    mmfree bench-accel [--configs pynq-z2,kv260] [--models bundled,370m] [--tokens 3] [--out bench/results]
+    mmfree bench-accel [--configs pynq-z2,kv260] [--models bundled,370m,1.3b,2.7b] [--tokens 3] [--out bench/results]
     mmfree bench-golden [--shape 370M] [--layers L] [--tokens 16]
     mmfree fidelity [--model IMG] [--text-file TXT] [--positions 0] [--slice 2048] [--json OUT] [--update-evaluation]
     mmfree fidelity-budget [--model IMG] [--text-file TXT] [--positions 8192] [--mode both] [--no-check] [--json OUT]
@@ -40,8 +40,10 @@ def _names(allowed):
 @click.command("bench-accel")
 @click.option("--configs", default="pynq-z2,kv260", show_default=True, callback=_names(sorted(CONFIGS)),
               help="comma-separated accelerator configurations (contract/configs.py)")
-@click.option("--models", default="bundled,370m", show_default=True, callback=_names(("bundled", "370m")),
-              help="bundled (the KJV model) and/or 370m (the 370M shape, projected from 1 and 2 layers)")
+@click.option("--models", default="bundled,370m,1.3b,2.7b", show_default=True,
+              callback=_names(("bundled", "370m", "1.3b", "2.7b")),
+              help="bundled (the KJV model) and/or released shapes (370m, 1.3b, 2.7b: projected from 1 and 2 "
+                   "layers, on the configurations that hold them)")
 @click.option("--tokens", default=3, show_default=True, type=click.IntRange(min=2),
               help="tokens per run (the first is reported apart)")
 @click.option("--out", default=REPO / "bench" / "results", show_default=True,

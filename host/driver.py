@@ -44,10 +44,14 @@ from mmfree.contract import registers as regs
 from mmfree.models import numerics as nx
 from mmfree.models.weight_image import WeightImage
 
-from mmfree.contract.transport import CountingTransport, HostCounts, Transport
+from mmfree.contract.transport import CountingTransport, HostCounts, Transport, TransportError
 
 __all__ = ["DriverError", "IdentityMismatch", "DeviceTimeout", "DeviceError", "BuildIdentity", "StepResult",
-           "AcceleratorDriver", "COUNTERS", "BUFFER_ALIGN", "LOGIT_WORD", "timeout_cycles", "Read", "HostCounts"]
+           "AcceleratorDriver", "COUNTERS", "BUFFER_ALIGN", "LOGIT_WORD", "timeout_cycles", "Read", "HostCounts",
+           "EMBEDDING_PLACES"]
+
+#: Where :meth:`AcceleratorDriver.load_image` may keep the embedding table.
+EMBEDDING_PLACES = ("auto", "device", "host")
 
 #: Registers reported by :meth:`AcceleratorDriver.counters`, in map order.
 COUNTERS: tuple[regs.Register, ...] = tuple(
@@ -269,6 +273,8 @@ class AcceleratorDriver:
         self._layout: _Layout | None = None
         self._weights = None
         self._logits = None
+        #: Where the loaded image's embedding table lives: "device" (beside the stream) or "host".
+        self.embedding_place: str | None = None
         self._idle = False                            # known idle: a done was seen, or STATUS.busy clear
         self._token_cycles: int | None = None         # CYCLES_TOTAL of the last token (all tokens cost the same)
 
@@ -322,30 +328,56 @@ class AcceleratorDriver:
         return identity
 
     # -- model ------------------------------------------------------------
-    def load_image(self, image: WeightImage) -> None:
+    def load_image(self, image: WeightImage, *, embedding: str = "auto") -> None:
         """Copy the image's STREAM and EMBEDDING regions to the device and point the registers at them.
 
         Registers set: STREAM_ADDR, STREAM_BYTES, EMBED_ADDR, EMBED_STRIDE,
         LOGITS_ADDR, MODEL_DIMS (D, L), MODEL_INNER (I), VOCAB.
 
         One buffer holds STREAM (offset 0) and EMBEDDING (next 4 KiB
-        boundary); another receives the V int64 logits. Refuses an image the
-        build cannot run (:class:`IdentityMismatch`) before allocating
-        anything, and a buffer that ends beyond the build's address width
-        (``BUILD_CONFIG.addr_bits``) before writing it (both freed again).
-        Ends with :meth:`reset_state`.
+        boundary); another receives the V int64 logits. ``embedding``:
+
+        * ``"device"``: the whole table in device memory, as above;
+        * ``"host"``: the table stays in host memory and the buffer holds one
+          row after STREAM. Before each START the driver copies the token's
+          row there and sets ``EMBED_ADDR = row - TOKEN * EMBED_STRIDE`` (mod
+          2**addr_bits), so the device's row address lands on it: 2 register
+          writes and one row (2 D bytes) more per token, and 32000 x 2 D bytes
+          less contiguous memory (a stock PYNQ-Z2 image has about 120 MiB:
+          docs/capacity.md);
+        * ``"auto"`` (default): ``"device"``, or ``"host"`` when the transport
+          cannot allocate the table (:attr:`embedding_place` says which).
+
+        Refuses an image the build cannot run (:class:`IdentityMismatch`)
+        before allocating anything, and a buffer that ends beyond the build's
+        address width (``BUILD_CONFIG.addr_bits``) before writing it (both
+        freed again). Ends with :meth:`reset_state`.
         """
+        if embedding not in EMBEDDING_PLACES:
+            raise ValueError(f"embedding must be one of {', '.join(EMBEDDING_PLACES)}, not {embedding!r}")
         identity = self.identity or self.check_identity()
         identity.check_image(image)
         layout = _Layout.of(image)
         self._release()
-        self._weights = self._reachable("weight", self._io.allocate(layout.weight_buffer_bytes), identity)
+        place, weights = ("host" if embedding == "host" else "device"), None
+        if place == "device":
+            try:
+                weights = self._io.allocate(layout.weight_buffer_bytes)
+            except TransportError:
+                if embedding == "device":
+                    raise
+                place = "host"
+        if weights is None:
+            weights = self._io.allocate(layout.embed_offset + layout.embed_stride)
+        self._weights = self._reachable("weight", weights, identity)
         # Cacheable: read back in bulk after one invalidate (docs/board.md, "Host time per token").
         self._logits = self._reachable("logits", self._io.allocate(layout.logits_bytes, cacheable=True), identity)
         weights, logits = self._weights, self._logits
         weights.write(bytes(image.stream), layout.stream_offset)
-        weights.write(bytes(image.region("embedding")), layout.embed_offset)
+        if place == "device":
+            weights.write(bytes(image.region("embedding")), layout.embed_offset)
         weights.sync_to_device()
+        self.embedding_place = place
         base = weights.physical_address
         self._write_address("STREAM", base + layout.stream_offset)
         self._write("STREAM_BYTES", layout.stream_bytes)
@@ -369,12 +401,22 @@ class AcceleratorDriver:
                                    "(BUILD_CONFIG.addr_bits)")
         return buf
 
+    def _host_embedding_row(self, token: int, layout: _Layout) -> None:
+        """Put ``token``'s row in the one-row buffer and aim EMBED_ADDR so that the device's row
+        address, EMBED_ADDR + TOKEN * EMBED_STRIDE (mod 2**addr_bits), is that buffer."""
+        stride = layout.embed_stride
+        row = self.image.region("embedding")[token * stride:(token + 1) * stride]
+        self._weights.write(bytes(row), layout.embed_offset)
+        self._weights.sync_to_device()
+        mask = (1 << self.identity.addr_width) - 1
+        self._write_address("EMBED", (self._weights.physical_address + layout.embed_offset - token * stride) & mask)
+
     def _release(self) -> None:
         for buf in (self._weights, self._logits):
             if buf is not None:
                 buf.free()
         self._weights = self._logits = None
-        self.image = self._layout = None
+        self.image = self._layout = self.embedding_place = None
         self._token_cycles = None
 
     def _require_image(self) -> _Layout:
@@ -438,6 +480,8 @@ class AcceleratorDriver:
         status_reg = regs.BY_NAME["STATUS"]
         done = status_reg.field("done")
         self._write("STATUS", done.put(1))                       # W1C: forget the previous token's done
+        if self.embedding_place == "host":
+            self._host_embedding_row(token, layout)
         self._write("TOKEN", token)
         self._write("CONTROL", self._pack("CONTROL", start=1))
         self._idle = False

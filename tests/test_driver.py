@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mmfree.host import driver as drv
-from mmfree.contract.transport import Transport, check_register_access
+from mmfree.contract.transport import Transport, TransportError, check_register_access
 from mmfree.contract import configs, registers as regs
 from mmfree.models import numerics as nx
 from mmfree.models.weight_image import WeightImage
@@ -398,6 +398,14 @@ class _BuffersAbove(Transport):
     def __init__(self, inner, shift):
         self.inner, self.shift, self.allocated = inner, shift, []
 
+    @property
+    def clock_hz(self):
+        return self.inner.clock_hz
+
+    @property
+    def register_window(self):
+        return self.inner.register_window
+
     def read(self, offset):
         return self.inner.read(offset)
 
@@ -461,3 +469,44 @@ def test_simulated_ddr_must_lie_within_the_address_width():
 
     with pytest.raises(configs.ConfigError, match="must be 4 KiB aligned and end within 32-bit addresses"):
         dataclasses.replace(configs.get_config("sim-default"), ddr_base=0xFFFF_F000)
+
+
+class _SmallMemory(_BuffersAbove):
+    """``inner`` whose allocations above ``limit`` bytes fail as a full CMA does."""
+
+    def __init__(self, inner, limit):
+        super().__init__(inner, 0)
+        self.limit = limit
+
+    def allocate(self, nbytes, *, cacheable=False):
+        if nbytes > self.limit:
+            raise TransportError(f"cannot allocate {nbytes:,} bytes of device memory: out of memory")
+        return super().allocate(nbytes, cacheable=cacheable)
+
+
+@pytest.mark.sim
+def test_embedding_table_in_host_memory_is_bit_exact(device, tiny):
+    """A stock PYNQ-Z2 has ~120 MiB of CMA: the 370M stream fits, its table beside it does not. With
+    the table in host memory, each token's row is copied to a one-row buffer; the device's row
+    address (EMBED_ADDR + TOKEN * EMBED_STRIDE, modulo 2**32) lands on it."""
+    driver, transport = device
+    stride = tiny.meta["regions"]["embedding"]["row_stride"]
+    whole = drv._Layout.of(tiny).weight_buffer_bytes
+    small = drv.AcceleratorDriver(_SmallMemory(transport, whole - 1))  # stream + a row fit, stream + table not
+    with pytest.raises(TransportError):
+        small.load_image(tiny, embedding="device")
+    small.load_image(tiny)                                            # auto: falls back to the host
+    assert small.embedding_place == "host"
+    tokens = [tiny.config.V - 1, 0, 17, 17, 200]
+    want = golden_steps(tiny, tokens)
+    for token, logits in zip(tokens, want):
+        before = small.host_counts
+        result = small.step(token)
+        assert np.array_equal(result.logits_act.astype(np.int64), logits)
+        spent = small.host_counts - before
+        assert spent.buffer_bytes_written == stride and spent.flushes == 1
+    driver.load_image(tiny)                                           # the fixture's driver goes on as before
+    assert driver.embedding_place == "device"
+    assert_recovered(driver, tiny, 5)
+    with pytest.raises(ValueError, match="embedding must be one of auto, device, host, not 'disk'"):
+        driver.load_image(tiny, embedding="disk")
