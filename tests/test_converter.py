@@ -189,3 +189,15 @@ def test_synthetic_command_writes_a_sharded_checkpoint(tmp_path, monkeypatch):
     WeightImage.from_bytes(ckpt.convert(d))
     with pytest.raises(SystemExit):
         synthetic.main(["--layers", "1", str(tmp_path)])        # --layers needs --shape
+
+
+def test_convert_widening_tensor_by_tensor_gives_the_eager_bytes(tmp_path):
+    """convert hands build_image a mapping that widens one bf16 tensor at a time; the image is the one
+    an all-float32 dict gives."""
+    from mmfree.models.weight_image import build_image
+
+    tensors = random_tensors(SMALL, 12)
+    d = write_checkpoint(tmp_path / "ckpt", SMALL, tensors, max_shard_size="100KB")
+    _, raw, _ = ckpt.load_checkpoint(d)
+    eager = build_image(SMALL, tensors, embedding_bf16=raw["model.embeddings.weight"][1], source={"checkpoint": "ckpt"})
+    assert ckpt.convert(d) == eager
