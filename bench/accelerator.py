@@ -123,6 +123,10 @@ def run_model(config, image, tokens: int, progress) -> dict:
         # read-outs above learns nothing new, but keep the steady state)
         for token in ids[:2]:
             greedy = driver.step(token, read=Read.ARGMAX).host
+        # and with the embedding table in host memory (a board whose contiguous memory cannot hold it)
+        driver.load_image(image, embedding="host")
+        for token in ids[:2]:
+            greedy_row = driver.step(token, read=Read.ARGMAX).host
     steady = rows[1:]        # every token costs the same (no KV cache); the first is kept apart anyway
     cycles = [r["cycles_total"] for r in steady]
     return {"config": config.name, "layers": image.config.L, "hidden": image.config.D,
@@ -133,10 +137,26 @@ def run_model(config, image, tokens: int, progress) -> dict:
             "bytes_read": int(np.median([r["bytes_read"] for r in steady])),
             "bit_exact": all(r["bit_exact"] and r["argmax_ok"] for r in rows),
             "memory": config.memory,
-            "greedy_host": {"register_reads": greedy.register_reads, "register_writes": greedy.register_writes,
-                            "buffer_bytes_read": greedy.buffer_bytes_read, "invalidates": greedy.invalidates,
-                            "waits": greedy.waits},
+            "greedy_host": _host_counts(greedy), "greedy_host_embedding_in_host": _host_counts(greedy_row),
+            "buffer_bytes": _buffer_bytes(image),
             "sim_cycles_per_s": sum(r["sim_cycles"] for r in rows) / max(sum(r["sim_wall_s"] for r in rows), 1e-9)}
+
+
+def _host_counts(counts) -> dict:
+    return {k: getattr(counts, k) for k in ("register_reads", "register_writes", "buffer_bytes_read",
+                                            "buffer_bytes_written", "invalidates", "flushes", "waits")}
+
+
+def _buffer_bytes(image) -> dict:
+    """Device memory the driver allocates for ``image``: the STREAM region, the embedding table (or
+    one row of it, when the table stays in host memory) and the logits (host/driver.py's layout)."""
+    from mmfree.host.driver import BUFFER_ALIGN, LOGIT_WORD
+
+    regions = image.meta["regions"]
+    stream = -(-regions["stream"]["size"] // BUFFER_ALIGN) * BUFFER_ALIGN
+    logits = -(-LOGIT_WORD.itemsize * image.config.V // BUFFER_ALIGN) * BUFFER_ALIGN
+    return {"stream": stream, "table": regions["embedding"]["size"], "row": regions["embedding"]["row_stride"],
+            "logits": logits}
 
 
 def sustained_read(config, progress, clock_hz: float | None = None) -> dict:
@@ -169,14 +189,23 @@ def derive(config, board_run: dict, ideal_run: dict, sustained: dict, build_read
     peak = get_board_memory(config.memory_board).peak_bytes_per_s
     sustained_bpc = sustained["gb_per_s"] * 1e9 / config.clock_hz      # DDR sustained, per build cycle
     cycles, nbytes = board_run["cycles_per_token"], board_run["bytes_read"]
-    greedy = board_run["greedy_host"]
+    # Where the embedding table goes on a stock image: beside the stream if the contiguous memory
+    # holds both, else in host memory (one row copied per token: docs/capacity.md).
+    contiguous = get_board_memory(config.memory_board).contiguous_bytes.value
+    b = board_run["buffer_bytes"]
+    with_table, with_row = b["stream"] + b["table"] + b["logits"], b["stream"] + b["row"] + b["logits"]
+    place = "device" if with_table <= contiguous else "host" if with_row <= contiguous else "does not fit"
+    greedy = board_run["greedy_host" if place == "device" else "greedy_host_embedding_in_host"]
     host_us = host_us_per_token(config.memory_board, greedy["register_reads"], greedy["register_writes"],
                                 greedy["buffer_bytes_read"], invalidates=greedy["invalidates"],
-                                waits=greedy["waits"])
+                                waits=greedy["waits"], bytes_written=greedy["buffer_bytes_written"],
+                                flushes=greedy["flushes"])
     device_s = cycles / config.clock_hz
     ideal_roofline = config.roofline_cycles(ideal_run["bytes_read"])
     return {"config": config.name, "model": name, "clock_mhz": config.clock_hz / 1e6,
             "bytes_read": nbytes, "cycles_per_token": cycles, "phases": board_run["phases"],
+            "device_buffer_bytes": {"with_table": with_table, "table_in_host_memory": with_row},
+            "contiguous_bytes": contiguous, "embedding_place": place,
             "ddr_peak_gb_per_s": peak / 1e9,
             "ddr_sustained_gb_per_s": sustained["gb_per_s"],
             "build_read_gb_per_s": build_read["gb_per_s"],
@@ -187,6 +216,7 @@ def derive(config, board_run: dict, ideal_run: dict, sustained: dict, build_read
             "host_us_per_token": host_us,
             "host_register_accesses_per_token": greedy["register_reads"] + greedy["register_writes"],
             "host_bytes_read_per_token": greedy["buffer_bytes_read"],
+            "host_bytes_written_per_token": greedy["buffer_bytes_written"],
             "board_tokens_per_s": 1 / (device_s + host_us * 1e-6),
             "device_tokens_per_s": 1 / device_s,
             "ceiling_tokens_per_s_at_peak": peak / nbytes,
@@ -207,7 +237,9 @@ def project_full(one: dict, two: dict, layers: int) -> dict:
     return {"cycles_per_token": scale(one["cycles_per_token"], two["cycles_per_token"]),
             "per_layer_cycles": two["cycles_per_token"] - one["cycles_per_token"],
             "phases": {k: scale(one["phases"][k], two["phases"][k]) for k in one["phases"]},
-            "bytes_read": int(scale(one["bytes_read"], two["bytes_read"])), "greedy_host": two["greedy_host"]}
+            "bytes_read": int(scale(one["bytes_read"], two["bytes_read"])), "greedy_host": two["greedy_host"],
+            "greedy_host_embedding_in_host": two["greedy_host_embedding_in_host"],
+            "buffer_bytes": {k: int(scale(one["buffer_bytes"][k], two["buffer_bytes"][k])) for k in one["buffer_bytes"]}}
 
 
 def plot(figures: list[dict], path: Path) -> None:
@@ -359,16 +391,17 @@ def bench(config_names: list[str], models: list[str], tokens: int, out: Path) ->
     plot(figures, out / "accelerator.png")
 
     print(f"{'config':<8} {'model':<28} {'cycles (board)':>14} {'cycles (ideal)':>14} {'peak':>5} {'sust.':>6} "
-          f"{'eff.':>6} {'host us':>8} {'board tok/s':>11} {'ceiling':>8} {'ideal tok/s':>11}")
+          f"{'eff.':>6} {'host us':>8} {'table':>6} {'board tok/s':>11} {'ceiling':>8} {'ideal tok/s':>11}")
     for f in figures:
         print(f"{f['config']:<8} {f['model'][:28]:<28} {f['cycles_per_token']:>14,.0f} {f['cycles_per_token_ideal']:>14,.0f} "
               f"{f['ddr_peak_gb_per_s']:>5.1f} {f['ddr_sustained_gb_per_s']:>6.2f} "
-              f"{100 * f['efficiency_vs_sustained']:>5.1f}% {f['host_us_per_token']:>8.0f} "
+              f"{100 * f['efficiency_vs_sustained']:>5.1f}% {f['host_us_per_token']:>8.0f} {f['embedding_place'][:6]:>6} "
               f"{f['board_tokens_per_s']:>11.2f} {f['ceiling_tokens_per_s_at_sustained']:>8.2f} "
               f"{f['tokens_per_s_ideal']:>11.2f}")
     print("GB/s: the DRAM's theoretical peak and what the board memory model sustains; eff.: of the sustained "
-          "roofline; ceiling: tokens/s at the sustained bandwidth; ideal: the RTL on a constant-rate memory "
-          "(upper bound)")
+          "roofline; table: where the embedding table fits beside the stream in the board's contiguous memory "
+          "(device, or host: one row copied per token); ceiling: tokens/s at the sustained bandwidth; ideal: the RTL "
+          "on a constant-rate memory (upper bound)")
     for r in runs:
         print(f"{r['config']:<8} {r['memory']:<5} {r['model']:<10} {r['layers']:>2} layers: "
               f"{r['cycles_per_token']:>11,.0f} cycles, {r['sim_cycles_per_s']:,.0f} simulated cycles/s, "

@@ -101,22 +101,26 @@ def host_costs(board: str) -> HostCosts:
 
 
 def host_us_per_token(board: str, reads: float, writes: float, bytes_read: float, *, invalidates: float = 0.0,
-                      waits: float = 1.0) -> float:
+                      waits: float = 1.0, bytes_written: float = 0.0, flushes: float = 0.0) -> float:
     """Host microseconds per token on ``board`` for these per-token counts (means may be fractional).
 
     ``reads``/``writes``: register accesses; ``bytes_read``: bytes copied out of device
     buffers; ``invalidates``: cache invalidates; ``waits``: completions waited for (each
-    costs the completion method's wake-up). Equation::
+    costs the completion method's wake-up); ``bytes_written`` and ``flushes``: copies into device
+    buffers and cache flushes, priced as their reading counterparts (the same memcpy and cache
+    walk, the other way). Equation::
 
-        us = reads * read_us + writes * write_us + bytes_read * us_per_byte
-             + invalidates * invalidate_us + waits * wakeup_us (+ python_step_us when cited)
+        us = reads * read_us + writes * write_us + (bytes_read + bytes_written) * us_per_byte
+             + (invalidates + flushes) * invalidate_us + waits * wakeup_us (+ python_step_us when cited)
     """
     for name, value in (("reads", reads), ("writes", writes), ("bytes_read", bytes_read),
-                        ("invalidates", invalidates), ("waits", waits)):
+                        ("invalidates", invalidates), ("waits", waits), ("bytes_written", bytes_written),
+                        ("flushes", flushes)):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, not {value}")
     c = host_costs(board)
     us = (reads * c.register_read_us.value + writes * c.register_write_us.value
-          + bytes_read * c.buffer_read_us_per_byte.value + invalidates * c.invalidate_us.value
+          + (bytes_read + bytes_written) * c.buffer_read_us_per_byte.value
+          + (invalidates + flushes) * c.invalidate_us.value
           + waits * c.completion_wakeup_us.value)
     return us + (c.python_step_us.value if c.python_step_us is not None else 0.0)

@@ -88,6 +88,9 @@ class BoardMemory:
     read_latency_ns: Figure
     calibration: tuple[Figure, ...]
     calibration_clock_mhz: Figure      # the PL clock the calibration points were measured at
+    #: What ``pynq.allocate`` can hand out on the board's stock PYNQ image (the kernel's CMA less what
+    #: the kernel itself takes): the weight buffer, the logits and any other buffer share it.
+    contiguous_bytes: Figure
     notes: str = ""
 
     @property
@@ -177,6 +180,11 @@ _PYNQ_Z2 = BoardMemory(
     ),
     calibration_clock_mhz=Figure(150, "MHz", "UG585 v1.11 ch.22: the DDR efficiency test system's PL AXI masters "
                                  "ran at 150 MHz, the conditions of the calibration point"),
+    contiguous_bytes=Figure(120 << 20, "bytes", "PYNQ v2.7, v3.0.1, v3.1 (github.com/Xilinx/PYNQ "
+                            "sdbuild/boot/meta-pynq/recipes-kernel/linux/linux-xlnx/pynq.cfg): CONFIG_CMA_SIZE_MBYTES=128, "
+                            "no cma= in pynq_bootargs.dtsi, no reserved-memory for the Pynq-Z2; Xilinx/PYNQ pull "
+                            "request #1424: 'by default only 128M of which ~8M is already used by the kernel ... only "
+                            "120M of memory can by default be allocated'. cma= in the boot arguments raises it"),
     notes="HP0/HP1 share one memory-interconnect switch and DDRC port, HP2/HP3 the other (UG585 ch.5 Figure 5-1; "
           "ch.10: 'two ports are dedicated to the AXI_HP interfaces'); the numbers 3 (HP0/HP1) and 2 (HP2/HP3) are "
           "secondary (a public Zynq design citing UG585 Table 5-11) and matter only as labels of the sharing. For two "
@@ -250,6 +258,12 @@ _KV260 = BoardMemory(
     ),
     calibration_clock_mhz=Figure(250, "MHz", _BITNET + ": the four HP ports ran at 250 MHz during the "
                                  "measurement"),
+    contiguous_bytes=Figure(1008 << 20, "bytes", "KV260 Ubuntu 22.04 boot log, kernel 5.15.0-1010-xilinx-zynqmp "
+                            "(github.com/LogicTronixInc/Vitis-AI-KriaSoMs-Forum-Resources, KV260-Ubuntu-Boot-Log/"
+                            "KV260_Ubuntu22_04LTS_March52023/Boot_LOG_March5_2023.txt): 'cma=1000M', 'cma: Reserved "
+                            "1008 MiB at 0x0000000036000000' (in DDR_LOW, below 4 GB); Kria-PYNQ (Xilinx/Kria-PYNQ "
+                            "install.sh, dts/pynq.dts) does not change it. What the display stack takes of it is not "
+                            "known"),
     notes="S_AXI_HP1_FPD and S_AXI_HP2_FPD share XPI port 4; HP0 shares a port with the DisplayPort DMA, HP3 "
           "one with the FPD DMA (UG1085 ch.35 'PL-PS Interface Specifics'; their numbers 3 and 5 follow the DDR "
           "subsystem diagram of UG1085 ch.17, where ports 0-2 serve the RPU and the CCI); with two read ports use "

@@ -26,6 +26,8 @@ one-line message.
 """
 from __future__ import annotations
 
+import sys
+
 import contextlib
 from pathlib import Path
 
@@ -122,6 +124,9 @@ class _AcceleratorBackend:
         except BackendError:
             self.driver.close()
             raise
+        if self.driver.embedding_place == "host":
+            print(f"{self.name}: the device memory cannot also hold the embedding table: it stays in host memory "
+                  "and one row is copied per token (docs/capacity.md)", file=sys.stderr)
         self.last = None
 
     def reset(self) -> None:

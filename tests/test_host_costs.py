@@ -49,3 +49,16 @@ def test_bad_input_is_one_line():
         hc.host_us_per_token("zcu104", 1, 1, 0)
     with pytest.raises(ValueError, match=r"^reads must be >= 0, not -1$"):
         hc.host_us_per_token("pynq-z2", -1, 1, 0)
+
+
+def test_buffer_writes_and_flushes_are_priced_like_reads_and_invalidates():
+    """A token whose embedding row the host copies in (the table in host memory: docs/capacity.md)."""
+    from mmfree.contract.host_costs import host_costs, host_us_per_token
+
+    c = host_costs("pynq-z2")
+    row = host_us_per_token("pynq-z2", 0, 2, 0, waits=0, bytes_written=2048, flushes=1)
+    assert row == pytest.approx(2 * c.register_write_us.value + 2048 * c.buffer_read_us_per_byte.value
+                                + c.invalidate_us.value)
+    assert 100 < row < 110                       # 62 us of EMBED_ADDR writes, 12.8 us of copy, 31 us of flush
+    with pytest.raises(ValueError, match="flushes must be >= 0"):
+        host_us_per_token("pynq-z2", 0, 0, 0, flushes=-1)
