@@ -152,15 +152,16 @@ def compare(image: WeightImage, ids, progress=None, state: str = "free") -> dict
 
 
 def summarize(r: dict) -> dict:
-    """Means and maxima over positions of one model's :func:`compare` arrays."""
+    """Means, medians and maxima over positions of one model's :func:`compare` arrays."""
     h = r["hidden"]
     dec = r["decisive"]
     late = (h > 1e-6).any(axis=1)
     return {
-        "hidden_rel_per_layer": [{"mean": float(h[:, k].mean()), "max": float(h[:, k].max())}
-                                 for k in range(h.shape[1])],
+        "hidden_rel_per_layer": [{"mean": float(h[:, k].mean()), "median": float(np.median(h[:, k])),
+                                  "max": float(h[:, k].max())} for k in range(h.shape[1])],
         "hidden_rel_mean": float(h.mean()), "hidden_rel_max": float(h.max()),
-        "logits_rel_l2_mean": float(r["rel_l2"].mean()), "logits_rel_l2_max": float(r["rel_l2"].max()),
+        "logits_rel_l2_mean": float(r["rel_l2"].mean()), "logits_rel_l2_median": float(np.median(r["rel_l2"])),
+        "logits_rel_l2_max": float(r["rel_l2"].max()),
         "logits_max_rel_range_mean": float(r["max_rel_range"].mean()),
         "logits_max_rel_range_max": float(r["max_rel_range"].max()),
         "argmax_agreement": float(r["agree"].mean()), "argmax_agree": int(r["agree"].sum()),
