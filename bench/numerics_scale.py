@@ -202,11 +202,15 @@ def report(res: dict) -> None:
           f"{cfg['intermediate_size']}, vocab {cfg['vocab_size']}; {res['tokens']} random ids (seed {res['seed']}); "
           f"state {res['state']}; against float64 with exact ties")
     i, f = res["integer"], res["float32"]
-    print(f"{'hidden relative L2':24}{'integer mean':>14}{'integer max':>13}{'float32 mean':>14}{'float32 max':>13}")
+    print(f"{'hidden relative L2':24}{'integer median':>15}{'mean':>10}{'max':>10}{'float32 median':>16}{'mean':>10}"
+          f"{'max':>10}")
     for k, (a, b) in enumerate(zip(i["hidden_rel_per_layer"], f["hidden_rel_per_layer"])):
-        print(f"{'  after layer ' + str(k):24}{a['mean']:14.2e}{a['max']:13.2e}{b['mean']:14.2e}{b['max']:13.2e}")
-    for label, key in (("logits relative L2", "logits_rel_l2"), ("logits max|err|/range", "logits_max_rel_range")):
-        print(f"{label:24}{i[key + '_mean']:14.2e}{i[key + '_max']:13.2e}{f[key + '_mean']:14.2e}{f[key + '_max']:13.2e}")
+        print(f"{'  after layer ' + str(k):24}{a['median']:15.2e}{a['mean']:10.2e}{a['max']:10.2e}"
+              f"{b['median']:16.2e}{b['mean']:10.2e}{b['max']:10.2e}")
+    print(f"{'logits relative L2':24}" + "".join(f"{r['logits_rel_l2_' + s]:{w}.2e}" for r in (i, f)
+                                              for s, w in (("median", 15 if r is i else 16), ("mean", 10), ("max", 10))))
+    print(f"{'logits max|err|/range':24}{'':15}{i['logits_max_rel_range_mean']:10.2e}{i['logits_max_rel_range_max']:10.2e}"
+          f"{'':16}{f['logits_max_rel_range_mean']:10.2e}{f['logits_max_rel_range_max']:10.2e}")
     for name, r in (("integer", i), ("float32", f)):
         dec = r["argmax_agreement_decisive"]
         print(f"argmax agreement {name}: {r['argmax_agree']}/{r['positions']} ({100 * r['argmax_agreement']:.1f} %); "
