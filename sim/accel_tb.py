@@ -74,8 +74,8 @@ def ddr_verilog_parameters(ddr: dict) -> dict:
         out[name] = value
     if out["LATENCY"] < 2:
         raise ValueError(f"ddr parameter latency_cycles must be at least 2, not {out['LATENCY']}")
-    if out["SIZE_BYTES"] >= 1 << 31:
-        raise ValueError(f"ddr parameter size_bytes must be below 2 GiB, not {out['SIZE_BYTES']}")
+    if out["SIZE_BYTES"] > 1 << 28:         # Verilator refuses a larger unpacked array ("over 1 billion bits")
+        raise ValueError(f"ddr parameter size_bytes must be at most 2**28, not {out['SIZE_BYTES']}")
     return out
 
 

@@ -105,7 +105,8 @@ def synth_units(units, all_units, list_units, families, json_out, doc):
 
     A bare unit name selects all its parameter sets (ternary_accumulate: both
     boards). `mmfree synth-units --all --json build/synth/units.json --doc
-    docs/units.md` (make synth-units) regenerates docs/units.md.
+    docs/units.md` (make synth-units) regenerates docs/units.md; `--doc` with named units
+    updates their rows of an existing document and keeps the others.
     """
     from tqdm import tqdm
 
@@ -134,8 +135,17 @@ def synth_units(units, all_units, list_units, families, json_out, doc):
             rows.append(row)
             bar.write(json.dumps({k: v for k, v in row.items() if k != "cells"}), file=sys.stdout)
     version = units_synth.yosys_version()
+    doc_rows = rows
+    if doc is not None and not all_units and doc.exists():
+        # a subset updates its own rows of an existing document and keeps the others
+        try:
+            kept, _ = units_synth.doc_rows(doc.read_text())
+        except ValueError:
+            kept = []
+        fresh = {(r["unit"], r["family"]): r for r in rows}
+        doc_rows = [fresh.pop((r["unit"], r["family"]), r) for r in kept] + list(fresh.values())
     for path, text in ((json_out, lambda: json.dumps({"yosys": version, "rows": rows}, indent=1) + "\n"),
-                       (doc, lambda: units_synth.render_markdown(rows, version))):
+                       (doc, lambda: units_synth.render_markdown(doc_rows, version))):
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.part")

@@ -121,7 +121,7 @@ def synth_counts(component, name: str, family: str = "xc7") -> dict[str, int]:
 
 #: yosys passes that start a phase worth reporting on a long run -> the phase's name (passes of the
 #: script itself are prefixed ``top:``; the others are ``synth_xilinx``'s own steps).
-SYNTH_PHASES = {"top:Verilog-2005": "reading the Verilog", "top:HIERARCHY": "hierarchy",
+SYNTH_PHASES = {"top:Verilog-2005": "reading the Verilog", "top:RTLIL": "reading the RTLIL", "top:HIERARCHY": "hierarchy",
                 "PROC": "processes to netlists", "FLATTEN": "flatten and coarse optimisation",
                 "XILINX_DSP": "DSP packing", "MEMORY": "memory inference", "MEMORY_LIBMAP": "block/LUT RAM mapping",
                 "DFFLEGALIZE": "gate and flip-flop mapping", "ABC9": "LUT mapping (ABC9)", "ABC": "LUT mapping (ABC)",
@@ -130,9 +130,12 @@ _PASS_LINE = re.compile(r"^\d+(\.\d+)?\. Executing (\S+)")
 
 
 def synth_verilog(text: str, name: str, family: str = "xc7", *, phase: Callable[[str], None] | None = None,
-                  log_path: Path | None = None, netlist_path: Path | None = None) -> dict[str, int]:
+                  log_path: Path | None = None, netlist_path: Path | None = None,
+                  language: str = "verilog") -> dict[str, int]:
     """Cell counts of the Verilog ``text`` (top module ``name``) after ``synth_xilinx -family <family>
-    -noiopad -flatten``.
+    -noiopad -flatten``; ``language="rtlil"``: ``text`` is Amaranth's RTLIL of the same design
+    instead, which yosys reads without parsing one ``initial`` statement per memory word (the
+    KV260's 81,920-word state memory took read_verilog most of an hour).
 
     ``phase`` is called with a phase name (:data:`SYNTH_PHASES`) whenever yosys enters one, as
     its log streams past; ``log_path`` keeps the whole yosys log; ``netlist_path`` receives the
@@ -141,14 +144,16 @@ def synth_verilog(text: str, name: str, family: str = "xc7", *, phase: Callable[
     """
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, not {family!r}")
+    if language not in ("verilog", "rtlil"):
+        raise ValueError(f"language must be verilog or rtlil, not {language!r}")
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / f"{name}.v"
+        src = Path(tmp) / f"{name}.{'v' if language == 'verilog' else 'il'}"
         src.write_text(text)
         stat = Path(tmp) / "stat.json"
         # ``rename -hide``: Amaranth names layout fields like ``o__payload[0]``; yosys
         # 0.70's ABC9 reintegration asserts on such public names (ports are kept).
         # ``-flatten``: submodules (RmsQuantize's RsqrtFixed, ...) count towards their unit.
-        script = (f"read_verilog {src.name}; hierarchy -top {name}; rename -hide w:*; "
+        script = (f"read_{language} {src.name}; hierarchy -top {name}; rename -hide w:*; "
                   f"synth_xilinx -family {family} -noiopad -flatten -top {name}; "
                   f"tee -q -o {stat.name} stat -json")
         if netlist_path is not None:
