@@ -181,6 +181,8 @@ def synth_board(board: Board, *, out_dir: Path | None = None, say: Callable[[str
     from .synth import synth_verilog, yosys_version
     from .vivado import TOP
 
+    # the yosys log and netlist go to build/synth/ for a board's own report, else beside the report
+    logs = REPO / "build" / "synth" if out_dir is None else Path(out_dir)
     out_dir = Path(out_dir) if out_dir is not None else BITSTREAMS / board.name
     t0 = time.perf_counter()
     say(f"{board.name}: elaborating the accelerator ({board.config.description})")
@@ -196,10 +198,10 @@ def synth_board(board: Board, *, out_dir: Path | None = None, say: Callable[[str
         say(f"  [{now - t0:7.1f} s] yosys: {name}")
         last[:] = [now, name]
 
-    log = REPO / "build" / "synth" / f"{board.name}.yosys.log"
+    log = logs / f"{board.name}.yosys.log"
     netlist = log.with_name(f"{board.name}.netlist.json")
     log.parent.mkdir(parents=True, exist_ok=True)
-    say(f"{board.name}: yosys synth_xilinx -family {board.yosys_family} (log: {log.relative_to(REPO)})")
+    say(f"{board.name}: yosys synth_xilinx -family {board.yosys_family} (log: {_show(log)})")
     from amaranth.back import rtlil
 
     # the same design as design.verilog, in the form yosys reads fastest (see synth_verilog)

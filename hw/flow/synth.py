@@ -135,7 +135,7 @@ def synth_verilog(text: str, name: str, family: str = "xc7", *, phase: Callable[
     """Cell counts of the Verilog ``text`` (top module ``name``) after ``synth_xilinx -family <family>
     -noiopad -flatten``; ``language="rtlil"``: ``text`` is Amaranth's RTLIL of the same design
     instead, which yosys reads without parsing one ``initial`` statement per memory word (the
-    KV260's 81,920-word state memory took read_verilog most of an hour).
+    KV260's 81,920-word state memory kept read_verilog busy for over half an hour).
 
     ``phase`` is called with a phase name (:data:`SYNTH_PHASES`) whenever yosys enters one, as
     its log streams past; ``log_path`` keeps the whole yosys log; ``netlist_path`` receives the
