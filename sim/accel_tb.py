@@ -47,7 +47,9 @@ RST_DELAY = 1
 #: ddr_params() keys -> Verilog parameters of sim/ddr_model.v (through accel_tb / ddr_calib_tb):
 #: the ideal memory's, which every configuration gives ...
 _DDR_PARAMETERS = {"bandwidth_num": "BW_NUM", "bandwidth_den": "BW_DEN", "latency_cycles": "LATENCY",
-                   "size_bytes": "SIZE_BYTES", "base_page": "BASE_PAGE"}
+                   "size_bytes": "SIZE_BYTES"}
+#: ... where the memory sits on the bus (optional: address 0 when absent) ...
+_PLACEMENT_PARAMETERS = {"base_page": "BASE_PAGE"}
 #: ... and the board model's (contract/configs.py ``board_ddr_params``), absent for the ideal memory.
 _BOARD_PARAMETERS = {"queue": "QUEUE", "refresh_interval_cycles": "REFI", "refresh_cycles": "RFC",
                      "banks": "BANKS", "bank_shift": "BANK_SHIFT", "row_shift": "ROW_SHIFT",
@@ -62,12 +64,12 @@ def ddr_verilog_parameters(ddr: dict) -> dict:
     missing = sorted(set(_DDR_PARAMETERS) - set(ddr))
     if missing:
         raise ValueError(f"ddr parameters lack {', '.join(missing)}")
-    unknown = sorted(set(ddr) - set(_DDR_PARAMETERS) - set(_BOARD_PARAMETERS))
+    unknown = sorted(set(ddr) - set(_DDR_PARAMETERS) - set(_BOARD_PARAMETERS) - set(_PLACEMENT_PARAMETERS))
     if unknown:
         raise ValueError(f"unknown ddr parameters {', '.join(unknown)}")
     out = {}
     for key, value in ddr.items():
-        name = _DDR_PARAMETERS.get(key) or _BOARD_PARAMETERS[key]
+        name = _DDR_PARAMETERS.get(key) or _PLACEMENT_PARAMETERS.get(key) or _BOARD_PARAMETERS[key]
         least = 1 if key in ("bandwidth_num", "bandwidth_den", "size_bytes", "banks", "queue", "group_queue") else 0
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ValueError(f"ddr parameter {key} must be an integer >= {least}, not {value!r}")
