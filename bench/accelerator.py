@@ -148,15 +148,14 @@ def _host_counts(counts) -> dict:
 
 
 def _buffer_bytes(image) -> dict:
-    """Device memory the driver allocates for ``image``: the STREAM region, the embedding table (or
-    one row of it, when the table stays in host memory) and the logits (host/driver.py's layout)."""
-    from mmfree.host.driver import BUFFER_ALIGN, LOGIT_WORD
+    """Device memory the driver allocates for ``image`` (:class:`~mmfree.host.driver.BufferLayout`):
+    STREAM, the embedding table (or one row of it, when the table stays in host memory) and the
+    logits, each buffer in whole pages (BUFFER_ALIGN) as the contiguous allocator hands them out."""
+    from mmfree.host.driver import BUFFER_ALIGN, BufferLayout
 
-    regions = image.meta["regions"]
-    stream = -(-regions["stream"]["size"] // BUFFER_ALIGN) * BUFFER_ALIGN
-    logits = -(-LOGIT_WORD.itemsize * image.config.V // BUFFER_ALIGN) * BUFFER_ALIGN
-    return {"stream": stream, "table": regions["embedding"]["size"], "row": regions["embedding"]["row_stride"],
-            "logits": logits}
+    layout = BufferLayout.of(image)
+    return {"stream": layout.embed_offset, "table": layout.embed_bytes, "row": layout.embed_stride,
+            "logits": -(-layout.logits_bytes // BUFFER_ALIGN) * BUFFER_ALIGN}
 
 
 def sustained_read(config, progress, clock_hz: float | None = None) -> dict:

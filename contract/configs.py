@@ -31,6 +31,8 @@ import dataclasses
 import math
 from fractions import Fraction
 
+from .memory import get_board_memory
+
 __all__ = ["AcceleratorConfig", "CONFIGS", "ConfigError", "DEFAULT_SIM_CONFIG", "get_config", "MEMORY_MODELS",
            "board_ddr_params"]
 
@@ -170,7 +172,6 @@ def board_ddr_params(config: AcceleratorConfig) -> dict:
     figures of its ``memory_board`` (:mod:`mmfree.contract.memory`; docs/memory.md says how each
     mechanism works). Times are rounded up to whole cycles of the fabric clock."""
     from .boards import get_board
-    from .memory import get_board_memory
 
     mem = get_board_memory(config.memory_board)
     ns_per_cycle = 1e9 / config.clock_hz
@@ -204,7 +205,7 @@ _FULL_370M = dict(max_hidden=1024, max_layers=24, max_intermediate=2816, max_voc
 #: at 0x3600_0000); 255 MiB of it, as Verilator's byte arrays stop at 2**28 elements: enough for the
 #: benchmark's 1- and 2-layer images of every shape (a whole 2.7B image is 656 MiB).
 _FULL_2_7B = dict(max_hidden=2560, max_layers=32, max_intermediate=6912, max_vocab=32000,
-                  ddr_bytes=255 << 20, ddr_base=0x3600_0000)
+                  ddr_bytes=255 << 20, ddr_base=int(get_board_memory("kv260").contiguous_address.value))
 
 CONFIGS: dict[str, AcceleratorConfig] = {c.name: c for c in (
     AcceleratorConfig("pynq-z2", bus_bytes=8, ports=4, engine_bytes=32, rows_per_block=64, fifo_bytes=16384,

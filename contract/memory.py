@@ -92,6 +92,8 @@ class BoardMemory:
     #: the kernel itself takes): the weight buffer, the logits and any other buffer share it.
     contiguous_bytes: Figure
     notes: str = ""
+    #: Where that contiguous memory starts on the bus, where a published boot log shows it.
+    contiguous_address: Figure | None = None
 
     @property
     def peak_bytes_per_s(self) -> float:
@@ -264,6 +266,8 @@ _KV260 = BoardMemory(
                             "1008 MiB at 0x0000000036000000' (in DDR_LOW, below 4 GB); Kria-PYNQ (Xilinx/Kria-PYNQ "
                             "install.sh, dts/pynq.dts) does not change it. What the display stack takes of it is not "
                             "known"),
+    contiguous_address=Figure(0x3600_0000, "address", "the same KV260 boot log: 'cma: Reserved 1008 MiB at "
+                              "0x0000000036000000'"),
     notes="S_AXI_HP1_FPD and S_AXI_HP2_FPD share XPI port 4; HP0 shares a port with the DisplayPort DMA, HP3 "
           "one with the FPD DMA (UG1085 ch.35 'PL-PS Interface Specifics'; their numbers 3 and 5 follow the DDR "
           "subsystem diagram of UG1085 ch.17, where ports 0-2 serve the RPU and the CCI); with two read ports use "
@@ -302,7 +306,8 @@ def markdown_table() -> str:
         lines.append(f"| {memory.board} | peak (derived) | {memory.peak_bytes_per_s / 1e9:g} | GB/s | "
                      f"data_rate_mt_s x bus_bits / 8 |")
         for name, figure in memory.figures():
-            lines.append(f"| {memory.board} | {_cell(name)} | {_number(figure.value)} | {_cell(figure.unit)} | "
+            value = f"0x{int(figure.value):_X}" if figure.unit == "address" else _number(figure.value)
+            lines.append(f"| {memory.board} | {_cell(name)} | {value} | {_cell(figure.unit)} | "
                          f"{_cell(figure.source)} |")
         ports = ", ".join(f"{hp}: {port}" for hp, port in memory.ddrc_port_of_hp.items())
         lines.append(f"| {memory.board} | ddrc_port_of_hp | {_cell(ports)} | port | see notes and prose |")

@@ -47,7 +47,7 @@ from mmfree.models.weight_image import WeightImage
 from mmfree.contract.transport import CountingTransport, HostCounts, Transport, TransportError
 
 __all__ = ["DriverError", "IdentityMismatch", "DeviceTimeout", "DeviceError", "BuildIdentity", "StepResult",
-           "AcceleratorDriver", "COUNTERS", "BUFFER_ALIGN", "LOGIT_WORD", "timeout_cycles", "Read", "HostCounts",
+           "AcceleratorDriver", "BufferLayout", "COUNTERS", "BUFFER_ALIGN", "LOGIT_WORD", "timeout_cycles", "Read", "HostCounts",
            "EMBEDDING_PLACES"]
 
 #: Where :meth:`AcceleratorDriver.load_image` may keep the embedding table.
@@ -226,8 +226,8 @@ class StepResult:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Layout:
-    """Where a loaded image lives in device memory."""
+class BufferLayout:
+    """Where a loaded image lives in device memory (what :meth:`AcceleratorDriver.load_image` allocates)."""
 
     stream_offset: int
     stream_bytes: int
@@ -240,7 +240,7 @@ class _Layout:
     intermediate: int
 
     @classmethod
-    def of(cls, image: WeightImage) -> "_Layout":
+    def of(cls, image: WeightImage) -> "BufferLayout":
         regions = image.meta["regions"]
         stream_bytes = regions["stream"]["size"]
         embed_offset = -(-stream_bytes // BUFFER_ALIGN) * BUFFER_ALIGN
@@ -249,7 +249,13 @@ class _Layout:
 
     @property
     def weight_buffer_bytes(self) -> int:
+        """The weight buffer with the whole embedding table after STREAM."""
         return self.embed_offset + self.embed_bytes
+
+    @property
+    def weight_buffer_bytes_one_row(self) -> int:
+        """The weight buffer when the table stays in host memory: one row after STREAM."""
+        return self.embed_offset + self.embed_stride
 
     @property
     def bytes_per_token(self) -> int:
@@ -270,7 +276,7 @@ class AcceleratorDriver:
         self._io = CountingTransport(transport)       # every access of the driver goes through it
         self.identity: BuildIdentity | None = None
         self.image: WeightImage | None = None
-        self._layout: _Layout | None = None
+        self._layout: BufferLayout | None = None
         self._weights = None
         self._logits = None
         #: Where the loaded image's embedding table lives: "device" (beside the stream) or "host".
@@ -357,7 +363,7 @@ class AcceleratorDriver:
             raise ValueError(f"embedding must be one of {', '.join(EMBEDDING_PLACES)}, not {embedding!r}")
         identity = self.identity or self.check_identity()
         identity.check_image(image)
-        layout = _Layout.of(image)
+        layout = BufferLayout.of(image)
         self._release()
         place, weights = ("host" if embedding == "host" else "device"), None
         if place == "device":
@@ -368,7 +374,7 @@ class AcceleratorDriver:
                     raise
                 place = "host"
         if weights is None:
-            weights = self._io.allocate(layout.embed_offset + layout.embed_stride)
+            weights = self._io.allocate(layout.weight_buffer_bytes_one_row)
         self._weights = self._reachable("weight", weights, identity)
         # Cacheable: read back in bulk after one invalidate (docs/board.md, "Host time per token").
         self._logits = self._reachable("logits", self._io.allocate(layout.logits_bytes, cacheable=True), identity)
@@ -401,7 +407,7 @@ class AcceleratorDriver:
                                    "(BUILD_CONFIG.addr_bits)")
         return buf
 
-    def _host_embedding_row(self, token: int, layout: _Layout) -> None:
+    def _host_embedding_row(self, token: int, layout: BufferLayout) -> None:
         """Put ``token``'s row in the one-row buffer and aim EMBED_ADDR so that the device's row
         address, EMBED_ADDR + TOKEN * EMBED_STRIDE (mod 2**addr_bits), is that buffer."""
         stride = layout.embed_stride
@@ -419,7 +425,7 @@ class AcceleratorDriver:
         self.image = self._layout = self.embedding_place = None
         self._token_cycles = None
 
-    def _require_image(self) -> _Layout:
+    def _require_image(self) -> BufferLayout:
         if self._layout is None:
             raise DriverError("no model loaded: call load_image first")
         return self._layout

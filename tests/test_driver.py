@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mmfree.host import driver as drv
-from mmfree.contract.transport import Transport, TransportError, check_register_access
+from mmfree.contract.transport import CountingTransport, TransportError, check_register_access
 from mmfree.contract import configs, registers as regs
 from mmfree.models import numerics as nx
 from mmfree.models.weight_image import WeightImage
@@ -112,7 +112,7 @@ def test_image_must_fit_the_build(kjv, tiny):
 
 
 def test_buffer_layout(kjv):
-    layout = drv._Layout.of(kjv)
+    layout = drv.BufferLayout.of(kjv)
     regions = kjv.meta["regions"]
     # (numerics version 2: 32-bit gain and gate words)
     assert layout.stream_offset == 0 and layout.stream_bytes == regions["stream"]["size"] == 1_346_432
@@ -243,7 +243,7 @@ def test_steps_are_bit_exact_with_counters(device, tiny):
     ids = [1, 17, 300, 5, 5, 319, 0, 42]
     driver.reset_state()
     want = golden_steps(tiny, ids)
-    layout = drv._Layout.of(tiny)
+    layout = drv.BufferLayout.of(tiny)
     cfg = transport.config
     for n, (t, ref) in enumerate(zip(ids, want)):
         r = driver.step(t)
@@ -391,41 +391,21 @@ def test_a_simulator_that_dies_is_one_line(tiny):
         transport.close()
 
 
-class _BuffersAbove(Transport):
+class _BuffersAbove(CountingTransport):
     """``inner`` with every buffer's bus address raised by ``shift`` (as a board whose CMA lies in
     its upper DDR): the driver must refuse what its build cannot address, before any START."""
 
     def __init__(self, inner, shift):
-        self.inner, self.shift, self.allocated = inner, shift, []
-
-    @property
-    def clock_hz(self):
-        return self.inner.clock_hz
-
-    @property
-    def register_window(self):
-        return self.inner.register_window
-
-    def read(self, offset):
-        return self.inner.read(offset)
-
-    def read_many(self, offsets):
-        return self.inner.read_many(offsets)
-
-    def write(self, offset, value):
-        self.inner.write(offset, value)
+        super().__init__(inner)
+        self.shift = shift
 
     def allocate(self, nbytes, *, cacheable=False):
         buf = self.inner.allocate(nbytes, cacheable=cacheable)
         buf.physical_address += self.shift
-        self.allocated.append(buf)
         return buf
 
-    def wait(self, timeout_s, predicate, *, expected_s=0.0):
-        return self.inner.wait(timeout_s, predicate, expected_s=expected_s)
-
     def close(self):
-        pass
+        """Leaves ``inner`` open: the module's fixture owns it and closes it."""
 
 
 @pytest.mark.sim
@@ -491,7 +471,7 @@ def test_embedding_table_in_host_memory_is_bit_exact(device, tiny):
     address (EMBED_ADDR + TOKEN * EMBED_STRIDE, modulo 2**32) lands on it."""
     driver, transport = device
     stride = tiny.meta["regions"]["embedding"]["row_stride"]
-    whole = drv._Layout.of(tiny).weight_buffer_bytes
+    whole = drv.BufferLayout.of(tiny).weight_buffer_bytes
     small = drv.AcceleratorDriver(_SmallMemory(transport, whole - 1))  # stream + a row fit, stream + table not
     with pytest.raises(TransportError):
         small.load_image(tiny, embedding="device")
