@@ -1,22 +1,28 @@
-"""Backends that compute one token's logits: the same interface for the golden
-models now, and for the simulated and the real accelerator.
+"""Backends that compute next-token outputs: the same interface for the golden
+models, and for the simulated and the real accelerator.
 
-A backend is reset to the zero state, then fed one token id per call;
-``close`` releases what it holds. Three calls feed a token, each returning
-only what its caller needs (the decode loop, :func:`mmfree.host.generate.generate`,
-picks the cheapest):
+A backend holds ``streams`` independent sequences (0 .. streams-1), each
+with its own recurrent state, and runs weight passes over them:
 
-* ``step(token)``: the next-token logits as float64 (V,) (sampling, ``logits``, ``eval``);
-* ``step_argmax(token)``: the greedy next token (lowest id on ties), an int;
-* ``advance(token)``: nothing (a prompt token: only the state moves).
+* ``clear(seq)``: that sequence back to the zero state (the others keep theirs);
+* ``decode({seq: token, ...}, read)``: one token of each named sequence in
+  one weight pass; returns ``{seq: output}``;
+* ``prefill(seq, tokens, read)``: up to ``prefill_tokens`` consecutive tokens
+  of one sequence in one weight pass; returns the last token's output.
 
-The golden backends compute the logits either way; the accelerator backends
-read from the device only what the call returns: ``advance`` reads STATUS,
-``step_argmax`` STATUS and ARGMAX, ``step`` STATUS and the logits buffer
-(:class:`~mmfree.host.driver.Read`). Backends are chosen by name with :func:`open_backend`:
+``read`` (:class:`~mmfree.host.driver.Read`) says what the caller needs, and
+the accelerator backends read from the device only that: ``Read.LOGITS``, the
+next-token logits as float64 (V,); ``Read.ARGMAX``, the greedy next token (an
+int, the lowest id on ties); ``Read.NONE``, nothing (None: only the state moves).
 
-* ``golden``: the integer golden model (what the accelerator computes);
-* ``float``: the float32 golden model;
+Sequence 0 also has the one-sequence calls the decode loop of one prompt and
+the tests use: ``reset()``, ``step(token)`` (logits), ``step_argmax(token)``,
+``advance(token)``. ``close`` releases what the backend holds. Backends are
+chosen by name with :func:`open_backend`:
+
+* ``golden``: the integer golden model (what the accelerator computes), B
+  sequences per :meth:`~mmfree.models.golden_int.IntegerModel.step_batch`;
+* ``float``: the float32 golden model (one sequence at a time inside a pass);
 * ``sim``: the accelerator's RTL in Verilator (the ``sim`` transport that
   :mod:`mmfree.sim.transport` registers), through the same driver as the board;
 * ``pynq``: the accelerator on a PYNQ board (:mod:`mmfree.host.pynq_transport`).
@@ -37,39 +43,100 @@ from mmfree.contract.boards import BOARDS
 from mmfree.models import numerics as nx
 from mmfree.models.weight_image import WeightImage
 
+from .driver import Read
+
+#: Sequences a golden backend holds unless told otherwise (``--streams``).
+DEFAULT_CPU_STREAMS = 8
+#: The most a golden backend may be asked to hold.
+MAX_CPU_STREAMS = 256
+
 
 class BackendError(RuntimeError):
     """A backend that cannot run (one-line message)."""
 
 
-class _GoldenModelBackend:
-    """A backend over one of the golden models (which one: the subclass's ``model``)."""
+class _Sequences:
+    """The one-sequence calls on sequence 0, and the checks every backend makes of a request."""
+
+    streams = 1
+    prefill_tokens = 1
+    vocab = 0
+
+    def reset(self) -> None:
+        self.clear(0)
+
+    def step(self, token: int) -> np.ndarray:
+        return self.decode({0: token}, Read.LOGITS)[0]
+
+    def step_argmax(self, token: int) -> int:
+        return self.decode({0: token}, Read.ARGMAX)[0]
+
+    def advance(self, token: int) -> None:
+        self.decode({0: token}, Read.NONE)
+
+    def _check_seq(self, seq) -> int:
+        if isinstance(seq, bool) or not isinstance(seq, (int, np.integer)) or not 0 <= seq < self.streams:
+            raise BackendError(f"sequence {seq!r} out of range (this backend holds {self.streams}: "
+                               f"0..{self.streams - 1})")
+        return int(seq)
+
+    def _check_tokens(self, tokens) -> list[int]:
+        for t in tokens:
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < self.vocab:
+                raise BackendError(f"token id {t!r} out of range (vocabulary has {self.vocab} ids: 0..{self.vocab - 1})")
+        return [int(t) for t in tokens]
+
+    def _check_prefill(self, seq, tokens) -> tuple[int, list[int]]:
+        seq = self._check_seq(seq)
+        if not 1 <= len(tokens) <= self.prefill_tokens:
+            raise BackendError(f"a prefill takes 1..{self.prefill_tokens} tokens, not {len(tokens)}")
+        return seq, self._check_tokens(tokens)
+
+
+class _GoldenModelBackend(_Sequences):
+    """A backend over one of the golden models (which one: the subclass's ``make_model``), holding
+    ``streams`` sequences; a prefill takes up to ``streams`` tokens, as the accelerator's columns do."""
 
     name = ""
 
-    def __init__(self, image: WeightImage):
+    def __init__(self, image: WeightImage, streams: int = DEFAULT_CPU_STREAMS):
+        if isinstance(streams, bool) or not isinstance(streams, int) or not 1 <= streams <= MAX_CPU_STREAMS:
+            raise BackendError(f"streams must be in 1..{MAX_CPU_STREAMS}, not {streams!r}")
         self.model = self.make_model(image)
-        self.reset()
+        self.streams = self.prefill_tokens = streams
+        self.vocab = image.config.V
+        self.states = [self.model.initial_state() for _ in range(streams)]
 
-    def reset(self) -> None:
-        self.state = self.model.initial_state()
+    def clear(self, seq: int) -> None:
+        self.states[self._check_seq(seq)] = self.model.initial_state()
 
-    def step(self, token: int) -> np.ndarray:
-        logits, self.state = self.model.step(token, self.state)
-        return self.to_float(logits)
+    def decode(self, tokens, read: Read) -> dict:
+        seqs = [self._check_seq(s) for s in tokens]
+        ids = self._check_tokens([tokens[s] for s in seqs])
+        logits, states = self.step_columns(ids, [self.states[s] for s in seqs])
+        for s, state in zip(seqs, states):
+            self.states[s] = state
+        return {s: self._output(row, read) for s, row in zip(seqs, logits)}
 
-    def step_argmax(self, token: int) -> int:
-        return int(np.argmax(self.step(token)))        # numpy: the lowest index on ties, as ARGMAX
+    def prefill(self, seq: int, tokens, read: Read):
+        seq, ids = self._check_prefill(seq, tokens)
+        logits, self.states[seq] = self.prefill_columns(ids, self.states[seq], read != Read.NONE)
+        return self._output(logits, read)
 
-    def advance(self, token: int) -> None:
-        self.step(token)
+    def _output(self, logits, read: Read):
+        if Read.LOGITS in read:
+            return self.to_float(logits)
+        if Read.ARGMAX in read:
+            return int(np.argmax(logits))        # numpy: the lowest index on ties, as ARGMAX
+        return None
 
     def close(self) -> None:
         pass
 
 
 class GoldenBackend(_GoldenModelBackend):
-    """The integer golden model: the accelerator's arithmetic, bit for bit."""
+    """The integer golden model: the accelerator's arithmetic, bit for bit; the sequences of a
+    pass go through one :meth:`~mmfree.models.golden_int.IntegerModel.step_batch`."""
 
     name = "golden"
 
@@ -83,9 +150,15 @@ class GoldenBackend(_GoldenModelBackend):
     def to_float(logits):
         return nx.act_to_float(logits)
 
+    def step_columns(self, tokens, states):
+        return self.model.step_batch(tokens, states)
+
+    def prefill_columns(self, tokens, state, want_logits: bool):
+        return self.model.prefill(tokens, state, logits="last" if want_logits else "none")
+
 
 class FloatBackend(_GoldenModelBackend):
-    """The float32 golden model (the reference's arithmetic)."""
+    """The float32 golden model (the reference's arithmetic), one sequence and one token after another."""
 
     name = "float"
 
@@ -99,9 +172,23 @@ class FloatBackend(_GoldenModelBackend):
     def to_float(logits):
         return logits.astype(np.float64)
 
+    def step_columns(self, tokens, states):
+        out = [self.model.step(t, s) for t, s in zip(tokens, states)]
+        return [o[0] for o in out], [o[1] for o in out]
 
-class _AcceleratorBackend:
+    def prefill_columns(self, tokens, state, want_logits: bool):
+        # Token by token, not forward()'s product over positions: float32 sums taken in another
+        # order could round differently, and a prompt's tokens must not depend on its chunking.
+        for t in tokens:
+            logits, state = self.model.step(t, state)
+        return logits, state
+
+
+class _AcceleratorBackend(_Sequences):
     """A backend over :class:`~mmfree.host.driver.AcceleratorDriver` on some transport.
+
+    The build holds one sequence (``streams`` = 1) and takes one token per pass:
+    a prefill is that many passes.
 
     ``last`` holds the last step's :class:`~mmfree.host.driver.StepResult`
     (what that call read, and its host traffic in ``last.host``). With
@@ -124,36 +211,40 @@ class _AcceleratorBackend:
         except BackendError:
             self.driver.close()
             raise
+        self.vocab = image.config.V
         if self.driver.embedding_place == "host":
             print(f"{self.name}: the device memory cannot also hold the embedding table: it stays in host memory "
                   "and one row is copied per token (docs/capacity.md)", file=sys.stderr)
         self.last = None
 
-    def reset(self) -> None:
+    def clear(self, seq: int) -> None:
+        self._check_seq(seq)
         with _one_line_errors():
             self.driver.reset_state()
 
-    def _step(self, token: int, read):
-        from .driver import Read
-
+    def _step(self, token: int, read: Read):
         with _one_line_errors():
             self.last = self.driver.step(token, read=read | (Read.COUNTERS if self.read_counters else Read.NONE))
-        return self.last
+        return self._output(self.last, read)
 
-    def step(self, token: int) -> np.ndarray:
-        from .driver import Read
+    @staticmethod
+    def _output(result, read: Read):
+        if Read.LOGITS in read:
+            return result.logits
+        if Read.ARGMAX in read:
+            return result.argmax
+        return None
 
-        return self._step(token, Read.LOGITS).logits
+    def decode(self, tokens, read: Read) -> dict:
+        seqs = [self._check_seq(s) for s in tokens]
+        ids = self._check_tokens([tokens[s] for s in seqs])
+        return {s: self._step(t, read) for s, t in zip(seqs, ids)}
 
-    def step_argmax(self, token: int) -> int:
-        from .driver import Read
-
-        return self._step(token, Read.ARGMAX).argmax
-
-    def advance(self, token: int) -> None:
-        from .driver import Read
-
-        self._step(token, Read.NONE)
+    def prefill(self, seq: int, tokens, read: Read):
+        seq, tokens = self._check_prefill(seq, tokens)
+        for t in tokens[:-1]:
+            self._step(t, Read.NONE)
+        return self._step(tokens[-1], read)
 
     def close(self) -> None:
         self.driver.close()
@@ -270,13 +361,20 @@ BACKENDS = {"golden": GoldenBackend, "float": FloatBackend, "sim": SimBackend, "
 ACCELERATOR_BACKENDS = ("sim", "pynq")
 
 
-def open_backend(name: str, image: WeightImage, **options):
-    """The backend called ``name`` on ``image``; ``options`` (hw_config, bitstream) go to accelerator backends."""
+def open_backend(name: str, image: WeightImage, *, streams: int | None = None, **options):
+    """The backend called ``name`` on ``image``, holding ``streams`` sequences (golden backends: default
+    :data:`DEFAULT_CPU_STREAMS`; an accelerator holds what its build holds, and refuses more);
+    ``options`` (hw_config, bitstream) go to accelerator backends."""
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
     if name not in ACCELERATOR_BACKENDS:
         given = [k for k, v in options.items() if v is not None]
         if given:
             raise BackendError(f"--{given[0].replace('_', '-')} applies to the sim and pynq backends only")
-        return BACKENDS[name](image)
-    return BACKENDS[name](image, **options)
+        return BACKENDS[name](image, **({} if streams is None else {"streams": streams}))
+    backend = BACKENDS[name](image, **options)
+    if streams is not None and streams > backend.streams:
+        backend.close()
+        raise BackendError(f"--streams {streams}: this {name} build holds {backend.streams} sequence"
+                           f"{'s' if backend.streams > 1 else ''} at once")
+    return backend

@@ -15,6 +15,7 @@ Output files are checked before any long work and written atomically
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -28,8 +29,9 @@ from mmfree.models.weight_image import (DEFAULT_ROWS_PER_BLOCK, MAX_ROWS_PER_BLO
 
 from .backends import BackendError, open_backend
 from .generate import generate as generate_ids
-from .options import (DEFAULT_MODEL, FiniteFloat, OutputFile, atomic_output, backend_options,
-                      json_option, model_option, read_text, text_option, write_output)
+from .generate import generate_many
+from .options import (DEFAULT_MODEL, FiniteFloat, InputFile, OutputFile, atomic_output, backend_options,
+                      json_option, model_option, read_text, streams_option, text_option, write_output)
 
 #: Entry-point group through which other folders offer ``mmfree`` sub-commands (click commands).
 COMMAND_ENTRY_POINTS = "mmfree.commands"
@@ -152,19 +154,33 @@ def main():
     """FPGA accelerator for the MatMul-free LM: golden models, simulation, builds and board host."""
 
 
-def _open_prompt(model, prompt, backend, hw_config, bitstream):
-    """(image, tokenizer, prompt ids with bos, opened backend) for generate and bench; one-line errors."""
+def _open_prompts(model, prompts, backend, hw_config, bitstream, streams=None):
+    """(image, tokenizer, each prompt's ids with bos, opened backend) for generate and bench; one-line errors."""
     image = load_image(model)
     tok = image_tokenizer(image, model)
-    if not prompt.strip():
-        raise click.ClickException("--prompt is empty")
-    ids = [image.config.bos_token_id] + tok.encode(prompt, add_special_tokens=False).ids
-    check_ids(ids, image.config.V, f"{model}: the prompt's ")
+    ids = []
+    for n, prompt in enumerate(prompts):
+        where = f"prompt {n + 1}" if len(prompts) > 1 else "--prompt"
+        if not prompt.strip():
+            raise click.ClickException(f"{where} is empty")
+        ids.append([image.config.bos_token_id] + tok.encode(prompt, add_special_tokens=False).ids)
+        check_ids(ids[-1], image.config.V, f"{model}: {where}'s ")
     try:
-        engine = open_backend(backend, image, hw_config=hw_config, bitstream=bitstream)
+        engine = open_backend(backend, image, hw_config=hw_config, bitstream=bitstream, streams=streams)
     except BackendError as e:
         raise click.ClickException(str(e)) from None
     return image, tok, ids, engine
+
+
+def _read_prompts(prompts, prompt_file) -> list[str]:
+    """The --prompt values, then --prompt-file's non-empty lines; at least one."""
+    found = list(prompts)
+    if prompt_file is not None:
+        lines = [line.rstrip("\r") for line in read_text(prompt_file).split("\n")]
+        found += [line for line in lines if line.strip()]
+    if not found:
+        raise click.UsageError("give a prompt: --prompt TEXT (repeatable) or --prompt-file FILE (one per line)")
+    return found
 
 
 def _rows_per_block(ctx, param, value):
@@ -234,30 +250,63 @@ def info(image):
 
 @main.command()
 @model_option
-@click.option("--prompt", required=True, help="prompt text")
+@click.option("--prompt", "prompts", multiple=True, help="prompt text; repeat it for several prompts")
+@click.option("--prompt-file", default=None, type=InputFile(), help="a UTF-8 file of prompts, one per line")
 @click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(min=0))
 @click.option("--temperature", default=0.0, show_default=True, type=FiniteFloat(min=0.0), help="0 = greedy")
 @click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0), help="0 = whole vocabulary")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--json", "as_json", is_flag=True,
+              help='print one JSON object per prompt: {"prompt": ..., "text": ..., "tokens": [ids]}')
+@streams_option
 @backend_options
-def generate(model, prompt, max_new_tokens, temperature, top_k, seed, backend, hw_config, bitstream):
-    """Generate text, printing it as it is produced."""
-    image, tok, ids, engine = _open_prompt(model, prompt, backend, hw_config, bitstream)
+def generate(model, prompts, prompt_file, max_new_tokens, temperature, top_k, seed, as_json, streams, backend,
+             hw_config, bitstream):
+    """Generate text for one or several prompts, decoded together (up to --streams at once).
+
+    One prompt is printed as it is produced; several are printed each when it
+    is complete, in the order given. Every prompt gets the tokens it would get
+    alone (its own sampler, seeded with --seed).
+    """
+    texts = _read_prompts(prompts, prompt_file)
+    image, tok, ids, engine = _open_prompts(model, texts, backend, hw_config, bitstream, streams)
+    eos = image.config.eos_token_id
+    outs: list[list[int]] = [[] for _ in texts]
+    finished = [False] * len(texts)
+    printed = 0
+    shown = ""
+    stream_one = len(texts) == 1 and not as_json
+
+    def emit(n):
+        if as_json:
+            click.echo(json.dumps({"prompt": texts[n], "text": tok.decode(outs[n]), "tokens": outs[n]},
+                                  ensure_ascii=False))
+        else:
+            click.echo(texts[n] + tok.decode(outs[n]) + ("\n" if n + 1 < len(texts) else ""))
+
     try:
-        click.echo(prompt, nl=False)
-        out: list[int] = []
-        shown = ""
-        for t in generate_ids(engine, ids, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed,
-                              eos_id=image.config.eos_token_id):
-            if t == image.config.eos_token_id:
-                break
-            out.append(t)
-            text = tok.decode(out)
-            # Byte-level pieces can end mid-character: print only once complete.
-            if not text.endswith("\ufffd"):
-                click.echo(text[len(shown):], nl=False)
-                shown = text
-        click.echo(tok.decode(out)[len(shown):])
+        if stream_one:
+            click.echo(texts[0], nl=False)
+        for n, t in generate_many(engine, ids, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed,
+                                  eos_id=eos):
+            if t == eos:
+                finished[n] = True
+            else:
+                outs[n].append(t)
+                finished[n] = len(outs[n]) >= max_new_tokens
+            if stream_one:
+                text = tok.decode(outs[0])
+                # Byte-level pieces can end mid-character: print only once complete.
+                if not text.endswith("\ufffd"):
+                    click.echo(text[len(shown):], nl=False)
+                    shown = text
+            while printed < len(texts) and finished[printed] and not stream_one:
+                emit(printed)
+                printed += 1
+        if stream_one:
+            click.echo(tok.decode(outs[0])[len(shown):])
+        for n in range(printed if not stream_one else len(texts), len(texts)):
+            emit(n)                       # max_new_tokens 0, or a prompt that never finished by count
     except BackendError as e:
         click.echo()  # end the partial line so the error stands on its own
         raise click.ClickException(str(e)) from None
@@ -338,10 +387,9 @@ def bench(model, prompt, tokens, backend, hw_config, bitstream, json_out):
     for this report is not part of it) with the host time it means on each
     board (contract/host_costs.py).
     """
-    import json
     import time
 
-    image, tok, ids, engine = _open_prompt(model, prompt, backend, hw_config, bitstream)
+    image, tok, (ids,), engine = _open_prompts(model, [prompt], backend, hw_config, bitstream)
     counting = _CountingBackend(engine)
     try:
         start = time.perf_counter()

@@ -24,7 +24,7 @@ import click
 from mmfree.contract.configs import CONFIGS as HW_CONFIGS
 from mmfree.contract.configs import DEFAULT_SIM_CONFIG
 
-from .backends import BACKENDS
+from .backends import BACKENDS, DEFAULT_CPU_STREAMS, MAX_CPU_STREAMS
 
 #: The bundled models; every --model option defaults to the KJV one.
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -135,6 +135,10 @@ json_option = click.option("--json", "json_out", default=None, type=OutputFile()
                            help="also write the figures to this JSON file")
 text_option = click.option("--text-file", "text_file", default=HELDOUT_TEXT, show_default=True, type=InputFile(),
                            help="text to evaluate (UTF-8)")
+streams_option = click.option(
+    "--streams", default=None, type=click.IntRange(1, MAX_CPU_STREAMS),
+    help=f"sequences decoded at once, one token each per weight pass [default: {DEFAULT_CPU_STREAMS} for the "
+         "golden backends; for sim/pynq what the build holds]")
 
 
 def backend_options(f):
@@ -143,5 +147,5 @@ def backend_options(f):
 
 
 __all__ = ["DEFAULT_MODEL", "HELDOUT_TEXT", "BUNDLED_MODELS", "FiniteFloat", "InputFile",
-           "OutputFile", "atomic_output", "read_text", "write_output", "model_option", "backend_options", "json_option",
+           "OutputFile", "atomic_output", "read_text", "write_output", "model_option", "backend_options", "json_option", "streams_option",
            "text_option"]

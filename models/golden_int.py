@@ -157,30 +157,46 @@ class IntegerModel:
         ``norm_vector`` is the pre-norm's input when it is not x itself (the
         MLGRU's g before o_proj).
         """
+        outs = self.bitlinear_columns(np.asarray(x)[None], record, trace,
+                                      None if norm_vector is None else np.asarray(norm_vector)[None])
+        return [y[0] for y in outs]
+
+    def bitlinear_columns(self, x: np.ndarray, record: str, trace: dict | None = None,
+                          norm_vector: np.ndarray | None = None) -> list[np.ndarray]:
+        """:meth:`bitlinear` of B input vectors at once (``x``: B x K, one column each): every
+        consumer's outputs (B x rows). Each column's statistics, codes and scale are its own, exactly
+        as :meth:`bitlinear` of that column alone; only the matrix product is shared (one pass over
+        the matrix for all B, as the accelerator's columns share one weight stream).
+        ``trace`` (one column only) collects the intermediates."""
         rec = self._records[record]
         (a_mant, frac_a), folded = self._gains[record]
         source = NormSource[rec["norm_source"]]
+        x = np.asarray(x, np.int64)
         if source == NormSource.INPUT:
             norm_vector = x
         elif source == NormSource.NONE:
-            norm_vector = None
+            norm_vector = [None] * len(x)
         elif norm_vector is None:
             raise ValueError(f"record {record} needs the pre-norm's input vector")
-        stats = norm_stats(x, rec["x_frac"], a_mant, frac_a, rec["eps_mant"], rec["eps_shift"],
-                           norm_vector, rec["x_frac"] if source == NormSource.INPUT else nx.ACT_FRAC)
+        norm_frac = rec["x_frac"] if source == NormSource.INPUT else nx.ACT_FRAC
+        stats = [norm_stats(xb, rec["x_frac"], a_mant, frac_a, rec["eps_mant"], rec["eps_shift"], nb, norm_frac)
+                 for xb, nb in zip(x, norm_vector)]
         outs = []
         for cons, (g_mant, frac_g) in zip(rec["consumers"], folded):
-            qv = quantize_vector(x, g_mant)
-            scaling = consumer_scale(qv, stats, cons["cm"], cons["ec"], frac_g, frac_a)
-            if scaling is None:
-                outs.append(np.zeros(cons["rows"], np.int64))
-                continue
-            acc = (self._codes[cons["name"]] @ qv.codes.astype(np.float32)).astype(np.int64)
-            scale, exp = scaling
-            y = nx.rescale(acc, scale, exp)
-            if trace is not None:
-                trace[cons["name"]] = {"codes": qv.codes, "acc": acc, "scale": scale, "exp": exp, "y": y,
-                                       "peak_norm": qv.peak_norm, "shift": qv.shift, "stats": stats}
+            qvs = [quantize_vector(xb, g_mant) for xb in x]
+            scalings = [consumer_scale(qv, st, cons["cm"], cons["ec"], frac_g, frac_a) for qv, st in zip(qvs, stats)]
+            y = np.zeros((len(x), cons["rows"]), np.int64)
+            live = [b for b, s in enumerate(scalings) if s is not None]
+            if live:
+                codes = np.stack([qvs[b].codes for b in live], axis=1).astype(np.float32)     # K x B'
+                acc = (self._codes[cons["name"]] @ codes).astype(np.int64)                 # rows x B'
+                for j, b in enumerate(live):
+                    y[b] = nx.rescale(acc[:, j], *scalings[b])
+                if trace is not None and live == [0]:
+                    scale, exp = scalings[0]
+                    trace[cons["name"]] = {"codes": qvs[0].codes, "acc": acc[:, 0], "scale": scale, "exp": exp,
+                                           "y": y[0], "peak_norm": qvs[0].peak_norm, "shift": qvs[0].shift,
+                                           "stats": stats[0]}
             outs.append(y)
         return outs
 
@@ -196,27 +212,71 @@ class IntegerModel:
         return mlgru_step(i, f_pre, g, state, self._lb[layer])
 
     def glu(self, ab: np.ndarray) -> np.ndarray:
-        """The channel mixer's element-wise part (:func:`glu` of the a and b halves): silu(a) * b."""
-        return glu(ab[: self.cfg.I], ab[self.cfg.I:])
+        """The channel mixer's element-wise part (:func:`glu` of the a and b halves): silu(a) * b
+        (``ab``: 2I values, or B x 2I)."""
+        return glu(ab[..., : self.cfg.I], ab[..., self.cfg.I:])
 
     def step(self, token: int, state: list[np.ndarray], trace: dict | None = None):
         """ACT logits (int64, V) of one token and the new state; ``trace`` collects intermediates."""
-        h = self.embed(token)
-        new_state = []
+        logits, (new_state,) = self.step_batch([token], [state], trace)
+        return logits[0], new_state
+
+    def step_batch(self, tokens, states: list[list[np.ndarray]], trace: dict | None = None):
+        """One token of each of B independent sequences (``tokens[b]`` with state ``states[b]``),
+        all in one pass over the weights: (B x V logits, the B new states). Sequence b's results
+        equal :meth:`step` of ``tokens[b]`` alone, bit for bit."""
+        if len(tokens) != len(states):
+            raise ValueError(f"{len(tokens)} tokens for {len(states)} states")
+        h = np.stack([self.embed(t) for t in tokens])
+        h, layers = self._columns(h, [np.stack([s[layer] for s in states]) for layer in range(self.cfg.L)],
+                                  False, trace)
+        (logits,) = self.bitlinear_columns(h, "head", trace)
+        return logits, [[layers[layer][b] for layer in range(self.cfg.L)] for b in range(len(tokens))]
+
+    def prefill(self, tokens, state: list[np.ndarray], logits: str = "last"):
+        """B consecutive tokens of one sequence in one pass over the weights: every projection takes
+        the B tokens as columns; only the MLGRU's recurrence runs across them in order. Returns
+        (logits, new state): the last token's logits (V) for ``logits="last"``, every token's
+        (B x V) for ``"all"``, none for ``"none"``; the state after the last token. Equal, bit for
+        bit, to B :meth:`step` calls."""
+        if logits not in ("last", "all", "none"):
+            raise ValueError(f"logits must be 'last', 'all' or 'none', not {logits!r}")
+        if len(tokens) == 0:
+            raise ValueError("prefill needs at least one token")
+        h = np.stack([self.embed(t) for t in tokens])
+        h, layers = self._columns(h, [s[None] for s in state], True)
+        new_state = [s[-1] for s in layers]
+        if logits == "none":
+            return None, new_state
+        (out,) = self.bitlinear_columns(h if logits == "all" else h[-1:], "head")
+        return (out if logits == "all" else out[0]), new_state
+
+    def _columns(self, h: np.ndarray, states: list[np.ndarray], recurrent: bool, trace: dict | None = None):
+        """Every layer for B columns of hidden vectors ``h`` (B x D). ``states[layer]`` is B x D
+        (independent sequences) or 1 x D (``recurrent``: the columns are consecutive tokens of one
+        sequence, column b's MLGRU starting from column b-1's new state). Returns the last layer's
+        hidden vectors and, per layer, every column's new state (B x D)."""
+        new_states = []
         for layer in range(self.cfg.L):
             p = f"model.layers.{layer}"
-            i, f_pre, g = self.bitlinear(h, f"{p}.attn.in", trace)
-            w, s = self.mlgru(layer, i, f_pre, g, state[layer])
-            new_state.append(s)
-            (o,) = self.bitlinear(w, f"{p}.attn.out", trace, norm_vector=g)
+            i, f_pre, g = self.bitlinear_columns(h, f"{p}.attn.in", trace)
+            if recurrent:
+                w, s = np.empty_like(i), np.empty_like(i)
+                prev = states[layer][0]
+                for b in range(len(h)):
+                    w[b], s[b] = self.mlgru(layer, i[b], f_pre[b], g[b], prev)
+                    prev = s[b]
+            else:
+                w, s = self.mlgru(layer, i, f_pre, g, states[layer])
+            new_states.append(s)
+            (o,) = self.bitlinear_columns(w, f"{p}.attn.out", trace, norm_vector=g)
             r = residual_add(h, o)
-            (ab,) = self.bitlinear(r, f"{p}.mlp.in", trace)
-            (d,) = self.bitlinear(self.glu(ab), f"{p}.mlp.out", trace)
+            (ab,) = self.bitlinear_columns(r, f"{p}.mlp.in", trace)
+            (d,) = self.bitlinear_columns(self.glu(ab), f"{p}.mlp.out", trace)
             h = residual_add(r, d)
             if trace is not None:
-                trace[f"{p}.hidden"] = h
-        (logits,) = self.bitlinear(h, "head", trace)
-        return logits, new_state
+                trace[f"{p}.hidden"] = h[0]
+        return h, new_states
 
     def forward(self, ids, state=None) -> np.ndarray:
         """Float64 logits (T x V) of a sequence, fed one token at a time."""

@@ -5,6 +5,7 @@ they must equal :class:`~mmfree.models.golden_int.IntegerModel` stepped here
 bit for bit; float arithmetic is checked against the float64 golden model
 with a tolerance that float32 rounding explains.
 """
+import json
 import re
 
 import numpy as np
@@ -170,3 +171,55 @@ def test_help_lists_every_command_without_loading_them():
     listed = re.findall(r"^  (\S+)\s", r.output.split("Commands:")[1], re.M)
     assert listed == sorted(["bench", "convert", "eval", "generate", "info", "logits", "synth", "synth-units",
                              "bitstream", "bench-accel", "bench-golden", "fidelity", "fidelity-budget"])
+
+
+def _json_lines(output):
+    return [json.loads(line) for line in output.splitlines()]
+
+
+@pytest.mark.parametrize("backend, temperature", [("golden", 0.0), ("golden", 1.2), ("float", 0.0)])
+def test_several_prompts_give_what_each_gives_alone(image, tmp_path, backend, temperature):
+    """Three prompts through two sequences (the third waits for a free one), from --prompt and
+    --prompt-file: each JSON object equals that prompt run alone."""
+    prompts = ["In the beginning", "God created", "the earth. In"]
+    pfile = tmp_path / "prompts.txt"
+    pfile.write_text(f"{prompts[1]}\n\n{prompts[2]}\r\n")        # blank lines skipped, CRLF taken
+    common = ["--model", image, "--max-new-tokens", 7, "--temperature", temperature, "--seed", 5,
+              "--backend", backend, "--json"]
+    r = run("generate", "--prompt", prompts[0], "--prompt-file", pfile, "--streams", 2, *common)
+    assert r.exit_code == 0, r.output
+    together = _json_lines(r.output)
+    assert [o["prompt"] for o in together] == prompts
+    tok = Tokenizer.from_str(WeightImage.load(image).tokenizer_json().decode())
+    for prompt, got in zip(prompts, together):
+        alone = run("generate", "--prompt", prompt, "--streams", 1, *common)
+        assert alone.exit_code == 0, alone.output
+        assert _json_lines(alone.output) == [got]
+        assert got["text"] == tok.decode(got["tokens"]) and 0 < len(got["tokens"]) <= 7
+    if backend == "golden" and temperature == 0:
+        assert together[0]["tokens"] == greedy_integer_ids(WeightImage.load(image), prompts[0], 7)
+
+
+def test_several_prompts_as_text_in_order(image):
+    r = run("generate", "--model", image, "--prompt", "God", "--prompt", "In the", "--max-new-tokens", 3)
+    assert r.exit_code == 0, r.output
+    first, second = r.output.split("\n\n")
+    assert first.startswith("God") and second.startswith("In the") and second.endswith("\n")
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give a prompt"),
+    (["--prompt", "God", "--prompt", " "], "prompt 2 is empty"),
+    (["--prompt", "God", "--streams", 0], "--streams"),
+])
+def test_generate_refuses_bad_prompts(image, args, message):
+    r = run("generate", "--model", image, *args)
+    assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_prompt_file_without_text_is_refused(image, tmp_path):
+    pfile = tmp_path / "blank.txt"
+    pfile.write_text("\n  \n")
+    r = run("generate", "--model", image, "--prompt-file", pfile)
+    assert r.exit_code == 1 and "no text" in r.output

@@ -107,3 +107,69 @@ def test_forward_matches_the_batched_float_model(models):
     assert np.array_equal(got.argmax(axis=1), want.argmax(axis=1))
     # the state is live: token 17 gives other logits at each of its positions
     assert not np.allclose(got[1], got[3]) and not np.allclose(got[3], got[4])
+
+
+# --------------------------------------------------------------------------
+# Columns: B sequences per weight pass, and prefill of B consecutive tokens
+# --------------------------------------------------------------------------
+def _histories(model, prefixes):
+    """The state after each prefix, stepped one token at a time."""
+    states = []
+    for prefix in prefixes:
+        state = model.initial_state()
+        for t in prefix:
+            _, state = model.step(t, state)
+        states.append(state)
+    return states
+
+
+def test_step_batch_equals_each_sequence_alone(tiny):
+    model = IntegerModel(tiny)
+    prefixes = [[1, 5, 9], [], [300, 2], [7]]          # different histories, one fresh state
+    states = _histories(model, prefixes)
+    tokens = [11, 11, 0, 319]                          # a token shared by two columns, both ends of V
+    logits, new_states = model.step_batch(tokens, states)
+    assert logits.shape == (4, tiny.config.V)
+    for b, (t, s) in enumerate(zip(tokens, states)):
+        alone, alone_state = model.step(t, s)
+        assert np.array_equal(logits[b], alone), b
+        for layer in range(tiny.config.L):
+            assert np.array_equal(new_states[b][layer], alone_state[layer]), (b, layer)
+    assert not np.array_equal(logits[0], logits[1])    # same token, other history: the states were used
+
+
+def test_step_batch_refuses_mismatched_lengths(tiny):
+    model = IntegerModel(tiny)
+    with pytest.raises(ValueError, match="2 tokens for 1 states"):
+        model.step_batch([1, 2], [model.initial_state()])
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5])
+def test_prefill_equals_single_steps(tiny, chunk):
+    model = IntegerModel(tiny)
+    ids = [1, 17, 4, 250, 9, 9, 63]
+    start = _histories(model, [[3, 8]])[0]             # a chunk continues an existing state
+    state, steps = start, []
+    for t in ids:
+        out, state = model.step(t, state)
+        steps.append(out)
+    prefilled, logits_all = start, []
+    for i in range(0, len(ids), chunk):
+        last, prefilled_next = model.prefill(ids[i:i + chunk], prefilled)
+        every, every_state = model.prefill(ids[i:i + chunk], prefilled, logits="all")
+        assert np.array_equal(every[-1], last)
+        assert all(np.array_equal(a, b) for a, b in zip(every_state, prefilled_next))
+        logits_all.extend(every)
+        prefilled = prefilled_next
+    assert np.array_equal(last, steps[-1])
+    assert all(np.array_equal(a, b) for a, b in zip(logits_all, steps))
+    assert all(np.array_equal(a, b) for a, b in zip(prefilled, state))
+    assert model.prefill(ids[:2], start, logits="none")[0] is None
+
+
+def test_prefill_refuses_bad_requests(tiny):
+    model = IntegerModel(tiny)
+    with pytest.raises(ValueError, match="at least one token"):
+        model.prefill([], model.initial_state())
+    with pytest.raises(ValueError, match="logits must be"):
+        model.prefill([1], model.initial_state(), logits="first")

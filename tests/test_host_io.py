@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from mmfree.contract.transport import CountingTransport, DeviceBuffer, HostCounts, Transport
-from mmfree.host.backends import GoldenBackend
-from mmfree.host.generate import generate
+from mmfree.host.backends import BackendError, FloatBackend, GoldenBackend
+from mmfree.host.driver import Read
+from mmfree.host.generate import generate, generate_many
 
 from helpers import Recording
 
@@ -167,6 +168,85 @@ def test_decode_loop_with_no_new_tokens_feeds_the_prompt(tiny):
     backend = CallLog(GoldenBackend(tiny))
     assert list(generate(backend, [1, 2, 3], 0)) == []
     assert backend.calls == [("advance", 1), ("advance", 2), ("advance", 3)]
+
+
+class PassLog:
+    """Keeps every weight pass a backend runs: ("decode", sequences) or ("prefill", sequence, tokens)."""
+
+    def __init__(self, backend):
+        self.backend, self.passes = backend, []
+        self.streams, self.prefill_tokens = backend.streams, backend.prefill_tokens
+
+    def clear(self, seq):
+        self.backend.clear(seq)
+
+    def decode(self, tokens, read):
+        self.passes.append(("decode", sorted(tokens)))
+        return self.backend.decode(tokens, read)
+
+    def prefill(self, seq, tokens, read):
+        self.passes.append(("prefill", seq, len(tokens)))
+        return self.backend.prefill(seq, tokens, read)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_many_prompts_through_few_sequences_give_each_alone(tiny, temperature):
+    """Five prompts of different lengths through 3 sequences: a prompt waits for a free sequence,
+    is prefilled 3 tokens per pass, then decoded beside the others; eos ends one early. Each
+    prompt's tokens equal generate() of it alone on a one-sequence backend."""
+    prompts = [[1, 17, 300, 5], [1], [1, 2, 3, 4, 5, 6, 7, 8], [1, 250, 250], [1, 9, 9, 9, 9, 9, 9]]
+    eos = 2
+    backend = PassLog(GoldenBackend(tiny, streams=3))
+    got = [[] for _ in prompts]
+    for n, t in generate_many(backend, prompts, 6, temperature=temperature, top_k=30, seed=11, eos_id=eos):
+        got[n].append(t)
+    for prompt, tokens in zip(prompts, got):
+        assert tokens == list(generate(Recording(GoldenBackend(tiny, streams=1)), prompt, 6, temperature=temperature,
+                                       top_k=30, seed=11, eos_id=eos))
+    decodes = [p for p in backend.passes if p[0] == "decode"]
+    prefills = [p for p in backend.passes if p[0] == "prefill"]
+    assert max(len(p[1]) for p in decodes) == 3                       # three sequences per pass
+    assert all(n <= 3 for _, _, n in prefills) and any(n == 3 for _, _, n in prefills)
+    assert sum(n for _, _, n in prefills) == sum(map(len, prompts))   # every prompt token fed once
+    assert len(backend.passes) < sum(map(len, prompts)) + sum(map(len, got))
+
+
+def test_clearing_one_sequence_leaves_the_others(tiny):
+    backend = GoldenBackend(tiny, streams=3)
+    backend.prefill(0, [1, 5, 7], Read.NONE)
+    backend.prefill(1, [1, 5, 7], Read.NONE)
+    backend.clear(0)
+    both = backend.decode({0: 9, 1: 9}, Read.LOGITS)
+    fresh, kept = GoldenBackend(tiny, streams=1), GoldenBackend(tiny, streams=3)   # a prefill takes <= streams tokens
+    kept.prefill(0, [1, 5, 7], Read.NONE)
+    assert np.array_equal(both[0], fresh.step(9)) and np.array_equal(both[1], kept.step(9))
+
+
+def test_float_backend_sequences_equal_one_at_a_time(tiny):
+    backend = FloatBackend(tiny, streams=2)
+    alone = FloatBackend(tiny, streams=1)
+    alone.advance(1)
+    assert backend.prefill(0, [1, 4], Read.ARGMAX) == alone.step_argmax(4)
+    one = FloatBackend(tiny, streams=1)
+    one.advance(1)
+    assert np.array_equal(backend.decode({1: 1, 0: 3}, Read.LOGITS)[0], (one.step(4), one.step(3))[1])
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda b: b.decode({2: 1}, Read.NONE), "sequence 2 out of range"),
+    (lambda b: b.clear(-1), "sequence -1 out of range"),
+    (lambda b: b.decode({0: 320}, Read.NONE), "token id 320 out of range"),
+    (lambda b: b.prefill(0, [1, 2, 3], Read.NONE), "a prefill takes 1..2 tokens, not 3"),
+    (lambda b: b.prefill(1, [], Read.NONE), "a prefill takes 1..2 tokens, not 0"),
+])
+def test_backend_refuses_bad_requests(tiny, call, message):
+    with pytest.raises(BackendError, match=message):
+        call(GoldenBackend(tiny, streams=2))
+
+
+def test_backend_refuses_a_bad_stream_count(tiny):
+    with pytest.raises(BackendError, match="streams must be in 1..256"):
+        GoldenBackend(tiny, streams=0)
 
 
 # --------------------------------------------------------------------------
