@@ -193,12 +193,14 @@ class _AcceleratorBackend(_Sequences):
     ``last`` holds the last step's :class:`~mmfree.host.driver.StepResult`
     (what that call read, and its host traffic in ``last.host``). With
     ``read_counters`` set, every call also reads the hardware counters
-    (``last.counters``); by default none does (9 register reads a token).
+    (``last.counters``, and ``device_cycles`` sums their CYCLES_TOTAL); by
+    default none does (9 register reads a token).
     """
 
     name = ""
     manifest = None  # a bitstream's manifest.json to check DESIGN_HASH against
     read_counters = False
+    device_cycles = 0  # CYCLES_TOTAL summed over the passes that read the counters
 
     def __init__(self, image: WeightImage, transport):
         from .driver import AcceleratorDriver
@@ -225,6 +227,8 @@ class _AcceleratorBackend(_Sequences):
     def _step(self, token: int, read: Read):
         with _one_line_errors():
             self.last = self.driver.step(token, read=read | (Read.COUNTERS if self.read_counters else Read.NONE))
+        if self.last.counters is not None:
+            self.device_cycles += self.last.counters["cycles_total"]
         return self._output(self.last, read)
 
     @staticmethod

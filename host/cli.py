@@ -373,9 +373,12 @@ def _host_figures(steps) -> dict:
 @model_option
 @click.option("--prompt", default="And God said", show_default=True, help="prompt text")
 @click.option("--tokens", default=32, show_default=True, type=click.IntRange(min=1), help="tokens to generate")
+@streams_option
+@click.option("--prompt-tokens", default=None, type=click.IntRange(1, 1 << 16),
+              help="with --streams: each sequence's prompt length (cut from the held-out text) [default: 128]")
 @backend_options
 @json_option
-def bench(model, prompt, tokens, backend, hw_config, bitstream, json_out):
+def bench(model, prompt, tokens, streams, prompt_tokens, backend, hw_config, bitstream, json_out):
     """Tokens per second of greedy generation, and the accelerator's counters per token.
 
     The host figure is wall time of whole steps (driver, transfers, host
@@ -386,9 +389,16 @@ def bench(model, prompt, tokens, backend, hw_config, bitstream, json_out):
     reads and writes, bytes read from device buffers; the counter readout
     for this report is not part of it) with the host time it means on each
     board (contract/host_costs.py).
+
+    With --streams B (or --prompt-tokens P) it measures many sequences
+    instead (:func:`_bench_streams`): B prompts of P tokens prefilled, then
+    --tokens decode passes of all B; prefill and aggregate decode tokens/s
+    and the time to the first token.
     """
     import time
 
+    if streams is not None or prompt_tokens is not None:
+        return _bench_streams(model, streams, prompt_tokens or 128, tokens, backend, hw_config, bitstream, json_out)
     image, tok, (ids,), engine = _open_prompts(model, [prompt], backend, hw_config, bitstream)
     counting = _CountingBackend(engine)
     try:
@@ -442,6 +452,77 @@ def bench(model, prompt, tokens, backend, hw_config, bitstream, json_out):
     if sim_speed:
         figures["simulated_cycles_per_s"] = round(sim_speed)
         click.echo(f"simulator        {sim_speed:,.0f} simulated cycles per second")
+    if json_out is not None:
+        write_output(json_out, json.dumps(figures, indent=1) + "\n")
+
+
+def _bench_streams(model, streams, prompt_tokens, tokens, backend, hw_config, bitstream, json_out):
+    """``mmfree bench --streams B --prompt-tokens P``: B sequences, each a different P-token piece of the
+    held-out text, prefilled one after another (``prefill_tokens`` per pass), then ``tokens`` greedy
+    decode passes of all B. Host wall time throughout; accelerator backends also give the device
+    time of every pass (CYCLES_TOTAL at the build's clock)."""
+    import time
+
+    from .driver import Read
+    from .options import HELDOUT_TEXT
+
+    image = load_image(model)
+    text = image_tokenizer(image, model).encode(read_text(HELDOUT_TEXT), add_special_tokens=False).ids
+    try:
+        engine = open_backend(backend, image, hw_config=hw_config, bitstream=bitstream, streams=streams)
+    except BackendError as e:
+        raise click.ClickException(str(e)) from None
+    B = engine.streams if streams is None else streams
+    prompts = [[image.config.bos_token_id] + [text[(b * prompt_tokens + i) % len(text)] for i in range(prompt_tokens - 1)]
+               for b in range(B)]
+    driver = getattr(engine, "driver", None)
+    if driver is not None:
+        engine.read_counters = True
+    timeline = []                                   # (kind, tokens, wall s, device cycles or None)
+
+    def timed(kind, n, call):
+        start = time.perf_counter()
+        cycles0 = engine.device_cycles if driver is not None else 0
+        out = call()
+        timeline.append((kind, n, time.perf_counter() - start,
+                         engine.device_cycles - cycles0 if driver is not None else None))
+        return out
+
+    try:
+        nxt = {}
+        for b, ids in enumerate(prompts):
+            engine.clear(b)
+            for i in range(0, len(ids), engine.prefill_tokens):
+                chunk = ids[i:i + engine.prefill_tokens]
+                last = i + len(chunk) == len(ids)
+                out = timed("prefill", len(chunk), lambda: engine.prefill(b, chunk, Read.ARGMAX if last else Read.NONE))
+            nxt[b] = out
+        for _ in range(tokens):
+            nxt = timed("decode", B, lambda: engine.decode(nxt, Read.ARGMAX))
+    except BackendError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        engine.close()
+    figures = {"backend": backend, "model": str(model), "streams": B, "prompt_tokens": prompt_tokens,
+               "prefill_tokens_per_pass": engine.prefill_tokens, "decode_passes": tokens}
+    click.echo(f"streams          {B} sequences, {prompt_tokens}-token prompts, {engine.prefill_tokens} prompt tokens "
+               f"per prefill pass, {tokens} decode passes")
+    clock = driver.transport.clock_hz if driver is not None else None
+    for label, index, scale in (("host", 2, 1.0), ("device", 3, clock)):
+        if scale is None:
+            continue
+        pre = [t for t in timeline if t[0] == "prefill"]
+        dec = [t for t in timeline if t[0] == "decode"]
+        first = sum(t[index] for t in pre[:-(-prompt_tokens // engine.prefill_tokens)]) / scale
+        pre_s, dec_s = sum(t[index] for t in pre) / scale, sum(t[index] for t in dec) / scale
+        fig = {"prefill_tokens_per_s": round(B * prompt_tokens / pre_s, 3), "ttft_ms": round(1e3 * first, 3),
+               "aggregate_tokens_per_s": round(B * tokens / dec_s, 3),
+               "per_sequence_tokens_per_s": round(tokens / dec_s, 3)}
+        figures[label] = fig
+        click.echo(f"{label:<16} prefill {fig['prefill_tokens_per_s']:,.2f} tokens/s, first token after "
+                   f"{prompt_tokens} prompt tokens {fig['ttft_ms']:,.2f} ms; decode {fig['aggregate_tokens_per_s']:,.2f} "
+                   f"tokens/s aggregate, {fig['per_sequence_tokens_per_s']:,.2f} per sequence"
+                   + (f" (at {clock / 1e6:g} MHz)" if label == "device" else ""))
     if json_out is not None:
         write_output(json_out, json.dumps(figures, indent=1) + "\n")
 

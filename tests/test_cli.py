@@ -223,3 +223,15 @@ def test_prompt_file_without_text_is_refused(image, tmp_path):
     pfile.write_text("\n  \n")
     r = run("generate", "--model", image, "--prompt-file", pfile)
     assert r.exit_code == 1 and "no text" in r.output
+
+
+def test_bench_streams_reports_prefill_decode_and_first_token(image, tmp_path):
+    out = tmp_path / "streams.json"
+    r = run("bench", "--model", image, "--streams", 3, "--prompt-tokens", 5, "--tokens", 2, "--json", out)
+    assert r.exit_code == 0, r.output
+    figures = json.loads(out.read_text())
+    assert (figures["streams"], figures["prompt_tokens"], figures["prefill_tokens_per_pass"]) == (3, 5, 3)
+    host = figures["host"]
+    assert host["aggregate_tokens_per_s"] == pytest.approx(3 * host["per_sequence_tokens_per_s"], rel=1e-3)
+    assert host["prefill_tokens_per_s"] > 0 and host["ttft_ms"] > 0
+    assert "device" not in figures and "first token after 5 prompt tokens" in r.output

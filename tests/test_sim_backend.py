@@ -87,3 +87,23 @@ def test_bench_sim_reports_counters_and_simulator_speed(tmp_path):
     assert figures["generated"] == 2 and figures["counters_mean"]["cycles_total"] > 0
     assert figures["simulated_cycles_per_s"] > 0
     assert "simulated cycles per second" in out.stdout
+
+
+def test_bench_streams_on_the_sim_gives_device_figures(tmp_path):
+    """`mmfree bench --streams 1 --prompt-tokens P`: prefill and decode figures from the hardware
+    counters; this build holds one sequence, so prefill runs a pass per token and asking for more
+    sequences than the build holds is one line."""
+    import json
+
+    out, _ = mmfree("bench", "--backend", "sim", "--streams", 1, "--prompt-tokens", 4, "--tokens", 2,
+                    "--json", tmp_path / "s.json")
+    assert out.returncode == 0, out.stderr
+    figures = json.loads((tmp_path / "s.json").read_text())
+    assert figures["streams"] == 1 and figures["prefill_tokens_per_pass"] == 1
+    device = figures["device"]
+    # One sequence, one token per pass: prefill and decode run the same passes.
+    assert device["prefill_tokens_per_s"] == pytest.approx(device["aggregate_tokens_per_s"], rel=0.05)
+    assert device["ttft_ms"] == pytest.approx(4e3 / device["prefill_tokens_per_s"], rel=1e-3)
+    refused, _ = mmfree("bench", "--backend", "sim", "--streams", 2, "--tokens", 1)
+    assert refused.returncode == 1 and refused.stderr.strip() == \
+        "Error: --streams 2: this sim build holds 1 sequence at once"
