@@ -31,7 +31,13 @@ Derived, per board and model:
 * ``board_tokens_per_s`` = 1 / (device time on the board model + host time);
 * the ideal-memory figures (``cycles_per_token_ideal``, ``tokens_per_s_ideal``),
   labelled as the upper bound;
-* simulated cycles per second (wall time of the simulator's waits).
+* simulated cycles per second (wall time of the simulator's waits);
+* many tokens per weight pass (``docs/columns.md``): ``streams`` (the build's
+  columns, B), the cycles of a decode pass of B sequences and of a prefill
+  pass of B tokens (both checked bit for bit; for B = 1 the token above),
+  ``aggregate_tokens_per_s`` (B tokens per decode pass, with its host time),
+  ``prefill_tokens_per_s`` and ``ttft_ms_128`` (a 128-token prompt prefilled
+  B tokens per pass, its first new token from the last pass).
 
 Writes ``<out>/accelerator.json`` (every figure) and ``<out>/accelerator.png``
 (measured vs roofline cycles per token per configuration).
@@ -119,6 +125,7 @@ def run_model(config, image, tokens: int, progress) -> dict:
                          "sim_cycles": transport.cycles - cycles0,
                          "sim_wall_s": transport.wait_wall_s - wall0})
             progress(f"{config.name} {image.config.L}-layer token {token}: {result.counters['cycles_total']:,} cycles")
+        passes = _column_passes(driver, golden, ids, progress) if driver.columns > 1 else {}
         # what a greedy generated token asks of the host (the second: the first after the full
         # read-outs above learns nothing new, but keep the steady state)
         for token in ids[:2]:
@@ -135,11 +142,42 @@ def run_model(config, image, tokens: int, progress) -> dict:
             "cycles_per_token": float(np.median(cycles)),
             "phases": {k: float(np.median([r[k] for r in steady])) for k in steady[0] if k.startswith("cycles_")},
             "bytes_read": int(np.median([r["bytes_read"] for r in steady])),
-            "bit_exact": all(r["bit_exact"] and r["argmax_ok"] for r in rows),
+            "bit_exact": all(r["bit_exact"] and r["argmax_ok"] for r in rows) and passes.get("bit_exact", True),
+            "streams": driver.columns,
+            "decode_pass_cycles": passes.get("decode_cycles", float(np.median(cycles))),
+            "prefill_pass_cycles": passes.get("prefill_cycles", float(np.median(cycles))),
+            "greedy_pass_host": _host_counts(passes["greedy_host"]) if passes else None,
             "memory": config.memory,
             "greedy_host": _host_counts(greedy), "greedy_host_embedding_in_host": _host_counts(greedy_row),
-            "buffer_bytes": _buffer_bytes(image),
+            "buffer_bytes": _buffer_bytes(image, driver.columns),
             "sim_cycles_per_s": sum(r["sim_cycles"] for r in rows) / max(sum(r["sim_wall_s"] for r in rows), 1e-9)}
+
+
+def _column_passes(driver, golden, ids, progress) -> dict:
+    """A decode pass of every column (one sequence per slot, each a step further than the one
+    before) and a prefill pass of as many tokens; both checked against the integer model."""
+    from mmfree.host.driver import Read
+    from mmfree.models import numerics as nx
+
+    B = driver.columns
+    states = [golden.initial_state() for _ in range(B)]
+    for slot in range(B):
+        driver.reset_state(slot=slot)
+    tokens = [ids[c % len(ids)] for c in range(B)]
+    result = driver.run_pass(tokens)
+    want, states = golden.step_batch(tokens, states)
+    exact = bool(np.array_equal(result.column_logits, nx.act_to_float(want)))
+    decode_cycles = result.counters["cycles_total"]
+    greedy = driver.run_pass(tokens, read=Read.ARGMAX)
+    want, states = golden.step_batch(tokens, states)
+    exact &= greedy.argmaxes == tuple(int(np.argmax(w)) for w in want)
+    driver.reset_state(slot=0)
+    result = driver.run_pass(tokens, slots=[0], prefill=True)
+    want, _ = golden.prefill(tokens, golden.initial_state())
+    exact &= bool(np.array_equal(result.logits_act, want))
+    progress(f"{B}-column passes: decode {decode_cycles:,} cycles, prefill {result.counters['cycles_total']:,}")
+    return {"decode_cycles": decode_cycles, "prefill_cycles": result.counters["cycles_total"],
+            "greedy_host": greedy.host, "bit_exact": exact}
 
 
 def _host_counts(counts) -> dict:
@@ -147,14 +185,14 @@ def _host_counts(counts) -> dict:
                                             "buffer_bytes_written", "invalidates", "flushes", "waits")}
 
 
-def _buffer_bytes(image) -> dict:
+def _buffer_bytes(image, columns: int = 1) -> dict:
     """Device memory the driver allocates for ``image`` (:class:`~mmfree.host.driver.BufferLayout`):
-    STREAM, the embedding table (or one row of it, when the table stays in host memory) and the
-    logits, each buffer in whole pages (BUFFER_ALIGN) as the contiguous allocator hands them out."""
+    STREAM, the embedding table (or one row of it per column, when the table stays in host memory) and
+    the logits, each buffer in whole pages (BUFFER_ALIGN) as the contiguous allocator hands them out."""
     from mmfree.host.driver import BUFFER_ALIGN, BufferLayout
 
-    layout = BufferLayout.of(image)
-    return {"stream": layout.embed_offset, "table": layout.embed_bytes, "row": layout.embed_stride,
+    layout = BufferLayout.of(image, columns)
+    return {"stream": layout.embed_offset, "table": layout.embed_bytes, "row": columns * layout.embed_stride,
             "logits": -(-layout.logits_bytes // BUFFER_ALIGN) * BUFFER_ALIGN}
 
 
@@ -201,6 +239,7 @@ def derive(config, board_run: dict, ideal_run: dict, sustained: dict, build_read
                                 flushes=greedy["flushes"])
     device_s = cycles / config.clock_hz
     ideal_roofline = config.roofline_cycles(ideal_run["bytes_read"])
+    columns = _columns_figures(config, board_run, host_us, greedy)
     return {"config": config.name, "model": name, "clock_mhz": config.clock_hz / 1e6,
             "bytes_read": nbytes, "cycles_per_token": cycles, "phases": board_run["phases"],
             "device_buffer_bytes": {"with_table": with_table, "table_in_host_memory": with_row},
@@ -225,7 +264,28 @@ def derive(config, board_run: dict, ideal_run: dict, sustained: dict, build_read
             "roofline_cycles_ideal": ideal_roofline,
             "efficiency_ideal": ideal_roofline / ideal_run["cycles_per_token"],
             "tokens_per_s_ideal": config.clock_hz / ideal_run["cycles_per_token"],
-            "sustained_read": sustained, "build_read": build_read}
+            "sustained_read": sustained, "build_read": build_read, **columns}
+
+
+def _columns_figures(config, board_run: dict, host_us: float, greedy: dict) -> dict:
+    """Tokens per weight pass: B = ``streams`` sequences per decode pass, B prompt tokens per prefill
+    pass; each pass with the host time of a greedy pass (for B = 1, the greedy token's)."""
+    import math
+
+    from mmfree.contract.host_costs import host_us_per_token
+
+    B = board_run["streams"]
+    pass_host = board_run.get("greedy_pass_host") or greedy
+    pass_host_us = host_us if B == 1 else host_us_per_token(
+        config.memory_board, pass_host["register_reads"], pass_host["register_writes"],
+        pass_host["buffer_bytes_read"], invalidates=pass_host["invalidates"], waits=pass_host["waits"],
+        bytes_written=pass_host["buffer_bytes_written"], flushes=pass_host["flushes"])
+    decode_s = board_run["decode_pass_cycles"] / config.clock_hz + pass_host_us * 1e-6
+    prefill_s = board_run["prefill_pass_cycles"] / config.clock_hz + pass_host_us * 1e-6
+    return {"streams": B, "decode_pass_cycles": board_run["decode_pass_cycles"],
+            "prefill_pass_cycles": board_run["prefill_pass_cycles"],
+            "aggregate_tokens_per_s": B / decode_s, "per_sequence_tokens_per_s": 1 / decode_s,
+            "prefill_tokens_per_s": B / prefill_s, "ttft_ms_128": 1e3 * math.ceil(128 / B) * prefill_s}
 
 
 def project_full(one: dict, two: dict, layers: int) -> dict:
@@ -237,6 +297,9 @@ def project_full(one: dict, two: dict, layers: int) -> dict:
             "per_layer_cycles": two["cycles_per_token"] - one["cycles_per_token"],
             "phases": {k: scale(one["phases"][k], two["phases"][k]) for k in one["phases"]},
             "bytes_read": int(scale(one["bytes_read"], two["bytes_read"])), "greedy_host": two["greedy_host"],
+            "streams": two["streams"], "greedy_pass_host": two["greedy_pass_host"],
+            "decode_pass_cycles": scale(one["decode_pass_cycles"], two["decode_pass_cycles"]),
+            "prefill_pass_cycles": scale(one["prefill_pass_cycles"], two["prefill_pass_cycles"]),
             "greedy_host_embedding_in_host": two["greedy_host_embedding_in_host"],
             "buffer_bytes": {k: int(scale(one["buffer_bytes"][k], two["buffer_bytes"][k])) for k in one["buffer_bytes"]}}
 

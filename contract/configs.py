@@ -14,16 +14,17 @@ The clocks are what the logic-depth estimate of the RTL supports
 (``bitstreams/<board>/timing.md``, docs/timing.md): an estimate, not timing
 closure; the RTL's deepest paths, not the parts, hold them there today.
 
-* ``pynq-z2``: Zynq-7020, four 64-bit HP ports (AXI3, 16-beat bursts), 56 MHz,
-  32 weight bytes per cycle: the four ports' 1.79 GB/s at 56 MHz is what keeps
+* ``pynq-z2``: Zynq-7020, four 64-bit HP ports (AXI3, 16-beat bursts), 60 MHz,
+  32 weight bytes per cycle: the four ports' 1.92 GB/s at 60 MHz is what keeps
   the 16-bit DDR3 (2.1 GB/s peak, 2.04 sustained) nearly busy at this clock.
 * ``kv260``: Zynq UltraScale+ K26, four 128-bit HP ports, 64 weight bytes per
   cycle; at its clock the ports, not the 64-bit DDR4-2400 (19.2 GB/s peak, about
   16 sustained), bound the stream.
 * ``sim-default``: the PYNQ-Z2 memory at 150 MHz (the PL clock of UG585's
-  efficiency test) with two ports and capacities sized for the bundled model
-  (and the tiny test model): a smaller, faster Verilator build for CI and
-  ``mmfree generate --backend sim``.
+  efficiency test) with two ports, two columns (so CI runs batched decode and
+  prefill) and capacities sized for the bundled model (and the tiny test
+  model): a smaller, faster Verilator build for CI and ``mmfree generate
+  --backend sim``.
 """
 from __future__ import annotations
 
@@ -75,6 +76,8 @@ class AcceleratorConfig:
         ``memory_board``, :func:`board_ddr_params`) or ``"ideal"`` (a constant
         ``ddr_bytes_per_cycle`` with a fixed ``ddr_latency_cycles``: the upper bound).
     cpu_share : share of the DRAM's peak bandwidth the processor takes meanwhile (board model only).
+    columns : tokens per weight pass (B sequences decoded, or B prompt tokens prefilled, sharing one
+        pass over the weights) and sequence slots of the on-chip recurrent state, 1..8.
     """
 
     name: str
@@ -102,6 +105,7 @@ class AcceleratorConfig:
     memory_board: str = "pynq-z2"
     memory: str = "board"
     cpu_share: float = 0.0
+    columns: int = 1
 
     def __post_init__(self):
         if self.bus_bytes not in (8, 16):
@@ -120,6 +124,8 @@ class AcceleratorConfig:
         if self.ddr_base % 4096 or not 0 <= self.ddr_base or self.ddr_base + self.ddr_bytes > 1 << self.addr_width:
             raise ConfigError(f"{self.name}: the simulated DDR at {self.ddr_base:#x} must be 4 KiB aligned and "
                              f"end within {self.addr_width}-bit addresses")
+        if not 1 <= self.columns <= 8:
+            raise ConfigError(f"{self.name}: columns must be in 1..8, not {self.columns}")
         if not 0 <= self.cpu_share < 1:
             raise ConfigError(f"{self.name}: cpu_share must be in [0, 1), not {self.cpu_share!r}")
 
@@ -139,7 +145,7 @@ class AcceleratorConfig:
                     max_hidden=self.max_hidden, max_layers=self.max_layers,
                     max_intermediate=self.max_intermediate, max_vocab=self.max_vocab,
                     design_hash=design_hash, outstanding=self.outstanding, max_burst_beats=self.max_burst_beats,
-                    addr_width=self.addr_width,
+                    addr_width=self.addr_width, columns=self.columns,
                     elements_per_cycle=self.elements_per_cycle, large_ram_style=self.large_ram_style)
 
     def ddr_params(self) -> dict:
@@ -209,8 +215,8 @@ _FULL_2_7B = dict(max_hidden=2560, max_layers=32, max_intermediate=6912, max_voc
 
 CONFIGS: dict[str, AcceleratorConfig] = {c.name: c for c in (
     AcceleratorConfig("pynq-z2", bus_bytes=8, ports=4, engine_bytes=32, rows_per_block=64, fifo_bytes=16384,
-                      outstanding=8, max_burst_beats=16, elements_per_cycle=2, clock_hz=56e6, ddr_bytes_per_cycle=Fraction(32), ddr_latency_cycles=24,
-                      description="Zynq-7020, 4 x 64-bit HP ports, 56 MHz (what the logic-depth estimate "
+                      outstanding=8, max_burst_beats=16, elements_per_cycle=2, clock_hz=60e6, ddr_bytes_per_cycle=Fraction(32), ddr_latency_cycles=24,
+                      description="Zynq-7020, 4 x 64-bit HP ports, 60 MHz (what the logic-depth estimate "
                                   "supports), DDR3 2.1 GB/s", **_FULL_370M),
     AcceleratorConfig("kv260", bus_bytes=16, ports=4, engine_bytes=64, rows_per_block=64, fifo_bytes=65536,
                       outstanding=8, max_burst_beats=16, elements_per_cycle=4, large_ram_style="ultra", clock_hz=45e6,
@@ -220,8 +226,8 @@ CONFIGS: dict[str, AcceleratorConfig] = {c.name: c for c in (
                                   "40-bit addresses", **_FULL_2_7B),
     AcceleratorConfig("sim-default", bus_bytes=8, ports=2, engine_bytes=16, rows_per_block=64, fifo_bytes=16384,
                       outstanding=8, max_burst_beats=16, clock_hz=150e6, ddr_bytes_per_cycle=Fraction(14), ddr_latency_cycles=24,
-                      max_hidden=256, max_layers=8, max_intermediate=768, max_vocab=4096, ddr_bytes=8 << 20,
-                      description="PYNQ-Z2 memory system at 150 MHz (the PL clock of UG585's efficiency test), 2 ports, capacity of the bundled model (D 256, L 6, I 768, V 4096)"),
+                      max_hidden=256, max_layers=8, max_intermediate=768, max_vocab=4096, ddr_bytes=8 << 20, columns=2,
+                      description="PYNQ-Z2 memory system at 150 MHz (the PL clock of UG585's efficiency test), 2 ports, capacity of the bundled model (D 256, L 6, I 768, V 4096), 2 columns"),
 )}
 
 #: What ``mmfree generate --backend sim`` builds unless told otherwise.

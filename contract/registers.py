@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-__all__ = ["Field", "Register", "REGISTERS", "BY_NAME", "ID_MAGIC", "INTERFACE_VERSION", "ErrorCode", "Phase",
+__all__ = ["Field", "Register", "REGISTERS", "BY_NAME", "ID_MAGIC", "INTERFACE_VERSION", "MAX_COLUMNS", "ErrorCode",
+           "Phase", "logit_positions", "token_register", "argmax_register",
            "REGISTER_SPACE_BYTES", "LOGIT_WORD_BYTES", "ACCELERATOR_IP_NAME", "design_hash_from_digest", "markdown"]
 
 #: Value of the ``ID`` register: "MMF1" in ASCII.
@@ -28,7 +29,12 @@ ID_MAGIC = 0x4D4D4631
 #: argmax value is a 64-bit pair (ARGMAX_VALUE_LO/HI).
 #: Version 3: BUILD_CONFIG.addr_bits (the masters' address width), so the driver refuses a
 #: buffer the build cannot reach (UltraScale+ maps its upper DDR above 4 GB).
-INTERFACE_VERSION = 3
+#: Version 4: columns. A build runs up to BUILD_CONFIG.columns tokens per weight pass (decode of that
+#: many sequences, or a prefill of that many tokens of one): PASS, SLOTS, TOKEN1..7, ARGMAX1..7;
+#: the logits buffer holds every column's logits in the engine's order (:func:`logit_positions`).
+INTERFACE_VERSION = 4
+#: The most columns (tokens per weight pass) the register map serves.
+MAX_COLUMNS = 8
 #: Bytes per logit in the LOGITS_ADDR buffer: the ACT logit (48 bits) sign-extended to a
 #: little-endian int64 (the logits writer's word; the driver reads the buffer with it).
 LOGIT_WORD_BYTES = 8
@@ -57,6 +63,7 @@ class ErrorCode(enum.IntEnum):
     AXI_READ = 4           # a read response was SLVERR/DECERR
     AXI_WRITE = 5          # a write response was SLVERR/DECERR
     STREAM_SHORT = 6       # the datapath still wanted weight bytes long after EMBED_STRIDE + STREAM_BYTES
+    COLUMNS = 7            # PASS.last_column, PASS.clear_slot or a used SLOTS entry beyond BUILD_CONFIG.columns
 
 
 class Phase(enum.IntEnum):
@@ -127,6 +134,8 @@ REGISTERS: tuple[Register, ...] = (
         Field("engine_bytes_log2", 8, 4, "log2 of the packed weight bytes the matrix engine takes per cycle"),
         Field("rows_per_block_log2", 12, 4, "log2 of the weight image's rows_per_block this build expects"),
         Field("addr_bits", 16, 8, "address bits of the AXI4 masters: every buffer must end below 2**addr_bits"),
+        Field("columns", 24, 4, "tokens per weight pass (columns) and sequence slots of the recurrent state; "
+                                "0 reads as a build before columns (one)"),
     )),
     Register("CAPACITY_DIMS", 0x10, "RO", "Largest model this build holds on chip.", (
         Field("max_hidden", 0, 16, "largest D"),
@@ -137,15 +146,16 @@ REGISTERS: tuple[Register, ...] = (
         Field("max_vocab_log2", 16, 8, "log2 of the largest V (the logits counter width)"),
     )),
     Register("CONTROL", 0x18, "W1S", "Actions; each bit reads back as 0.", (
-        Field("start", 0, 1, "run one token: embedding row of TOKEN, every layer, the head"),
-        Field("clear_state", 1, 1, "zero the recurrent state of every layer (start of a sequence)"),
+        Field("start", 0, 1, "run one weight pass (PASS): the columns' embedding rows, every layer, the head"),
+        Field("clear_state", 1, 1, "zero the recurrent state of sequence slot PASS.clear_slot, every layer "
+                                   "(start of a sequence)"),
     )),
     Register("STATUS", 0x1C, "RO/W1C", "State of the accelerator.", (
         Field("busy", 0, 1, "a token or a state clear is running (RO)", "RO"),
         Field("done", 1, 1, "a token finished since this bit was last cleared (W1C)", "W1C"),
         Field("error", 8, 8, "ErrorCode of the last token (RO; cleared by the next START)", "RO"),
     )),
-    Register("TOKEN", 0x20, "RW", "Token id to run at the next START (must be < VOCAB)."),
+    Register("TOKEN", 0x20, "RW", "Token id of column 0 at the next START (must be < VOCAB)."),
     Register("MODEL_DIMS", 0x24, "RW", "Shape of the loaded model.", (
         Field("hidden", 0, 16, "D"),
         Field("layers", 16, 16, "L"),
@@ -158,10 +168,12 @@ REGISTERS: tuple[Register, ...] = (
     Register("EMBED_ADDR_HI", 0x3C, "RW", "High half of EMBED_ADDR."),
     Register("EMBED_STRIDE", 0x40, "RW", "Bytes between embedding rows (a multiple of 64)."),
     Register("LOGITS_ADDR_LO", 0x44, "RW",
-             "Bus address (8-byte aligned) of a V x int64 buffer for the logits: ACT (Q15.32, 48 bits) "
-             "sign-extended, little-endian; 0 disables the write."),
+             "Bus address (8-byte aligned) of a buffer of int64 logits: ACT (Q15.32, 48 bits) sign-extended, "
+             "little-endian; V per column whose logits go out (every column of a decode pass, the last of a "
+             "prefill), in the order logit_positions gives; 0 disables the write."),
     Register("LOGITS_ADDR_HI", 0x48, "RW", "High half of LOGITS_ADDR."),
-    Register("ARGMAX", 0x4C, "RO", "Index of the largest logit of the last token (lowest index on ties)."),
+    Register("ARGMAX", 0x4C, "RO", "Index of the largest logit (lowest index on ties) of column 0, or of the last "
+                                   "column of a prefill."),
     Register("ARGMAX_VALUE_LO", 0x50, "RO", "That logit, ACT (Q15.32) sign-extended to 64 bits: bits [31:0]."),
     _counter("CYCLES_TOTAL", 0x54, "Cycles from START to done."),
     _counter("CYCLES_WEIGHT_WAIT", 0x58, "Cycles the datapath wanted weight-stream data and had none."),
@@ -171,14 +183,52 @@ REGISTERS: tuple[Register, ...] = (
     _counter("CYCLES_ELEMENTWISE", 0x68, "Cycles in phase ELEMENTWISE."),
     _counter("CYCLES_HEAD", 0x6C, "Cycles in phase HEAD."),
     _counter("BYTES_READ", 0x70, "Bytes received from the AXI4 read port(s)."),
-    Register("TOKENS", 0x74, "RO", "Tokens run since the last clear_state."),
+    Register("TOKENS", 0x74, "RO", "Tokens run (columns of every pass) since the last clear_state."),
     Register("MODEL_INNER", 0x78, "RW", "Shape of the loaded model, continued.", (
         Field("intermediate", 0, 16, "I (the GLU's inner size)"),
     )),
     Register("ARGMAX_VALUE_HI", 0x7C, "RO", "Bits [63:32] of ARGMAX_VALUE (the sign-extended ACT logit)."),
+    Register("PASS", 0x80, "RW", "What the next START runs.", (
+        Field("last_column", 0, 4, "columns 0..last_column (below BUILD_CONFIG.columns; 0: one token)"),
+        Field("prefill", 8, 1, "0: each column is its own sequence (slot SLOTS.slot<c>); 1: the columns are "
+                               "consecutive tokens of one sequence (every SLOTS.slot<c> the same), only the last "
+                               "column's logits go out"),
+        Field("clear_slot", 16, 4, "the sequence slot CONTROL.clear_state zeroes"),
+    )),
+    Register("SLOTS", 0x84, "RW", "Each column's sequence slot (whose recurrent state it reads and writes).",
+             tuple(Field(f"slot{c}", 4 * c, 4, f"slot of column {c}") for c in range(MAX_COLUMNS))),
+    *(Register(f"TOKEN{c}", 0x84 + 4 * c, "RW", f"Token id of column {c} at the next START (must be < VOCAB).")
+      for c in range(1, MAX_COLUMNS)),
+    *(Register(f"ARGMAX{c}", 0xA0 + 4 * c, "RO", f"Index of the largest logit of column {c} (lowest on ties).")
+      for c in range(1, MAX_COLUMNS)),
 )
 
 BY_NAME: dict[str, Register] = {r.name: r for r in REGISTERS}
+
+
+def token_register(column: int) -> str:
+    """The register holding column ``column``'s token id (TOKEN, TOKEN1, ...)."""
+    return "TOKEN" if column == 0 else f"TOKEN{column}"
+
+
+def argmax_register(column: int) -> str:
+    """The register holding column ``column``'s argmax (ARGMAX, ARGMAX1, ...)."""
+    return "ARGMAX" if column == 0 else f"ARGMAX{column}"
+
+
+def logit_positions(vocab: int, columns: int, engine_bytes: int, rows_per_block: int):
+    """Where each column's logits lie in the logits buffer: an int array ``[columns, vocab]`` of
+    word indices. The engine emits a matrix block by block (``rows_per_block`` rows), each block
+    as beats of ``engine_bytes`` rows, each beat column by column (``hw.bitlinear_engine``)."""
+    import numpy as np
+
+    rows = np.arange(vocab)
+    beat = rows // engine_bytes                    # beats are whole within a block (R is a multiple of E)
+    keys = (beat[None, :] * columns + np.arange(columns)[:, None]) * engine_bytes + rows[None, :] % engine_bytes
+    order = np.argsort(keys, axis=None, kind="stable")
+    positions = np.empty(order.size, np.int64)
+    positions[order] = np.arange(order.size)
+    return positions.reshape(columns, vocab)
 
 
 def _check() -> None:

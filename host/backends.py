@@ -187,8 +187,9 @@ class FloatBackend(_GoldenModelBackend):
 class _AcceleratorBackend(_Sequences):
     """A backend over :class:`~mmfree.host.driver.AcceleratorDriver` on some transport.
 
-    The build holds one sequence (``streams`` = 1) and takes one token per pass:
-    a prefill is that many passes.
+    The build's columns (BUILD_CONFIG.columns) are its ``streams``: sequence s
+    lives in slot s, a decode pass runs one column per named sequence, and a
+    prefill runs up to ``columns`` tokens of one sequence per pass.
 
     ``last`` holds the last step's :class:`~mmfree.host.driver.StepResult`
     (what that call read, and its host traffic in ``last.host``). With
@@ -214,41 +215,43 @@ class _AcceleratorBackend(_Sequences):
             self.driver.close()
             raise
         self.vocab = image.config.V
+        self.streams = self.prefill_tokens = self.driver.columns
         if self.driver.embedding_place == "host":
             print(f"{self.name}: the device memory cannot also hold the embedding table: it stays in host memory "
                   "and one row is copied per token (docs/capacity.md)", file=sys.stderr)
         self.last = None
 
     def clear(self, seq: int) -> None:
-        self._check_seq(seq)
+        seq = self._check_seq(seq)
         with _one_line_errors():
-            self.driver.reset_state()
+            self.driver.reset_state(slot=seq)
 
-    def _step(self, token: int, read: Read):
+    def _pass(self, tokens, slots, prefill: bool, read: Read):
         with _one_line_errors():
-            self.last = self.driver.step(token, read=read | (Read.COUNTERS if self.read_counters else Read.NONE))
+            self.last = self.driver.run_pass(tokens, slots=slots, prefill=prefill,
+                                             read=read | (Read.COUNTERS if self.read_counters else Read.NONE))
         if self.last.counters is not None:
             self.device_cycles += self.last.counters["cycles_total"]
-        return self._output(self.last, read)
+        return self.last
 
-    @staticmethod
-    def _output(result, read: Read):
+    def decode(self, tokens, read: Read) -> dict:
+        seqs = [self._check_seq(s) for s in tokens]
+        ids = self._check_tokens([tokens[s] for s in seqs])
+        result = self._pass(ids, seqs, False, read)
+        if Read.LOGITS in read:
+            return dict(zip(seqs, result.column_logits))
+        if Read.ARGMAX in read:
+            return dict(zip(seqs, result.argmaxes))
+        return dict.fromkeys(seqs)
+
+    def prefill(self, seq: int, tokens, read: Read):
+        seq, tokens = self._check_prefill(seq, tokens)
+        result = self._pass(tokens, [seq], True, read)
         if Read.LOGITS in read:
             return result.logits
         if Read.ARGMAX in read:
             return result.argmax
         return None
-
-    def decode(self, tokens, read: Read) -> dict:
-        seqs = [self._check_seq(s) for s in tokens]
-        ids = self._check_tokens([tokens[s] for s in seqs])
-        return {s: self._step(t, read) for s, t in zip(seqs, ids)}
-
-    def prefill(self, seq: int, tokens, read: Read):
-        seq, tokens = self._check_prefill(seq, tokens)
-        for t in tokens[:-1]:
-            self._step(t, Read.NONE)
-        return self._step(tokens[-1], read)
 
     def close(self) -> None:
         self.driver.close()

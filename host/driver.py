@@ -8,6 +8,8 @@ Running a model is a sentence of named stages::
     driver.reset_state()           # zero every layer's recurrent state (start of a sequence)
     result = driver.step(token)    # one token: logits, argmax, cycle counters
     token = driver.step(token, read=Read.ARGMAX).argmax   # greedy: one STATUS and one ARGMAX read
+    result = driver.run_pass([t0, t1], slots=[0, 1])      # a build of columns: two sequences, one pass
+    result = driver.run_pass(prompt[:2], slots=[0, 0], prefill=True)   # two prompt tokens, one pass
 
 What a step reads is chosen per call (:class:`Read`): the V logits (a buffer of
 V int64 words), ARGMAX, ARGMAX_VALUE_LO/HI, the counters; a prompt token needs
@@ -127,6 +129,7 @@ class BuildIdentity:
     max_intermediate: int
     max_vocab_log2: int
     addr_width: int = 32
+    columns: int = 1
 
     #: The registers this is decoded from.
     REGISTERS = ("ID", "VERSION", "DESIGN_HASH", "BUILD_CONFIG", "CAPACITY_DIMS", "CAPACITY_INNER")
@@ -145,7 +148,8 @@ class BuildIdentity:
                    max_hidden=field("CAPACITY_DIMS", "max_hidden"), max_layers=field("CAPACITY_DIMS", "max_layers"),
                    max_intermediate=field("CAPACITY_INNER", "max_intermediate"),
                    max_vocab_log2=field("CAPACITY_INNER", "max_vocab_log2"),
-                   addr_width=field("BUILD_CONFIG", "addr_bits"))
+                   addr_width=field("BUILD_CONFIG", "addr_bits"),
+                   columns=max(1, field("BUILD_CONFIG", "columns")))
 
     @property
     def max_vocab(self) -> int:
@@ -180,7 +184,7 @@ class BuildIdentity:
                                    "together")
         build = manifest.get("config", {})
         for key in ("bus_bytes", "ports", "engine_bytes", "rows_per_block", "max_hidden", "max_layers",
-                    "max_intermediate", "addr_width"):
+                    "max_intermediate", "addr_width", "columns"):
             if key in build and int(build[key]) != getattr(self, key):
                 raise IdentityMismatch(f"the device's {key} is {getattr(self, key)} but the manifest says "
                                        f"{build[key]}")
@@ -211,7 +215,10 @@ class StepResult:
     and ARGMAX_VALUE_LO/HI registers say (lowest index on ties; the value in
     ACT); ``counters`` the cycle/byte counters of this token (lower-case
     register names); each is ``None`` unless the step's :class:`Read` asked
-    for it. ``host`` is the step's host traffic (register reads and writes,
+    for it. A pass of several columns (:meth:`AcceleratorDriver.run_pass`)
+    also has ``tokens``, ``argmaxes`` (every column's argmax of a decode pass)
+    and ``column_logits`` (float64, one row per column whose logits went out);
+    ``logits``/``argmax`` are then the first such column's (a prefill: its last token's). ``host`` is the step's host traffic (register reads and writes,
     buffer bytes, invalidates, waits), ``wall_s`` the host's time for the step.
     """
 
@@ -223,6 +230,9 @@ class StepResult:
     counters: dict[str, int] | None
     host: HostCounts
     wall_s: float
+    tokens: tuple[int, ...] = ()
+    argmaxes: tuple[int, ...] | None = None
+    column_logits: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,14 +248,16 @@ class BufferLayout:
     hidden: int
     layers: int
     intermediate: int
+    columns: int = 1
 
     @classmethod
-    def of(cls, image: WeightImage) -> "BufferLayout":
+    def of(cls, image: WeightImage, columns: int = 1) -> "BufferLayout":
         regions = image.meta["regions"]
         stream_bytes = regions["stream"]["size"]
         embed_offset = -(-stream_bytes // BUFFER_ALIGN) * BUFFER_ALIGN
         return cls(0, stream_bytes, embed_offset, regions["embedding"]["row_stride"],
-                   regions["embedding"]["size"], image.config.V, image.config.D, image.config.L, image.config.I)
+                   regions["embedding"]["size"], image.config.V, image.config.D, image.config.L, image.config.I,
+                   columns)
 
     @property
     def weight_buffer_bytes(self) -> int:
@@ -254,18 +266,18 @@ class BufferLayout:
 
     @property
     def weight_buffer_bytes_one_row(self) -> int:
-        """The weight buffer when the table stays in host memory: one row after STREAM."""
-        return self.embed_offset + self.embed_stride
+        """The weight buffer when the table stays in host memory: one row per column after STREAM."""
+        return self.embed_offset + self.columns * self.embed_stride
 
     @property
     def bytes_per_token(self) -> int:
-        """Bus traffic of one token: the embedding row, the STREAM region, the logits."""
-        return self.embed_stride + self.stream_bytes + self.logits_bytes
+        """Bus traffic of one pass of every column: the embedding rows, the STREAM region, the logits."""
+        return self.columns * self.embed_stride + self.stream_bytes + self.logits_bytes
 
     @property
     def logits_bytes(self) -> int:
-        """The logits buffer: V words of :data:`LOGIT_WORD`."""
-        return LOGIT_WORD.itemsize * self.vocab
+        """The logits buffer: V words of :data:`LOGIT_WORD` per column."""
+        return LOGIT_WORD.itemsize * self.vocab * self.columns
 
 
 class AcceleratorDriver:
@@ -282,7 +294,8 @@ class AcceleratorDriver:
         #: Where the loaded image's embedding table lives: "device" (beside the stream) or "host".
         self.embedding_place: str | None = None
         self._idle = False                            # known idle: a done was seen, or STATUS.busy clear
-        self._token_cycles: int | None = None         # CYCLES_TOTAL of the last token (all tokens cost the same)
+        self._token_cycles: dict = {}                 # CYCLES_TOTAL of the last pass of each kind (columns, prefill)
+        self._written: dict[str, int] = {}            # what PASS and SLOTS hold (written by this driver)
 
     @property
     def host_counts(self) -> HostCounts:
@@ -345,12 +358,12 @@ class AcceleratorDriver:
 
         * ``"device"``: the whole table in device memory, as above;
         * ``"host"``: the table stays in host memory and the buffer holds one
-          row after STREAM. Before each START the driver copies the token's
-          row there and sets ``EMBED_ADDR = row - TOKEN * EMBED_STRIDE`` (mod
-          2**addr_bits), so the device's row address lands on it: 2 register
-          writes and one row (2 D bytes) more per token, and 32000 x 2 D bytes
-          less contiguous memory (a stock PYNQ-Z2 image has about 120 MiB:
-          docs/capacity.md);
+          row per column after STREAM, where ``EMBED_ADDR`` points. Before each
+          START the driver copies column c's row to row c and writes c as its
+          token, so the device's row address ``EMBED_ADDR + c * EMBED_STRIDE``
+          lands on it: one row (2 D bytes) more per token and a flush per pass,
+          and 32000 x 2 D bytes less contiguous memory (a stock PYNQ-Z2 image
+          has about 120 MiB: docs/capacity.md);
         * ``"auto"`` (default): ``"device"``, or ``"host"`` when the transport
           cannot allocate the table (:attr:`embedding_place` says which).
 
@@ -363,7 +376,7 @@ class AcceleratorDriver:
             raise ValueError(f"embedding must be one of {', '.join(EMBEDDING_PLACES)}, not {embedding!r}")
         identity = self.identity or self.check_identity()
         identity.check_image(image)
-        layout = BufferLayout.of(image)
+        layout = BufferLayout.of(image, identity.columns)
         self._release()
         place, weights = ("host" if embedding == "host" else "device"), None
         if place == "device":
@@ -393,6 +406,9 @@ class AcceleratorDriver:
         self._write("MODEL_DIMS", self._pack("MODEL_DIMS", hidden=layout.hidden, layers=layout.layers))
         self._write("MODEL_INNER", self._pack("MODEL_INNER", intermediate=layout.intermediate))
         self._write("VOCAB", layout.vocab)
+        for name in ("PASS", "SLOTS"):                # one column, slot 0: what every pass then changes
+            self._written[name] = 0
+            self._write(name, 0)
         self.image, self._layout = image, layout
         self.reset_state()
 
@@ -407,15 +423,14 @@ class AcceleratorDriver:
                                    "(BUILD_CONFIG.addr_bits)")
         return buf
 
-    def _host_embedding_row(self, token: int, layout: BufferLayout) -> None:
-        """Put ``token``'s row in the one-row buffer and aim EMBED_ADDR so that the device's row
-        address, EMBED_ADDR + TOKEN * EMBED_STRIDE (mod 2**addr_bits), is that buffer."""
-        stride = layout.embed_stride
-        row = self.image.region("embedding")[token * stride:(token + 1) * stride]
-        self._weights.write(bytes(row), layout.embed_offset)
+    def _host_embedding_rows(self, tokens, layout: BufferLayout) -> list[int]:
+        """Put column c's row at row c of the rows buffer (EMBED_ADDR); returns the token ids to
+        write, c for column c, so that the device's row address EMBED_ADDR + c * EMBED_STRIDE is it."""
+        stride, table = layout.embed_stride, self.image.region("embedding")
+        for c, token in enumerate(tokens):
+            self._weights.write(bytes(table[token * stride:(token + 1) * stride]), layout.embed_offset + c * stride)
         self._weights.sync_to_device()
-        mask = (1 << self.identity.addr_width) - 1
-        self._write_address("EMBED", (self._weights.physical_address + layout.embed_offset - token * stride) & mask)
+        return list(range(len(tokens)))
 
     def _release(self) -> None:
         for buf in (self._weights, self._logits):
@@ -423,7 +438,7 @@ class AcceleratorDriver:
                 buf.free()
         self._weights = self._logits = None
         self.image = self._layout = self.embedding_place = None
-        self._token_cycles = None
+        self._token_cycles = {}
 
     def _require_image(self) -> BufferLayout:
         if self._layout is None:
@@ -435,12 +450,26 @@ class AcceleratorDriver:
         layout = self._require_image()
         return timeout_cycles(layout.bytes_per_token, self.identity.bus_bytes_per_cycle) / self.transport.clock_hz
 
-    def reset_state(self, timeout_s: float | None = None) -> None:
-        """Zero every layer's recurrent state (CONTROL.clear_state) and wait until the device is idle."""
+    @property
+    def columns(self) -> int:
+        """Tokens per weight pass and sequence slots of the build (BUILD_CONFIG.columns)."""
+        return self.identity.columns if self.identity is not None else 1
+
+    def _write_cached(self, name: str, value: int) -> None:
+        """Write a register that keeps its value (PASS, SLOTS) only when it changes."""
+        if self._written.get(name) != value:
+            self._write(name, value)
+            self._written[name] = value
+
+    def reset_state(self, timeout_s: float | None = None, *, slot: int = 0) -> None:
+        """Zero sequence slot ``slot``'s recurrent state, every layer (PASS.clear_slot, CONTROL.clear_state),
+        and wait until the device is idle. The other slots keep theirs."""
         layout = self._require_image()
+        self._check_slots([slot])
         if timeout_s is None:
             timeout_s = timeout_cycles(4 * layout.hidden * layout.layers, 4) / self.transport.clock_hz
         self._wait_idle("before clear_state")
+        self._write_cached("PASS", self._pack("PASS", clear_slot=slot))
         self._write("CONTROL", self._pack("CONTROL", clear_state=1))
         self._idle = False
         self._wait_idle("after clear_state", timeout_s)
@@ -458,7 +487,8 @@ class AcceleratorDriver:
         self._idle = True
 
     def step(self, token: int, timeout_s: float | None = None, *, read: Read = Read.ALL) -> StepResult:
-        """Run one token; return what ``read`` asks for (default: logits, argmax, counters).
+        """Run one token of the sequence in slot 0; return what ``read`` asks for (default: logits,
+        argmax, counters). :meth:`run_pass` of one column.
 
         Host traffic per token: 3 register writes (STATUS.done W1C, TOKEN,
         CONTROL.start); STATUS reads until done (one when the token takes
@@ -474,21 +504,57 @@ class AcceleratorDriver:
         (default :meth:`step_timeout_s`), :class:`DeviceError` when
         STATUS.error is set.
         """
+        return self.run_pass([token], timeout_s=timeout_s, read=read)
+
+    def _check_tokens(self, tokens, layout: BufferLayout) -> list[int]:
+        for token in tokens:
+            if isinstance(token, bool) or not isinstance(token, (int, np.integer)) or not 0 <= token < layout.vocab:
+                raise ValueError(f"token id {token!r} out of range (vocabulary has {layout.vocab} ids: "
+                                 f"0..{layout.vocab - 1})")
+        return [int(t) for t in tokens]
+
+    def _check_slots(self, slots) -> list[int]:
+        for slot in slots:
+            if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)) or not 0 <= slot < self.columns:
+                raise ValueError(f"sequence slot {slot!r} out of range (this build holds {self.columns}: "
+                                 f"0..{self.columns - 1})")
+        return [int(s) for s in slots]
+
+    def run_pass(self, tokens, *, slots=None, prefill: bool = False, timeout_s: float | None = None,
+                 read: Read = Read.ALL) -> StepResult:
+        """One weight pass of ``len(tokens)`` columns (at most :attr:`columns`).
+
+        Decode (default): column c runs ``tokens[c]`` of the sequence in slot ``slots[c]`` (default
+        c; distinct slots). Prefill: the tokens are consecutive tokens of the sequence in slot
+        ``slots[0]``, and only the last one's logits and argmax come back. Host traffic beyond
+        :meth:`step`'s: one TOKEN<c> write per further column, PASS and SLOTS when they change, and
+        per column an ARGMAX<c> read (``Read.ARGMAX``, decode). Raises ``ValueError`` for a bad
+        token, slot or column count before the device is touched.
+        """
         layout = self._require_image()
-        if isinstance(token, bool) or not isinstance(token, (int, np.integer)) or not 0 <= token < layout.vocab:
-            raise ValueError(f"token id {token!r} out of range (vocabulary has {layout.vocab} ids: "
-                             f"0..{layout.vocab - 1})")
-        token = int(token)
+        tokens = self._check_tokens(list(tokens), layout)
+        n = len(tokens)
+        if not 1 <= n <= self.columns:
+            raise ValueError(f"a pass takes 1..{self.columns} tokens on this build, not {n}")
+        slots = self._check_slots(list(range(n)) if slots is None else ([slots[0]] * n if prefill else list(slots)))
+        if len(slots) != n:
+            raise ValueError(f"{n} tokens for {len(slots)} slots")
+        if not prefill and len(set(slots)) != n:
+            raise ValueError(f"the columns of a decode pass need distinct slots, not {slots}")
+        kind = (n, bool(prefill))
         if timeout_s is None:
             timeout_s = self.step_timeout_s()
         start, before = time.perf_counter(), self._io.counts.copy()
-        self._wait_idle(f"before token {token}")
+        self._wait_idle(f"before token {tokens[0]}")
         status_reg = regs.BY_NAME["STATUS"]
         done = status_reg.field("done")
-        self._write("STATUS", done.put(1))                       # W1C: forget the previous token's done
-        if self.embedding_place == "host":
-            self._host_embedding_row(token, layout)
-        self._write("TOKEN", token)
+        self._write("STATUS", done.put(1))                       # W1C: forget the previous pass's done
+        sent = self._host_embedding_rows(tokens, layout) if self.embedding_place == "host" else tokens
+        for c, token in enumerate(sent):
+            self._write(regs.token_register(c), token)
+        if self.columns > 1:
+            self._write_cached("SLOTS", self._pack("SLOTS", **{f"slot{c}": s for c, s in enumerate(slots)}))
+        self._write_cached("PASS", self._pack("PASS", last_column=n - 1, prefill=int(bool(prefill))))
         self._write("CONTROL", self._pack("CONTROL", start=1))
         self._idle = False
         status = 0
@@ -498,39 +564,56 @@ class AcceleratorDriver:
             status = self._read("STATUS")
             return bool(done.get(status))
 
-        expected_s = 0.0 if self._token_cycles is None else self._token_cycles / self.transport.clock_hz
+        expected = self._token_cycles.get(kind)
+        expected_s = 0.0 if expected is None else expected / self.transport.clock_hz
         if not self._io.wait(timeout_s, finished, expected_s=min(expected_s, timeout_s)):
-            raise DeviceTimeout(f"token {token}: no STATUS.done within {timeout_s * 1e3:.3g} ms of device time "
+            raise DeviceTimeout(f"token {tokens[0]}: no STATUS.done within {timeout_s * 1e3:.3g} ms of device time "
                                 f"({timeout_s * self.transport.clock_hz:,.0f} cycles)")
         self._idle = True                                         # done: the token core is idle again
         code = status_reg.field("error").get(status)
         if code:
-            raise DeviceError(f"token {token}: the accelerator stopped with error {_error_name(code)}", code)
-        names = (("ARGMAX",) if Read.ARGMAX in read else ()) \
+            raise DeviceError(f"token {tokens[0]}: the accelerator stopped with error {_error_name(code)}", code)
+        return self._pass_results(tokens, kind, read, before, start)
+
+    def _pass_results(self, tokens, kind, read: Read, before, start) -> StepResult:
+        """Read what ``read`` asks for after a pass (STATUS.done seen)."""
+        layout = self._layout
+        n, prefill = kind
+        argmax_names = tuple(regs.argmax_register(c) for c in range(n)) if not prefill else ("ARGMAX",)
+        names = (argmax_names if Read.ARGMAX in read else ()) \
             + (("ARGMAX_VALUE_LO", "ARGMAX_VALUE_HI") if Read.ARGMAX_VALUE in read else ()) \
             + (tuple(r.name for r in COUNTERS) if Read.COUNTERS in read
-               else ("CYCLES_TOTAL",) if self._token_cycles is None else ())
+               else ("CYCLES_TOTAL",) if kind not in self._token_cycles else ())
         words = self._read_many(names) if names else {}
         if "CYCLES_TOTAL" in words:
-            self._token_cycles = words["CYCLES_TOTAL"]
+            self._token_cycles[kind] = words["CYCLES_TOTAL"]
         argmax_value = None
         if Read.ARGMAX_VALUE in read:
             argmax_value = words["ARGMAX_VALUE_HI"] << 32 | words["ARGMAX_VALUE_LO"]
             argmax_value -= (argmax_value >> 63) << 64                # two's complement 64 bits
         logits_act = None
         if Read.LOGITS in read:
+            out_columns = 1 if prefill else n
             self._logits.sync_from_device()
-            logits_act = np.frombuffer(self._logits.read(layout.logits_bytes), dtype=LOGIT_WORD).astype(np.int64)
-        return StepResult(token=token, argmax=words.get("ARGMAX"), argmax_value=argmax_value, logits_act=logits_act,
-                          logits=None if logits_act is None else nx.act_to_float(logits_act),
+            raw = np.frombuffer(self._logits.read(LOGIT_WORD.itemsize * layout.vocab * out_columns),
+                                dtype=LOGIT_WORD).astype(np.int64)
+            logits_act = raw[regs.logit_positions(layout.vocab, out_columns, self.identity.engine_bytes,
+                                                  self.identity.rows_per_block)] if out_columns > 1 else raw[None]
+        column_logits = None if logits_act is None else nx.act_to_float(logits_act)
+        return StepResult(token=tokens[-1] if prefill else tokens[0], argmax=words.get("ARGMAX"),
+                          argmax_value=argmax_value,
+                          logits_act=None if logits_act is None else logits_act[0],
+                          logits=None if column_logits is None else column_logits[0],
                           counters={r.name.lower(): words[r.name] for r in COUNTERS} if Read.COUNTERS in read
                           else None,
-                          host=self._io.counts - before, wall_s=time.perf_counter() - start)
+                          host=self._io.counts - before, wall_s=time.perf_counter() - start, tokens=tuple(tokens),
+                          argmaxes=tuple(words[a] for a in argmax_names) if Read.ARGMAX in read and not prefill
+                          else None,
+                          column_logits=column_logits)
 
     def counters(self) -> dict[str, int]:
-        """The cycle and byte counters of the last token (lower-case register names)."""
+        """The cycle and byte counters of the last pass (lower-case register names)."""
         words = self._read_many(tuple(r.name for r in COUNTERS))
-        self._token_cycles = words["CYCLES_TOTAL"] or self._token_cycles
         return {r.name.lower(): words[r.name] for r in COUNTERS}
 
     def close(self) -> None:

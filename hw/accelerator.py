@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from amaranth.hdl import Cat, Module, ResetInserter, Signal, signed
+from amaranth.hdl import Array, Cat, Module, Mux, ResetInserter, Signal, signed
 from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -32,7 +32,7 @@ _PHASE_COUNTERS = {regs.Phase.EMBED: "cycles_embed", regs.Phase.PREP: "cycles_pr
 class _State(enum.Enum, shape=3):
     IDLE = 0
     CLEAR = 1        # the core zeroes its recurrent state
-    PREPARE = 2      # embedding row address: EMBED_ADDR + TOKEN * EMBED_STRIDE
+    PREPARE = 2      # a column's embedding row address: EMBED_ADDR + token * EMBED_STRIDE
     LAUNCH = 3       # hand the reads (and the logits write) to the masters
     RUN = 4          # the core computes; reads run ahead into the weight FIFO
     DRAIN = 5        # the core is done: discard unread data, wait for every response
@@ -54,7 +54,7 @@ def _int_in(name, value, lo, hi):
 
 
 def build_constants(*, bus_bytes, ports, engine_bytes, rows_per_block, max_hidden, max_layers,
-                    max_intermediate, max_vocab, design_hash, addr_width=32) -> dict[str, int]:
+                    max_intermediate, max_vocab, design_hash, addr_width=32, columns=1) -> dict[str, int]:
     """The build-identity registers (DESIGN_HASH, BUILD_CONFIG, CAPACITY_*) of a build."""
     b = regs.BY_NAME
     return {
@@ -64,7 +64,8 @@ def build_constants(*, bus_bytes, ports, engine_bytes, rows_per_block, max_hidde
                          b["BUILD_CONFIG"].field("engine_bytes_log2").put(_log2_exact("engine_bytes", engine_bytes)) |
                          b["BUILD_CONFIG"].field("rows_per_block_log2").put(
                              _log2_exact("rows_per_block", rows_per_block)) |
-                         b["BUILD_CONFIG"].field("addr_bits").put(addr_width)),
+                         b["BUILD_CONFIG"].field("addr_bits").put(addr_width) |
+                         b["BUILD_CONFIG"].field("columns").put(columns)),
         "CAPACITY_DIMS": (b["CAPACITY_DIMS"].field("max_hidden").put(max_hidden) |
                           b["CAPACITY_DIMS"].field("max_layers").put(max_layers)),
         "CAPACITY_INNER": (b["CAPACITY_INNER"].field("max_intermediate").put(max_intermediate) |
@@ -73,20 +74,22 @@ def build_constants(*, bus_bytes, ports, engine_bytes, rows_per_block, max_hidde
 
 
 class Accelerator(wiring.Component):
-    """One token per START: the MatMul-free LM accelerator with AXI4 memory ports and AXI4-Lite registers.
+    """One weight pass per START (one token, or one per column): the MatMul-free LM accelerator with AXI4
+    memory ports and AXI4-Lite registers.
 
     On ``CONTROL.start`` (register map: ``contract/registers.py``):
 
-    1. if ``TOKEN >= VOCAB``: ``STATUS.error = TOKEN_RANGE`` and done, with no
+    1. if a column's token (TOKEN, TOKEN1, .. of columns 0 .. ``PASS.last_column``)
+       is ``>= VOCAB``: ``STATUS.error = TOKEN_RANGE`` and done, with no
        memory access;
-    2. otherwise two reads are queued on the :class:`AxiReader`: the token's
-       embedding row (``EMBED_STRIDE`` bytes at ``EMBED_ADDR + TOKEN *
+    2. otherwise the reads are queued on the :class:`AxiReader`: each column's
+       embedding row (``EMBED_STRIDE`` bytes at ``EMBED_ADDR + token *
        EMBED_STRIDE``) and the whole STREAM region (``STREAM_BYTES`` at
        ``STREAM_ADDR``); the data passes through the :class:`WeightFifo` to the
        core's ``weights``, and ``core.start`` is pulsed. The reader issues a
        burst whenever there is room downstream for it, so DDR keeps streaming
        while the core computes.
-    3. the core's ``logits`` (V of them, each sign-extended to an int64 word,
+    3. the core's ``logits`` (V per column whose logits go out, each sign-extended to an int64 word,
        ``registers.LOGIT_WORD_BYTES``) are written by the :class:`AxiWriter` to
        ``LOGITS_ADDR`` (if nonzero; else discarded); ARGMAX_VALUE_LO/HI hold
        the largest, sign-extended the same way;
@@ -110,8 +113,8 @@ class Accelerator(wiring.Component):
 
     Counters (cleared at START): CYCLES_TOTAL (START to done),
     CYCLES_WEIGHT_WAIT (``core.weight_wait``), CYCLES_<phase> (``core.phase``),
-    BYTES_READ (R beats x bus width); TOKENS counts error-free tokens since
-    the last clear_state.
+    BYTES_READ (R beats x bus width); TOKENS counts the columns of error-free passes
+    since the last clear_state.
 
     Ports (flat, with the names Vivado's IP packager infers)
     -----
@@ -128,6 +131,7 @@ class Accelerator(wiring.Component):
     rows_per_block : the weight image's rows_per_block (power of two, multiple of engine_bytes).
     fifo_bytes : weight FIFO depth (power of two).
     max_hidden, max_layers, max_intermediate, max_vocab : the core's capacity.
+    columns : tokens per weight pass and sequence slots (``TokenCore``), 1..8.
     design_hash : the build's content hash, its first 32 bits (DESIGN_HASH register).
     outstanding : read (and write) bursts in flight per port, 1..16.
     max_burst_beats : longest AXI burst, read or write (power of two, 256 for AXI4; 16 for the
@@ -150,7 +154,7 @@ class Accelerator(wiring.Component):
                  max_hidden: int, max_layers: int, max_intermediate: int, max_vocab: int, design_hash: int = 0,
                  outstanding: int = 4, max_burst_beats: int = 256, addr_width: int = 32,
                  starve_cycles: int = 1 << 16,
-                 elements_per_cycle: int = 1, large_ram_style: str | None = None, core=None):
+                 elements_per_cycle: int = 1, large_ram_style: str | None = None, columns: int = 1, core=None):
         if bus_bytes not in (8, 16):
             raise ValueError(f"bus_bytes must be 8 or 16, not {bus_bytes!r}")
         _int_in("ports", ports, 1, 4)
@@ -167,13 +171,14 @@ class Accelerator(wiring.Component):
         _int_in("design_hash", design_hash, 0, (1 << 32) - 1)
         _int_in("outstanding", outstanding, 1, 16)
         _int_in("starve_cycles", starve_cycles, 1, 1 << 24)
+        _int_in("columns", columns, 1, regs.MAX_COLUMNS)
         self.starve_cycles = starve_cycles
         self.params = dict(bus_bytes=bus_bytes, ports=ports, engine_bytes=engine_bytes,
                            rows_per_block=rows_per_block, fifo_bytes=fifo_bytes, max_hidden=max_hidden,
                            max_layers=max_layers, max_intermediate=max_intermediate, max_vocab=max_vocab,
                            design_hash=design_hash, outstanding=outstanding, max_burst_beats=max_burst_beats,
                            addr_width=addr_width,
-                           elements_per_cycle=elements_per_cycle, large_ram_style=large_ram_style)
+                           elements_per_cycle=elements_per_cycle, large_ram_style=large_ram_style, columns=columns)
         check_ram_style(large_ram_style)
         width = max(engine_bytes, bus_bytes * (1 << (ports - 1).bit_length()))
         if (not isinstance(fifo_bytes, int) or isinstance(fifo_bytes, bool) or fifo_bytes < 2 * width
@@ -190,13 +195,15 @@ class Accelerator(wiring.Component):
         self.constants = build_constants(bus_bytes=bus_bytes, ports=ports, engine_bytes=engine_bytes,
                                          rows_per_block=rows_per_block, max_hidden=max_hidden,
                                          max_layers=max_layers, max_intermediate=max_intermediate,
-                                         max_vocab=max_vocab, design_hash=design_hash, addr_width=addr_width)
+                                         max_vocab=max_vocab, design_hash=design_hash, addr_width=addr_width,
+                                         columns=columns)
         self.registers = ControlRegisters(constants=self.constants)
         if core is None:
             from .token_core import TokenCore
             core = TokenCore(engine_bytes=engine_bytes, rows_per_block=rows_per_block, max_hidden=max_hidden,
                              max_layers=max_layers, max_intermediate=max_intermediate, max_vocab=max_vocab,
-                             elements_per_cycle=elements_per_cycle, state_ram_style=large_ram_style)
+                             elements_per_cycle=elements_per_cycle, columns=columns,
+                             state_ram_style=large_ram_style)
             self._check_core(core, engine_bytes)
         self.core = core
 
@@ -246,17 +253,17 @@ class Accelerator(wiring.Component):
         # ---- data path: reader -> weight FIFO -> core -> (writer) ------------------------------
         wiring.connect(m, reader.data, fifo.i)
         wiring.connect(m, fifo.o, core.weights)
-        m.d.comb += [core.hidden.eq(rg.model_dims_hidden), core.layers.eq(rg.model_dims_layers),
-                     core.embed_stride.eq(rg.embed_stride[:16])]
-        if "intermediate" in core.signature.members:
-            m.d.comb += core.intermediate.eq(rg.model_inner_intermediate)
+        N = self.params["columns"]
+        columns_bad, tokens_in, token_bad = self._connect_core(m, core)
 
         state = Signal(_State)
         error = Signal(8)
         start_pending = Signal()
         clear_pending = Signal()
         settle = Signal()                                   # the core's busy follows its pulse a cycle later
-        embed_row = Signal(48)                              # TOKEN * EMBED_STRIDE
+        embed_row = Signal(48)                              # the column's token * EMBED_STRIDE
+        embed_col = Signal(range(max(N, 2)))                # the column whose row is read next
+        embed_last = Signal()                               # embed_col is the pass's last column
         embed_sent = Signal()
         stream_sent = Signal()
         write_sent = Signal()
@@ -300,23 +307,32 @@ class Accelerator(wiring.Component):
         with m.Switch(state):
             with m.Case(_State.IDLE):
                 with m.If(clear_pending & ~core.busy):
-                    m.d.comb += core.clear_state.eq(1)
+                    # A slot beyond the build clears nothing (the driver never asks for one).
+                    m.d.comb += core.clear_state.eq(rg.pass_clear_slot < self.params["columns"])
                     m.d.sync += [clear_pending.eq(0), tokens.eq(0), settle.eq(1), state.eq(_State.CLEAR)]
                 with m.Elif(start_pending & ~clear_pending & ~core.busy):
                     m.d.sync += [start_pending.eq(0), error.eq(0)]
-                    with m.If(rg.token >= rg.vocab):
+                    with m.If(columns_bad):
+                        m.d.sync += [error.eq(regs.ErrorCode.COLUMNS), state.eq(_State.FINISH)]
+                    with m.Elif(token_bad):
                         m.d.sync += [error.eq(regs.ErrorCode.TOKEN_RANGE), state.eq(_State.FINISH)]
                     with m.Else():
-                        m.d.sync += [embed_row.eq(rg.token * rg.embed_stride[:16]), state.eq(_State.PREPARE),
+                        m.d.sync += [embed_col.eq(0), state.eq(_State.PREPARE),
                                      embed_sent.eq(0), stream_sent.eq(0), write_sent.eq(0),
-                                     logits_on.eq(logits_addr != 0), logits_left.eq(rg.vocab)]
+                                     logits_on.eq(logits_addr != 0)]
                         m.d.comb += fifo.flush.eq(1)
             with m.Case(_State.CLEAR):
                 m.d.sync += settle.eq(0)
                 with m.If(~settle & ~core.busy):
                     m.d.sync += state.eq(_State.IDLE)
             with m.Case(_State.PREPARE):
-                m.d.sync += state.eq(_State.LAUNCH)
+                m.d.sync += [embed_row.eq(tokens_in[embed_col] * rg.embed_stride[:16]), state.eq(_State.LAUNCH),
+                             embed_last.eq(embed_col == rg.pass_last_column)]
+                # V logits per column that sends them: every column, or a prefill's last
+                if N == 1:
+                    m.d.sync += logits_left.eq(rg.vocab)
+                else:
+                    m.d.sync += logits_left.eq(rg.vocab * Mux(rg.pass_prefill, 1, rg.pass_last_column + 1))
             with m.Case(_State.LAUNCH):
                 m.d.comb += [reader.cmd.valid.eq(~stream_sent),
                              reader.cmd.payload.addr.eq(((embed_addr + embed_row) & addr_mask)),
@@ -325,10 +341,15 @@ class Accelerator(wiring.Component):
                     m.d.comb += [reader.cmd.payload.addr.eq(stream_addr & addr_mask),
                                  reader.cmd.payload.length.eq(rg.stream_bytes)]
                 with m.If(reader.cmd.ready & ~stream_sent):
-                    m.d.sync += [embed_sent.eq(1), stream_sent.eq(embed_sent)]
+                    m.d.sync += stream_sent.eq(embed_sent)
+                    with m.If(~embed_sent & ~embed_last):
+                        # the next column's row: its address takes a cycle in PREPARE
+                        m.d.sync += [embed_col.eq(embed_col + 1), state.eq(_State.PREPARE)]
+                    with m.Else():
+                        m.d.sync += embed_sent.eq(1)
                 m.d.comb += [writer.cmd.valid.eq(logits_on & ~write_sent),
                              writer.cmd.payload.addr.eq(logits_addr & addr_mask),
-                             writer.cmd.payload.words.eq(rg.vocab)]
+                             writer.cmd.payload.words.eq(logits_left)]
                 with m.If(writer.cmd.ready & writer.cmd.valid):
                     m.d.sync += write_sent.eq(1)
                 with m.If(stream_sent & (write_sent | ~logits_on)):
@@ -355,11 +376,39 @@ class Accelerator(wiring.Component):
                 m.d.comb += rg.status_done_set.eq(1)
                 m.d.sync += state.eq(_State.IDLE)
                 with m.If(error == 0):
-                    m.d.sync += tokens.eq(tokens + 1)
+                    m.d.sync += tokens.eq(tokens + rg.pass_last_column + 1)
 
         self._status_counters(m, state=state, error=error, tokens=tokens, start_pending=start_pending,
                               clear_pending=clear_pending)
         return m
+
+    def _connect_core(self, m, core):
+        """The model's shape, PASS and SLOTS to the core (a core without columns takes neither: one
+        column, slot 0). Returns ``columns_bad`` (PASS.last_column, a used SLOTS entry or
+        PASS.clear_slot beyond the build), each column's token register, and ``token_bad`` (a
+        column of the pass has a token >= VOCAB; a column beyond the pass never counts)."""
+        rg, N = self.registers, self.params["columns"]
+        m.d.comb += [core.hidden.eq(rg.model_dims_hidden), core.layers.eq(rg.model_dims_layers),
+                     core.embed_stride.eq(rg.embed_stride[:16])]
+        if "intermediate" in core.signature.members:
+            m.d.comb += core.intermediate.eq(rg.model_inner_intermediate)
+        tokens_in = Array(getattr(rg, regs.token_register(c).lower()) for c in range(N))
+        token_bad = Signal()
+        m.d.comb += token_bad.eq(Cat(*[(tokens_in[c] >= rg.vocab) & (c <= rg.pass_last_column)
+                                       for c in range(N)]).any())
+        slots = [getattr(rg, f"slots_slot{c}") for c in range(N)]
+        bad = (rg.pass_last_column >= N) | (rg.pass_clear_slot >= N)
+        for c, slot in enumerate(slots):
+            bad |= (slot >= N) & (c <= rg.pass_last_column)
+        if "last_column" in core.signature.members:
+            m.d.comb += [core.last_column.eq(rg.pass_last_column), core.prefill.eq(rg.pass_prefill),
+                         core.clear_slot.eq(rg.pass_clear_slot)]
+            m.d.comb += [core.slots[c].eq(slot) for c, slot in enumerate(slots)]
+        elif N > 1:
+            raise ValueError("a core without columns (no last_column port) serves one column only")
+        columns_bad = Signal()
+        m.d.comb += columns_bad.eq(bad)
+        return columns_bad, tokens_in, token_bad
 
     def _status_counters(self, m, *, state, error, tokens, start_pending, clear_pending):
         """STATUS, TOKENS, ARGMAX and the cycle/byte counters (``_PHASE_COUNTERS``): zeroed as a
@@ -370,6 +419,12 @@ class Accelerator(wiring.Component):
                      rg.status_busy.eq((state != _State.IDLE) | core.busy | start_pending | clear_pending),
                      rg.status_error.eq(error), rg.tokens.eq(tokens),
                      rg.argmax.eq(core.argmax)]
+        for c in range(1, regs.MAX_COLUMNS):
+            port = getattr(rg, regs.argmax_register(c).lower())
+            if c < self.params["columns"] and "column_argmax" in core.signature.members:
+                m.d.comb += port.eq(core.column_argmax[c])
+            else:
+                m.d.comb += port.eq(0)
         argmax_value = Signal(signed(64))                   # sign-extended ACT
         m.d.comb += [argmax_value.eq(core.argmax_value.as_signed()),
                      rg.argmax_value_lo.eq(argmax_value[:32]), rg.argmax_value_hi.eq(argmax_value[32:])]

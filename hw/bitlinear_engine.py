@@ -18,14 +18,22 @@ from mmfree.models.weight_image import (CM_OFFSET, CONSUMER_WORD, CONSUMER_WORDS
 
 from .rescale import EXP_SHAPE, SCALE_OUT_BITS, Rescale
 from .rms_quantize import (CODES_LAYOUT, EC_BITS, EPS_SHIFT_MAX, EPS_SHIFT_MIN, FRAC_MAX, X_FRAC_MAX, X_LAYOUT,
-                           RmsQuantize)
+                           RmsQuantize, column_shape, x_layout)
 from .stream_fifo import StreamFifo
 from .ternary_accumulate import TernaryAccumulate
 
-__all__ = ["BitLinearEngine", "Y_LAYOUT", "X_LAYOUT"]
+__all__ = ["BitLinearEngine", "Y_LAYOUT", "X_LAYOUT", "y_layout", "x_layout"]
 
-#: One output: the consumer (matrix) it belongs to, its ACT value, end of that consumer's rows.
-Y_LAYOUT = data.StructLayout({"consumer": unsigned(2), "value": signed(nx.ACT_BITS), "last": 1})
+
+def y_layout(columns: int = 1) -> data.StructLayout:
+    """One output: the consumer (matrix) it belongs to, the column (input vector; always 0 for one),
+    its ACT value, end of that consumer's rows of that column."""
+    return data.StructLayout({"consumer": unsigned(2), "column": column_shape(columns),
+                              "value": signed(nx.ACT_BITS), "last": 1})
+
+
+#: One output of a single-column engine (:func:`y_layout` of one column).
+Y_LAYOUT = y_layout(1)
 
 _WORD = 32
 #: Bytes of one gain word (a 24-bit mantissa, sign-extended) and of one lower-bound gate (GATE, uint32).
@@ -46,8 +54,9 @@ def _tag_layout(rows_per_block: int) -> data.StructLayout:
     })
 
 
-#: What travels beside each element through the rescale: its consumer and last flag.
-_SIDE_LAYOUT = data.StructLayout({"consumer": unsigned(2), "last": 1})
+def _side_layout(columns: int) -> data.StructLayout:
+    """What travels beside each element through the rescale: its consumer, column and last flag."""
+    return data.StructLayout({"consumer": unsigned(2), "column": column_shape(columns), "last": 1})
 
 
 class BitLinearEngine(wiring.Component):
@@ -76,6 +85,15 @@ class BitLinearEngine(wiring.Component):
       (uint32 words, GATE Q0.32, zero-extended to ACT width) go out on ``y``
       with consumer 0.
 
+    **Columns.** With ``columns`` = N > 1 every record has N input vectors
+    (N sequences decoded, or N prompt tokens prefilled, in one weight pass):
+    the input stage takes them tagged with their column and runs once per
+    column; every matrix beat meets all N columns' codes in the accumulator;
+    and each block's outputs leave column by column per accumulator beat
+    (beat s: column 0's rows ``s*E ..``, then column 1's, ...), each column's
+    rows in order with its own ``last``. The gates of a LOWER_BOUND record go
+    out once (column 0): they serve every column.
+
     The output side (buffer, rescale, ``y``) runs on its own: the next
     record's header, gains and codes proceed while the previous record's last
     results wait for ``y.ready``; and ``x`` for the next record is taken as
@@ -84,14 +102,16 @@ class BitLinearEngine(wiring.Component):
     Ports
     -----
     weights : stream of ``8 E``-bit beats, byte i at bits ``[8i, 8i+8)``.
-    x : stream of :data:`~mmfree.hw.rms_quantize.X_LAYOUT`: a BITLINEAR
-        record's K inputs (``value``, signed 48: ACT, the record's ``x_frac``
-        being 32), ``last`` on the final one; ``norm`` (signed 48, ACT) is the
+    x : stream of :func:`~mmfree.hw.rms_quantize.x_layout`: a BITLINEAR
+        record's K inputs per column (``value``, signed 48: ACT, the record's ``x_frac``
+        being 32), ``last`` on each column's final one; ``norm`` (signed 48, ACT) is the
         pre-norm's input n for ``NormSource.GATE`` records (ignored otherwise).
         LOWER_BOUND records take none.
-    y : stream of :data:`Y_LAYOUT`: ``value`` signed 48 (ACT; a gate is
+    y : stream of :func:`y_layout`: ``value`` signed 48 (ACT; a gate is
         0 .. 2**32 - 1, Q0.32); consumer 0's rows, then consumer 1's, ...,
         ``last`` on each consumer's final row; or the gates.
+    last_column : the columns in use are 0 .. ``last_column`` (below ``columns``); held stable
+        while a record is in progress or owes outputs.
     busy : a record is in progress or outputs are still owed.
     phase : 1 while a header, gains or the input stage run (prep), 2 while
         matrix beats are consumed (matvec), 0 otherwise (idle, gate output).
@@ -114,6 +134,8 @@ class BitLinearEngine(wiring.Component):
     elements_per_cycle : int, P, elements per cycle of the input stage's code
         pass: 1, 2 or 4, at most ``E/4`` (default 1; see ``RmsQuantize`` for
         what it costs).
+    columns : int, N, input vectors per weight pass, 1..16 (default 1). The
+        cycle figures below are those of one column.
 
     Attributes
     ----------
@@ -135,9 +157,10 @@ class BitLinearEngine(wiring.Component):
     """
 
     def __init__(self, *, engine_bytes: int, rows_per_block: int, max_k: int, max_rows: int,
-                 elements_per_cycle: int = 1):
+                 elements_per_cycle: int = 1, columns: int = 1):
         for name, value in (("engine_bytes", engine_bytes), ("rows_per_block", rows_per_block),
-                            ("max_k", max_k), ("max_rows", max_rows), ("elements_per_cycle", elements_per_cycle)):
+                            ("max_k", max_k), ("max_rows", max_rows), ("elements_per_cycle", elements_per_cycle),
+                            ("columns", columns)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an integer, not {value!r}")
         if engine_bytes not in (8, 16, 32, 64):
@@ -152,18 +175,22 @@ class BitLinearEngine(wiring.Component):
         if elements_per_cycle not in (1, 2, 4) or elements_per_cycle > engine_bytes // _GAIN_WORD_BYTES:
             raise ValueError(f"elements_per_cycle must be 1, 2 or 4 and at most engine_bytes / "
                              f"{_GAIN_WORD_BYTES} ({engine_bytes // _GAIN_WORD_BYTES}), not {elements_per_cycle}")
+        if not 1 <= columns <= 16:
+            raise ValueError(f"columns must be in 1..16, not {columns}")
         self.elements_per_cycle = elements_per_cycle
+        self.columns = columns
         self.engine_bytes, self.rows_per_block = engine_bytes, rows_per_block
         self.max_k, self.max_rows = max_k, max_rows
         self.header_beats = RECORD_HEADER_BYTES // engine_bytes
         self.acc_bits = nx.accumulator_bits(max_k)
         # The input stage, built here: its cycle figures serve prep_cycles.
         self._input = RmsQuantize(max_k=max_k, gain_lanes=engine_bytes // _GAIN_WORD_BYTES,
-                                  elements_per_cycle=elements_per_cycle)
+                                  elements_per_cycle=elements_per_cycle, columns=columns)
         super().__init__({
             "weights": In(stream.Signature(unsigned(8 * engine_bytes))),
-            "x": In(stream.Signature(X_LAYOUT)),
-            "y": Out(stream.Signature(Y_LAYOUT)),
+            "x": In(stream.Signature(x_layout(columns))),
+            "y": Out(stream.Signature(y_layout(columns))),
+            "last_column": In(column_shape(columns)),
             "busy": Out(1), "phase": Out(2), "error": Out(1), "clear_error": In(1), "weight_wait": Out(1),
         })
 
@@ -228,23 +255,30 @@ class BitLinearEngine(wiring.Component):
 
     def _units(self, m):
         """The input stage, accumulator, rescale, code memory and the FIFOs between them."""
-        E, R, C = self.engine_bytes, self.rows_per_block, MAX_CONSUMERS
+        E, R, C, N = self.engine_bytes, self.rows_per_block, MAX_CONSUMERS, self.columns
         D = R // E
         u = SimpleNamespace(groups_max=-(-self.max_k // nx.TRITS_PER_BYTE))
         m.submodules.input = u.rms = self._input
-        m.submodules.accumulate = u.acc = TernaryAccumulate(lanes=E, k=self.max_k, rows_per_block=R)
+        m.submodules.accumulate = u.acc = TernaryAccumulate(lanes=E, k=self.max_k, rows_per_block=R, columns=N)
         m.submodules.acc_fifo = u.acc_fifo = StreamFifo(shape=u.acc.o.payload.shape(), depth=max(2, 2 * D))
         u.tag_layout = _tag_layout(R)
         m.submodules.tag_fifo = u.tag_fifo = StreamFifo(shape=u.tag_layout, depth=8)
-        u.scales_layout = data.StructLayout({"scale": data.ArrayLayout(unsigned(SCALE_OUT_BITS), C),
+        # A record's scales: per column, each consumer's scale and exponent.
+        u.column_scales = data.StructLayout({"scale": data.ArrayLayout(unsigned(SCALE_OUT_BITS), C),
                                              "exp": data.ArrayLayout(signed(u.rms.exp_bits), C)})
+        u.scales_layout = data.ArrayLayout(u.column_scales, N)
         m.submodules.scale_fifo = u.scale_fifo = StreamFifo(shape=u.scales_layout, depth=2)
         m.submodules.rescale = u.rescale = Rescale(acc_bits=self.acc_bits)
-        m.submodules.side_fifo = u.side_fifo = StreamFifo(shape=_SIDE_LAYOUT, depth=Rescale.latency + 1)
-        m.submodules.codes = code_mem = Memory(shape=CODES_LAYOUT.members["codes"], depth=u.groups_max, init=[])
-        u.code_wr, u.code_rd = code_mem.write_port(), code_mem.read_port(domain="sync")
+        m.submodules.side_fifo = u.side_fifo = StreamFifo(shape=_side_layout(N), depth=Rescale.latency + 1)
+        u.code_wr, u.code_rd = [], []
+        for column in range(N):       # one code memory per column: a matrix beat reads all of them
+            code_mem = Memory(shape=CODES_LAYOUT.members["codes"], depth=u.groups_max, init=[])
+            m.submodules["codes" if N == 1 else f"codes{column}"] = code_mem
+            u.code_wr.append(code_mem.write_port())
+            u.code_rd.append(code_mem.read_port(domain="sync"))
         wiring.connect(m, u.acc.o, u.acc_fifo.i)
         wiring.connect(m, wiring.flipped(self.x), u.rms.x)
+        m.d.comb += u.rms.last_column.eq(self.last_column)
         return u
 
     def _header_fields(self, m, header, rms):
@@ -291,19 +325,30 @@ class BitLinearEngine(wiring.Component):
         """The input stage's codes into the code memory (one group per cycle, never stalls) and its
         scales into the scale FIFO. Returns ``codes_done`` (the record's last group written; cleared
         by the parser) and ``code_addr`` (groups written so far)."""
-        rms = u.rms
-        codes = SimpleNamespace(addr=Signal(range(u.groups_max + 1)), done=Signal())
-        m.d.comb += [rms.codes.ready.eq(1), u.code_wr.addr.eq(codes.addr), u.code_wr.data.eq(rms.codes.payload.codes),
-                     u.code_wr.en.eq(rms.codes.valid)]
+        rms, N = u.rms, self.columns
+        codes = SimpleNamespace(addr=Signal(range(u.groups_max + 1)), done=Signal(), col=Signal(column_shape(N)))
+        m.d.comb += rms.codes.ready.eq(1)
+        for column, port in enumerate(u.code_wr):
+            m.d.comb += [port.addr.eq(codes.addr), port.data.eq(rms.codes.payload.codes),
+                         port.en.eq(rms.codes.valid & (codes.col == column))]
         with m.If(rms.codes.valid):
             m.d.sync += codes.addr.eq(codes.addr + 1)
             with m.If(rms.codes.payload.last):
-                m.d.sync += [codes.addr.eq(0), codes.done.eq(1)]
-        # The scales wait in a FIFO for the record's first output block.
-        m.d.comb += [u.scale_fifo.i.valid.eq(rms.scales.valid), rms.scales.ready.eq(u.scale_fifo.i.ready)]
+                m.d.sync += [codes.addr.eq(0), codes.col.eq(codes.col + 1)]
+                with m.If(codes.col == self.last_column):
+                    m.d.sync += [codes.done.eq(1), codes.col.eq(0)]
+        # The scales of every column are gathered, then wait in a FIFO for the record's first output block.
+        gathered = Signal(u.scales_layout)
+        scale_col = Signal(column_shape(N))
+        final = scale_col == self.last_column
+        incoming = Signal(u.column_scales)
         for c in range(MAX_CONSUMERS):
-            m.d.comb += [u.scale_fifo.i.payload.scale[c].eq(rms.scales.payload.scale[c]),
-                         u.scale_fifo.i.payload.exp[c].eq(rms.scales.payload.exp[c])]
+            m.d.comb += [incoming.scale[c].eq(rms.scales.payload.scale[c]), incoming.exp[c].eq(rms.scales.payload.exp[c])]
+        m.d.comb += [u.scale_fifo.i.valid.eq(rms.scales.valid & final),
+                     rms.scales.ready.eq(u.scale_fifo.i.ready | ~final),
+                     u.scale_fifo.i.payload.eq(gathered), u.scale_fifo.i.payload[scale_col].eq(incoming)]
+        with m.If(rms.scales.valid & rms.scales.ready):
+            m.d.sync += [gathered[scale_col].eq(incoming), scale_col.eq(Mux(final, 0, scale_col + 1))]
         return codes
 
     def _parser_registers(self, m, fields):
@@ -327,7 +372,8 @@ class BitLinearEngine(wiring.Component):
             # stage B: the beat presented to TernaryAccumulate
             b_valid=Signal(), b_last=Signal(), b_cons=Signal(range(C)), b_bytes=Signal(8 * E),
             # outputs owed on y by the output side (rows of blocks already started)
-            owed=Signal(range(self.max_rows * C + R + 1)), owed_add=Signal(range(R + 1)), owed_sub=Signal(),
+            owed=Signal(range((self.max_rows * C + R) * self.columns + 1)),
+            owed_add=Signal(range(R * self.columns + 1)), owed_sub=Signal(),
             # a LOWER_BOUND record's gate output
             lb_full=Signal(), lb_beat=Signal(8 * E), lb_lane=Signal(range(gl)), lb_left=Signal(range(self.max_k + 1)),
             lb_valid=Signal(),
@@ -347,10 +393,11 @@ class BitLinearEngine(wiring.Component):
         return r
 
     def _stage_accumulate_input(self, m, u, r):
-        """Stage B: a matrix beat and its group's code word (read in the same cycle) to
-        :class:`TernaryAccumulate`; held until it is taken."""
-        m.d.comb += [u.code_rd.addr.eq(r.grp), u.acc.i.valid.eq(r.b_valid), u.acc.i.payload.last.eq(r.b_last),
-                     u.acc.i.payload.codes.eq(u.code_rd.data[r.b_cons])]
+        """Stage B: a matrix beat and its group's code words, one per column (read in the same
+        cycle), to :class:`TernaryAccumulate`; held until it is taken."""
+        m.d.comb += [u.acc.i.valid.eq(r.b_valid), u.acc.i.payload.last.eq(r.b_last)]
+        for column, port in enumerate(u.code_rd):
+            m.d.comb += [port.addr.eq(r.grp), u.acc.i.payload.codes[column].eq(port.data[r.b_cons])]
         for byte in range(self.engine_bytes):
             m.d.comb += u.acc.i.payload.weights[byte].eq(r.b_bytes[8 * byte: 8 * byte + 8])
         with m.If(u.acc.i.ready):
@@ -423,7 +470,8 @@ class BitLinearEngine(wiring.Component):
             # A beat moves into stage B when it is free (or frees this cycle), and a
             # block's first beat also needs room for its tag.
             stage_free = ~r.b_valid | u.acc.i.ready
-            codes_there = codes.done | (r.grp < codes.addr)
+            # The columns' codes come column by column: group g is there for all once the last has it.
+            codes_there = codes.done | ((codes.col == self.last_column) & (r.grp < codes.addr))
             m.d.comb += r.want.eq(r.padding | (stage_free & codes_there & (~r.block_first | tag_fifo.i.ready)))
             with m.If(r.take):
                 m.d.sync += r.matvec_started.eq(1)
@@ -431,13 +479,13 @@ class BitLinearEngine(wiring.Component):
             m.d.comb += [tag.consumer.eq(r.cons), tag.rows.eq(Mux(r.consumer_last_block, r.rows_left, R)),
                          tag.last.eq(r.consumer_last_block),
                          tag.first.eq((r.cons == 0) & (r.rows_left == fields.rows[0])),
-                         u.code_rd.en.eq(r.take & ~r.padding)]
+                         *[port.en.eq(r.take & ~r.padding) for port in u.code_rd]]
             next_consumer = Signal()
             with m.If(r.take & ~r.padding):
                 m.d.sync += [r.b_valid.eq(1), r.b_bytes.eq(r.beat), r.b_cons.eq(r.cons),
                              r.b_last.eq(r.block_last_beat)]
                 with m.If(r.block_first):
-                    m.d.comb += [tag_fifo.i.valid.eq(1), r.owed_add.eq(tag.rows)]
+                    m.d.comb += [tag_fifo.i.valid.eq(1), r.owed_add.eq(tag.rows * (self.last_column + 1))]
                 m.d.sync += r.sub.eq(r.sub + 1)
                 with m.If(r.sub == D - 1):
                     m.d.sync += [r.sub.eq(0), r.grp.eq(r.grp + 1)]
@@ -485,29 +533,34 @@ class BitLinearEngine(wiring.Component):
                     m.next = "HEADER"
 
     def _stage_serialize(self, m, u):
-        """The output side: accumulator beats (``E`` accumulators) -> one element per cycle, with its
-        block's scale and exponent, into :class:`Rescale` and its consumer/last into the side FIFO.
+        """The output side: accumulator beats (``E`` accumulators per column) -> one element per cycle,
+        column 0's of the beat first, with its column's scale and exponent, into :class:`Rescale` and
+        its consumer/column/last into the side FIFO.
 
         Rows beyond the block's tag ``rows`` are dropped. The next block's tag (and, for a
         record's first block, its scales) is taken in the cycle the previous block ends: no
         bubble between blocks. Returns the rescale unit (whose output is ACT).
         """
-        E, R, C = self.engine_bytes, self.rows_per_block, MAX_CONSUMERS
+        E, R, C, N = self.engine_bytes, self.rows_per_block, MAX_CONSUMERS, self.columns
         D = R // E
         acc_fifo, tag_fifo, scale_fifo, rescale, side_fifo = u.acc_fifo, u.tag_fifo, u.scale_fifo, u.rescale, u.side_fifo
         ser_active = Signal()
+        ser_col = Signal(column_shape(N))
         ser_tag = Signal(u.tag_layout)
         ser_beat = Signal(range(max(D, 2)))
         ser_lane = Signal(range(E))
         ser_row = Signal(range(R + E + 1))
         cur = Signal(u.scales_layout)
         row_exists = ser_row < ser_tag.rows
-        beat_end = (ser_lane == E - 1) | (ser_row + 1 >= ser_tag.rows)   # the beat's last wanted element
+        beat_end = (ser_lane == E - 1) | (ser_row + 1 >= ser_tag.rows)   # the column's last wanted element of the beat
+        column_end = Signal()
         block_end = Signal()
         element_go = Signal()
         beat_pop = Signal()
         ri = rescale.i.payload
-        m.d.comb += [ri.acc.eq(acc_fifo.o.payload[ser_lane]), side_fifo.i.payload.consumer.eq(ser_tag.consumer),
+        col_scales = cur[ser_col]
+        m.d.comb += [ri.acc.eq(acc_fifo.o.payload[ser_col][ser_lane]), side_fifo.i.payload.consumer.eq(ser_tag.consumer),
+                     side_fifo.i.payload.column.eq(ser_col),
                      side_fifo.i.payload.last.eq(ser_tag.last & (ser_row + 1 == ser_tag.rows))]
         exp_lo, exp_hi = -(1 << (EXP_SHAPE.width - 1)), (1 << (EXP_SHAPE.width - 1)) - 1
         with m.Switch(ser_tag.consumer):
@@ -515,28 +568,32 @@ class BitLinearEngine(wiring.Component):
                 with m.Case(c):
                     # Clamping exp to the rescale's port range is exact: |acc * scale| < 2**50
                     # rounds to 0 for any right shift of 51 or more, and any exp >= 48 saturates.
-                    e = cur.exp[c]
-                    m.d.comb += [ri.scale.eq(cur.scale[c]),
+                    e = col_scales.exp[c]
+                    m.d.comb += [ri.scale.eq(col_scales.scale[c]),
                                  ri.exp.eq(Mux(e < exp_lo, exp_lo, Mux(e > exp_hi, exp_hi, e)))]
         with m.If(ser_active & acc_fifo.o.valid):
             with m.If(row_exists):
                 fire = rescale.i.ready & side_fifo.i.ready
                 m.d.comb += [rescale.i.valid.eq(side_fifo.i.ready), side_fifo.i.valid.eq(rescale.i.ready),
-                             element_go.eq(fire), beat_pop.eq(fire & beat_end)]
+                             element_go.eq(fire), column_end.eq(fire & beat_end),
+                             beat_pop.eq(fire & beat_end & (ser_col == self.last_column))]
             with m.Else():
-                m.d.comb += beat_pop.eq(1)                 # rows beyond N: drop the beat
+                # rows beyond N (only ever from a beat's first row on: every column's): drop the beat
+                m.d.comb += beat_pop.eq(1)
         m.d.comb += [acc_fifo.o.ready.eq(beat_pop), block_end.eq(beat_pop & (ser_beat == D - 1))]
-        with m.If(element_go & ~beat_pop):
+        with m.If(element_go & ~column_end):
             m.d.sync += [ser_lane.eq(ser_lane + 1), ser_row.eq(ser_row + 1)]
+        with m.If(column_end & ~beat_pop):
+            m.d.sync += [ser_col.eq(ser_col + 1), ser_lane.eq(0), ser_row.eq(ser_beat * E)]
         with m.If(beat_pop):
-            m.d.sync += [ser_lane.eq(0), ser_beat.eq(ser_beat + 1), ser_row.eq((ser_beat + 1) * E)]
+            m.d.sync += [ser_col.eq(0), ser_lane.eq(0), ser_beat.eq(ser_beat + 1), ser_row.eq((ser_beat + 1) * E)]
         take_tag = tag_fifo.o.valid & (~ser_active | block_end) & (~tag_fifo.o.payload.first | scale_fifo.o.valid)
         m.d.comb += [tag_fifo.o.ready.eq(take_tag), scale_fifo.o.ready.eq(take_tag & tag_fifo.o.payload.first)]
         with m.If(block_end):
             m.d.sync += ser_active.eq(0)
         with m.If(take_tag):
             m.d.sync += [ser_active.eq(1), ser_tag.eq(tag_fifo.o.payload), ser_beat.eq(0), ser_lane.eq(0),
-                         ser_row.eq(0)]
+                         ser_row.eq(0), ser_col.eq(0)]
             with m.If(tag_fifo.o.payload.first):
                 m.d.sync += cur.eq(scale_fifo.o.payload)
         return rescale
@@ -553,6 +610,7 @@ class BitLinearEngine(wiring.Component):
             out = rescale.o.valid & side_fifo.o.valid
             m.d.comb += [self.y.valid.eq(out), self.y.payload.value.eq(rescale.o.payload),
                          self.y.payload.consumer.eq(side_fifo.o.payload.consumer),
+                         self.y.payload.column.eq(side_fifo.o.payload.column),
                          self.y.payload.last.eq(side_fifo.o.payload.last),
                          rescale.o.ready.eq(self.y.ready & side_fifo.o.valid),
                          side_fifo.o.ready.eq(self.y.ready & rescale.o.valid),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -25,7 +25,7 @@ from .fixed_point import pipeline_stages
 from .rsqrt import INV_BITS, RsqrtFixed, rsqrt_z_bits
 from .ternary_accumulate import CODE_BITS
 
-__all__ = ["RmsQuantize", "X_LAYOUT", "CODES_LAYOUT", "rms_params_layout", "scales_layout", "v_bits_for",
+__all__ = ["RmsQuantize", "X_LAYOUT", "x_layout", "column_shape", "CODES_LAYOUT", "rms_params_layout", "scales_layout", "v_bits_for",
            "FRAC_MAX", "EPS_SHIFT_MIN", "EPS_SHIFT_MAX", "X_FRAC_MAX", "EC_BITS", "SCALE_OUT_BITS"]
 
 # --------------------------------------------------------------------------
@@ -48,9 +48,22 @@ MAG_BITS = nx.ACT_BITS + nx.GAIN_BITS - 1
 #: Bits of a magnitude after the sum-of-squares rounding (``rshift_round`` may reach 2**24).
 SUMSQ_MAG_BITS = nx.SUMSQ_BITS + 1
 
-#: One element of the input vector: x (ACT width, in the record's x_frac format),
-#: the pre-norm's input n (ACT, used by NormSource.GATE records), end of vector.
-X_LAYOUT = data.StructLayout({"value": signed(nx.ACT_BITS), "norm": signed(nx.ACT_BITS), "last": 1})
+def column_shape(columns: int):
+    """The shape of a column index among ``columns``: at least one bit (a zero-width signal would
+    reach the Verilog as ``[-1:0]``, which Verilator refuses)."""
+    return unsigned(max(1, (columns - 1).bit_length()))
+
+
+def x_layout(columns: int = 1) -> data.StructLayout:
+    """One element of an input vector: x (ACT width, in the record's x_frac format), the pre-norm's
+    input n (ACT, used by NormSource.GATE records), which of the ``columns`` vectors it belongs to
+    (always 0 for one), end of that vector."""
+    return data.StructLayout({"value": signed(nx.ACT_BITS), "norm": signed(nx.ACT_BITS),
+                              "column": column_shape(columns), "last": 1})
+
+
+#: One element of a single input vector (:func:`x_layout` of one column).
+X_LAYOUT = x_layout(1)
 
 #: One group of five inputs: each consumer's five int8 codes (zero beyond K
 #: and for absent consumers), end of vector.
@@ -139,6 +152,15 @@ class RmsQuantize(wiring.Component):
        ``numerics.output_scale`` (two multiplies on one multiplier, one
        consumer per two cycles).
 
+    **Columns.** With ``columns`` = N > 1 a record has N input vectors that
+    share its params and gains (the N sequences, or the N prompt tokens, of
+    one weight pass). Their elements arrive on ``x`` tagged with their column,
+    each column's in order, the columns interleaved in any way; each column
+    has its own ``last``. Steps 2-5 then run once per column, column 0 first:
+    column 0's max pass rides on the gain load, the others' replay it from the
+    gain memories (``gain_lanes`` elements per cycle). Each column gives its
+    ``ceil(K / 5)`` codes beats and one scales beat, in column order.
+
     The ``scales`` beat carries scale and exponent per consumer and, for
     checking, ``M'_c``, ``sh_c``, ``V``, ``sa``, ``inv``, ``z``. ``V = 0`` or
     ``M'_c = 0`` (the golden model's all-zero outputs) give ``scale = 0``.
@@ -159,13 +181,15 @@ class RmsQuantize(wiring.Component):
         ``G_0 .. G_{n-1}``, each exactly ``ceil(K / gain_lanes)`` beats (element
         j of a part in beat ``j // gain_lanes``, lane ``j % gain_lanes``; lanes
         beyond K are ignored). Taken once x is complete.
-    x : stream of :data:`X_LAYOUT`: the K elements, ``last`` on the final one.
+    x : stream of :func:`x_layout`: the K elements of each column, ``last`` on each column's final one.
         Accepted (registered on transfer, ``ready`` from registers only) whenever the previous
-        vector's code pass has read its input, and not after a ``last`` until then,
+        record's last code pass has read its input, and not after the final ``last`` until then,
         independently of ``params``/``gains`` (the next record's input may
         arrive while the current one's matrices are streaming).
-    codes : stream of :data:`CODES_LAYOUT`: ``ceil(K / 5)`` beats, ``last`` on the final one.
-    scales : stream of :func:`scales_layout`: one beat per vector, after the codes.
+    codes : stream of :data:`CODES_LAYOUT`: ``ceil(K / 5)`` beats per column, ``last`` on each column's final one.
+    scales : stream of :func:`scales_layout`: one beat per column, after its codes.
+    last_column : the record's columns are 0 .. ``last_column`` (below ``columns``; 0 with one
+        column); held stable from a record's first x element to its last scales beat.
 
     Parameters
     ----------
@@ -173,6 +197,7 @@ class RmsQuantize(wiring.Component):
     gain_lanes : int, gain mantissas per ``gains`` beat, a power of two, 1..32.
     elements_per_cycle : int, P, elements per cycle of the code pass: 1, 2 or 4,
         at most ``gain_lanes`` (default 1).
+    columns : int, N, input vectors per record, 1..16 (default 1).
 
     Attributes
     ----------
@@ -192,9 +217,9 @@ class RmsQuantize(wiring.Component):
     #: read, products, magnitudes, shifts, code estimate, code correction and squares, packing).
     CODES_OVERHEAD = 3 + 2 + 1 + QuantReciprocal.latency + 7
 
-    def __init__(self, *, max_k: int, gain_lanes: int, elements_per_cycle: int = 1):
+    def __init__(self, *, max_k: int, gain_lanes: int, elements_per_cycle: int = 1, columns: int = 1):
         for name, value in (("max_k", max_k), ("gain_lanes", gain_lanes),
-                            ("elements_per_cycle", elements_per_cycle)):
+                            ("elements_per_cycle", elements_per_cycle), ("columns", columns)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an integer, not {value!r}")
         if not 1 <= max_k <= 65535:
@@ -204,7 +229,10 @@ class RmsQuantize(wiring.Component):
         if elements_per_cycle not in (1, 2, 4) or elements_per_cycle > gain_lanes:
             raise ValueError(f"elements_per_cycle must be 1, 2 or 4 and at most gain_lanes ({gain_lanes}), "
                              f"not {elements_per_cycle}")
+        if not 1 <= columns <= 16:
+            raise ValueError(f"columns must be in 1..16, not {columns}")
         self.max_k = max_k
+        self.columns = columns
         self.gain_lanes = gain_lanes
         self.elements_per_cycle = elements_per_cycle
         self.bounds = _Bounds(max_k)
@@ -220,7 +248,8 @@ class RmsQuantize(wiring.Component):
         super().__init__({
             "params": In(stream.Signature(rms_params_layout(max_k))),
             "gains": In(stream.Signature(data.ArrayLayout(signed(nx.GAIN_BITS), gain_lanes))),
-            "x": In(stream.Signature(X_LAYOUT)),
+            "x": In(stream.Signature(x_layout(columns))),
+            "last_column": In(column_shape(columns)),
             "codes": Out(stream.Signature(CODES_LAYOUT)),
             "scales": Out(stream.Signature(scales_layout(self.v_bits, self._rsqrt_z_bits, self.exp_bits))),
         })
@@ -260,15 +289,15 @@ class RmsQuantize(wiring.Component):
         scalars = self._scalar_datapath(m, mem)
         with m.FSM():
             self._fsm_load(m, mem, v, peak_shifts, max_pass, code_done, advance)
-            self._fsm_scales(m, mem, v, scalars)
+            self._fsm_scales(m, mem, v, scalars, max_pass)
         return m
 
     # -- storage and per-vector registers --------------------------------------
     def _storage(self, m):
         """The memories and the sequential arithmetic units.
 
-        x lives in ``gain_lanes`` banks (element j in bank ``j % gain_lanes``,
-        word ``j // gain_lanes``), so a gain beat meets its x lanes in one read;
+        x lives in ``gain_lanes`` banks (element j of column c in bank ``j % gain_lanes``,
+        word ``c * words + j // gain_lanes``), so a gain beat meets its x lanes in one read;
         gain part 0 is A, part ``1 + c`` is ``G_c``. All reads take one cycle.
         """
         gl, C = self.gain_lanes, MAX_CONSUMERS
@@ -277,7 +306,7 @@ class RmsQuantize(wiring.Component):
         mem = SimpleNamespace(x_wr=[], x_rd=[], gain_wr=[], gain_rd=[], recips=[], words=words,
                               gain_word=data.ArrayLayout(signed(nx.GAIN_BITS), gl))
         for lane in range(gl):
-            bank = Memory(shape=x_elem, depth=words, init=[])
+            bank = Memory(shape=x_elem, depth=words * self.columns, init=[])
             m.submodules[f"x{lane}"] = bank
             mem.x_wr.append(bank.write_port())
             mem.x_rd.append(bank.read_port(domain="sync"))
@@ -300,7 +329,9 @@ class RmsQuantize(wiring.Component):
         return SimpleNamespace(
             p=Signal(rms_params_layout(self.max_k)),          # the current vector's scalars
             k_last=Signal(range(self.max_k)),                 # K - 1
-            x_full=Signal(), x_release=Signal(),              # x complete; the code pass issued its last read
+            x_full=Signal(), x_release=Signal(),              # x complete; the last code pass issued its last read
+            col=Signal(column_shape(self.columns)), replay=Signal(),  # the column in the passes; its max pass replays
+            col_base=Signal(range(words * self.columns + 1)),  # col * words: its x words
             part=Signal(range(1 + C)), beat=Signal(range(words + 1)), beats_per_part=Signal(range(words + 1)),
             gain_take=Signal(),
             issue=Signal(), ptr=Signal(range(self.max_k + self.elements_per_cycle + 1)), code_pass=Signal(),
@@ -323,47 +354,58 @@ class RmsQuantize(wiring.Component):
     def _stage_x_load(self, m, mem, v):
         """Writes x into its banks, one element per cycle whenever ``x_full`` is low.
 
-        Contract: ``x`` (ACT value and norm) in, registered as it transfers
-        (``ready`` depends on registers only; nothing is taken after a
-        ``last`` until ``x_release``); the next cycle writes the banks and
-        registers the magnitudes, the one after folds them into ``max|x|``,
+        Contract: ``x`` (ACT value and norm, column) in, registered as it transfers
+        (``ready`` depends on registers only; nothing is taken after the
+        record's final ``last`` until ``x_release``); the next cycle writes the banks and
+        registers the magnitudes, the one after folds them into the column's ``max|x|``,
         ``max|norm|`` (ACT magnitudes). ``x_full`` rises the cycle after the
-        ``last`` transfer (its element written) and falls on ``x_release``.
-        Returns ``(peak_x, peak_norm_in)``.
+        final ``last`` transfer (its element written) and falls on ``x_release``.
+        Returns ``(peak_x, peak_norm_in)``, arrays indexed by column.
         """
-        gl = self.gain_lanes
-        x_lane = Signal(range(gl))
-        x_word = Signal(range(mem.words + 1))
-        x_first = Signal(init=1)
-        peak_x = Signal(nx.ACT_BITS)                  # max|x| and max|norm|: the pre-norm's max|n|
-        peak_norm_in = Signal(nx.ACT_BITS)
+        gl, N = self.gain_lanes, self.columns
+        gl_log2 = gl.bit_length() - 1
+        # Per column: elements taken so far, max|x| and max|norm| (the pre-norm's max|n|).
+        count = Array(Signal(range(mem.words * gl + 1), name=f"x_count{c}") for c in range(N))
+        peak_x = Array(Signal(nx.ACT_BITS, name=f"peak_x{c}") for c in range(N))
+        peak_norm_in = Array(Signal(nx.ACT_BITS, name=f"peak_norm_in{c}") for c in range(N))
+        complete = Signal(N)                          # columns whose last element has been taken
         # (1) the element as it transferred
-        taken = Signal(X_LAYOUT)
+        taken = Signal(x_layout(N))
         taken_valid = Signal()
-        m.d.comb += self.x.ready.eq(~v.x_full & ~(taken_valid & taken.last))
+        taken_count = Signal.like(count[0])
+        m.d.comb += taken_count.eq(count[taken.column])
+        used = Signal(N)                              # columns 0 .. last_column
+        m.d.comb += used.eq((Const(2, N + 1) << self.last_column) - 1)
+        final = ((complete | (Const(1, N) << taken.column)) & used) == used   # the record's last column ends
+        m.d.comb += self.x.ready.eq(~v.x_full & ~(taken_valid & taken.last & final))
         m.d.sync += taken_valid.eq(self.x.valid & self.x.ready)
         with m.If(self.x.valid & self.x.ready):
             m.d.sync += taken.eq(self.x.payload)
         # (2) into its bank; its magnitudes
+        x_word = Signal(range(mem.words * N + 1))
+        m.d.comb += x_word.eq(taken.column * mem.words + (taken_count >> gl_log2))
         for lane, port in enumerate(mem.x_wr):
             m.d.comb += [port.addr.eq(x_word), port.data.value.eq(taken.value),
-                         port.data.norm.eq(taken.norm), port.en.eq(taken_valid & (x_lane == lane))]
+                         port.data.norm.eq(taken.norm), port.en.eq(taken_valid & (taken_count[:gl_log2] == lane)
+                                                                   if gl > 1 else taken_valid)]
         mag_valid, mag_first = Signal(), Signal()
+        mag_col = Signal.like(taken.column)
         mag_x = Signal(nx.ACT_BITS)
         mag_norm_in = Signal(nx.ACT_BITS)
         m.d.sync += mag_valid.eq(taken_valid)
         with m.If(taken_valid):
-            m.d.sync += [mag_first.eq(x_first), x_first.eq(0), x_lane.eq(x_lane + 1),
+            m.d.sync += [mag_first.eq(taken_count == 0), mag_col.eq(taken.column), count[taken.column].eq(taken_count + 1),
                          mag_x.eq(Mux(taken.value < 0, -taken.value, taken.value)),
                          mag_norm_in.eq(Mux(taken.norm < 0, -taken.norm, taken.norm))]
-            with m.If(x_lane == gl - 1):
-                m.d.sync += [x_lane.eq(0), x_word.eq(x_word + 1)]
             with m.If(taken.last):
-                m.d.sync += [v.x_full.eq(1), x_lane.eq(0), x_word.eq(0), x_first.eq(1)]
+                m.d.sync += [count[taken.column].eq(0), complete.eq(complete | (Const(1, N) << taken.column))]
+                with m.If(final):
+                    m.d.sync += [v.x_full.eq(1), complete.eq(0)]
         # (3) the maxima (read in BITLEN, long after x_full)
         with m.If(mag_valid):
-            m.d.sync += [peak_x.eq(Mux(mag_first | (mag_x > peak_x), mag_x, peak_x)),
-                         peak_norm_in.eq(Mux(mag_first | (mag_norm_in > peak_norm_in), mag_norm_in, peak_norm_in))]
+            px, pn = peak_x[mag_col], peak_norm_in[mag_col]
+            m.d.sync += [px.eq(Mux(mag_first | (mag_x > px), mag_x, px)),
+                         pn.eq(Mux(mag_first | (mag_norm_in > pn), mag_norm_in, pn))]
         with m.If(v.x_release):
             m.d.sync += v.x_full.eq(0)
         return peak_x, peak_norm_in
@@ -371,8 +413,9 @@ class RmsQuantize(wiring.Component):
     def _stage_max_pass(self, m, mem, v, products):
         """Gains into the gain memories, part by part, and the max pass riding on them.
 
-        Contract: one ``gain_lanes``-wide beat per cycle on ``gain_take``; the
-        beat's x lanes are read in the same cycle (1), multiplied (2, the
+        Contract: one ``gain_lanes``-wide beat per cycle on ``gain_take`` (from
+        ``gains``, or with ``replay`` from the gain memories, read in the same
+        cycle); the beat's x lanes (column ``col``) are read in the same cycle (1), multiplied (2, the
         shared product bank), their magnitudes taken (3, lanes beyond K as
         zero) and the comparator tree's maximum folded into ``max|x * A|`` or
         ``M_c`` (unsigned ``MAG_BITS``). ``max_done`` pulses 3 cycles after the
@@ -382,17 +425,26 @@ class RmsQuantize(wiring.Component):
         gl_log2 = gl.bit_length() - 1
         for index, port in enumerate(mem.gain_wr):
             m.d.comb += [port.addr.eq(v.beat), port.data.eq(self.gains.payload),
-                         port.en.eq(v.gain_take & (v.part == index))]
+                         port.en.eq(v.gain_take & ~v.replay & (v.part == index))]
         peak_a = Signal(MAG_BITS)
         peak = [Signal(MAG_BITS, name=f"peak{c}") for c in range(C)]
         # (1) the beat, its x lanes being read
-        beat_valid, beat_last, beat_part = Signal(), Signal(), Signal(range(1 + C))
+        beat_valid, beat_last, beat_part, beat_replay = Signal(), Signal(), Signal(range(1 + C)), Signal()
         beat_gain = Signal(mem.gain_word)
         beat_base = Signal(range(mem.words * gl + 1))
         m.d.sync += beat_valid.eq(v.gain_take)
         with m.If(v.gain_take):
             m.d.sync += [beat_gain.eq(self.gains.payload), beat_part.eq(v.part), beat_base.eq(v.beat << gl_log2),
+                         beat_replay.eq(v.replay),
                          beat_last.eq((v.part == v.p.consumers) & (v.beat == v.beats_per_part - 1))]
+        # A replayed beat's gains come from the gain memories, read beside its x lanes.
+        gain = Signal(mem.gain_word)
+        m.d.comb += gain.eq(beat_gain)
+        with m.If(beat_replay):
+            with m.Switch(beat_part):
+                for index, port in enumerate(mem.gain_rd):
+                    with m.Case(index):
+                        m.d.comb += gain.eq(port.data)
         # (2) x * gain of each lane, in the product bank
         prod_valid, prod_last, prod_part = Signal(), Signal(), Signal(range(1 + C))
         lane_prod = products[:gl]
@@ -419,7 +471,7 @@ class RmsQuantize(wiring.Component):
                     with m.Case(1 + c):
                         m.d.sync += peak[c].eq(Mux(beat_max > peak[c], beat_max, peak[c]))
             m.d.comb += max_done.eq(mag_last)
-        return SimpleNamespace(peak_a=peak_a, peak=peak, done=max_done, gain=beat_gain)
+        return SimpleNamespace(peak_a=peak_a, peak=peak, done=max_done, gain=gain)
 
     # -- the code pass: P elements per cycle, stalling together ------------------
     def _stage_read(self, m, mem, v, advance):
@@ -431,9 +483,11 @@ class RmsQuantize(wiring.Component):
         """
         C, gl, P = MAX_CONSUMERS, self.gain_lanes, self.elements_per_cycle
         gl_log2, P_log2 = gl.bit_length() - 1, P.bit_length() - 1
-        for port in mem.x_rd + mem.gain_rd:
-            m.d.comb += [port.addr.eq(Mux(v.code_pass, v.ptr >> gl_log2, v.beat)),
-                         port.en.eq(Mux(v.code_pass, advance, v.gain_take))]
+        word = Mux(v.code_pass, v.ptr >> gl_log2, v.beat)
+        for port in mem.x_rd:
+            m.d.comb += [port.addr.eq(word + v.col_base), port.en.eq(Mux(v.code_pass, advance, v.gain_take))]
+        for port in mem.gain_rd:
+            m.d.comb += [port.addr.eq(word), port.en.eq(Mux(v.code_pass, advance, v.gain_take))]
         stage = pipeline_stages(m, advance)
         chunk = stage("read_chunk", range(max(gl // P, 2)), (v.ptr & (gl - 1)) >> P_log2)   # which P lanes
         read = SimpleNamespace(valid=stage("read_valid", 1, v.issue), last=stage("read_last", 1, v.ptr + P > v.k_last),
@@ -620,7 +674,8 @@ class RmsQuantize(wiring.Component):
         NORMALISE state; ``M'_c`` to the reciprocals."""
         C, bits = MAX_CONSUMERS, nx.QUANT_NORM_BITS
         peak_x, peak_norm_in = x_peaks
-        peaks = [max_pass.peak_a, Mux(v.p.source == NormSource.GATE, peak_norm_in, peak_x), *max_pass.peak]
+        peaks = [max_pass.peak_a, Mux(v.p.source == NormSource.GATE, peak_norm_in[v.col], peak_x[v.col]),
+                 *max_pass.peak]
         found = [_msb_index(value) for value in peaks]
         # registered in BITLEN: (value != 0, index of the highest set bit)
         msb = [(Signal(name=f"nonzero{i}"), Signal(len(index), name=f"msb{i}")) for i, (_nz, index) in
@@ -659,7 +714,7 @@ class RmsQuantize(wiring.Component):
             with m.If(self.params.valid):
                 m.d.sync += [v.p.eq(self.params.payload), v.k_last.eq(self.params.payload.k - 1),
                              v.beats_per_part.eq((self.params.payload.k + gl - 1) >> gl_log2),
-                             v.part.eq(0), v.beat.eq(0), max_pass.peak_a.eq(0)]
+                             v.part.eq(0), v.beat.eq(0), max_pass.peak_a.eq(0), v.col.eq(0), v.col_base.eq(0)]
                 m.d.sync += [max_pass.peak[c].eq(0) for c in range(C)]
                 m.next = "GAINS"
         with m.State("GAINS"):
@@ -671,6 +726,14 @@ class RmsQuantize(wiring.Component):
                     m.d.sync += [v.beat.eq(0), v.part.eq(v.part + 1)]
                     with m.If(v.part == v.p.consumers):
                         m.next = "MAX_DRAIN"
+        with m.State("REPLAY"):
+            # A further column's max pass, from the gain memories: one beat per cycle, never stalled.
+            m.d.comb += [v.replay.eq(1), v.gain_take.eq(1)]
+            m.d.sync += v.beat.eq(v.beat + 1)
+            with m.If(v.beat == v.beats_per_part - 1):
+                m.d.sync += [v.beat.eq(0), v.part.eq(v.part + 1)]
+                with m.If(v.part == v.p.consumers):
+                    m.next = "MAX_DRAIN"
         with m.State("MAX_DRAIN"):
             with m.If(max_pass.done):
                 m.next = "BITLEN"
@@ -703,7 +766,8 @@ class RmsQuantize(wiring.Component):
                 m.next = "CODE_PASS"
         with m.State("CODE_PASS"):
             m.d.comb += v.issue.eq(v.ptr <= v.k_last)
-            m.d.comb += v.x_release.eq(advance & v.issue & (v.ptr + self.elements_per_cycle > v.k_last))
+            m.d.comb += v.x_release.eq(advance & v.issue & (v.ptr + self.elements_per_cycle > v.k_last)
+                                       & (v.col == self.last_column))
             with m.If(code_done):
                 m.d.sync += v.code_pass.eq(0)
                 m.next = "EPS"
@@ -732,13 +796,14 @@ class RmsQuantize(wiring.Component):
                                inv=inv, z=z, cons=cons, ratio=ratio, scalar_a=scalar_a, scalar_b=scalar_b,
                                scalar_prod=scalar_prod, scales=scales)
 
-    def _fsm_scales(self, m, mem, v, d):
+    def _fsm_scales(self, m, mem, v, d, max_pass):
         """FSM states EPS to OUTPUT, after the code pass (under the matrices in the engine).
 
         ``eps`` (``numerics.eps_term``: one multiply, then a serial shift of
         32, 8 or 1 bits per cycle), ``V = s + eps`` (1 cycle), ``RsqrtFixed``,
         then per consumer ``numerics.output_scale`` on one multiplier (2
-        cycles each); the ``scales`` beat waits in OUTPUT for ``ready``.
+        cycles each); the ``scales`` beat waits in OUTPUT for ``ready``. Then
+        the next column's max pass (REPLAY), or IDLE after the last column.
         """
         C, p, rsqrt = MAX_CONSUMERS, v.p, mem.rsqrt
         eps, eps_exp, eps_left, eps_count, sumsq_eps = d.eps, d.eps_exp, d.eps_left, d.eps_count, d.sumsq_eps
@@ -803,7 +868,14 @@ class RmsQuantize(wiring.Component):
         with m.State("OUTPUT"):
             with m.If(self.scales.ready):
                 m.d.sync += self.scales.valid.eq(0)
-                m.next = "IDLE"
+                with m.If(v.col == self.last_column):
+                    m.next = "IDLE"
+                with m.Else():
+                    words = -(-self.max_k // self.gain_lanes)
+                    m.d.sync += [v.col.eq(v.col + 1), v.col_base.eq(v.col_base + words), v.part.eq(0), v.beat.eq(0),
+                                 max_pass.peak_a.eq(0)]
+                    m.d.sync += [max_pass.peak[c].eq(0) for c in range(C)]
+                    m.next = "REPLAY"
 
 
 def _msb_index(value):

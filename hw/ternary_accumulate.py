@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from mmfree.models import numerics as nx
 
-__all__ = ["TernaryAccumulate", "weight_beat_layout", "decode_words", "DECODE_BITS"]
+__all__ = ["TernaryAccumulate", "weight_beat_layout", "accumulators_layout", "decode_words", "DECODE_BITS"]
 
 #: Bits of one packed byte of five trits.
 PACKED_BITS = nx.PACKED_MAX.bit_length()
@@ -25,13 +25,19 @@ def _signed_bits(lo: int, hi: int) -> int:
     return max(hi.bit_length(), (-lo - 1).bit_length()) + 1
 
 
-def weight_beat_layout(lanes: int) -> data.StructLayout:
-    """One input beat: ``lanes`` packed bytes (row r in element r), the five codes, end of block."""
+def weight_beat_layout(lanes: int, columns: int = 1) -> data.StructLayout:
+    """One input beat: ``lanes`` packed bytes (row r in element r), each column's five codes
+    (``codes[c][j]``), end of block."""
     return data.StructLayout({
         "weights": data.ArrayLayout(unsigned(PACKED_BITS), lanes),
-        "codes": data.ArrayLayout(signed(CODE_BITS), nx.TRITS_PER_BYTE),
+        "codes": data.ArrayLayout(data.ArrayLayout(signed(CODE_BITS), nx.TRITS_PER_BYTE), columns),
         "last": 1,
     })
+
+
+def accumulators_layout(lanes: int, columns: int, acc_bits: int) -> data.ArrayLayout:
+    """One output beat: each column's ``lanes`` accumulators (``acc[c][r]``)."""
+    return data.ArrayLayout(data.ArrayLayout(signed(acc_bits), lanes), columns)
 
 
 def decode_words() -> list[int]:
@@ -63,18 +69,21 @@ class TernaryAccumulate(wiring.Component):
     (``numerics.pack_trits`` digit order: ``byte = sum_j (t_j + 1) * 3**j``).
     With ``lanes`` = B bytes per beat, one group arrives as ``D = R / B``
     consecutive beats (rows 0..B-1, B..2B-1, ...), each carrying the group's
-    five int8 activation codes; then the next group. ``last`` marks the final
+    five int8 activation codes of each of ``columns`` input vectors; then the
+    next group. Every weight byte meets every column: the columns share the
+    weight stream (B sequences decoded, or B tokens prefilled, per weight pass). ``last`` marks the final
     beat of the block (the last beat of its last group); the beat after it
     starts a new block from zero.
 
-    Output: per block, D beats of B accumulators (rows in order: beat s holds
-    rows ``s*B .. s*B+B-1``, row ``s*B + r`` in element r).
+    Output: per block, D beats of ``columns`` x B accumulators (rows in order:
+    beat s holds rows ``s*B .. s*B+B-1``, row ``s*B + r`` of column c in ``[c][r]``).
 
     Datapath per lane (one byte, five weights, per cycle), with no
     multiplier, no three-way select, and one LUT per adder bit:
 
     1. The byte addresses a 256-word decode ROM (:func:`decode_words`) in
-       block RAM, two lanes per ROM (the two ports of a RAMB18).
+       block RAM, two lanes per ROM (the two ports of a RAMB18); the decoded
+       flags serve every column.
     2. ``-t q = (q XOR ~0) + 1`` for t = +1, ``q`` for t = -1, 0 for t = 0,
        so ``S - 1 = offset - sum_j g_j`` with ``g_j = nonzero_j ? q_j XOR
        (positive_j ? ~0 : 0) : 0`` and the ROM's ``offset = -count(+1) - 1``.
@@ -97,6 +106,8 @@ class TernaryAccumulate(wiring.Component):
     Parameters
     ----------
     lanes : int, bytes per input beat (rows per beat; 5 weights each), >= 1.
+    columns : int, input vectors per weight beat, >= 1 (default 1): the
+        subtractions and accumulators are per column, the ROMs shared.
     k : int, the longest input vector a block may have, >= 1; sets the
         accumulator width ``numerics.accumulator_bits(k)``. A block of more
         than ``ceil(k / 5)`` groups, or codes of -128, may overflow it.
@@ -124,8 +135,8 @@ class TernaryAccumulate(wiring.Component):
 
     latency = 3 + nx.TRITS_PER_BYTE
 
-    def __init__(self, *, lanes: int, k: int, rows_per_block: int | None = None):
-        for name, value in (("lanes", lanes), ("k", k)):
+    def __init__(self, *, lanes: int, k: int, rows_per_block: int | None = None, columns: int = 1):
+        for name, value in (("lanes", lanes), ("k", k), ("columns", columns)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an integer, not {value!r}")
             if value < 1:
@@ -138,13 +149,14 @@ class TernaryAccumulate(wiring.Component):
             raise ValueError(f"rows_per_block must be a positive multiple of lanes ({lanes}), "
                              f"not {rows_per_block}")
         self.lanes = lanes
+        self.columns = columns
         self.k = k
         self.rows_per_block = rows_per_block
         self.depth = rows_per_block // lanes
         self.acc_bits = nx.accumulator_bits(k)
         super().__init__({
-            "i": In(stream.Signature(weight_beat_layout(lanes))),
-            "o": Out(stream.Signature(data.ArrayLayout(signed(self.acc_bits), lanes))),
+            "i": In(stream.Signature(weight_beat_layout(lanes, columns))),
+            "o": Out(stream.Signature(accumulators_layout(lanes, columns, self.acc_bits))),
         })
 
     def elaborate(self, platform):
@@ -169,11 +181,15 @@ class TernaryAccumulate(wiring.Component):
         for s in range(1, n + 1):
             valid.append(stage(f"valid{s}", 1, valid[-1]))
             last.append(stage(f"last{s}", 1, last[-1]))
-        # Codes: code j is used by subtraction j, one stage later per j (shared by all lanes).
-        codes = [[stage(f"code{j}_0", signed(CODE_BITS), self.i.payload.codes[j]) for j in range(n)]]
-        for s in range(1, n):
-            codes.append([stage(f"code{j}_{s}", signed(CODE_BITS), codes[-1][j]) if j >= s else None
-                          for j in range(n)])
+        # Codes: code j of column c is used by column c's subtraction j, one stage later per j
+        # (shared by all lanes): codes[c][s][j].
+        codes = []
+        for c in range(self.columns):
+            col = [[stage(f"code{c}_{j}_0", signed(CODE_BITS), self.i.payload.codes[c][j]) for j in range(n)]]
+            for s in range(1, n):
+                col.append([stage(f"code{c}_{j}_{s}", signed(CODE_BITS), col[-1][j]) if j >= s else None
+                            for j in range(n)])
+            codes.append(col)
 
         # --- stage 0: the decode ROMs in block RAM, two lanes per ROM.
         ports = []
@@ -185,28 +201,30 @@ class TernaryAccumulate(wiring.Component):
         for r, port in enumerate(ports):
             m.d.comb += [port.addr.eq(self.i.payload.weights[r]), port.en.eq(advance)]
 
-        # --- stages 1..5: x_j = x_(j-1) - g_j, x_(-1) = offset; x_4 = S - 1.
-        partial = []
+        # --- stages 1..5: x_j = x_(j-1) - g_j, x_(-1) = offset; x_4 = S - 1 (per column).
+        partial = [[None] * self.lanes for _ in range(self.columns)]
         for r, port in enumerate(ports):
             word = port.data
             flags = word[:2 * n]
-            total = word[2 * n:].as_signed()
+            totals = [word[2 * n:].as_signed()] * self.columns
             for j in range(n):
                 if j:
-                    # The flags wait beside the running sum. Kept as flip-flops:
+                    # The flags wait beside the running sums. Kept as flip-flops:
                     # yosys would otherwise pack the longer delays into SRLs (LUTs).
                     flags = stage(f"flags{r}_{j}", 2 * (n - j), flags[2:],
                                   attrs={"keep": 1, "shreg_extract": "no"})
                 nonzero, positive = flags[0], flags[1]
-                g = Mux(nonzero, codes[j][j] ^ positive.replicate(CODE_BITS).as_signed(), 0)
                 # g in [-128, 127], offset in [-6, -1]: -6 - 127 (j+1) <= x_j <= 128 (j+1) - 1
                 x_shape = signed(_signed_bits(-(n + 1) - (-code_min - 1) * (j + 1), -code_min * (j + 1) - 1))
-                total = stage(f"x{r}_{j}", x_shape, total - g)
-            partial.append(total)
+                for c in range(self.columns):
+                    g = Mux(nonzero, codes[c][j][j] ^ positive.replicate(CODE_BITS).as_signed(), 0)
+                    totals[c] = stage(f"x{c}_{r}_{j}" if self.columns > 1 else f"x{r}_{j}", x_shape, totals[c] - g)
+            for c in range(self.columns):
+                partial[c][r] = totals[c]
 
         # --- stage 6: the accumulator memory, D words of ``lanes`` accumulators;
         # asynchronous read (LUT RAM), read-modify-write in one cycle.
-        acc_shape = data.ArrayLayout(signed(self.acc_bits), self.lanes)
+        acc_shape = accumulators_layout(self.lanes, self.columns, self.acc_bits)
         acc_read = Signal(acc_shape)            # word ``acc_addr``, as an asynchronous read
         acc_addr = Signal(range(max(depth, 2)))
         acc_write = Signal(acc_shape)           # written to word ``sub`` when ``acc_we``
@@ -240,10 +258,11 @@ class TernaryAccumulate(wiring.Component):
         # The read port serves the drain while one is pending (only first-group
         # beats, which add to zero, can be in stage 6 then), else the accumulation.
         m.d.comb += [acc_addr.eq(Mux(pending, drain, sub)), acc_we.eq(in_valid & advance)]
-        for r in range(self.lanes):
-            # acc + S = (S - 1) - ~acc, with acc = 0 in a block's first group
-            masked = acc_read[r] & ~first.replicate(self.acc_bits)
-            m.d.comb += acc_write[r].eq(partial[r] - ~masked)
+        for c in range(self.columns):
+            for r in range(self.lanes):
+                # acc + S = (S - 1) - ~acc, with acc = 0 in a block's first group
+                masked = acc_read[c][r] & ~first.replicate(self.acc_bits)
+                m.d.comb += acc_write[c][r].eq(partial[c][r] - ~masked)
 
         with m.If(self.o.ready):
             m.d.sync += self.o.valid.eq(0)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Module, Mux, ResetInserter, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -15,19 +15,28 @@ from mmfree.contract import registers as regs
 from .argmax import Argmax
 from .bitlinear_engine import BitLinearEngine
 from .embedding import Bf16ToAct
+from .rms_quantize import column_shape
 from .fixed_point import saturate
 from .glu import GLU
 from .mlgru import MLGRU
-from .stream_fifo import check_ram_style, ram_style_attrs
+from .stream_fifo import StreamFifo, check_ram_style, ram_style_attrs
 
 __all__ = ["TokenCore", "LOGIT_LAYOUT", "RecordStep"]
 
 ACT = signed(nx.ACT_BITS)
-#: One logit on the output stream (ACT), ``last`` on the final one of the token.
+#: One logit on the output stream (ACT), ``last`` on the final one of its column.
 LOGIT_LAYOUT = data.StructLayout({"value": ACT, "last": 1})
-#: What travels with an element through the MLGRU: the gate g (the next
-#: record's norm vector), the row and whether it is the last one.
-_MLGRU_SIDE = data.StructLayout({"g": ACT, "row": 16, "last": 1})
+
+
+def _mlgru_side(columns: int) -> data.StructLayout:
+    """What travels with an element through the MLGRU: the gate g (the next record's norm
+    vector), the row and column, and whether it is the column's last."""
+    return data.StructLayout({"g": ACT, "row": 16, "column": column_shape(columns), "last": 1})
+
+
+def _glu_side(columns: int) -> data.StructLayout:
+    """What travels with an element through the GLU: its column and whether it is the column's last."""
+    return data.StructLayout({"column": column_shape(columns), "last": 1})
 
 
 class RecordStep(enum.Enum, shape=3):
@@ -49,48 +58,67 @@ class _State(enum.Enum, shape=3):
 
 
 class TokenCore(wiring.Component):
-    """One token through the whole model, bit exact with ``IntegerModel.step``.
+    """One weight pass through the whole model for up to ``columns`` tokens, bit exact with
+    ``IntegerModel.step_batch`` (decode) and ``IntegerModel.prefill``.
 
-    Per START the ``weights`` stream delivers the token's embedding row
-    (``embed_stride`` bytes: ``hidden`` bf16 values, then padding) and then
-    the image's STREAM region (``weight_image.stream_plan`` order). The row is
-    widened to ACT (:class:`~mmfree.hw.embedding.Bf16ToAct`) into the residual
+    A pass has ``last_column + 1`` columns (N). Per START the ``weights``
+    stream delivers the N tokens' embedding rows (``embed_stride`` bytes each:
+    ``hidden`` bf16 values, then padding), then the image's STREAM region
+    (``weight_image.stream_plan`` order). Each row is widened to ACT
+    (:class:`~mmfree.hw.embedding.Bf16ToAct`) into its column's residual
     buffer; every STREAM record then goes to the
-    :class:`~mmfree.hw.bitlinear_engine.BitLinearEngine`, whose outputs this
-    core routes (``RecordStep``):
+    :class:`~mmfree.hw.bitlinear_engine.BitLinearEngine`, which runs it for
+    all N columns in one pass over its weights and whose outputs (tagged with
+    their column, each column's rows in order) this core routes (``RecordStep``):
 
-    * ``attn.in``: i, f, g into three D-buffers;
+    * ``attn.in``: i, f, g into three buffers (one D-vector per column);
     * the lower-bound record: gate j (a uint32 word of the stream, GATE
-      Q0.32), i_j, f_j, g_j and the layer's state h_j enter the
-      :class:`~mmfree.hw.mlgru.MLGRU`; the new state is written back and
-      ``w_j = g_j * silu(h_j)`` with ``g_j`` is ``attn.out``'s input;
+      Q0.32), i_j, f_j, g_j and the layer's state h_j of column 0's sequence
+      enter the :class:`~mmfree.hw.mlgru.MLGRU` as the gates stream; the gates
+      are kept, and columns 1 .. N-1 follow from them, column by column. The
+      new state is written back and ``w_j = g_j * silu(h_j)`` with ``g_j`` is
+      ``attn.out``'s input;
     * ``attn.out``: ``r_j = saturate(h_j + o_j)`` into the residual buffer and
       into ``mlp.in``;
     * ``mlp.in``: a is buffered, each b_j completes ``silu(a_j) * b_j``
       (:class:`~mmfree.hw.glu.GLU`), ``mlp.out``'s input;
     * ``mlp.out``: ``h_j = saturate(r_j + d_j)``: residual buffer and the
       next record's input (the next layer's ``attn.in`` or the head);
-    * the head: logits out on ``logits`` and a running argmax.
+    * the head: logits out on ``logits`` and a running argmax per column.
 
-    So every element-wise step rides on the stream of a matrix's outputs:
-    none of them is a pass of its own, and the next record's input is ready
-    when its matrix is. Every vector (residual, i/f/g, a, the recurrent
-    state), every BitLinear input and every logit is ACT (``numerics.ACT_BITS``
-    = 48, Q15.32); residual adds saturate in ACT.
+    **Sequences.** Column c's recurrent state is that of sequence slot
+    ``slots[c]`` (the state memory holds ``columns`` slots of L x D). In a
+    decode pass the columns are N independent sequences (distinct slots). In
+    a prefill pass (``prefill``) they are N consecutive tokens of one sequence
+    (every ``slots[c]`` the same): column c's MLGRU starts from the state
+    column c-1 left, the core waiting for the MLGRU to drain between columns;
+    only the last column's logits go out, and its argmax is ``argmax``.
+
+    Every vector (residual, i/f/g, a, the recurrent state), every BitLinear
+    input and every logit is ACT (``numerics.ACT_BITS`` = 48, Q15.32);
+    residual adds saturate in ACT.
 
     Ports
     -----
     weights : stream of ``8 * engine_bytes``-bit beats (byte i at bits 8i).
-    logits : stream of :data:`LOGIT_LAYOUT`, the V logits (ACT) in order.
-    start, clear_state : one-cycle pulses, accepted when not ``busy``.
+    logits : stream of :data:`LOGIT_LAYOUT`: V logits (ACT) of each column whose logits go out
+        (decode: every column; prefill: the last), in the engine's order (for each block of
+        ``rows_per_block`` rows, each ``engine_bytes``-row beat column by column), ``last`` on
+        each column's final one.
+    start, clear_state : one-cycle pulses, accepted when not ``busy``; ``clear_state`` zeroes
+        sequence slot ``clear_slot``'s state only.
     hidden, layers, intermediate, embed_stride : the model's D, L, I and the
         embedding row stride in bytes (a multiple of ``engine_bytes``);
-        held stable during a token.
-    busy : a token or a state clear is running.
-    done : one-cycle pulse at the end of a token (argmax valid, every
+        held stable during a pass.
+    last_column : N - 1; ``prefill``; ``slots``: each column's sequence slot; ``clear_slot``:
+        held stable during a pass (or a clear).
+    busy : a pass or a state clear is running.
+    done : one-cycle pulse at the end of a pass (every argmax valid, every
         logit transferred) or of an aborted one (``error`` nonzero).
-    error : :class:`~mmfree.contract.registers.ErrorCode` of the last token.
-    argmax, argmax_value : index (lowest on ties) and value (ACT) of the largest logit.
+    error : :class:`~mmfree.contract.registers.ErrorCode` of the last pass.
+    argmax, argmax_value : index (lowest on ties) and value (ACT) of the largest logit of
+        column 0 (decode) or of the last column (prefill).
+    column_argmax : every column's argmax index (decode).
     phase : :class:`~mmfree.contract.registers.Phase` of this cycle.
     weight_wait : the datapath wanted a weight beat and had none.
 
@@ -100,124 +128,161 @@ class TokenCore(wiring.Component):
     max_hidden, max_layers, max_intermediate, max_vocab : on-chip capacity.
     elements_per_cycle : the engine's input-stage elements per cycle (1, 2 or 4;
         see :class:`~mmfree.hw.bitlinear_engine.BitLinearEngine`).
+    columns : tokens per weight pass and sequence slots of the state memory, 1..8 (default 1).
     state_ram_style : None or ``"ultra"``/``"block"``: synthesis ``ram_style`` of the
-        recurrent-state memory (L x D ACT words, the largest on chip: 1.2 Mbit for
-        the 370M shape, which fits six UltraRAMs instead of ~36 block RAMs).
+        recurrent-state memory (columns x L x D ACT words, the largest on chip: 1.2 Mbit per
+        slot for the 370M shape, which fits six UltraRAMs instead of ~36 block RAMs).
     """
 
+    #: The most columns a build may have (the register map has eight per-column registers).
+    MAX_COLUMNS = 8
+
     def __init__(self, *, engine_bytes: int, rows_per_block: int, max_hidden: int, max_layers: int,
-                 max_intermediate: int, max_vocab: int, elements_per_cycle: int = 1,
+                 max_intermediate: int, max_vocab: int, elements_per_cycle: int = 1, columns: int = 1,
                  state_ram_style: str | None = None):
         self.state_ram_style = check_ram_style(state_ram_style)
         for name, value in (("max_hidden", max_hidden), ("max_layers", max_layers),
-                            ("max_intermediate", max_intermediate), ("max_vocab", max_vocab)):
+                            ("max_intermediate", max_intermediate), ("max_vocab", max_vocab), ("columns", columns)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an integer, not {value!r}")
-            if not 1 <= value < (1 << 16) and name != "max_vocab":
+            if not 1 <= value < (1 << 16) and name not in ("max_vocab", "columns"):
                 raise ValueError(f"{name} must be in [1, 65535], not {value}")
         if not isinstance(max_vocab, int) or not 1 <= max_vocab <= (1 << 24):
             raise ValueError(f"max_vocab must be in [1, 2**24], not {max_vocab}")
+        if not 1 <= columns <= self.MAX_COLUMNS:
+            raise ValueError(f"columns must be in 1..{self.MAX_COLUMNS}, not {columns}")
         self.engine_bytes, self.rows_per_block = engine_bytes, rows_per_block
         self.max_hidden, self.max_layers = max_hidden, max_layers
         self.max_intermediate, self.max_vocab = max_intermediate, max_vocab
+        self.columns = columns
         # Built here so a bad engine_bytes / rows_per_block raises at construction.
         self._engine = BitLinearEngine(engine_bytes=engine_bytes, rows_per_block=rows_per_block,
                                        max_k=max(max_hidden, max_intermediate),
                                        max_rows=max(2 * max_intermediate, max_vocab, max_hidden),
-                                       elements_per_cycle=elements_per_cycle)
+                                       elements_per_cycle=elements_per_cycle, columns=columns)
+        col = column_shape(columns)
         super().__init__({
             "weights": In(stream.Signature(unsigned(8 * engine_bytes))),
             "logits": Out(stream.Signature(LOGIT_LAYOUT)),
             "start": In(1), "clear_state": In(1),
             "hidden": In(16), "layers": In(16), "intermediate": In(16), "embed_stride": In(16),
+            "last_column": In(col), "prefill": In(1), "slots": In(data.ArrayLayout(col, columns)),
+            "clear_slot": In(col),
             "busy": Out(1), "done": Out(1), "error": Out(8),
-            "argmax": Out(32), "argmax_value": Out(ACT),
+            "argmax": Out(32), "argmax_value": Out(ACT), "column_argmax": Out(data.ArrayLayout(32, columns)),
             "phase": Out(3), "weight_wait": Out(1),
         })
 
+    @property
+    def slot_words(self) -> int:
+        """State words of one sequence slot: ``max_layers * max_hidden``."""
+        return self.max_layers * self.max_hidden
+
     def elaborate(self, platform):
         m = Module()
-        # Everything that holds per-token pipeline state restarts at START,
-        # so a token aborted by an error leaves nothing behind.
+        # Everything that holds per-pass pipeline state restarts at START,
+        # so a pass aborted by an error leaves nothing behind.
         flush = Signal()
         u = self._units(m, flush)
+        N = self.columns
         t = SimpleNamespace(
             flush=flush, fsm_state=Signal(_State), step=Signal(RecordStep), layer=Signal(16),
-            state_base=Signal(range(self.max_layers * self.max_hidden + 1)),
-            row=Signal(range(max(2 * self.max_intermediate, self.max_vocab, self.max_hidden) + 1)),
-            error=Signal(8), best_value=Signal(ACT), best_index=Signal(32), finish=Signal(),
-            embed_beats=Signal(16))
-        m.d.comb += [self.busy.eq(t.fsm_state != _State.IDLE), self.error.eq(t.error),
-                     self.argmax.eq(t.best_index), self.argmax_value.eq(t.best_value)]
+            state_base=Signal(range(self.slot_words + 1)),
+            rows=Array(Signal(range(max(2 * self.max_intermediate, self.max_vocab, self.max_hidden) + 1),
+                              name=f"row{c}") for c in range(N)),
+            error=Signal(8), finish=Signal(), embed_beats=Signal(16),
+            best_value=Array(Signal(ACT, name=f"best_value{c}") for c in range(N)),
+            best_index=Array(Signal(32, name=f"best_index{c}") for c in range(N)),
+            argmax_done=Signal(N))
+        m.d.comb += [self.busy.eq(t.fsm_state != _State.IDLE), self.error.eq(t.error)]
         m.d.sync += self.done.eq(0)
         self._control(m, u, t)
         self._stage_embed_row(m, u, t)
         self._weight_wait(m, u, t)
         x = self._engine_inputs(m, u)
-        embed_row = self._embed_results(m, u, x)
+        embed_pos = self._embed_results(m, u, x)
         routed = self._stage_read_buffers(m, u, t)
         self._stage_route(m, u, t, x, routed)
         self._mlgru_results(m, u, t, x)
-        # The token ends when the argmax of its logits is known.
-        m.d.comb += [u.argmax.o.ready.eq(1), t.finish.eq(u.argmax.o.valid)]
-        with m.If(u.argmax.o.valid):
-            m.d.sync += [t.best_value.eq(u.argmax.o.payload.value), t.best_index.eq(u.argmax.o.payload.index)]
-        glu_row = self._glu_results(m, u, x)
+        self._argmax_results(m, u, t)
+        self._glu_results(m, u, x)
         with m.If(flush):
-            m.d.sync += [glu_row.eq(0), embed_row.eq(0)]
+            m.d.sync += [embed_pos.row.eq(0), embed_pos.column.eq(0)]
         self._phase(m, u, t)
-        m.d.comb += u.engine.clear_error.eq(flush)
+        m.d.comb += [u.engine.clear_error.eq(flush), u.engine.last_column.eq(self.last_column)]
         return m
 
     def _units(self, m, flush):
         """The engine, the element-wise units and the on-chip vectors (ACT, one read port each,
-        reads take one cycle); every unit restarts on ``flush``."""
+        reads take one cycle; one vector per column, the state one per slot); every unit restarts
+        on ``flush``."""
+        N = self.columns
         u = SimpleNamespace()
         m.submodules.engine = u.engine = ResetInserter(flush)(self._engine)
+        # The engine's outputs pass a small FIFO: the routing stage's ready (which depends on the
+        # record step, the column and every consumer) then never reaches into the engine's output
+        # side combinationally, which would make one long path of both.
+        m.submodules.y_fifo = u.y = ResetInserter(flush)(StreamFifo(shape=self._engine.y.payload.shape(), depth=2))
+        wiring.connect(m, u.engine.y, u.y.i)
         m.submodules.mlgru = u.mlgru = ResetInserter(flush)(MLGRU())
         m.submodules.glu = u.glu = ResetInserter(flush)(GLU())
         m.submodules.embed = u.embed = ResetInserter(flush)(Bf16ToAct())
-        m.submodules.argmax = u.argmax = ResetInserter(flush)(Argmax(max_length=self.max_vocab))
+        u.argmax = []
+        for c in range(N):
+            unit = ResetInserter(flush)(Argmax(max_length=self.max_vocab))
+            m.submodules["argmax" if N == 1 else f"argmax{c}"] = unit
+            u.argmax.append(unit)
+        u.side_layout = _mlgru_side(N)
         m.submodules.mlgru_side = u.side = ResetInserter(flush)(
-            SyncFIFOBuffered(width=_MLGRU_SIDE.size, depth=MLGRU.latency + 4))
+            SyncFIFOBuffered(width=u.side_layout.size, depth=MLGRU.latency + 4))
+        u.glu_side_layout = _glu_side(N)
+        m.submodules.glu_side = u.glu_side = ResetInserter(flush)(
+            SyncFIFOBuffered(width=u.glu_side_layout.size, depth=GLU.latency + 4))
 
         def vector(name, depth, shape=ACT, ram_style=None):
             mem = Memory(shape=shape, depth=depth, init=[], attrs=ram_style_attrs(ram_style))
             m.submodules[name] = mem
             return mem.write_port(), mem.read_port(domain="sync")
 
-        u.resid_w, u.resid_r = vector("residual", self.max_hidden)
-        u.ibuf_w, u.ibuf_r = vector("i_buffer", self.max_hidden)
-        u.fbuf_w, u.fbuf_r = vector("f_buffer", self.max_hidden)
-        u.gbuf_w, u.gbuf_r = vector("g_buffer", self.max_hidden)
-        u.abuf_w, u.abuf_r = vector("a_buffer", self.max_intermediate)
-        u.state_w, u.state_r = vector("state", self.max_layers * self.max_hidden, ram_style=self.state_ram_style)
+        D, I = self.max_hidden, self.max_intermediate
+        u.resid_w, u.resid_r = vector("residual", N * D)
+        u.ibuf_w, u.ibuf_r = vector("i_buffer", N * D)
+        u.fbuf_w, u.fbuf_r = vector("f_buffer", N * D)
+        u.gbuf_w, u.gbuf_r = vector("g_buffer", N * D)
+        u.abuf_w, u.abuf_r = vector("a_buffer", N * I)
+        u.state_w, u.state_r = vector("state", N * self.slot_words, ram_style=self.state_ram_style)
+        if N > 1:   # the gates of the layer, for the columns after the first
+            u.gate_w, u.gate_r = vector("gates", D, shape=unsigned(nx.GATE_FRAC))
         return u
 
     def _control(self, m, u, t):
-        """IDLE / CLEAR / EMBED / RUN: START (shape check, flush), the state clear (one word
-        per cycle, ``max_layers * max_hidden`` cycles), the end of a token or an engine error."""
+        """IDLE / CLEAR / EMBED / RUN: START (shape check, flush), the state clear of one slot (one
+        word per cycle, ``slot_words`` cycles), the end of a pass or an engine error."""
         E, D, L, I = self.engine_bytes, self.hidden, self.layers, self.intermediate
-        clear_addr = Signal.like(t.state_base)
+        clear_addr = Signal(range(self.columns * self.slot_words + 1))
+        clear_end = Signal.like(clear_addr)
         too_big = ((D > self.max_hidden) | (L > self.max_layers) | (I > self.max_intermediate)
-                   | (D == 0) | (L == 0) | (I == 0))
+                   | (D == 0) | (L == 0) | (I == 0) | (self.last_column >= self.columns))
         with m.Switch(t.fsm_state):
             with m.Case(_State.IDLE):
                 with m.If(self.start):
                     m.d.comb += t.flush.eq(1)
-                    m.d.sync += [t.step.eq(RecordStep.ATTN_IN), t.layer.eq(0), t.state_base.eq(0), t.row.eq(0),
-                                 t.embed_beats.eq(self.embed_stride // E)]
+                    m.d.sync += [t.step.eq(RecordStep.ATTN_IN), t.layer.eq(0), t.state_base.eq(0),
+                                 t.embed_beats.eq(self.embed_stride // E), t.argmax_done.eq(0)]
+                    m.d.sync += [row.eq(0) for row in t.rows]
                     with m.If(too_big):
                         m.d.sync += [t.error.eq(regs.ErrorCode.SHAPE), self.done.eq(1)]
                     with m.Else():
                         m.d.sync += [t.error.eq(0), t.fsm_state.eq(_State.EMBED)]
                 with m.Elif(self.clear_state):
-                    m.d.sync += [clear_addr.eq(0), t.fsm_state.eq(_State.CLEAR)]
+                    base = self.clear_slot * self.slot_words
+                    m.d.sync += [clear_addr.eq(base), clear_end.eq(base + self.slot_words - 1),
+                                 t.fsm_state.eq(_State.CLEAR)]
             with m.Case(_State.CLEAR):
-                # Zero the recurrent state of every layer, one word per cycle.
+                # Zero one slot's recurrent state, every layer, one word per cycle.
                 m.d.comb += [u.state_w.addr.eq(clear_addr), u.state_w.data.eq(0), u.state_w.en.eq(1)]
                 m.d.sync += clear_addr.eq(clear_addr + 1)
-                with m.If(clear_addr == self.max_layers * self.max_hidden - 1):
+                with m.If(clear_addr == clear_end):
                     m.d.sync += t.fsm_state.eq(_State.IDLE)
             with m.Case(_State.EMBED, _State.RUN):
                 with m.If(u.engine.error):
@@ -227,7 +292,7 @@ class TokenCore(wiring.Component):
                     m.d.sync += [self.done.eq(1), t.fsm_state.eq(_State.IDLE)]
 
     def _stage_embed_row(self, m, u, t):
-        """EMBED: the row's ``embed_stride / E`` beats, E/2 bf16 values per beat, one value per
+        """EMBED: N rows of ``embed_stride / E`` beats, E/2 bf16 values per beat, one value per
         cycle into :class:`Bf16ToAct` (values beyond D dropped); then RUN hands ``weights`` to the engine."""
         E, D = self.engine_bytes, self.hidden
         embed = u.embed
@@ -236,6 +301,7 @@ class TokenCore(wiring.Component):
         half = Signal(range(E // 2))
         element = Signal(16)           # index of the value under `half` within the row
         beats_taken = Signal(16)
+        rows_left = Signal(column_shape(self.columns))   # rows after the current one
         with m.If(t.fsm_state == _State.EMBED):
             m.d.comb += self.weights.ready.eq(~beat_full & (beats_taken != t.embed_beats))
             with m.If(self.weights.valid & self.weights.ready):
@@ -249,14 +315,16 @@ class TokenCore(wiring.Component):
                 with m.If(half == E // 2 - 1):
                     m.d.sync += beat_full.eq(0)
                     with m.If(beats_taken == t.embed_beats):
-                        m.d.sync += t.fsm_state.eq(_State.RUN)
+                        m.d.sync += [beats_taken.eq(0), element.eq(0), rows_left.eq(rows_left - 1)]
+                        with m.If(rows_left == 0):
+                            m.d.sync += t.fsm_state.eq(_State.RUN)
         with m.Else():
-            m.d.sync += [beats_taken.eq(0), element.eq(0), beat_full.eq(0)]
+            m.d.sync += [beats_taken.eq(0), element.eq(0), beat_full.eq(0), rows_left.eq(self.last_column)]
         with m.If(t.fsm_state == _State.RUN):
             wiring.connect(m, wiring.flipped(self.weights), u.engine.weights)
 
     def _weight_wait(self, m, u, t):
-        """``weight_wait``: the engine's, or the embedding row's wait. After the head's matrix the
+        """``weight_wait``: the engine's, or the embedding rows' wait. After the head's matrix the
         idle engine still asks for a next header; the stream is over, so that is not waiting."""
         engine = u.engine
         head_streamed = Signal()
@@ -290,76 +358,136 @@ class TokenCore(wiring.Component):
         return x
 
     def _embed_results(self, m, u, x):
-        """Embedding values (ACT): into the residual buffer and into ``attn.in``. Returns the row counter."""
+        """Embedding values (ACT), row by row: into their column's residual buffer and into
+        ``attn.in``. Returns the (column, row) counters."""
         D, embed = self.hidden, u.embed
-        embed_row = Signal(16)
+        pos = SimpleNamespace(row=Signal(16), column=Signal(column_shape(self.columns)))
         m.d.comb += [x.embed.valid.eq(embed.o.valid), embed.o.ready.eq(x.embed.ready),
                      x.embed.payload.value.eq(embed.o.payload), x.embed.payload.norm.eq(embed.o.payload),
-                     x.embed.payload.last.eq(embed_row == D - 1)]
+                     x.embed.payload.column.eq(pos.column), x.embed.payload.last.eq(pos.row == D - 1)]
         with m.If(embed.o.valid & embed.o.ready):
-            m.d.comb += [u.resid_w.addr.eq(embed_row), u.resid_w.data.eq(embed.o.payload), u.resid_w.en.eq(1)]
-            m.d.sync += embed_row.eq(Mux(embed_row == D - 1, 0, embed_row + 1))
-        return embed_row
+            m.d.comb += [u.resid_w.addr.eq(pos.column * self.max_hidden + pos.row),
+                         u.resid_w.data.eq(embed.o.payload), u.resid_w.en.eq(1)]
+            m.d.sync += pos.row.eq(pos.row + 1)
+            with m.If(pos.row == D - 1):
+                m.d.sync += [pos.row.eq(0), pos.column.eq(pos.column + 1)]
+        return pos
 
     def _stage_read_buffers(self, m, u, t):
-        """Engine outputs, stage 0: an output ``y`` is taken and the buffers are read at its row
-        (latency 1; the routing stage's ``ready`` stalls it). Advances the record step on each
-        record's (or last consumer's) ``last``. Returns the routing stage's registers."""
-        I, L, D = self.intermediate, self.layers, self.hidden
-        y, step = u.engine.y, t.step
+        """Engine outputs, stage 0: an output ``y`` (or, after a lower-bound record, a kept gate
+        for a further column) is taken and the buffers are read at its column and row (latency 1;
+        the routing stage's ``ready`` stalls it). Advances the record step on each record's (or
+        last consumer's) last column's ``last``. Returns the routing stage's registers."""
+        I, L, D, N = self.intermediate, self.layers, self.hidden, self.columns
+        y, step = u.y.o, t.step
         s = SimpleNamespace(valid=Signal(), ready=Signal(), step=Signal(RecordStep), consumer=Signal(2),
-                            value=Signal(ACT), last=Signal(), row=Signal.like(t.row), bhalf=Signal())
+                            column=Signal(column_shape(N)), value=Signal(ACT), last=Signal(),
+                            row=Signal.like(t.rows[0]), bhalf=Signal())
         advance = ~s.valid | s.ready
-        m.d.comb += y.ready.eq(advance & (t.fsm_state == _State.RUN))
-        bhalf = (step == RecordStep.MLP_IN) & (t.row >= I)
+        # The gates of columns 1 .. N-1 replay from the gate buffer after the record's own (column 0).
+        replay = SimpleNamespace(on=Signal(), column=Signal(column_shape(N)), row=Signal(16), wait=Signal())
+        src = SimpleNamespace(valid=Signal(), consumer=Signal(2), column=Signal(column_shape(N)), value=Signal(ACT),
+                              last=Signal(), row=Signal.like(t.rows[0]))
+        with m.If(replay.on):
+            m.d.comb += [src.valid.eq(~replay.wait), src.column.eq(replay.column), src.row.eq(replay.row),
+                         src.last.eq(replay.row == D - 1)]
+        with m.Else():
+            m.d.comb += [src.valid.eq(y.valid & (t.fsm_state == _State.RUN)), src.consumer.eq(y.payload.consumer),
+                         src.column.eq(y.payload.column), src.value.eq(y.payload.value), src.last.eq(y.payload.last),
+                         src.row.eq(t.rows[y.payload.column]), y.ready.eq(advance & (t.fsm_state == _State.RUN))]
+        take = src.valid & advance
+        bhalf = (step == RecordStep.MLP_IN) & (src.row >= I)
+        col_d = src.column * self.max_hidden
+        slot_base = self.slots[src.column] * self.slot_words
         for port in (u.resid_r, u.ibuf_r, u.fbuf_r, u.gbuf_r, u.abuf_r, u.state_r):
             m.d.comb += port.en.eq(advance)
-        m.d.comb += [u.resid_r.addr.eq(t.row), u.ibuf_r.addr.eq(t.row), u.fbuf_r.addr.eq(t.row),
-                     u.gbuf_r.addr.eq(t.row), u.abuf_r.addr.eq(t.row - I), u.state_r.addr.eq(t.state_base + t.row)]
+        m.d.comb += [u.resid_r.addr.eq(col_d + src.row), u.ibuf_r.addr.eq(col_d + src.row),
+                     u.fbuf_r.addr.eq(col_d + src.row), u.gbuf_r.addr.eq(col_d + src.row),
+                     u.abuf_r.addr.eq(src.column * self.max_intermediate + src.row - I),
+                     u.state_r.addr.eq(slot_base + t.state_base + src.row)]
+        if N > 1:
+            m.d.comb += [u.gate_r.addr.eq(src.row), u.gate_r.en.eq(advance)]
         with m.If(advance):
-            m.d.sync += s.valid.eq(y.valid & y.ready)
-        with m.If(y.valid & y.ready):
-            m.d.sync += [s.step.eq(step), s.consumer.eq(y.payload.consumer), s.value.eq(y.payload.value),
-                         s.last.eq(y.payload.last), s.row.eq(t.row), s.bhalf.eq(bhalf)]
-            m.d.sync += t.row.eq(Mux(y.payload.last, 0, t.row + 1))
-            with m.If(y.payload.last):
-                # The record (or its last consumer) is complete: move to the next one.
-                with m.Switch(step):
-                    with m.Case(RecordStep.ATTN_IN):
-                        with m.If(y.payload.consumer == 2):
-                            m.d.sync += step.eq(RecordStep.LOWER_BOUND)
-                    with m.Case(RecordStep.LOWER_BOUND):
-                        m.d.sync += step.eq(RecordStep.ATTN_OUT)
-                    with m.Case(RecordStep.ATTN_OUT):
-                        m.d.sync += step.eq(RecordStep.MLP_IN)
-                    with m.Case(RecordStep.MLP_IN):
-                        m.d.sync += step.eq(RecordStep.MLP_OUT)
-                    with m.Case(RecordStep.MLP_OUT):
-                        m.d.sync += [t.layer.eq(t.layer + 1), t.state_base.eq(t.state_base + D),
-                                     step.eq(Mux(t.layer + 1 == L, RecordStep.HEAD, RecordStep.ATTN_IN))]
+            m.d.sync += s.valid.eq(take)
+        with m.If(take):
+            m.d.sync += [s.step.eq(step), s.consumer.eq(src.consumer), s.column.eq(src.column), s.value.eq(src.value),
+                         s.last.eq(src.last), s.row.eq(src.row), s.bhalf.eq(bhalf)]
+        with m.If(take & ~replay.on):
+            m.d.sync += t.rows[y.payload.column].eq(Mux(y.payload.last, 0, src.row + 1))
+        replay.routed_valid = s.valid
+        self._replay_gates(m, u, t, replay, take)
+        record_end = take & src.last & (src.column == self.last_column) & ~replay.on
+        with m.If(record_end | (take & replay.on & src.last & (src.column == self.last_column))):
+            # The record (or its last consumer) is complete for every column: move to the next one.
+            with m.Switch(step):
+                with m.Case(RecordStep.ATTN_IN):
+                    with m.If(src.consumer == 2):
+                        m.d.sync += step.eq(RecordStep.LOWER_BOUND)
+                with m.Case(RecordStep.LOWER_BOUND):
+                    m.d.sync += step.eq(RecordStep.ATTN_OUT)
+                with m.Case(RecordStep.ATTN_OUT):
+                    m.d.sync += step.eq(RecordStep.MLP_IN)
+                with m.Case(RecordStep.MLP_IN):
+                    m.d.sync += step.eq(RecordStep.MLP_OUT)
+                with m.Case(RecordStep.MLP_OUT):
+                    m.d.sync += [t.layer.eq(t.layer + 1), t.state_base.eq(t.state_base + D),
+                                 step.eq(Mux(t.layer + 1 == L, RecordStep.HEAD, RecordStep.ATTN_IN))]
         return s
 
+    def _replay_gates(self, m, u, t, replay, take):
+        """After a lower-bound record's gates (column 0), columns 1 .. N-1 from the kept gates, row
+        by row; in a prefill pass each column waits until the MLGRU has written back the column
+        before it (its state is this column's input)."""
+        D = self.hidden
+        with m.If(t.flush):
+            m.d.sync += replay.on.eq(0)
+        with m.If(take & ~replay.on & (t.step == RecordStep.LOWER_BOUND) & u.y.o.payload.last
+                  & (self.last_column != 0)):
+            m.d.sync += [replay.on.eq(1), replay.column.eq(1), replay.row.eq(0), replay.wait.eq(self.prefill)]
+        with m.If(replay.on):
+            # Column c-1's last element has left the routing stage and the MLGRU (whose side FIFO
+            # holds one entry per element inside it), so its state is written.
+            drained = ~replay.routed_valid & (u.side.level == 0)
+            with m.If(replay.wait):
+                with m.If(drained):
+                    m.d.sync += replay.wait.eq(0)
+            with m.Elif(take):
+                m.d.sync += replay.row.eq(replay.row + 1)
+                with m.If(replay.row == D - 1):
+                    m.d.sync += [replay.row.eq(0), replay.column.eq(replay.column + 1), replay.wait.eq(self.prefill)]
+                    with m.If(replay.column == self.last_column):
+                        m.d.sync += replay.on.eq(0)
+
     def _stage_route(self, m, u, t, x, s):
-        """Engine outputs, stage 1: each output (ACT) with the buffers read for its row goes where
-        its record step sends it (buffers, MLGRU, residual add, GLU, logits); ``s.ready`` is that
-        consumer's ready."""
-        mlgru, glu, argmax, side = u.mlgru, u.glu, u.argmax, u.side
+        """Engine outputs, stage 1: each output (ACT) with the buffers read for its column and row
+        goes where its record step sends it (buffers, MLGRU, residual add, GLU, logits);
+        ``s.ready`` is that consumer's ready."""
+        mlgru, glu, side, N = u.mlgru, u.glu, u.side, self.columns
+        col_d = s.column * self.max_hidden + s.row
         residual_sum = Signal(ACT)
         m.d.comb += residual_sum.eq(saturate(u.resid_r.data + s.value))
-        side_in = Signal(_MLGRU_SIDE)
-        m.d.comb += [side_in.g.eq(u.gbuf_r.data), side_in.row.eq(s.row), side_in.last.eq(s.last),
-                     side.w_data.eq(side_in)]
+        side_in = Signal(u.side_layout)
+        m.d.comb += [side_in.g.eq(u.gbuf_r.data), side_in.row.eq(s.row), side_in.column.eq(s.column),
+                     side_in.last.eq(s.last), side.w_data.eq(side_in)]
+        # A gate: column 0's comes from the stream (and is kept), a further column's from the kept ones.
+        gate = Signal(nx.GATE_FRAC)
+        m.d.comb += gate.eq(s.value[:nx.GATE_FRAC])
+        if N > 1:
+            with m.If(s.column != 0):
+                m.d.comb += gate.eq(u.gate_r.data)
+            m.d.comb += [u.gate_w.addr.eq(s.row), u.gate_w.data.eq(s.value[:nx.GATE_FRAC]),
+                         u.gate_w.en.eq(s.valid & (s.step == RecordStep.LOWER_BOUND) & (s.column == 0))]
         with m.Switch(s.step):
             with m.Case(RecordStep.ATTN_IN):
                 m.d.comb += s.ready.eq(1)
                 for index, port in enumerate((u.ibuf_w, u.fbuf_w, u.gbuf_w)):
-                    m.d.comb += [port.addr.eq(s.row), port.data.eq(s.value),
+                    m.d.comb += [port.addr.eq(col_d), port.data.eq(s.value),
                                  port.en.eq(s.valid & (s.consumer == index))]
             with m.Case(RecordStep.LOWER_BOUND):
                 # h_new = f*h + silu(i)*(1-f) with f from the gate; w = g*silu(h_new)
                 m.d.comb += [mlgru.i.payload.i.eq(u.ibuf_r.data), mlgru.i.payload.f.eq(u.fbuf_r.data),
                              mlgru.i.payload.g.eq(u.gbuf_r.data), mlgru.i.payload.h.eq(u.state_r.data),
-                             mlgru.i.payload.lb.eq(s.value[:nx.GATE_FRAC]),
+                             mlgru.i.payload.lb.eq(gate),
                              mlgru.i.valid.eq(s.valid & side.w_rdy),
                              side.w_en.eq(s.valid & mlgru.i.ready),
                              s.ready.eq(mlgru.i.ready & side.w_rdy)]
@@ -368,47 +496,75 @@ class TokenCore(wiring.Component):
                 # (norm is ignored by the engine here; driving it keeps no field constant,
                 # which Verilator would flag as an empty always block)
                 m.d.comb += [x.resid.valid.eq(s.valid), x.resid.payload.value.eq(residual_sum),
-                             x.resid.payload.norm.eq(residual_sum),
+                             x.resid.payload.norm.eq(residual_sum), x.resid.payload.column.eq(s.column),
                              x.resid.payload.last.eq(s.last), s.ready.eq(x.resid.ready),
-                             u.resid_w.addr.eq(s.row), u.resid_w.data.eq(residual_sum),
+                             u.resid_w.addr.eq(col_d), u.resid_w.data.eq(residual_sum),
                              u.resid_w.en.eq(s.valid & x.resid.ready)]
             with m.Case(RecordStep.MLP_IN):
                 with m.If(s.bhalf):
-                    m.d.comb += [glu.i.payload.a.eq(u.abuf_r.data), glu.i.payload.b.eq(s.value),
-                                 glu.i.valid.eq(s.valid), s.ready.eq(glu.i.ready)]
+                    glu_side = Signal(u.glu_side_layout)
+                    m.d.comb += [glu_side.column.eq(s.column), glu_side.last.eq(s.last),
+                                 u.glu_side.w_data.eq(glu_side),
+                                 glu.i.payload.a.eq(u.abuf_r.data), glu.i.payload.b.eq(s.value),
+                                 glu.i.valid.eq(s.valid & u.glu_side.w_rdy),
+                                 u.glu_side.w_en.eq(s.valid & glu.i.ready),
+                                 s.ready.eq(glu.i.ready & u.glu_side.w_rdy)]
                 with m.Else():
-                    m.d.comb += [u.abuf_w.addr.eq(s.row), u.abuf_w.data.eq(s.value), u.abuf_w.en.eq(s.valid),
-                                 s.ready.eq(1)]
+                    m.d.comb += [u.abuf_w.addr.eq(s.column * self.max_intermediate + s.row), u.abuf_w.data.eq(s.value),
+                                 u.abuf_w.en.eq(s.valid), s.ready.eq(1)]
             with m.Case(RecordStep.HEAD):
-                # Every logit goes out and through the argmax in the same transfer.
-                m.d.comb += [self.logits.valid.eq(s.valid & argmax.i.ready),
-                             self.logits.payload.value.eq(s.value), self.logits.payload.last.eq(s.last),
-                             argmax.i.valid.eq(s.valid & self.logits.ready),
-                             argmax.i.payload.value.eq(s.value), argmax.i.payload.last.eq(s.last),
-                             s.ready.eq(self.logits.ready & argmax.i.ready)]
+                self._route_logits(m, u, s)
+
+    def _route_logits(self, m, u, s):
+        """The head's outputs: each column's logits through its argmax and, for the columns whose
+        logits go out (a prefill keeps only its last column's), onto ``logits``."""
+        wanted = ~self.prefill | (s.column == self.last_column)
+        argmax_ready = Signal()
+        for c, unit in enumerate(u.argmax):
+            m.d.comb += [unit.i.payload.value.eq(s.value), unit.i.payload.last.eq(s.last)]
+            with m.If(s.column == c):
+                m.d.comb += [unit.i.valid.eq(s.valid & wanted & self.logits.ready), argmax_ready.eq(unit.i.ready)]
+        m.d.comb += [self.logits.valid.eq(s.valid & wanted & argmax_ready),
+                     self.logits.payload.value.eq(s.value), self.logits.payload.last.eq(s.last),
+                     s.ready.eq(~wanted | (self.logits.ready & argmax_ready))]
+
+    def _argmax_results(self, m, u, t):
+        """Each column's argmax as its logits end; the pass ends when every wanted column's is known
+        (decode: columns 0 .. N-1; prefill: the last)."""
+        N = self.columns
+        for c, unit in enumerate(u.argmax):
+            m.d.comb += [unit.o.ready.eq(1), self.column_argmax[c].eq(t.best_index[c])]
+            with m.If(unit.o.valid):
+                m.d.sync += [t.best_value[c].eq(unit.o.payload.value), t.best_index[c].eq(unit.o.payload.index),
+                             t.argmax_done[c].eq(1)]
+        done_now = Signal(N)
+        m.d.comb += done_now.eq(t.argmax_done | Cat(*[unit.o.valid for unit in u.argmax]))
+        wanted = Signal(N)
+        all_columns = (Const(2, N + 1) << self.last_column) - 1
+        m.d.comb += wanted.eq(Mux(self.prefill, Const(1, N) << self.last_column, all_columns))
+        m.d.comb += t.finish.eq((done_now & wanted) == wanted)
+        result = Mux(self.prefill, self.last_column, 0)
+        m.d.comb += [self.argmax.eq(t.best_index[result]), self.argmax_value.eq(t.best_value[result])]
 
     def _mlgru_results(self, m, u, t, x):
-        """MLGRU results: the new state h back to the layer's slot, w (ACT) and g to ``attn.out``."""
+        """MLGRU results: the new state h back to its column's slot, w (ACT) and g to ``attn.out``."""
         mlgru, side = u.mlgru, u.side
-        side_out = data.View(_MLGRU_SIDE, side.r_data)
+        side_out = data.View(u.side_layout, side.r_data)
         m.d.comb += [x.mlgru.valid.eq(mlgru.o.valid), mlgru.o.ready.eq(x.mlgru.ready),
                      side.r_en.eq(mlgru.o.valid & x.mlgru.ready),
                      x.mlgru.payload.value.eq(mlgru.o.payload.w), x.mlgru.payload.norm.eq(side_out.g),
-                     x.mlgru.payload.last.eq(side_out.last)]
+                     x.mlgru.payload.column.eq(side_out.column), x.mlgru.payload.last.eq(side_out.last)]
         with m.If(mlgru.o.valid & x.mlgru.ready):
-            m.d.comb += [u.state_w.addr.eq(t.state_base + side_out.row), u.state_w.data.eq(mlgru.o.payload.h),
-                         u.state_w.en.eq(1)]
+            m.d.comb += [u.state_w.addr.eq(self.slots[side_out.column] * self.slot_words + t.state_base + side_out.row),
+                         u.state_w.data.eq(mlgru.o.payload.h), u.state_w.en.eq(1)]
 
     def _glu_results(self, m, u, x):
-        """GLU results (ACT): ``mlp.out``'s input, the last one when I have come out. Returns the row counter."""
-        I, glu = self.intermediate, u.glu
-        glu_row = Signal(16)
-        m.d.comb += [x.glu.valid.eq(glu.o.valid), glu.o.ready.eq(x.glu.ready),
+        """GLU results (ACT) with their column and last from the GLU's side FIFO: ``mlp.out``'s input."""
+        glu, side = u.glu, u.glu_side
+        side_out = data.View(u.glu_side_layout, side.r_data)
+        m.d.comb += [x.glu.valid.eq(glu.o.valid), glu.o.ready.eq(x.glu.ready), side.r_en.eq(glu.o.valid & x.glu.ready),
                      x.glu.payload.value.eq(glu.o.payload), x.glu.payload.norm.eq(glu.o.payload),
-                     x.glu.payload.last.eq(glu_row == I - 1)]
-        with m.If(glu.o.valid & glu.o.ready):
-            m.d.sync += glu_row.eq(Mux(glu_row == I - 1, 0, glu_row + 1))
-        return glu_row
+                     x.glu.payload.column.eq(side_out.column), x.glu.payload.last.eq(side_out.last)]
 
     def _phase(self, m, u, t):
         """``phase`` for the counters (``registers.Phase``)."""

@@ -85,9 +85,11 @@ class _Recorder(IntegerModel):
         super().__init__(image)
         self.inputs: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
 
-    def bitlinear(self, x, record, trace=None, norm_vector=None):
-        self.inputs[record] = (np.array(x, np.int64), None if norm_vector is None else np.array(norm_vector, np.int64))
-        return super().bitlinear(x, record, trace, norm_vector)
+    def bitlinear_columns(self, x, record, trace=None, norm_vector=None):
+        # One sequence is stepped: column 0 is its input.
+        self.inputs[record] = (np.array(x[0], np.int64),
+                               None if norm_vector is None else np.array(norm_vector[0], np.int64))
+        return super().bitlinear_columns(x, record, trace, norm_vector)
 
 
 @functools.lru_cache(maxsize=None)

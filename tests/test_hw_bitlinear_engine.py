@@ -18,7 +18,7 @@ import pytest
 from amaranth.hdl import signed
 
 from bitlinear_cases import KJV, golden_outputs, load_image, record_inputs
-from mmfree.hw.bitlinear_engine import X_LAYOUT, Y_LAYOUT, BitLinearEngine
+from mmfree.hw.bitlinear_engine import BitLinearEngine, x_layout, y_layout
 from mmfree.models import numerics as nx
 from mmfree.models.weight_image import RECORD_HEADER_BYTES, RECORD_MAGIC
 
@@ -37,12 +37,39 @@ KJV_RECORDS = tuple(f"model.layers.1.{r}" for r in ("attn.in", "attn.lower_bound
     + ("head",)
 
 
-def stream_records(key, names, E: int, seed: int, zero_x=()):
-    """Weight beats, x payloads and expected y tuples (consumer, value, last) of records in order,
-    and per record (name, first beat, first matrix beat, end beat)."""
+def column_tokens(columns: int):
+    """The tokens whose last step gives column c's record inputs (column 0: ``TOKENS``)."""
+    return [TOKENS] + [(1, 5 + 7 * c, 90 + c) for c in range(1, columns)]
+
+
+def output_order(rows: int, R: int, E: int, columns: int):
+    """(column, row) in the order the engine emits one consumer's outputs: block by block, each
+    accumulator beat's E rows column by column."""
+    return [(c, row) for b0 in range(0, rows, R) for s0 in range(b0, b0 + R, E)
+            for c in range(columns) for row in range(s0, min(s0 + E, rows))]
+
+
+def interleave(rng, lengths):
+    """(column, index) of every x element: each column's in order, the columns in random runs."""
+    left = [list(range(n)) for n in lengths]
+    order = []
+    while any(left):
+        c = int(rng.choice([i for i, v in enumerate(left) if v]))
+        run = int(rng.integers(1, 60))
+        order += [(c, i) for i in left[c][:run]]
+        left[c] = left[c][run:]
+    return order
+
+
+def stream_records(key, names, E: int, seed: int, zero_x=(), columns: int = 1, build_columns: int | None = None):
+    """Weight beats, x payloads and expected y tuples (consumer, column, value, last) of records in
+    order, and per record (name, first beat, first matrix beat, end beat). Column c's inputs are
+    the integer model's on ``column_tokens(columns)[c]``; ``zero_x`` records get a zero vector in
+    column 0. The x payloads are those of an engine of ``build_columns`` (default ``columns``)."""
     rng = np.random.default_rng(seed)
     image = load_image(key)
-    inputs = record_inputs(key, TOKENS)
+    inputs = [record_inputs(key, tokens) for tokens in column_tokens(columns)]
+    layout = x_layout(build_columns or columns)
     stream = bytes(image.stream)
     beats, xs, ys, spans = [], [], [], []
     for name in names:
@@ -52,18 +79,23 @@ def stream_records(key, names, E: int, seed: int, zero_x=()):
         beats += [int.from_bytes(chunk[i:i + E], "little") for i in range(0, len(chunk), E)]
         if rec["kind"] == "LOWER_BOUND":
             gates = image.lower_bound_gates(rec["layer"])
-            ys += [(0, int(g), int(i == len(gates) - 1)) for i, g in enumerate(gates)]
+            ys += [(0, 0, int(g), int(i == len(gates) - 1)) for i, g in enumerate(gates)]
             spans.append((name, start, start + RECORD_HEADER_BYTES // E, len(beats)))
             continue
-        x, n = inputs[name]
-        if name in zero_x:
-            x = np.zeros_like(x)
-        noise = rng.integers(nx.ACT_MIN, nx.ACT_MAX, size=len(x))
-        norm = n if n is not None else noise          # only GATE records read it
-        xs += [X_LAYOUT.const({"value": int(v), "norm": int(w), "last": int(i == len(x) - 1)}).as_value().value
-               for i, (v, w) in enumerate(zip(x, norm))]
-        for c, y in enumerate(golden_outputs(key, name, x, n)):
-            ys += [(c, int(v), int(i == len(y) - 1)) for i, v in enumerate(y)]
+        per_column = []
+        for col in range(columns):
+            x, n = inputs[col][name]
+            if name in zero_x and col == 0:
+                x = np.zeros_like(x)
+            noise = rng.integers(nx.ACT_MIN, nx.ACT_MAX, size=len(x))
+            per_column.append((x, n if n is not None else noise, golden_outputs(key, name, x, n)))  # norm: GATE only
+        xs += [layout.const({"value": int(per_column[col][0][i]), "norm": int(per_column[col][1][i]), "column": col,
+                             "last": int(i == rec["k"] - 1)}).as_value().value
+               for col, i in interleave(rng, [rec["k"]] * columns)]
+        for c in range(len(rec["consumers"])):
+            rows = rec["consumers"][c]["rows"]
+            ys += [(c, col, int(per_column[col][2][c][row]), int(row == rows - 1))
+                   for col, row in output_order(rows, image.rows_per_block, E, columns)]
         spans.append((name, start, (rec["consumers"][0]["matrix_offset"] - rec["offset"]) // E + start, len(beats)))
     return beats, xs, ys, spans
 
@@ -71,10 +103,12 @@ def stream_records(key, names, E: int, seed: int, zero_x=()):
 class TB:
     """Clock, reset and the three streams of the engine."""
 
-    def __init__(self, dut, *, idle=0.0, backpressure=0.0, seed=0):
+    def __init__(self, dut, *, idle=0.0, backpressure=0.0, seed=0, columns=None):
+        from mmfree.sim.runner import bench_params
         from mmfree.sim.stream import StreamDriver, StreamMonitor
 
         self.dut = dut
+        dut.last_column.value = (columns or bench_params().get("columns", 1)) - 1
         self.weights = StreamDriver(dut, "weights", idle=idle, seed=seed)
         self.x = StreamDriver(dut, "x", idle=idle, seed=seed + 1)
         self.y = StreamMonitor(dut, "y", backpressure=backpressure, seed=seed + 2)
@@ -88,25 +122,29 @@ class TB:
         return cls(dut, **kw)
 
     def check_y(self, want, label=""):
+        from mmfree.sim.runner import bench_params
+
         assert not self.y.protocol_errors, self.y.protocol_errors[:4]
+        layout = y_layout(bench_params().get("columns", 1))
         got = []
         for w in self.y.items:
-            v = Y_LAYOUT.from_bits(w)
-            got.append((int(v.consumer), int(v.value), int(v.last)))
+            v = layout.from_bits(w)
+            got.append((int(v.consumer), int(v.column), int(v.value), int(v.last)))
         assert len(got) == len(want), f"{label}: {len(got)} outputs, want {len(want)}"
         bad = [(i, g, w) for i, (g, w) in enumerate(zip(got, want)) if g != w]
         assert not bad, f"{label}: {len(bad)} mismatches (index, got, want): {bad[:4]}"
 
 
-async def run_records(dut, key, names, *, idle, backpressure, seed, zero_x=(), x_first=False):
+async def run_records(dut, key, names, *, idle, backpressure, seed, zero_x=(), x_first=False, columns=None):
+    """Run records through the engine with ``columns`` columns in use (default: all it has)."""
     from mmfree.sim.runner import bench_params
 
-    E = bench_params()["E"]
-    beats, xs, ys, spans = stream_records(key, names, E, seed, zero_x)
-    tb = await TB.start(dut, idle=idle, backpressure=backpressure, seed=seed)
+    E, columns = bench_params()["E"], columns or bench_params().get("columns", 1)
+    beats, xs, ys, spans = stream_records(key, names, E, seed, zero_x, columns, bench_params().get("columns", 1))
+    tb = await TB.start(dut, idle=idle, backpressure=backpressure, seed=seed, columns=columns)
     tb.x.send(xs)
     if x_first:  # the first record's input complete before its header, as after the token core's EMBED
-        first_k = load_image(key).record(names[0])["k"]
+        first_k = columns * load_image(key).record(names[0])["k"]
         while len(tb.x.transfer_cycles) < first_k:
             await RisingEdge(dut.clk)
     tb.weights.send(beats)
@@ -169,13 +207,14 @@ if cocotb is not None:
     @cocotb.test()
     async def bench_zero_vector(dut):
         """A zero input vector gives all-zero outputs (the golden model's M' = 0 case); the records
-        around it are unaffected."""
+        around it are unaffected. A build of several columns runs this with one column fewer in
+        use (``last_column``): the idle column takes no input and gives no output."""
         from mmfree.sim.runner import bench_params
 
         p = bench_params()
         names = [r["name"] for r in load_image(p["odd"]).records()][:3]
         await run_records(dut, p["odd"], names, idle=0.2, backpressure=0.2, seed=p["seed"] + 2,
-                          zero_x=(names[0],))
+                          zero_x=(names[0],), columns=max(1, p.get("columns", 1) - 1))
 
     @cocotb.test()
     async def bench_bad_headers(dut):
@@ -197,7 +236,7 @@ if cocotb is not None:
 
         bad = [patched(0, 0x12340001), patched(0, RECORD_MAGIC | 7), patched(1, p["max_k"] + 1),
                patched(8, p["max_rows"] + 1), patched(1, 0)]
-        beats, xs, ys, _ = stream_records(p["odd"], [good["name"]], E, p["seed"])
+        beats, xs, ys, _ = stream_records(p["odd"], [good["name"]], E, p["seed"], columns=p.get("columns", 1))
         tb = await TB.start(dut)
         for n, header_beats in enumerate(bad):
             tb.weights.send(header_beats + beats)
@@ -239,6 +278,8 @@ if cocotb is not None:
      "elements_per_cycle must be 1, 2 or 4 and at most engine_bytes / 4 (2), not 4"),
     (dict(engine_bytes=16, rows_per_block=64, max_k=64, max_rows=64, elements_per_cycle=3), ValueError,
      "elements_per_cycle must be 1, 2 or 4 and at most engine_bytes / 4 (4), not 3"),
+    (dict(engine_bytes=16, rows_per_block=64, max_k=64, max_rows=64, columns=0), ValueError,
+     "columns must be in 1..16, not 0"),
 ])
 def test_parameter_errors(kwargs, exc, msg):
     with pytest.raises(exc) as info:
@@ -254,10 +295,13 @@ def test_parameters_are_keyword_only():
 def test_ports_follow_the_interface():
     unit = BitLinearEngine(engine_bytes=16, rows_per_block=64, max_k=768, max_rows=4096)
     assert unit.weights.payload.shape().width == 128
-    assert set(unit.x.payload.shape().members) == {"value", "norm", "last"}
+    assert set(unit.x.payload.shape().members) == {"value", "norm", "column", "last"}
+    assert unit.x.payload.shape().members["column"].width == 1          # always 0 with one column
     assert unit.x.payload.shape().members["value"] == signed(nx.ACT_BITS)
     assert unit.x.payload.shape().members["norm"] == signed(nx.ACT_BITS)
-    assert set(unit.y.payload.shape().members) == {"consumer", "value", "last"}
+    assert set(unit.y.payload.shape().members) == {"consumer", "column", "value", "last"}
+    wide = BitLinearEngine(engine_bytes=16, rows_per_block=64, max_k=768, max_rows=4096, columns=3)
+    assert wide.x.payload.shape().members["column"].width == wide.y.payload.shape().members["column"].width == 2
     assert unit.y.payload.shape().members["value"] == signed(nx.ACT_BITS)
     assert unit.matvec_beats(256, [256, 256, 256]) == 3 * 4 * 52 * 4
     # K = 256 int32 gain words: 1024 bytes, 64 beats of 16 bytes per part; K = 100: 400 bytes -> 448
@@ -274,26 +318,29 @@ def test_stimulus_covers_the_edges():
                for r in recs.values() for c in r.get("consumers", []))
 
 
-CONFIGS = [  # (E, R, P, image of the other benches, kjv records?, max_k, max_rows)
-    (8, 64, 1, "odd64", True, 768, 4096),
-    (16, 64, 1, "odd64", True, 768, 4096),
-    (64, 64, 4, "odd64", True, 768, 4096),
-    (8, 24, 2, "odd24", False, 72, 144),
+CONFIGS = [  # (E, R, P, image of the other benches, kjv records?, max_k, max_rows, columns)
+    (8, 64, 1, "odd64", True, 768, 4096, 1),
+    (16, 64, 1, "odd64", True, 768, 4096, 1),
+    (64, 64, 4, "odd64", True, 768, 4096, 1),
+    (8, 24, 2, "odd24", False, 72, 144, 1),
+    (8, 24, 2, "odd24", False, 72, 144, 3),        # three columns: partial groups, blocks and beats
+    (16, 64, 1, "odd64", False, 768, 4096, 2),     # two columns at the sim-default engine width
 ]
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("E, R, P, odd, kjv, max_k, max_rows", CONFIGS)
-def test_bitlinear_engine_verilator(E, R, P, odd, kjv, max_k, max_rows, tmp_path):
+@pytest.mark.parametrize("E, R, P, odd, kjv, max_k, max_rows, columns", CONFIGS)
+def test_bitlinear_engine_verilator(E, R, P, odd, kjv, max_k, max_rows, columns, tmp_path):
     from mmfree.sim.runner import simulate
 
     engine = BitLinearEngine(engine_bytes=E, rows_per_block=R, max_k=max_k, max_rows=max_rows,
-                             elements_per_cycle=P)
+                             elements_per_cycle=P, columns=columns)
     report = tmp_path / "cycles.json"
     result = simulate(engine, toplevel="bitlinear_engine", test_module=Path(__file__).stem,
                       module_dir=Path(__file__).parent,
                       params={"E": E, "R": R, "P": P, "odd": odd, "kjv": kjv, "max_k": max_k,
-                              "max_rows": max_rows, "seed": 40 + E + R, "report": str(report)})
+                              "max_rows": max_rows, "columns": columns, "seed": 40 + E + R + columns,
+                              "report": str(report)})
     assert result.tests == 5 and result.failed == 0
     if not kjv:
         return

@@ -12,7 +12,7 @@ import pytest
 
 from bitlinear_cases import (GAIN_MAX, KJV, golden_input, load_image, params_from_record, random_gain,
                              random_params, random_vector, record_gains, record_inputs)
-from mmfree.hw.rms_quantize import (CODES_LAYOUT, EPS_SHIFT_MIN, FRAC_MAX, X_FRAC_MAX, X_LAYOUT, RmsQuantize,
+from mmfree.hw.rms_quantize import (CODES_LAYOUT, EPS_SHIFT_MIN, FRAC_MAX, X_FRAC_MAX, RmsQuantize,
                                     rms_params_layout)
 from mmfree.models import numerics as nx
 from mmfree.models.weight_image import MAX_CONSUMERS, NormSource
@@ -106,26 +106,59 @@ def gain_beats(lanes: int, k: int, vectors, rng) -> list[list[int]]:
     return beats
 
 
-def stimulus(max_k: int, lanes: int, seed: int):
-    """Payload ints for params, gains, x; and the expected codes beats and scales per case."""
+def column_vectors(rng, case, columns: int):
+    """The case's (x, n) as column 0; further columns random vectors of the same length (the third
+    all zero), so a column that borrowed another's statistics or codes would show."""
+    _, prm, _, _, x, n = case
+    k = prm["k"]
+    out = [(x, n)]
+    for c in range(1, columns):
+        if c == 2:
+            out.append((np.zeros(k, np.int64), np.zeros(k, np.int64)))
+        else:
+            out.append((random_vector(rng, k, int(rng.integers(1, nx.ACT_BITS))),
+                        random_vector(rng, k, int(rng.integers(1, nx.ACT_BITS)))))
+    return out
+
+
+def interleave(rng, columns_x):
+    """(column, index) of every element: each column's in order, the columns interleaved in random runs."""
+    left = [list(range(len(x))) for x in columns_x]
+    order = []
+    while any(left):
+        c = int(rng.choice([i for i, v in enumerate(left) if v]))
+        run = int(rng.integers(1, 40))
+        order += [(c, i) for i in left[c][:run]]
+        left[c] = left[c][run:]
+    return order
+
+
+def stimulus(max_k: int, lanes: int, seed: int, columns: int = 1):
+    """Payload ints for params, gains, x (a list per case); and the expected codes beats and scales per
+    case and column."""
     rng = np.random.default_rng(seed + 1)
     params_l = rms_params_layout(max_k)
-    gains_l = RmsQuantize(max_k=max_k, gain_lanes=lanes).gains.payload.shape()
+    unit = RmsQuantize(max_k=max_k, gain_lanes=lanes, columns=columns)
+    gains_l, x_l = unit.gains.payload.shape(), unit.x.payload.shape()
     params, gains, xs, want_codes, want_scales = [], [], [], [], []
-    for label, prm, a, g, x, n in cases(max_k, seed):
+    for case in cases(max_k, seed):
+        label, prm, a, g, _, _ = case
         k = prm["k"]
         params.append(params_l.const(prm).as_value().value)
         gains += [gains_l.const(b).as_value().value for b in gain_beats(lanes, k, [a] + g[:prm["consumers"]], rng)]
-        for i in range(k):
-            xs.append(X_LAYOUT.const({"value": int(x[i]), "norm": int(n[i]), "last": int(i == k - 1)})
-                      .as_value().value)
-        ref = golden_input(prm, a, g, x, n)
-        groups = -(-k // nx.TRITS_PER_BYTE)
-        padded = [np.concatenate([c, np.zeros(groups * 5 - k, np.int64)]) for c in ref["codes"]]
-        for gi in range(groups):
-            want_codes.append((label, gi, [[int(c[5 * gi + j]) for j in range(5)] for c in padded],
-                               int(gi == groups - 1)))
-        want_scales.append((label, prm["consumers"], ref))
+        vectors = column_vectors(rng, case, columns)
+        xs.append([x_l.const({"value": int(vectors[c][0][i]), "norm": int(vectors[c][1][i]), "column": c,
+                              "last": int(i == k - 1)}).as_value().value
+                   for c, i in interleave(rng, [x for x, _ in vectors])])
+        for c, (x, n) in enumerate(vectors):
+            ref = golden_input(prm, a, g, x, n)
+            groups = -(-k // nx.TRITS_PER_BYTE)
+            padded = [np.concatenate([cv, np.zeros(groups * 5 - k, np.int64)]) for cv in ref["codes"]]
+            where = f"{label} column {c}"
+            for gi in range(groups):
+                want_codes.append((where, gi, [[int(cv[5 * gi + j]) for j in range(5)] for cv in padded],
+                                   int(gi == groups - 1)))
+            want_scales.append((where, prm["consumers"], ref))
     return params, gains, xs, want_codes, want_scales
 
 
@@ -155,16 +188,19 @@ async def _run(dut, idle, backpressure):
     from mmfree.sim.stream import StreamDriver, StreamMonitor, start_clock_and_reset
 
     p = bench_params()
-    unit = RmsQuantize(max_k=p["max_k"], gain_lanes=p["lanes"], elements_per_cycle=p["P"])
-    params, gains, xs, want_codes, want_scales = stimulus(p["max_k"], p["lanes"], p["seed"])
+    columns = p.get("columns", 1)
+    unit = RmsQuantize(max_k=p["max_k"], gain_lanes=p["lanes"], elements_per_cycle=p["P"], columns=columns)
+    params, gains, xs, want_codes, want_scales = stimulus(p["max_k"], p["lanes"], p["seed"], columns)
+    xs = [word for case in xs for word in case]
     await start_clock_and_reset(dut)
+    dut.last_column.value = columns - 1
     drivers = [StreamDriver(dut, name, idle=idle, seed=p["seed"] + i) for i, name in enumerate(("params", "gains", "x"))]
     codes = StreamMonitor(dut, "codes", backpressure=backpressure, seed=p["seed"] + 5)
     scales = StreamMonitor(dut, "scales", backpressure=backpressure, seed=p["seed"] + 6)
     for drv, words in zip(drivers, (params, gains, xs)):
         drv.send(words)
-    budget = sum(3 * w[1]["k"] for w in cases(p["max_k"], p["seed"])) + 2000 * len(params)
-    await scales.wait_for(len(params), timeout_cycles=int(budget * (1 + 4 * (idle + backpressure))))
+    budget = columns * (sum(3 * w[1]["k"] for w in cases(p["max_k"], p["seed"])) + 2000 * len(params))
+    await scales.wait_for(columns * len(params), timeout_cycles=int(budget * (1 + 4 * (idle + backpressure))))
     for _ in range(20):
         await RisingEdge(dut.clk)
     assert not codes.protocol_errors and not scales.protocol_errors, codes.protocol_errors + scales.protocol_errors
@@ -184,26 +220,28 @@ if cocotb is not None:
 
     @cocotb.test()
     async def bench_latency(dut):
-        """x first, then the gains: the first and the last codes beats leave exactly
+        """x first, then the gains: column 0's first and last codes beats leave exactly
         ``first_codes_cycles`` and ``codes_cycles(K)`` cycles after the last gains beat (the max
-        pass rides on the gain load); the next vector's x is taken from the end of this one's
-        code pass, before its scales are out."""
+        pass rides on the gain load); the next record's x is taken from the end of the last
+        column's code pass, before that column's scales are out."""
         from mmfree.sim.runner import bench_params
         from mmfree.sim.stream import StreamDriver, StreamMonitor, start_clock_and_reset
 
         p = bench_params()
-        unit = RmsQuantize(max_k=p["max_k"], gain_lanes=p["lanes"], elements_per_cycle=p["P"])
-        params, gains, xs, want_codes, want_scales = stimulus(p["max_k"], p["lanes"], p["seed"])
+        N = p.get("columns", 1)
+        unit = RmsQuantize(max_k=p["max_k"], gain_lanes=p["lanes"], elements_per_cycle=p["P"], columns=N)
+        params, gains, xs, want_codes, want_scales = stimulus(p["max_k"], p["lanes"], p["seed"], N)
         cs = cases(p["max_k"], p["seed"])
-        k0, k1 = cs[0][1]["k"], cs[1][1]["k"]
+        k0 = cs[0][1]["k"]
         n_gain0 = (1 + cs[0][1]["consumers"]) * -(-k0 // p["lanes"])
         await start_clock_and_reset(dut)
+        dut.last_column.value = N - 1
         pd, gd, xd = (StreamDriver(dut, name) for name in ("params", "gains", "x"))
         codes = StreamMonitor(dut, "codes")
         scales = StreamMonitor(dut, "scales")
         pd.send(params[:2])
-        xd.send(xs[:k0 + k1])
-        while len(xd.transfer_cycles) < k0:
+        xd.send(xs[0] + xs[1])
+        while len(xd.transfer_cycles) < N * k0:
             await cocotb.triggers.RisingEdge(dut.clk)
         gd.send(gains[:n_gain0])
         groups0 = -(-k0 // 5)
@@ -212,10 +250,11 @@ if cocotb is not None:
         if k0 >= 5:
             assert codes.transfer_cycles[0] - last_gain == unit.first_codes_cycles
         assert codes.transfer_cycles[groups0 - 1] - last_gain == unit.codes_cycles(k0)
-        await scales.wait_for(1, timeout_cycles=2000)
-        # The second vector's x started going in while the first was still computing its scales.
-        assert len(xd.transfer_cycles) > k0 and xd.transfer_cycles[k0] < scales.transfer_cycles[0]
-        check(codes.items[:groups0], scales.items, want_codes[:groups0], want_scales[:1],
+        await scales.wait_for(N, timeout_cycles=N * (n_gain0 + unit.codes_cycles(k0) + 2000))
+        # The second record's x started going in while the last column was still computing its scales.
+        assert len(xd.transfer_cycles) > N * k0 and xd.transfer_cycles[N * k0] < scales.transfer_cycles[N - 1]
+        assert N == 1 or xd.transfer_cycles[N * k0] > scales.transfer_cycles[N - 2]
+        check(codes.items[:N * groups0], scales.items, want_codes[:N * groups0], want_scales[:N],
               unit.scales.payload.shape())
 
 
@@ -229,6 +268,8 @@ if cocotb is not None:
      "elements_per_cycle must be 1, 2 or 4 and at most gain_lanes (8), not 3"),
     (dict(max_k=64, gain_lanes=2, elements_per_cycle=4), ValueError,
      "elements_per_cycle must be 1, 2 or 4 and at most gain_lanes (2), not 4"),
+    (dict(max_k=64, gain_lanes=2, columns=0), ValueError, "columns must be in 1..16, not 0"),
+    (dict(max_k=64, gain_lanes=2, columns=17), ValueError, "columns must be in 1..16, not 17"),
 ])
 def test_parameter_errors(kwargs, exc, msg):
     with pytest.raises(exc) as info:
@@ -273,11 +314,14 @@ def test_codes_cycles_formula():
 @pytest.mark.sim
 # P = 1, 4, 2 with gain_lanes 4 (E = 16, PYNQ-Z2), 16 (E = 64, KV260), 2 (E = 8); every build also
 # runs the edge cases.
-@pytest.mark.parametrize("max_k, lanes, P", [(768, 4, 1), (96, 16, 4), (37, 2, 2)])
-def test_rms_quantize_verilator(max_k, lanes, P):
+# Columns: three vectors per record (one all zero) on the E = 8 build, two on the KV260's lanes.
+@pytest.mark.parametrize("max_k, lanes, P, columns", [(768, 4, 1, 1), (96, 16, 4, 1), (37, 2, 2, 1), (37, 2, 2, 3),
+                                                      (96, 16, 4, 2)])
+def test_rms_quantize_verilator(max_k, lanes, P, columns):
     from mmfree.sim.runner import simulate
 
-    result = simulate(RmsQuantize(max_k=max_k, gain_lanes=lanes, elements_per_cycle=P), toplevel="rms_quantize",
-                      test_module=Path(__file__).stem, module_dir=Path(__file__).parent,
-                      params={"max_k": max_k, "lanes": lanes, "P": P, "seed": 7 + max_k + P})
+    result = simulate(RmsQuantize(max_k=max_k, gain_lanes=lanes, elements_per_cycle=P, columns=columns),
+                      toplevel="rms_quantize", test_module=Path(__file__).stem, module_dir=Path(__file__).parent,
+                      params={"max_k": max_k, "lanes": lanes, "P": P, "columns": columns,
+                              "seed": 7 + max_k + P + 10 * columns})
     assert result.tests == 3 and result.failed == 0

@@ -28,8 +28,17 @@ G = nx.TRITS_PER_BYTE
 # --------------------------------------------------------------------------
 # Stimulus (shared by the bench and its checks)
 # --------------------------------------------------------------------------
-def make_problems(rows_per_block: int, k: int, seed: int):
-    """List of (name, T [N x K'], q [K']) covering random and edge cases up to K' = k."""
+def make_problems(rows_per_block: int, k: int, seed: int, columns: int = 1):
+    """List of (name, T [N x K'], Q [columns x K']) covering random and edge cases up to K' = k:
+    column 0 takes the case's codes, column c > 0 the same negated (c odd: the extremes swap
+    sign) or random, so columns that mixed would show."""
+    rng = np.random.default_rng(seed + 7)
+    return [(name, t, np.stack([q] + [(-q if c % 2 else rng.integers(-nx.ACT_CODE_MAX, nx.ACT_CODE_MAX + 1,
+                                                                      size=len(q))) for c in range(1, columns)]))
+            for name, t, q in _one_column_problems(rows_per_block, k, seed)]
+
+
+def _one_column_problems(rows_per_block: int, k: int, seed: int):
     rng = np.random.default_rng(seed)
     r = rows_per_block
     probs = []
@@ -56,7 +65,8 @@ def make_problems(rows_per_block: int, k: int, seed: int):
 
 
 def beats_and_expected(layout, lanes: int, rows_per_block: int, probs, seed: int):
-    """Input payloads (ints), their ``last`` bits, and the expected output beats (lists of ``lanes`` ints).
+    """Input payloads (ints), their ``last`` bits, and the expected output beats (per column a list of
+    ``lanes`` ints).
 
     The weights are the image's own bytes (``pack_matrix``): a block of R rows,
     per group R bytes, sliced into R / lanes beats.
@@ -71,31 +81,32 @@ def beats_and_expected(layout, lanes: int, rows_per_block: int, probs, seed: int
         groups = -(-kk // G)
         packed = pack_matrix(t, r).reshape(blocks, groups, depth, lanes)
         # Codes beyond K' meet zero (padding) weights: random values there must not count.
-        qp = rng.integers(-nx.ACT_CODE_MAX, nx.ACT_CODE_MAX + 1, size=groups * G)
-        qp[:kk] = q
+        qp = rng.integers(-nx.ACT_CODE_MAX, nx.ACT_CODE_MAX + 1, size=(len(q), groups * G))
+        qp[:, :kk] = q
         tp = np.zeros((blocks * r, kk), np.int64)
         tp[:rows] = t
-        ref = tp @ np.asarray(q, np.int64)
+        ref = tp @ np.asarray(q, np.int64).T                  # rows x columns
         for b in range(blocks):
             for g in range(groups):
                 for s in range(depth):
                     last = int(g == groups - 1 and s == depth - 1)
                     beats.append(layout.const({
                         "weights": [int(x) for x in packed[b, g, s]],
-                        "codes": [int(x) for x in qp[G * g: G * g + G]],
+                        "codes": [[int(x) for x in qc[G * g: G * g + G]] for qc in qp],
                         "last": last,
                     }).as_value().value)
                     lasts.append(last)
             for s in range(depth):
                 row0 = b * r + s * lanes
-                expected.append([int(x) for x in ref[row0:row0 + lanes]])
+                expected.append([[int(x) for x in ref[row0:row0 + lanes, c]] for c in range(len(q))])
     return beats, lasts, expected
 
 
 def stimulus(p: dict):
     """The bench's (beats, lasts, expected) for its parameters."""
-    layout = weight_beat_layout(p["lanes"])
-    probs = make_problems(p["rows_per_block"], p["k"], p["seed"])
+    columns = p.get("columns", 1)
+    layout = weight_beat_layout(p["lanes"], columns)
+    probs = make_problems(p["rows_per_block"], p["k"], p["seed"], columns)
     return beats_and_expected(layout, p["lanes"], p["rows_per_block"], probs, p["seed"])
 
 
@@ -103,15 +114,13 @@ def stimulus(p: dict):
 # cocotb bench
 # --------------------------------------------------------------------------
 async def _run_bench(dut, idle: float, backpressure: float):
-    from amaranth.hdl import signed
-    from amaranth.lib import data
-
+    from mmfree.hw.ternary_accumulate import accumulators_layout
     from mmfree.sim.runner import bench_params
     from mmfree.sim.stream import StreamDriver, StreamMonitor, start_clock_and_reset
 
     p = bench_params()
     lanes, k, seed = p["lanes"], p["k"], p["seed"]
-    out_layout = data.ArrayLayout(signed(nx.accumulator_bits(k)), lanes)
+    out_layout = accumulators_layout(lanes, p.get("columns", 1), nx.accumulator_bits(k))
     beats, lasts, expected = stimulus(p)
 
     await start_clock_and_reset(dut)
@@ -125,8 +134,8 @@ async def _run_bench(dut, idle: float, backpressure: float):
     assert not sink.protocol_errors, sink.protocol_errors[:5]
     assert len(sink.items) == len(expected)
     for n, (word, want) in enumerate(zip(sink.items, expected)):
-        got = [int(x) for x in out_layout.from_bits(word)]
-        assert got == want, f"output beat {n}: got {got[:8]}..., want {want[:8]}..."
+        got = [[int(x) for x in column] for column in out_layout.from_bits(word)]
+        assert got == want, f"output beat {n}: got {got[0][:8]}..., want {want[0][:8]}..."
     return src, sink, lasts
 
 
@@ -170,6 +179,7 @@ if cocotb is not None:
     (dict(lanes=8, k=10, rows_per_block=-8), ValueError,
      "rows_per_block must be a positive multiple of lanes (8), not -8"),
     (dict(lanes=8, k=10, rows_per_block=16.0), TypeError, "rows_per_block must be an integer, not 16.0"),
+    (dict(lanes=8, k=10, columns=0), ValueError, "columns must be at least 1, not 0"),
 ])
 def test_parameter_errors(kwargs, exc, msg):
     with pytest.raises(exc) as info:
@@ -189,6 +199,9 @@ def test_widths_follow_numerics():
     assert unit.rows_per_block == 16 and unit.depth == 1
     assert TernaryAccumulate(lanes=16, k=2048, rows_per_block=128).depth == 8
     assert unit.latency == 8
+    wide = TernaryAccumulate(lanes=16, k=2048, columns=3)
+    assert wide.o.payload.shape().size == 3 * 16 * nx.accumulator_bits(2048)
+    assert wide.i.payload.shape().size == unit.i.payload.shape().size + 2 * G * 8
 
 
 def test_decode_rom_follows_the_table():
@@ -203,38 +216,41 @@ def test_decode_rom_follows_the_table():
         assert offset == -int((nx.TRIT_DECODE_TABLE[value] == 1).sum()) - 1, value
 
 
-@pytest.mark.parametrize("lanes, rows_per_block", [(8, 8), (4, 16), (2, 16)])
-def test_stimulus_matches_reference(lanes, rows_per_block):
+@pytest.mark.parametrize("lanes, rows_per_block, columns", [(8, 8, 1), (4, 16, 1), (2, 16, 1), (4, 8, 3)])
+def test_stimulus_matches_reference(lanes, rows_per_block, columns):
     """The bench's packing decodes back to the matrices it claims (guards the bench itself)."""
-    p = {"lanes": lanes, "k": 23, "rows_per_block": rows_per_block, "seed": 5}
-    layout = weight_beat_layout(lanes)
+    p = {"lanes": lanes, "k": 23, "rows_per_block": rows_per_block, "seed": 5, "columns": columns}
+    layout = weight_beat_layout(lanes, columns)
     beats, lasts, expected = stimulus(p)
     depth = rows_per_block // lanes
-    got, acc, s = [], np.zeros((depth, lanes), np.int64), 0
+    got, acc, s = [], np.zeros((depth, columns, lanes), np.int64), 0
     for word, last in zip(beats, lasts):
         beat = layout.from_bits(word)
         assert int(beat.last) == last
-        q = np.array([int(c) for c in beat.codes])
+        q = np.array([[int(c) for c in column] for column in beat.codes])
         t = nx.unpack_trits(np.array([[int(w)] for w in beat.weights], np.uint8))
-        acc[s] += t.astype(np.int64) @ q
+        acc[s] += (t.astype(np.int64) @ q.T).T
         s = (s + 1) % depth
         if last:
             assert s == 0
-            got += [[int(x) for x in row] for row in acc]
+            got += [[[int(x) for x in row] for row in beat_acc] for beat_acc in acc]
             acc[:] = 0
     assert got == expected
+    if columns > 1:
+        assert any(e[0] != e[1] for e in expected)
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("lanes, k, rows_per_block", [
-    (1, 1, 1), (1, 7, 3), (8, 40, 8), (8, 40, 16), (4, 23, 32), (16, 643, 64), (16, 200, 128), (64, 2048, 64),
+@pytest.mark.parametrize("lanes, k, rows_per_block, columns", [
+    (1, 1, 1, 1), (1, 7, 3, 1), (8, 40, 8, 1), (8, 40, 16, 1), (4, 23, 32, 1), (16, 643, 64, 1), (16, 200, 128, 1),
+    (64, 2048, 64, 1), (1, 7, 3, 2), (8, 40, 16, 4), (16, 643, 64, 2),
 ])
-def test_ternary_accumulate_verilator(lanes, k, rows_per_block):
+def test_ternary_accumulate_verilator(lanes, k, rows_per_block, columns):
     from mmfree.sim.runner import simulate
 
-    result = simulate(TernaryAccumulate(lanes=lanes, k=k, rows_per_block=rows_per_block),
+    result = simulate(TernaryAccumulate(lanes=lanes, k=k, rows_per_block=rows_per_block, columns=columns),
                       toplevel="ternary_accumulate", test_module=Path(__file__).stem,
                       module_dir=Path(__file__).parent,
-                      params={"lanes": lanes, "k": k, "rows_per_block": rows_per_block,
-                              "seed": 1000 + lanes + k + rows_per_block})
+                      params={"lanes": lanes, "k": k, "rows_per_block": rows_per_block, "columns": columns,
+                              "seed": 1000 + lanes + k + rows_per_block + 100 * columns})
     assert result.tests == 3 and result.failed == 0

@@ -67,6 +67,8 @@ async def run_tokens(dut, p: dict) -> None:
     E = p["engine_bytes"]
     await start_clock_and_reset(dut)
     dut.start.value = dut.clear_state.value = 0
+    # one column, slot 0 (inputs keep what an earlier bench left there)
+    dut.last_column.value = dut.prefill.value = dut.slots.value = dut.clear_slot.value = 0
     dut.hidden.value, dut.layers.value, dut.intermediate.value = cfg.D, cfg.L, cfg.I
     dut.embed_stride.value = embed_stride(image)
     src = StreamDriver(dut, "weights", idle=p["idle"], seed=p["seed"])
@@ -95,7 +97,93 @@ async def run_tokens(dut, p: dict) -> None:
     assert not sink.protocol_errors, sink.protocol_errors[:4]
 
 
+def pass_beats(image: WeightImage, tokens, engine_bytes: int) -> list[int]:
+    """The weight-stream beats of one pass: each column's embedding row, then the STREAM region."""
+    stride = embed_stride(image)
+    table = bytes(image.region("embedding"))
+    raw = b"".join(table[t * stride:(t + 1) * stride] for t in tokens) + bytes(image.stream)
+    words = np.frombuffer(raw, np.uint8).reshape(-1, engine_bytes)
+    return [int.from_bytes(w.tobytes(), "little") for w in words]
+
+
+async def run_passes(dut, p: dict) -> None:
+    """Decode passes of several sequences (slots in any order, fewer columns than the build has),
+    a prefill of consecutive tokens, and the clear of one slot, against the integer model stepping
+    each sequence alone: every logit (de-interleaved by ``registers.logit_positions``) and argmax."""
+    from mmfree.sim.stream import StreamDriver, StreamMonitor, start_clock_and_reset
+
+    image = WeightImage.load(p["image"])
+    cfg, N, E = image.config, p["columns"], p["engine_bytes"]
+    slot_bits = max(1, (N - 1).bit_length())
+    model = IntegerModel(image)
+    states = [model.initial_state() for _ in range(N)]
+    await start_clock_and_reset(dut)
+    dut.start.value = dut.clear_state.value = 0
+    dut.hidden.value, dut.layers.value, dut.intermediate.value = cfg.D, cfg.L, cfg.I
+    dut.embed_stride.value = embed_stride(image)
+    src = StreamDriver(dut, "weights", idle=p["idle"], seed=p["seed"] + 5)
+    sink = StreamMonitor(dut, "logits", backpressure=p["backpressure"], seed=p["seed"] + 6)
+
+    async def clear(slot):
+        dut.clear_slot.value = slot
+        await _pulse(dut, "clear_state")
+        while dut.busy.value:
+            await RisingEdge(dut.clk)
+        states[slot] = model.initial_state()
+
+    async def run(tokens, slots, prefill, label):
+        n = len(tokens)
+        slots = [slots[0]] * n if prefill else slots       # a prefill's columns are one sequence
+        dut.last_column.value, dut.prefill.value = n - 1, int(prefill)
+        dut.slots.value = sum(s << (slot_bits * c) for c, s in enumerate(slots + [0] * (N - n)))
+        src.send(pass_beats(image, tokens, E))
+        before = len(sink.items)
+        await _pulse(dut, "start")
+        await _wait_done(dut, 40 * len(src.queue) + 40000)
+        await RisingEdge(dut.clk)
+        assert int(dut.error.value) == regs.ErrorCode.NONE, f"{label}: error {int(dut.error.value)}"
+        assert not src.queue, f"{label}: {len(src.queue)} weight beats left unread"
+        got = np.array([LOGIT_LAYOUT.from_bits(w).value for w in sink.items[before:]], np.int64)
+        if prefill:
+            want, states[slots[0]] = model.prefill(tokens, states[slots[0]])
+            want = want[None]
+        else:
+            want, new = model.step_batch(tokens, [states[s] for s in slots])
+            for s, state in zip(slots, new):
+                states[s] = state
+        out = len(want)
+        assert len(got) == out * cfg.V, f"{label}: {len(got)} logits, expected {out * cfg.V}"
+        got = got[regs.logit_positions(cfg.V, out, E, image.rows_per_block)]
+        bad = np.argwhere(got != want)
+        assert bad.size == 0, f"{label}: {len(bad)} logits differ, first (column, row) {bad[:3].tolist()}"
+        # ARGMAX: column 0's of a decode pass, the last token's of a prefill (want has that one row)
+        assert int(dut.argmax.value) == int(np.argmax(want[0])), f"{label}: argmax"
+        if not prefill:
+            word = int(dut.column_argmax.value)
+            assert [(word >> (32 * c)) & 0xFFFF_FFFF for c in range(n)] == [int(np.argmax(w)) for w in want], \
+                f"{label}: column argmax"
+
+    for slot in range(N):
+        await clear(slot)
+    seqs = [[5 + 40 * s, 17 + s] for s in range(N)]
+    await run([seq[0] for seq in seqs], list(range(N)), False, "decode, every column")
+    await run([seq[1] for seq in seqs][::-1], list(range(N))[::-1], False, "decode, slots reversed")
+    await run([300, 2, 9][:N], [N - 1], True, "prefill")
+    await run([1], [N - 1], False, "decode, one column")
+    if N > 1:
+        await clear(0)                         # slot 0 again from zero; the others keep theirs
+        await run([3, 4][:N], [1, 0], False, "decode after clearing slot 0")
+    assert not sink.protocol_errors, sink.protocol_errors[:4]
+
+
 if cocotb is not None:
+    @cocotb.test()
+    async def bench_passes(dut):
+        """Decode passes of several sequences, a prefill, the clear of one slot: every logit exact."""
+        from mmfree.sim.runner import bench_params
+
+        await run_passes(dut, bench_params())
+
     @cocotb.test()
     async def bench_tokens(dut):
         """Several tokens in sequence (the state carries), gaps and backpressure: every logit exact."""
@@ -108,6 +196,7 @@ if cocotb is not None:
     (dict(max_hidden=0), ValueError, "max_hidden must be in [1, 65535], not 0"),
     (dict(max_layers=2.0), TypeError, "max_layers must be an integer, not 2.0"),
     (dict(max_vocab=0), ValueError, "max_vocab must be in [1, 2**24], not 0"),
+    (dict(columns=9), ValueError, "columns must be in 1..8, not 9"),
 ])
 def test_parameter_errors(kwargs, exc, msg):
     from mmfree.hw.token_core import TokenCore
@@ -121,18 +210,21 @@ def test_parameter_errors(kwargs, exc, msg):
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("engine_bytes, elements_per_cycle, idle, backpressure",
-                         [(16, 1, 0.0, 0.0), (8, 1, 0.3, 0.3), (64, 4, 0.2, 0.2)])
-def test_token_core_verilator(engine_bytes, elements_per_cycle, idle, backpressure):
+@pytest.mark.parametrize("engine_bytes, elements_per_cycle, idle, backpressure, columns",
+                         [(16, 1, 0.0, 0.0, 1), (8, 1, 0.3, 0.3, 1), (64, 4, 0.2, 0.2, 1), (16, 1, 0.3, 0.3, 2),
+                          (8, 2, 0.2, 0.4, 3)])
+def test_token_core_verilator(engine_bytes, elements_per_cycle, idle, backpressure, columns):
     from mmfree.hw.token_core import TokenCore
     from mmfree.sim.runner import simulate
 
     image = WeightImage.load(TINY)
     cfg = image.config
     core = TokenCore(engine_bytes=engine_bytes, rows_per_block=64, max_hidden=cfg.D, max_layers=cfg.L,
-                     max_intermediate=cfg.I, max_vocab=cfg.V, elements_per_cycle=elements_per_cycle)
+                     max_intermediate=cfg.I, max_vocab=cfg.V, elements_per_cycle=elements_per_cycle,
+                     columns=columns)
     result = simulate(core, toplevel="token_core", test_module=Path(__file__).stem,
                       module_dir=Path(__file__).parent,
                       params={"image": str(TINY), "engine_bytes": engine_bytes, "tokens": [5, 17, 300, 0],
-                              "idle": idle, "backpressure": backpressure, "seed": 3 + engine_bytes})
-    assert result.tests == 1 and result.failed == 0
+                              "idle": idle, "backpressure": backpressure, "seed": 3 + engine_bytes + columns,
+                              "columns": columns})
+    assert result.tests == 2 and result.failed == 0
