@@ -140,3 +140,17 @@ def random_vector(rng, k: int, bits: int) -> np.ndarray:
     """Signed values of magnitude below 2**bits (at least one of that size)."""
     x = rng.integers(-(1 << bits) + 1, 1 << bits, size=k)
     return x
+
+
+def interleave(rng, lengths, longest_run: int = 40) -> list[tuple[int, int]]:
+    """(column, index) of every element of columns of the given lengths: each column's in order,
+    the columns interleaved in random runs of 1 .. ``longest_run - 1`` (how a build of columns
+    takes its input vectors)."""
+    left = [list(range(n)) for n in lengths]
+    order = []
+    while any(left):
+        c = int(rng.choice([i for i, v in enumerate(left) if v]))
+        run = int(rng.integers(1, longest_run))
+        order += [(c, i) for i in left[c][:run]]
+        left[c] = left[c][run:]
+    return order

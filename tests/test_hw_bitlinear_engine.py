@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from amaranth.hdl import signed
 
-from bitlinear_cases import KJV, golden_outputs, load_image, record_inputs
+from bitlinear_cases import KJV, golden_outputs, interleave, load_image, record_inputs
 from mmfree.hw.bitlinear_engine import BitLinearEngine, x_layout, y_layout
 from mmfree.models import numerics as nx
 from mmfree.models.weight_image import RECORD_HEADER_BYTES, RECORD_MAGIC
@@ -47,18 +47,6 @@ def output_order(rows: int, R: int, E: int, columns: int):
     accumulator beat's E rows column by column."""
     return [(c, row) for b0 in range(0, rows, R) for s0 in range(b0, b0 + R, E)
             for c in range(columns) for row in range(s0, min(s0 + E, rows))]
-
-
-def interleave(rng, lengths):
-    """(column, index) of every x element: each column's in order, the columns in random runs."""
-    left = [list(range(n)) for n in lengths]
-    order = []
-    while any(left):
-        c = int(rng.choice([i for i, v in enumerate(left) if v]))
-        run = int(rng.integers(1, 60))
-        order += [(c, i) for i in left[c][:run]]
-        left[c] = left[c][run:]
-    return order
 
 
 def stream_records(key, names, E: int, seed: int, zero_x=(), columns: int = 1, build_columns: int | None = None):
@@ -91,7 +79,7 @@ def stream_records(key, names, E: int, seed: int, zero_x=(), columns: int = 1, b
             per_column.append((x, n if n is not None else noise, golden_outputs(key, name, x, n)))  # norm: GATE only
         xs += [layout.const({"value": int(per_column[col][0][i]), "norm": int(per_column[col][1][i]), "column": col,
                              "last": int(i == rec["k"] - 1)}).as_value().value
-               for col, i in interleave(rng, [rec["k"]] * columns)]
+               for col, i in interleave(rng, [rec["k"]] * columns, longest_run=60)]
         for c in range(len(rec["consumers"])):
             rows = rec["consumers"][c]["rows"]
             ys += [(c, col, int(per_column[col][2][c][row]), int(row == rows - 1))

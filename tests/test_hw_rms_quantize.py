@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bitlinear_cases import (GAIN_MAX, KJV, golden_input, load_image, params_from_record, random_gain,
-                             random_params, random_vector, record_gains, record_inputs)
+from bitlinear_cases import (GAIN_MAX, KJV, golden_input, interleave, load_image, params_from_record,
+                             random_gain, random_params, random_vector, record_gains, record_inputs)
 from mmfree.hw.rms_quantize import (CODES_LAYOUT, EPS_SHIFT_MIN, FRAC_MAX, X_FRAC_MAX, RmsQuantize,
                                     rms_params_layout)
 from mmfree.models import numerics as nx
@@ -121,18 +121,6 @@ def column_vectors(rng, case, columns: int):
     return out
 
 
-def interleave(rng, columns_x):
-    """(column, index) of every element: each column's in order, the columns interleaved in random runs."""
-    left = [list(range(len(x))) for x in columns_x]
-    order = []
-    while any(left):
-        c = int(rng.choice([i for i, v in enumerate(left) if v]))
-        run = int(rng.integers(1, 40))
-        order += [(c, i) for i in left[c][:run]]
-        left[c] = left[c][run:]
-    return order
-
-
 def stimulus(max_k: int, lanes: int, seed: int, columns: int = 1):
     """Payload ints for params, gains, x (a list per case); and the expected codes beats and scales per
     case and column."""
@@ -149,7 +137,7 @@ def stimulus(max_k: int, lanes: int, seed: int, columns: int = 1):
         vectors = column_vectors(rng, case, columns)
         xs.append([x_l.const({"value": int(vectors[c][0][i]), "norm": int(vectors[c][1][i]), "column": c,
                               "last": int(i == k - 1)}).as_value().value
-                   for c, i in interleave(rng, [x for x, _ in vectors])])
+                   for c, i in interleave(rng, [len(x) for x, _ in vectors])])
         for c, (x, n) in enumerate(vectors):
             ref = golden_input(prm, a, g, x, n)
             groups = -(-k // nx.TRITS_PER_BYTE)
