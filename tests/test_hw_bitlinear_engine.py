@@ -312,7 +312,6 @@ CONFIGS = [  # (E, R, P, image of the other benches, kjv records?, max_k, max_ro
     (64, 64, 4, "odd64", True, 768, 4096, 1),
     (8, 24, 2, "odd24", False, 72, 144, 1),
     (8, 24, 2, "odd24", False, 72, 144, 3),        # three columns: partial groups, blocks and beats
-    (16, 64, 1, "odd64", False, 768, 4096, 2),     # two columns at the sim-default engine width
 ]
 
 
