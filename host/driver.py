@@ -265,7 +265,7 @@ class BufferLayout:
         return self.embed_offset + self.embed_bytes
 
     @property
-    def weight_buffer_bytes_one_row(self) -> int:
+    def weight_buffer_bytes_host_rows(self) -> int:
         """The weight buffer when the table stays in host memory: one row per column after STREAM."""
         return self.embed_offset + self.columns * self.embed_stride
 
@@ -387,7 +387,7 @@ class AcceleratorDriver:
                     raise
                 place = "host"
         if weights is None:
-            weights = self._io.allocate(layout.weight_buffer_bytes_one_row)
+            weights = self._io.allocate(layout.weight_buffer_bytes_host_rows)
         self._weights = self._reachable("weight", weights, identity)
         # Cacheable: read back in bulk after one invalidate (docs/board.md, "Host time per token").
         self._logits = self._reachable("logits", self._io.allocate(layout.logits_bytes, cacheable=True), identity)

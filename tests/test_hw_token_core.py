@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mmfree.contract import registers as regs
+from mmfree.hw.rms_quantize import column_shape
 from mmfree.hw.token_core import LOGIT_LAYOUT
 from mmfree.models.golden_int import IntegerModel
 from mmfree.models.weight_image import WeightImage
@@ -27,15 +28,6 @@ except ImportError:  # pragma: no cover
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "models" / "tiny-random" / "tiny-random.img"
-
-
-def token_beats(image: WeightImage, token: int, engine_bytes: int) -> list[int]:
-    """The weight-stream beats of one token: embedding row, then the STREAM region."""
-    stride = embed_stride(image)
-    raw = bytes(image.region("embedding"))[token * stride:(token + 1) * stride] + bytes(image.stream)
-    assert len(raw) % engine_bytes == 0
-    words = np.frombuffer(raw, np.uint8).reshape(-1, engine_bytes)
-    return [int.from_bytes(w.tobytes(), "little") for w in words]
 
 
 def embed_stride(image: WeightImage) -> int:
@@ -57,20 +49,28 @@ async def _pulse(dut, name: str) -> None:
     getattr(dut, name).value = 0
 
 
+async def _reset(dut, image: WeightImage) -> None:
+    """Reset the core and give it the model's shape; one column, slot 0 (inputs keep what an
+    earlier bench left there)."""
+    from mmfree.sim.stream import start_clock_and_reset
+
+    cfg = image.config
+    await start_clock_and_reset(dut)
+    dut.start.value = dut.clear_state.value = 0
+    dut.last_column.value = dut.prefill.value = dut.slots.value = dut.clear_slot.value = 0
+    dut.hidden.value, dut.layers.value, dut.intermediate.value = cfg.D, cfg.L, cfg.I
+    dut.embed_stride.value = embed_stride(image)
+
+
 async def run_tokens(dut, p: dict) -> None:
-    from mmfree.sim.stream import StreamDriver, StreamMonitor, start_clock_and_reset
+    from mmfree.sim.stream import StreamDriver, StreamMonitor
 
     image = WeightImage.load(p["image"])
     cfg = image.config
     model = IntegerModel(image)
     state = model.initial_state()
     E = p["engine_bytes"]
-    await start_clock_and_reset(dut)
-    dut.start.value = dut.clear_state.value = 0
-    # one column, slot 0 (inputs keep what an earlier bench left there)
-    dut.last_column.value = dut.prefill.value = dut.slots.value = dut.clear_slot.value = 0
-    dut.hidden.value, dut.layers.value, dut.intermediate.value = cfg.D, cfg.L, cfg.I
-    dut.embed_stride.value = embed_stride(image)
+    await _reset(dut, image)
     src = StreamDriver(dut, "weights", idle=p["idle"], seed=p["seed"])
     sink = StreamMonitor(dut, "logits", backpressure=p["backpressure"], seed=p["seed"] + 1)
 
@@ -79,7 +79,7 @@ async def run_tokens(dut, p: dict) -> None:
         await RisingEdge(dut.clk)
     for n, token in enumerate(p["tokens"]):
         want, state = model.step(token, state)
-        src.send(token_beats(image, token, E))
+        src.send(pass_beats(image, [token], E))
         before = len(sink.items)
         await _pulse(dut, "start")
         await _wait_done(dut, 40 * len(src.queue) + 20000)
@@ -110,17 +110,14 @@ async def run_passes(dut, p: dict) -> None:
     """Decode passes of several sequences (slots in any order, fewer columns than the build has),
     a prefill of consecutive tokens, and the clear of one slot, against the integer model stepping
     each sequence alone: every logit (de-interleaved by ``registers.logit_positions``) and argmax."""
-    from mmfree.sim.stream import StreamDriver, StreamMonitor, start_clock_and_reset
+    from mmfree.sim.stream import StreamDriver, StreamMonitor
 
     image = WeightImage.load(p["image"])
     cfg, N, E = image.config, p["columns"], p["engine_bytes"]
-    slot_bits = max(1, (N - 1).bit_length())
+    slot_bits = column_shape(N).width                    # SLOTS packs one column index per column
     model = IntegerModel(image)
     states = [model.initial_state() for _ in range(N)]
-    await start_clock_and_reset(dut)
-    dut.start.value = dut.clear_state.value = 0
-    dut.hidden.value, dut.layers.value, dut.intermediate.value = cfg.D, cfg.L, cfg.I
-    dut.embed_stride.value = embed_stride(image)
+    await _reset(dut, image)
     src = StreamDriver(dut, "weights", idle=p["idle"], seed=p["seed"] + 5)
     sink = StreamMonitor(dut, "logits", backpressure=p["backpressure"], seed=p["seed"] + 6)
 
