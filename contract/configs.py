@@ -77,7 +77,8 @@ class AcceleratorConfig:
         ``ddr_bytes_per_cycle`` with a fixed ``ddr_latency_cycles``: the upper bound).
     cpu_share : share of the DRAM's peak bandwidth the processor takes meanwhile (board model only).
     columns : tokens per weight pass (B sequences decoded, or B prompt tokens prefilled, sharing one
-        pass over the weights) and sequence slots of the on-chip recurrent state, 1..8.
+        pass over the weights), 1..8; the driver keeps one sequence slot of recurrent state in
+        memory per column.
     """
 
     name: str
@@ -97,7 +98,8 @@ class AcceleratorConfig:
     ddr_bytes: int
     description: str = ""
     elements_per_cycle: int = 1
-    #: ``ram_style`` of the weight FIFO and the state memory (``"ultra"``: UltraRAM, UltraScale+ only).
+    #: ``ram_style`` of the weight FIFO and the deep per-column vectors (``"ultra"``: UltraRAM,
+    #: UltraScale+ only).
     large_ram_style: str | None = None
     max_burst_beats: int = 256
     addr_width: int = 32

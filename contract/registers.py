@@ -32,7 +32,10 @@ ID_MAGIC = 0x4D4D4631
 #: Version 4: columns. A build runs up to BUILD_CONFIG.columns tokens per weight pass (decode of that
 #: many sequences, or a prefill of that many tokens of one): PASS, SLOTS, TOKEN1..7, ARGMAX1..7;
 #: the logits buffer holds every column's logits in the engine's order (:func:`logit_positions`).
-INTERFACE_VERSION = 4
+#: Version 5: the recurrent state lives in memory (STATE_ADDR, STATE_SLOT_BYTES): each pass reads every
+#: layer's state of its sequences before the layer's records (LAYER_BYTES says where a layer ends) and
+#: writes it back; CONTROL.clear_state zeroes a slot there.
+INTERFACE_VERSION = 5
 #: The most columns (tokens per weight pass) the register map serves.
 MAX_COLUMNS = 8
 #: Bytes per logit in the LOGITS_ADDR buffer: the ACT logit (48 bits) sign-extended to a
@@ -137,9 +140,9 @@ REGISTERS: tuple[Register, ...] = (
         Field("columns", 24, 4, "tokens per weight pass (columns) and sequence slots of the recurrent state; "
                                 "0 reads as a build before columns (one)"),
     )),
-    Register("CAPACITY_DIMS", 0x10, "RO", "Largest model this build holds on chip.", (
+    Register("CAPACITY_DIMS", 0x10, "RO", "Largest model this build runs (its on-chip vectors).", (
         Field("max_hidden", 0, 16, "largest D"),
-        Field("max_layers", 16, 16, "largest L (recurrent state memory)"),
+        Field("max_layers", 16, 16, "largest L"),
     )),
     Register("CAPACITY_INNER", 0x14, "RO", "Largest inner and vocabulary sizes.", (
         Field("max_intermediate", 0, 16, "largest I"),
@@ -147,8 +150,9 @@ REGISTERS: tuple[Register, ...] = (
     )),
     Register("CONTROL", 0x18, "W1S", "Actions; each bit reads back as 0.", (
         Field("start", 0, 1, "run one weight pass (PASS): the columns' embedding rows, every layer, the head"),
-        Field("clear_state", 1, 1, "zero the recurrent state of sequence slot PASS.clear_slot, every layer "
-                                   "(start of a sequence)"),
+        Field("clear_state", 1, 1, "zero the recurrent state of sequence slot PASS.clear_slot in memory, "
+                                   "every layer (start of a sequence): MODEL_DIMS.layers x hidden int64 words "
+                                   "at STATE_ADDR + clear_slot x STATE_SLOT_BYTES"),
     )),
     Register("STATUS", 0x1C, "RO/W1C", "State of the accelerator.", (
         Field("busy", 0, 1, "a token or a state clear is running (RO)", "RO"),
@@ -191,16 +195,26 @@ REGISTERS: tuple[Register, ...] = (
     Register("PASS", 0x80, "RW", "What the next START runs.", (
         Field("last_column", 0, 4, "columns 0..last_column (below BUILD_CONFIG.columns; 0: one token)"),
         Field("prefill", 8, 1, "0: each column is its own sequence (slot SLOTS.slot<c>); 1: the columns are "
-                               "consecutive tokens of one sequence (every SLOTS.slot<c> the same), only the last "
+                               "consecutive tokens of one sequence (slot SLOTS.slot0), only the last "
                                "column's logits go out"),
         Field("clear_slot", 16, 4, "the sequence slot CONTROL.clear_state zeroes"),
     )),
-    Register("SLOTS", 0x84, "RW", "Each column's sequence slot (whose recurrent state it reads and writes).",
+    Register("SLOTS", 0x84, "RW", "Each column's sequence slot (whose recurrent state it reads and writes; "
+                                  "a prefill uses slot0).",
              tuple(Field(f"slot{c}", 4 * c, 4, f"slot of column {c}") for c in range(MAX_COLUMNS))),
     *(Register(f"TOKEN{c}", 0x84 + 4 * c, "RW", f"Token id of column {c} at the next START (must be < VOCAB).")
       for c in range(1, MAX_COLUMNS)),
     *(Register(f"ARGMAX{c}", 0xA0 + 4 * c, "RO", f"Index of the largest logit of column {c} (lowest on ties).")
       for c in range(1, MAX_COLUMNS)),
+    Register("STATE_ADDR_LO", 0xC0, "RW",
+             "Bus address (64-byte aligned) of the recurrent state: BUILD_CONFIG.columns slots, STATE_SLOT_BYTES "
+             "apart; slot s's layer l is hidden int64 words (ACT sign-extended, little-endian) at "
+             "STATE_ADDR + s x STATE_SLOT_BYTES + l x 8 x hidden. Every pass reads and rewrites its slots'."),
+    Register("STATE_ADDR_HI", 0xC4, "RW", "High half of STATE_ADDR."),
+    Register("STATE_SLOT_BYTES", 0xC8, "RW", "Bytes between sequence slots (a multiple of 64, at least "
+                                             "8 x hidden x layers)."),
+    Register("LAYER_BYTES", 0xCC, "RW", "STREAM bytes of one layer (every layer's records have the same size; "
+                                        "the head's follow the last): where the next layer's state is read."),
 )
 
 BY_NAME: dict[str, Register] = {r.name: r for r in REGISTERS}

@@ -249,6 +249,7 @@ class BufferLayout:
     layers: int
     intermediate: int
     columns: int = 1
+    layer_bytes: int = 0
 
     @classmethod
     def of(cls, image: WeightImage, columns: int = 1) -> "BufferLayout":
@@ -257,7 +258,29 @@ class BufferLayout:
         embed_offset = -(-stream_bytes // BUFFER_ALIGN) * BUFFER_ALIGN
         return cls(0, stream_bytes, embed_offset, regions["embedding"]["row_stride"],
                    regions["embedding"]["size"], image.config.V, image.config.D, image.config.L, image.config.I,
-                   columns)
+                   columns, image.layer_bytes)
+
+    @property
+    def state_slot_bytes(self) -> int:
+        """One sequence slot of recurrent state: L x D int64 words (ACT sign-extended), 64-byte aligned."""
+        return -(-LOGIT_WORD.itemsize * self.hidden * self.layers // 64) * 64
+
+    def pass_read_bytes(self, columns: int, prefill: bool = False) -> int:
+        """What one pass reads: the columns' rows, STREAM and each layer's state of its sequences
+        (``columns`` of them, or a prefill's one)."""
+        sequences = 1 if prefill else columns
+        return columns * self.embed_stride + self.stream_bytes + sequences * 8 * self.hidden * self.layers
+
+    def pass_write_bytes(self, columns: int, prefill: bool = False) -> int:
+        """What one pass writes: each layer's new state of its sequences and their logits (a
+        prefill's one, its last token's)."""
+        sequences = 1 if prefill else columns
+        return sequences * (8 * self.hidden * self.layers + LOGIT_WORD.itemsize * self.vocab)
+
+    @property
+    def state_bytes(self) -> int:
+        """The state buffer: one slot per column."""
+        return self.columns * self.state_slot_bytes
 
     @property
     def weight_buffer_bytes(self) -> int:
@@ -271,8 +294,10 @@ class BufferLayout:
 
     @property
     def bytes_per_token(self) -> int:
-        """Bus traffic of one pass of every column: the embedding rows, the STREAM region, the logits."""
-        return self.columns * self.embed_stride + self.stream_bytes + self.logits_bytes
+        """Bus traffic of one pass of every column: the embedding rows, the STREAM region, each
+        column's state read and written, the logits."""
+        return (self.columns * self.embed_stride + self.stream_bytes + 2 * self.columns * self.state_slot_bytes
+                + self.logits_bytes)
 
     @property
     def logits_bytes(self) -> int:
@@ -291,6 +316,7 @@ class AcceleratorDriver:
         self._layout: BufferLayout | None = None
         self._weights = None
         self._logits = None
+        self._state = None
         #: Where the loaded image's embedding table lives: "device" (beside the stream) or "host".
         self.embedding_place: str | None = None
         self._idle = False                            # known idle: a done was seen, or STATUS.busy clear
@@ -350,11 +376,13 @@ class AcceleratorDriver:
     def load_image(self, image: WeightImage, *, embedding: str = "auto") -> None:
         """Copy the image's STREAM and EMBEDDING regions to the device and point the registers at them.
 
-        Registers set: STREAM_ADDR, STREAM_BYTES, EMBED_ADDR, EMBED_STRIDE,
-        LOGITS_ADDR, MODEL_DIMS (D, L), MODEL_INNER (I), VOCAB.
+        Registers set: STREAM_ADDR, STREAM_BYTES, LAYER_BYTES, EMBED_ADDR, EMBED_STRIDE,
+        LOGITS_ADDR, STATE_ADDR, STATE_SLOT_BYTES, MODEL_DIMS (D, L), MODEL_INNER (I), VOCAB.
 
         One buffer holds STREAM (offset 0) and EMBEDDING (next 4 KiB
-        boundary); another receives the V int64 logits. ``embedding``:
+        boundary); another receives the V int64 logits; a third holds the
+        recurrent state, one slot per column (:attr:`BufferLayout.state_bytes`),
+        which only the device reads and writes. ``embedding``:
 
         * ``"device"``: the whole table in device memory, as above;
         * ``"host"``: the table stays in host memory and the buffer holds one
@@ -391,6 +419,7 @@ class AcceleratorDriver:
         self._weights = self._reachable("weight", weights, identity)
         # Cacheable: read back in bulk after one invalidate (docs/board.md, "Host time per token").
         self._logits = self._reachable("logits", self._io.allocate(layout.logits_bytes, cacheable=True), identity)
+        self._state = self._reachable("state", self._io.allocate(layout.state_bytes), identity)
         weights, logits = self._weights, self._logits
         weights.write(bytes(image.stream), layout.stream_offset)
         if place == "device":
@@ -403,6 +432,9 @@ class AcceleratorDriver:
         self._write_address("EMBED", base + layout.embed_offset)
         self._write("EMBED_STRIDE", layout.embed_stride)
         self._write_address("LOGITS", logits.physical_address)
+        self._write("LAYER_BYTES", layout.layer_bytes)
+        self._write_address("STATE", self._state.physical_address)
+        self._write("STATE_SLOT_BYTES", layout.state_slot_bytes)
         self._write("MODEL_DIMS", self._pack("MODEL_DIMS", hidden=layout.hidden, layers=layout.layers))
         self._write("MODEL_INNER", self._pack("MODEL_INNER", intermediate=layout.intermediate))
         self._write("VOCAB", layout.vocab)
@@ -433,10 +465,10 @@ class AcceleratorDriver:
         return list(range(len(tokens)))
 
     def _release(self) -> None:
-        for buf in (self._weights, self._logits):
+        for buf in (self._weights, self._logits, self._state):
             if buf is not None:
                 buf.free()
-        self._weights = self._logits = None
+        self._weights = self._logits = self._state = None
         self.image = self._layout = self.embedding_place = None
         self._token_cycles = {}
 

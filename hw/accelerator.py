@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+from types import SimpleNamespace
+
 from amaranth.hdl import Array, Cat, Module, Mux, ResetInserter, Signal, signed
 from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
@@ -20,7 +22,9 @@ __all__ = ["Accelerator", "CORE_PORTS", "build_constants"]
 #: Ports the token datapath must have (``hw.token_core.TokenCore`` or a stand-in): name -> (direction, width);
 #: ``weights`` and ``logits`` are streams. ``intermediate`` is optional. ``argmax_value`` and the logits'
 #: ``value`` are signed, at most 64 bits (TokenCore: ACT, 48), and sign-extended to 64 on the way out.
-CORE_PORTS = {"start": (In, 1), "clear_state": (In, 1), "hidden": (In, 16), "layers": (In, 16),
+#: A core with a ``state_out`` stream (and ``layer_bytes``) keeps its recurrent state in memory (the
+#: reads and writes below); a core without one may have a ``clear_state`` pulse instead.
+CORE_PORTS = {"start": (In, 1), "hidden": (In, 16), "layers": (In, 16),
               "embed_stride": (In, 16), "busy": (Out, 1), "done": (Out, 1), "error": (Out, 8),
               "argmax": (Out, 32), "argmax_value": (Out, 48), "phase": (Out, 3), "weight_wait": (Out, 1)}
 
@@ -84,15 +88,20 @@ class Accelerator(wiring.Component):
        memory access;
     2. otherwise the reads are queued on the :class:`AxiReader`: each column's
        embedding row (``EMBED_STRIDE`` bytes at ``EMBED_ADDR + token *
-       EMBED_STRIDE``) and the whole STREAM region (``STREAM_BYTES`` at
-       ``STREAM_ADDR``); the data passes through the :class:`WeightFifo` to the
-       core's ``weights``, and ``core.start`` is pulsed. The reader issues a
-       burst whenever there is room downstream for it, so DDR keeps streaming
-       while the core computes.
-    3. the core's ``logits`` (V per column whose logits go out, each sign-extended to an int64 word,
-       ``registers.LOGIT_WORD_BYTES``) are written by the :class:`AxiWriter` to
-       ``LOGITS_ADDR`` (if nonzero; else discarded); ARGMAX_VALUE_LO/HI hold
-       the largest, sign-extended the same way;
+       EMBED_STRIDE``), then for each layer l the state of the pass's sequences
+       (S = columns in decode, 1 in prefill: ``8 * hidden`` bytes at
+       ``STATE_ADDR + slot * STATE_SLOT_BYTES + l * 8 * hidden``) and the
+       layer's ``LAYER_BYTES`` of STREAM, then the rest of STREAM (the head);
+       the data passes through the :class:`WeightFifo` to the core's
+       ``weights``, and ``core.start`` is pulsed. The reader issues a burst
+       whenever there is room downstream for it, so DDR keeps streaming while
+       the core computes. (A core without ``state_out``: the rows, then the
+       whole STREAM region.)
+    3. the core's ``state_out`` (each layer's new state, written back where it was read; a prefill
+       writes its last column's) and ``logits`` (V per column whose logits go out), each
+       sign-extended to an int64 word (``registers.LOGIT_WORD_BYTES``), are written by the
+       :class:`AxiWriter`, the logits to ``LOGITS_ADDR`` (if nonzero; else discarded);
+       ARGMAX_VALUE_LO/HI hold the largest, sign-extended the same way;
     4. done (``STATUS.done`` set, ``irq`` high until it is cleared) when the
        core is done, every write is acknowledged and every read has drained
        (data the core did not take is discarded).
@@ -107,9 +116,10 @@ class Accelerator(wiring.Component):
     and are discarded, then done with the error code. A core error (done
     with ``error`` nonzero) drains the same way with the core's code.
 
-    ``CONTROL.clear_state`` (when no token runs) is passed to the core; a
-    START written together with it, or while the clear runs, runs after it.
-    A START while a token runs is ignored.
+    ``CONTROL.clear_state`` (when no token runs) writes zeros over slot
+    ``PASS.clear_slot``'s state in memory (layers x hidden words; a core without
+    ``state_out`` gets the pulse instead); a START written together with it, or
+    while the clear runs, runs after it. A START while a token runs is ignored.
 
     Counters (cleared at START): CYCLES_TOTAL (START to done),
     CYCLES_WEIGHT_WAIT (``core.weight_wait``), CYCLES_<phase> (``core.phase``),
@@ -138,9 +148,8 @@ class Accelerator(wiring.Component):
         Zynq-7000's AXI3 HP ports, so no interconnect has to split bursts).
     addr_width : AXI address bits (32).
     starve_cycles : how long a starved core (see above) waits before STREAM_SHORT (65536).
-    large_ram_style : None, or the synthesis ``ram_style`` of the two largest memories, the
-        weight FIFO and the recurrent state (``"ultra"`` on UltraScale+: UltraRAM instead
-        of ~50 block RAMs at the kv260 configuration).
+    large_ram_style : None, or the synthesis ``ram_style`` of the weight FIFO and the core's
+        deep per-column vectors (``"ultra"`` on UltraScale+: UltraRAM instead of block RAM).
     core : the token datapath (default ``TokenCore`` with these parameters);
         any component with the ``CORE_PORTS`` and the ``weights``/``logits`` streams.
 
@@ -203,7 +212,7 @@ class Accelerator(wiring.Component):
             core = TokenCore(engine_bytes=engine_bytes, rows_per_block=rows_per_block, max_hidden=max_hidden,
                              max_layers=max_layers, max_intermediate=max_intermediate, max_vocab=max_vocab,
                              elements_per_cycle=elements_per_cycle, columns=columns,
-                             state_ram_style=large_ram_style)
+                             buffer_ram_style=large_ram_style)
             self._check_core(core, engine_bytes)
         self.core = core
 
@@ -253,109 +262,51 @@ class Accelerator(wiring.Component):
         # ---- data path: reader -> weight FIFO -> core -> (writer) ------------------------------
         wiring.connect(m, reader.data, fifo.i)
         wiring.connect(m, fifo.o, core.weights)
-        N = self.params["columns"]
         columns_bad, tokens_in, token_bad = self._connect_core(m, core)
+        has_state = "state_out" in core.signature.members
 
-        state = Signal(_State)
-        error = Signal(8)
-        start_pending = Signal()
-        clear_pending = Signal()
-        settle = Signal()                                   # the core's busy follows its pulse a cycle later
-        embed_row = Signal(48)                              # the column's token * EMBED_STRIDE
-        embed_col = Signal(range(max(N, 2)))                # the column whose row is read next
-        embed_last = Signal()                               # embed_col is the pass's last column
-        embed_sent = Signal()
-        stream_sent = Signal()
-        write_sent = Signal()
-        logits_on = Signal()                                # LOGITS_ADDR != 0 for this token
-        logits_left = Signal(32)
-        tokens = Signal(32)
-        addr_mask = (1 << self.params["addr_width"]) - 1
-
-        embed_addr = Cat(rg.embed_addr_lo, rg.embed_addr_hi)
-        stream_addr = Cat(rg.stream_addr_lo, rg.stream_addr_hi)
-        logits_addr = Cat(rg.logits_addr_lo, rg.logits_addr_hi)
-
+        a = self._pass_registers()
+        state, error = a.state, a.error
         with m.If(rg.control_start & ((state == _State.IDLE) | (state == _State.CLEAR))):
-            m.d.sync += start_pending.eq(1)
+            m.d.sync += a.start_pending.eq(1)
         with m.If(rg.control_clear_state & (state == _State.IDLE)):
-            m.d.sync += clear_pending.eq(1)
-
-        # Logits: to the writer while it expects them, otherwise dropped so the core never stalls.
-        # A signed value assigned to the 64-bit word is sign-extended.
-        to_writer = logits_on & (logits_left != 0) & (state == _State.RUN)
-        with m.If(to_writer):
-            m.d.comb += [writer.data.payload.eq(core.logits.payload.value.as_signed()),
-                         writer.data.valid.eq(core.logits.valid),
-                         core.logits.ready.eq(writer.data.ready)]
-        with m.Else():
-            m.d.comb += core.logits.ready.eq(1)
-        with m.If(core.logits.valid & core.logits.ready & (logits_left != 0)):
-            m.d.sync += logits_left.eq(logits_left - 1)
-
-        # Starved: every requested byte delivered, the core wants more, and nothing moves. An idle
-        # engine also "wants" the next record header while the core finishes the head, so only a
-        # long stretch without a weight beat, a logit or done counts (a hung core gives none).
-        reads_delivered = embed_sent & stream_sent & reader.idle & fifo.empty
-        starved = Signal(range(self.starve_cycles + 1))
-        progress = (core.weights.valid & core.weights.ready) | (core.logits.valid & core.logits.ready) | core.done
-        with m.If((state == _State.RUN) & reads_delivered & core.weight_wait & ~progress):
-            m.d.sync += starved.eq(starved + 1)
-        with m.Else():
-            m.d.sync += starved.eq(0)
+            m.d.sync += a.clear_pending.eq(1)
+        traffic = self._traffic_registers() if has_state else None
+        self._writer_data(m, a, has_state)
+        starved = self._starvation(m, a)
 
         with m.Switch(state):
             with m.Case(_State.IDLE):
-                with m.If(clear_pending & ~core.busy):
-                    # A slot beyond the build clears nothing (the driver never asks for one).
-                    m.d.comb += core.clear_state.eq(rg.pass_clear_slot < self.params["columns"])
-                    m.d.sync += [clear_pending.eq(0), tokens.eq(0), settle.eq(1), state.eq(_State.CLEAR)]
-                with m.Elif(start_pending & ~clear_pending & ~core.busy):
-                    m.d.sync += [start_pending.eq(0), error.eq(0)]
+                with m.If(a.clear_pending & ~core.busy):
+                    if "clear_state" in core.signature.members:
+                        # A slot beyond the build clears nothing (the driver never asks for one).
+                        m.d.comb += core.clear_state.eq(rg.pass_clear_slot < self.params["columns"])
+                    m.d.sync += [a.clear_pending.eq(0), a.tokens.eq(0), a.settle.eq(1), state.eq(_State.CLEAR)]
+                with m.Elif(a.start_pending & ~a.clear_pending & ~core.busy):
+                    m.d.sync += [a.start_pending.eq(0), error.eq(0)]
                     with m.If(columns_bad):
                         m.d.sync += [error.eq(regs.ErrorCode.COLUMNS), state.eq(_State.FINISH)]
                     with m.Elif(token_bad):
                         m.d.sync += [error.eq(regs.ErrorCode.TOKEN_RANGE), state.eq(_State.FINISH)]
                     with m.Else():
-                        m.d.sync += [embed_col.eq(0), state.eq(_State.PREPARE),
-                                     embed_sent.eq(0), stream_sent.eq(0), write_sent.eq(0),
-                                     logits_on.eq(logits_addr != 0)]
+                        m.d.sync += [a.embed_col.eq(0), state.eq(_State.PREPARE),
+                                     a.embed_sent.eq(0), a.stream_sent.eq(0), a.write_sent.eq(0),
+                                     a.logits_on.eq(Cat(rg.logits_addr_lo, rg.logits_addr_hi) != 0)]
                         m.d.comb += fifo.flush.eq(1)
             with m.Case(_State.CLEAR):
-                m.d.sync += settle.eq(0)
-                with m.If(~settle & ~core.busy):
-                    m.d.sync += state.eq(_State.IDLE)
-            with m.Case(_State.PREPARE):
-                m.d.sync += [embed_row.eq(tokens_in[embed_col] * rg.embed_stride[:16]), state.eq(_State.LAUNCH),
-                             embed_last.eq(embed_col == rg.pass_last_column)]
-                # V logits per column that sends them: every column, or a prefill's last
-                if N == 1:
-                    m.d.sync += logits_left.eq(rg.vocab)
+                m.d.sync += a.settle.eq(0)
+                if has_state:
+                    self._clear_slot(m, state=state, settle=a.settle, error=error)
                 else:
-                    m.d.sync += logits_left.eq(rg.vocab * Mux(rg.pass_prefill, 1, rg.pass_last_column + 1))
+                    with m.If(~a.settle & ~core.busy):
+                        m.d.sync += state.eq(_State.IDLE)
+            with m.Case(_State.PREPARE):
+                self._prepare(m, a, tokens_in)
             with m.Case(_State.LAUNCH):
-                m.d.comb += [reader.cmd.valid.eq(~stream_sent),
-                             reader.cmd.payload.addr.eq(((embed_addr + embed_row) & addr_mask)),
-                             reader.cmd.payload.length.eq(rg.embed_stride)]
-                with m.If(embed_sent):
-                    m.d.comb += [reader.cmd.payload.addr.eq(stream_addr & addr_mask),
-                                 reader.cmd.payload.length.eq(rg.stream_bytes)]
-                with m.If(reader.cmd.ready & ~stream_sent):
-                    m.d.sync += stream_sent.eq(embed_sent)
-                    with m.If(~embed_sent & ~embed_last):
-                        # the next column's row: its address takes a cycle in PREPARE
-                        m.d.sync += [embed_col.eq(embed_col + 1), state.eq(_State.PREPARE)]
-                    with m.Else():
-                        m.d.sync += embed_sent.eq(1)
-                m.d.comb += [writer.cmd.valid.eq(logits_on & ~write_sent),
-                             writer.cmd.payload.addr.eq(logits_addr & addr_mask),
-                             writer.cmd.payload.words.eq(logits_left)]
-                with m.If(writer.cmd.ready & writer.cmd.valid):
-                    m.d.sync += write_sent.eq(1)
-                with m.If(stream_sent & (write_sent | ~logits_on)):
-                    m.d.comb += core.start.eq(1)
-                    m.d.sync += state.eq(_State.RUN)
+                self._launch(m, a, traffic)
             with m.Case(_State.RUN):
+                if has_state:
+                    self._state_traffic(m, traffic, a)
                 with m.If(reader.read_error):
                     m.d.sync += [error.eq(regs.ErrorCode.AXI_READ), state.eq(_State.ABORT)]
                 with m.Elif(writer.write_error):
@@ -376,11 +327,196 @@ class Accelerator(wiring.Component):
                 m.d.comb += rg.status_done_set.eq(1)
                 m.d.sync += state.eq(_State.IDLE)
                 with m.If(error == 0):
-                    m.d.sync += tokens.eq(tokens + rg.pass_last_column + 1)
+                    m.d.sync += a.tokens.eq(a.tokens + rg.pass_last_column + 1)
 
-        self._status_counters(m, state=state, error=error, tokens=tokens, start_pending=start_pending,
-                              clear_pending=clear_pending)
+        self._status_counters(m, state=state, error=error, tokens=a.tokens, start_pending=a.start_pending,
+                              clear_pending=a.clear_pending)
         return m
+
+    def _pass_registers(self):
+        """The top level's own state: the FSM, the pending actions, where the pass's reads and
+        writes stand."""
+        N = self.params["columns"]
+        return SimpleNamespace(
+            state=Signal(_State), error=Signal(8), start_pending=Signal(), clear_pending=Signal(),
+            settle=Signal(),                                 # the core's busy follows its pulse a cycle later
+            embed_row=Signal(48),                            # the column's token * EMBED_STRIDE
+            embed_col=Signal(range(max(N, 2))),              # the column whose row is read next
+            embed_last=Signal(),                             # embed_col is the pass's last column
+            embed_sent=Signal(), stream_sent=Signal(), write_sent=Signal(),
+            logits_on=Signal(),                              # LOGITS_ADDR != 0 for this token
+            logits_left=Signal(32), logits_words=Signal(32),  # left to take; the pass's (write command)
+            tokens=Signal(32),
+            # Each column's state slot: its offset (PREPARE) and address (LAUNCH), in two steps so
+            # that neither the product nor the sum is a long path.
+            slot_offset=Signal(40),
+            state_base=Array(Signal(self.params["addr_width"], name=f"state_base{c}") for c in range(N)))
+
+    def _writer_data(self, m, a, has_state):
+        """What the writer takes: state words (every one is written), then logits while it
+        expects them, otherwise dropped so the core never stalls. A signed value assigned to the
+        64-bit word is sign-extended. The two never overlap (a layer's state leaves before its
+        records end)."""
+        core, writer, running = self.core, self.writer, a.state == _State.RUN
+        with m.If(a.logits_on & (a.logits_left != 0) & running):
+            m.d.comb += [writer.data.payload.eq(core.logits.payload.value.as_signed()),
+                         writer.data.valid.eq(core.logits.valid),
+                         core.logits.ready.eq(writer.data.ready)]
+        with m.Else():
+            m.d.comb += core.logits.ready.eq(1)
+        with m.If(core.logits.valid & core.logits.ready & (a.logits_left != 0)):
+            m.d.sync += a.logits_left.eq(a.logits_left - 1)
+        if has_state:
+            m.d.comb += core.state_out.ready.eq(writer.data.ready & running)
+            with m.If(core.state_out.valid & running):
+                m.d.comb += [writer.data.payload.eq(core.state_out.payload.as_signed()), writer.data.valid.eq(1)]
+
+    def _starvation(self, m, a):
+        """Cycles starved: every requested byte delivered, the core wants more, and nothing moves.
+        An idle engine also "wants" the next record header while the core finishes the head, so
+        only a long stretch without a weight beat, a logit or done counts (a hung core gives none)."""
+        core = self.core
+        reads_delivered = a.embed_sent & a.stream_sent & self.reader.idle & self.weight_fifo.empty
+        starved = Signal(range(self.starve_cycles + 1))
+        progress = (core.weights.valid & core.weights.ready) | (core.logits.valid & core.logits.ready) | core.done
+        with m.If((a.state == _State.RUN) & reads_delivered & core.weight_wait & ~progress):
+            m.d.sync += starved.eq(starved + 1)
+        with m.Else():
+            m.d.sync += starved.eq(0)
+        return starved
+
+    def _prepare(self, m, a, tokens_in):
+        """PREPARE, once per column: its embedding row's offset and its state slot's, the
+        pass's logits count."""
+        rg, N = self.registers, self.params["columns"]
+        slots = Array(getattr(rg, f"slots_slot{c}") for c in range(N))
+        m.d.sync += [a.embed_row.eq(tokens_in[a.embed_col] * rg.embed_stride[:16]), a.state.eq(_State.LAUNCH),
+                     a.embed_last.eq(a.embed_col == rg.pass_last_column),
+                     a.slot_offset.eq(slots[a.embed_col] * rg.state_slot_bytes)]
+        # V logits per column that sends them: every column, or a prefill's last
+        words = rg.vocab if N == 1 else rg.vocab * Mux(rg.pass_prefill, 1, rg.pass_last_column + 1)
+        m.d.sync += [a.logits_left.eq(words), a.logits_words.eq(words)]
+
+    def _launch(self, m, a, traffic):
+        """LAUNCH: the column's embedding row read (then PREPARE for the next column), then the core
+        starts. A core with its state in memory gets its layers' reads and every write while it
+        runs (:meth:`_state_traffic`); one without: the STREAM read and the logits write first."""
+        rg, reader, writer, core = self.registers, self.reader, self.writer, self.core
+        addr_mask = (1 << self.params["addr_width"]) - 1
+        m.d.sync += a.state_base[a.embed_col].eq((Cat(rg.state_addr_lo, rg.state_addr_hi) + a.slot_offset)
+                                                 & addr_mask)
+        m.d.comb += [reader.cmd.valid.eq(~a.stream_sent),
+                     reader.cmd.payload.addr.eq((Cat(rg.embed_addr_lo, rg.embed_addr_hi) + a.embed_row) & addr_mask),
+                     reader.cmd.payload.length.eq(rg.embed_stride)]
+        with m.If(a.embed_sent):
+            m.d.comb += [reader.cmd.payload.addr.eq(Cat(rg.stream_addr_lo, rg.stream_addr_hi) & addr_mask),
+                         reader.cmd.payload.length.eq(rg.stream_bytes)]
+        with m.If(reader.cmd.valid & reader.cmd.ready & ~a.stream_sent):
+            m.d.sync += a.stream_sent.eq(a.embed_sent)
+            with m.If(~a.embed_sent & ~a.embed_last):
+                # the next column's row: its address takes a cycle in PREPARE
+                m.d.sync += [a.embed_col.eq(a.embed_col + 1), a.state.eq(_State.PREPARE)]
+            with m.Else():
+                m.d.sync += a.embed_sent.eq(1)
+        if traffic is not None:
+            m.d.comb += reader.cmd.valid.eq(~a.embed_sent)
+            with m.If(a.embed_sent):
+                m.d.comb += core.start.eq(1)
+                m.d.sync += [a.state.eq(_State.RUN), *traffic.restart]
+            return
+        m.d.comb += [writer.cmd.valid.eq(a.logits_on & ~a.write_sent),
+                     writer.cmd.payload.addr.eq(Cat(rg.logits_addr_lo, rg.logits_addr_hi) & addr_mask),
+                     writer.cmd.payload.words.eq(a.logits_left)]
+        with m.If(writer.cmd.ready & writer.cmd.valid):
+            m.d.sync += a.write_sent.eq(1)
+        with m.If(a.stream_sent & (a.write_sent | ~a.logits_on)):
+            m.d.comb += core.start.eq(1)
+            m.d.sync += a.state.eq(_State.RUN)
+
+    def _traffic_registers(self):
+        """Where the read queue (``rd``) and the write queue (``wr``) of :meth:`_state_traffic`
+        are; ``restart``: the statements that put both at a pass's beginning."""
+        N = self.params["columns"]
+        rd = SimpleNamespace(k=Signal(range(max(N, 2))), layer=Signal(16), on_state=Signal(), head=Signal(),
+                             stream_off=Signal(32), state_off=Signal(32))
+        wr = SimpleNamespace(k=Signal(range(max(N, 2))), layer=Signal(16), logits=Signal(), done=Signal(),
+                             state_off=Signal(32))
+        restart = [rd.k.eq(0), rd.layer.eq(0), rd.on_state.eq(1), rd.head.eq(0), rd.stream_off.eq(0),
+                   rd.state_off.eq(0), wr.k.eq(0), wr.layer.eq(0), wr.logits.eq(0), wr.done.eq(0),
+                   wr.state_off.eq(0)]
+        return SimpleNamespace(rd=rd, wr=wr, restart=restart)
+
+    def _state_traffic(self, m, traffic, a):
+        """RUN, a core whose state lives in memory: the reads after the embedding rows (per layer,
+        the S state vectors then the layer's records; then the head), and the writes (per layer,
+        the S new state vectors; then the logits), each queue in its own order. ``stream_sent``
+        rises with the last read."""
+        rg, reader, writer = self.registers, self.reader, self.writer
+        addr_mask = (1 << self.params["addr_width"]) - 1
+        L, D = rg.model_dims_layers, rg.model_dims_hidden
+        last_k = Mux(rg.pass_prefill, 0, rg.pass_last_column)      # S - 1
+        stream_addr = Cat(rg.stream_addr_lo, rg.stream_addr_hi)
+        rd, wr = traffic.rd, traffic.wr
+        state_base, stream_sent, logits_on, logits_words = a.state_base, a.stream_sent, a.logits_on, a.logits_words
+        m.d.comb += reader.cmd.valid.eq(~stream_sent)
+        with m.If(rd.on_state):
+            m.d.comb += [reader.cmd.payload.addr.eq((state_base[rd.k] + rd.state_off) & addr_mask),
+                         reader.cmd.payload.length.eq(D << 3)]
+        with m.Else():
+            m.d.comb += [reader.cmd.payload.addr.eq((stream_addr + rd.stream_off) & addr_mask),
+                         reader.cmd.payload.length.eq(Mux(rd.head, rg.stream_bytes - rd.stream_off,
+                                                          rg.layer_bytes))]
+        with m.If(reader.cmd.valid & reader.cmd.ready):
+            with m.If(rd.on_state):
+                m.d.sync += rd.k.eq(rd.k + 1)
+                with m.If(rd.k == last_k):
+                    m.d.sync += [rd.k.eq(0), rd.on_state.eq(0)]
+            with m.Elif(rd.head):
+                m.d.sync += stream_sent.eq(1)
+            with m.Else():
+                m.d.sync += [rd.stream_off.eq(rd.stream_off + rg.layer_bytes), rd.state_off.eq(rd.state_off + (D << 3)),
+                             rd.layer.eq(rd.layer + 1), rd.on_state.eq(rd.layer + 1 != L), rd.head.eq(rd.layer + 1 == L)]
+        m.d.comb += writer.cmd.valid.eq(~wr.done & (~wr.logits | logits_on))
+        with m.If(wr.logits):
+            m.d.comb += [writer.cmd.payload.addr.eq(Cat(rg.logits_addr_lo, rg.logits_addr_hi) & addr_mask),
+                         writer.cmd.payload.words.eq(logits_words)]
+        with m.Else():
+            m.d.comb += [writer.cmd.payload.addr.eq((state_base[wr.k] + wr.state_off) & addr_mask),
+                         writer.cmd.payload.words.eq(D)]
+        with m.If(writer.cmd.valid & writer.cmd.ready):
+            with m.If(wr.logits):
+                m.d.sync += wr.done.eq(1)
+            with m.Else():
+                m.d.sync += wr.k.eq(wr.k + 1)
+                with m.If(wr.k == last_k):
+                    m.d.sync += [wr.k.eq(0), wr.state_off.eq(wr.state_off + (D << 3)), wr.layer.eq(wr.layer + 1),
+                                 wr.logits.eq(wr.layer + 1 == L)]
+
+    def _clear_slot(self, m, *, state, settle, error):
+        """CLEAR, a core whose state lives in memory: zeros over slot PASS.clear_slot (layers x
+        hidden words at STATE_ADDR + clear_slot * STATE_SLOT_BYTES) through the writer; back to
+        IDLE once every write is answered (a write error is STATUS.error's AXI_WRITE)."""
+        rg, writer = self.registers, self.writer
+        addr_mask = (1 << self.params["addr_width"]) - 1
+        offset, words, cmd_sent = Signal(40), Signal(32), Signal()
+        with m.If(settle):      # the first CLEAR cycle: what to write
+            m.d.sync += [offset.eq(rg.pass_clear_slot * rg.state_slot_bytes),
+                         words.eq(rg.model_dims_hidden * rg.model_dims_layers), cmd_sent.eq(0)]
+        with m.Elif(words == 0):   # nothing (left) to write: no model loaded, or every zero sent
+            with m.If(writer.idle):
+                m.d.sync += state.eq(_State.IDLE)
+        with m.Elif(~cmd_sent):
+            m.d.comb += [writer.cmd.valid.eq(1),
+                         writer.cmd.payload.addr.eq((Cat(rg.state_addr_lo, rg.state_addr_hi) + offset) & addr_mask),
+                         writer.cmd.payload.words.eq(words)]
+            with m.If(writer.cmd.ready):
+                m.d.sync += cmd_sent.eq(1)
+        with m.Else():
+            m.d.comb += [writer.data.payload.eq(0), writer.data.valid.eq(1)]
+            with m.If(writer.data.ready):
+                m.d.sync += words.eq(words - 1)
+        with m.If(writer.write_error):
+            m.d.sync += error.eq(regs.ErrorCode.AXI_WRITE)
 
     def _connect_core(self, m, core):
         """The model's shape, PASS and SLOTS to the core (a core without columns takes neither: one
@@ -392,6 +528,8 @@ class Accelerator(wiring.Component):
                      core.embed_stride.eq(rg.embed_stride[:16])]
         if "intermediate" in core.signature.members:
             m.d.comb += core.intermediate.eq(rg.model_inner_intermediate)
+        if "layer_bytes" in core.signature.members:
+            m.d.comb += core.layer_bytes.eq(rg.layer_bytes)
         tokens_in = Array(getattr(rg, regs.token_register(c).lower()) for c in range(N))
         token_bad = Signal()
         m.d.comb += token_bad.eq(Cat(*[(tokens_in[c] >= rg.vocab) & (c <= rg.pass_last_column)
@@ -401,9 +539,7 @@ class Accelerator(wiring.Component):
         for c, slot in enumerate(slots):
             bad |= (slot >= N) & (c <= rg.pass_last_column)
         if "last_column" in core.signature.members:
-            m.d.comb += [core.last_column.eq(rg.pass_last_column), core.prefill.eq(rg.pass_prefill),
-                         core.clear_slot.eq(rg.pass_clear_slot)]
-            m.d.comb += [core.slots[c].eq(slot) for c, slot in enumerate(slots)]
+            m.d.comb += [core.last_column.eq(rg.pass_last_column), core.prefill.eq(rg.pass_prefill)]
         elif N > 1:
             raise ValueError("a core without columns (no last_column port) serves one column only")
         columns_bad = Signal()

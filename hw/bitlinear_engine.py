@@ -136,6 +136,7 @@ class BitLinearEngine(wiring.Component):
         what it costs).
     columns : int, N, input vectors per weight pass, 1..16 (default 1). The
         cycle figures below are those of one column.
+    x_ram_style : the input stage's x banks' synthesis ``ram_style`` (:class:`RmsQuantize`).
 
     Attributes
     ----------
@@ -157,7 +158,7 @@ class BitLinearEngine(wiring.Component):
     """
 
     def __init__(self, *, engine_bytes: int, rows_per_block: int, max_k: int, max_rows: int,
-                 elements_per_cycle: int = 1, columns: int = 1):
+                 elements_per_cycle: int = 1, columns: int = 1, x_ram_style: str | None = None):
         for name, value in (("engine_bytes", engine_bytes), ("rows_per_block", rows_per_block),
                             ("max_k", max_k), ("max_rows", max_rows), ("elements_per_cycle", elements_per_cycle),
                             ("columns", columns)):
@@ -185,7 +186,7 @@ class BitLinearEngine(wiring.Component):
         self.acc_bits = nx.accumulator_bits(max_k)
         # The input stage, built here: its cycle figures serve prep_cycles.
         self._input = RmsQuantize(max_k=max_k, gain_lanes=engine_bytes // _GAIN_WORD_BYTES,
-                                  elements_per_cycle=elements_per_cycle, columns=columns)
+                                  elements_per_cycle=elements_per_cycle, columns=columns, x_ram_style=x_ram_style)
         super().__init__({
             "weights": In(stream.Signature(unsigned(8 * engine_bytes))),
             "x": In(stream.Signature(x_layout(columns))),

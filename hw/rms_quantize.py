@@ -13,6 +13,8 @@ from types import SimpleNamespace
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
+
+from .stream_fifo import check_ram_style, ram_style_attrs
 from amaranth.lib.wiring import In, Out
 
 from mmfree.models import numerics as nx
@@ -198,6 +200,8 @@ class RmsQuantize(wiring.Component):
     elements_per_cycle : int, P, elements per cycle of the code pass: 1, 2 or 4,
         at most ``gain_lanes`` (default 1).
     columns : int, N, input vectors per record, 1..16 (default 1).
+    x_ram_style : None or ``"block"``/``"ultra"``: synthesis ``ram_style`` of the x banks
+        (N x max_k elements, the unit's largest memory).
 
     Attributes
     ----------
@@ -217,7 +221,9 @@ class RmsQuantize(wiring.Component):
     #: read, products, magnitudes, shifts, code estimate, code correction and squares, packing).
     CODES_OVERHEAD = 3 + 2 + 1 + QuantReciprocal.latency + 7
 
-    def __init__(self, *, max_k: int, gain_lanes: int, elements_per_cycle: int = 1, columns: int = 1):
+    def __init__(self, *, max_k: int, gain_lanes: int, elements_per_cycle: int = 1, columns: int = 1,
+                 x_ram_style: str | None = None):
+        self.x_ram_style = check_ram_style(x_ram_style)
         for name, value in (("max_k", max_k), ("gain_lanes", gain_lanes),
                             ("elements_per_cycle", elements_per_cycle), ("columns", columns)):
             if not isinstance(value, int) or isinstance(value, bool):
@@ -306,7 +312,7 @@ class RmsQuantize(wiring.Component):
         mem = SimpleNamespace(x_wr=[], x_rd=[], gain_wr=[], gain_rd=[], recips=[], words=words,
                               gain_word=data.ArrayLayout(signed(nx.GAIN_BITS), gl))
         for lane in range(gl):
-            bank = Memory(shape=x_elem, depth=words * self.columns, init=[])
+            bank = Memory(shape=x_elem, depth=words * self.columns, init=[], attrs=ram_style_attrs(self.x_ram_style))
             m.submodules[f"x{lane}"] = bank
             mem.x_wr.append(bank.write_port())
             mem.x_rd.append(bank.read_port(domain="sync"))

@@ -50,11 +50,10 @@ class RecordStep(enum.Enum, shape=3):
     HEAD = 5          # logits
 
 
-class _State(enum.Enum, shape=3):
+class _State(enum.Enum, shape=2):
     IDLE = 0
-    CLEAR = 1
-    EMBED = 2
-    RUN = 3
+    EMBED = 1
+    RUN = 2
 
 
 class TokenCore(wiring.Component):
@@ -63,8 +62,12 @@ class TokenCore(wiring.Component):
 
     A pass has ``last_column + 1`` columns (N). Per START the ``weights``
     stream delivers the N tokens' embedding rows (``embed_stride`` bytes each:
-    ``hidden`` bf16 values, then padding), then the image's STREAM region
-    (``weight_image.stream_plan`` order). Each row is widened to ACT
+    ``hidden`` bf16 values, then padding), then for each layer the recurrent
+    state of the pass's sequences (S = N in decode, 1 in prefill; ``hidden``
+    words of 64 bits each, the ACT value sign-extended, little-endian) followed
+    by the layer's ``layer_bytes`` of the image's STREAM region
+    (``weight_image.stream_plan`` order), then the rest of STREAM (the head).
+    Each row is widened to ACT
     (:class:`~mmfree.hw.embedding.Bf16ToAct`) into its column's residual
     buffer; every STREAM record then goes to the
     :class:`~mmfree.hw.bitlinear_engine.BitLinearEngine`, which runs it for
@@ -76,8 +79,8 @@ class TokenCore(wiring.Component):
       Q0.32), i_j, f_j, g_j and the layer's state h_j of column 0's sequence
       enter the :class:`~mmfree.hw.mlgru.MLGRU` as the gates stream; the gates
       are kept, and columns 1 .. N-1 follow from them, column by column. The
-      new state is written back and ``w_j = g_j * silu(h_j)`` with ``g_j`` is
-      ``attn.out``'s input;
+      new state goes out on ``state_out`` and ``w_j = g_j * silu(h_j)`` with
+      ``g_j`` is ``attn.out``'s input;
     * ``attn.out``: ``r_j = saturate(h_j + o_j)`` into the residual buffer and
       into ``mlp.in``;
     * ``mlp.in``: a is buffered, each b_j completes ``silu(a_j) * b_j``
@@ -86,15 +89,16 @@ class TokenCore(wiring.Component):
       next record's input (the next layer's ``attn.in`` or the head);
     * the head: logits out on ``logits`` and a running argmax per column.
 
-    **Sequences.** Column c's recurrent state is that of sequence slot
-    ``slots[c]`` (the state memory holds ``columns`` slots of L x D). In a
-    decode pass the columns are N independent sequences (distinct slots). In
-    a prefill pass (``prefill``) they are N consecutive tokens of one sequence
-    (every ``slots[c]`` the same): column c's MLGRU starts from the state
-    column c-1 left, the core waiting for the MLGRU to drain between columns;
-    only the last column's logits go out, and its argmax is ``argmax``.
+    **Sequences.** The recurrent state lives in memory; the core holds one
+    layer of it per column (the state buffer), loaded from the stream before
+    the layer's records. In a decode pass the columns are N independent
+    sequences, column c's state the c-th of the layer's S = N state vectors.
+    In a prefill pass (``prefill``) they are N consecutive tokens of one
+    sequence (S = 1): column c's MLGRU starts from the state column c-1 left,
+    the core waiting for the MLGRU to drain between columns; only the last
+    column's logits and new state go out, and its argmax is ``argmax``.
 
-    Every vector (residual, i/f/g, a, the recurrent state), every BitLinear
+    Every vector (residual, i/f/g, a, the state buffer), every BitLinear
     input and every logit is ACT (``numerics.ACT_BITS`` = 48, Q15.32);
     residual adds saturate in ACT.
 
@@ -105,14 +109,14 @@ class TokenCore(wiring.Component):
         (decode: every column; prefill: the last), in the engine's order (for each block of
         ``rows_per_block`` rows, each ``engine_bytes``-row beat column by column), ``last`` on
         each column's final one.
-    start, clear_state : one-cycle pulses, accepted when not ``busy``; ``clear_state`` zeroes
-        sequence slot ``clear_slot``'s state only.
-    hidden, layers, intermediate, embed_stride : the model's D, L, I and the
-        embedding row stride in bytes (a multiple of ``engine_bytes``);
-        held stable during a pass.
-    last_column : N - 1; ``prefill``; ``slots``: each column's sequence slot; ``clear_slot``:
-        held stable during a pass (or a clear).
-    busy : a pass or a state clear is running.
+    state_out : stream of ACT: each layer's new state, D values per sequence in the order the
+        state came in (decode: columns 0 .. N-1; prefill: the last column's only).
+    start : one-cycle pulse, accepted when not ``busy``.
+    hidden, layers, intermediate, embed_stride, layer_bytes : the model's D, L, I, the
+        embedding row stride in bytes and one layer's STREAM bytes (both multiples of
+        ``engine_bytes``; ``8 * hidden`` too); held stable during a pass.
+    last_column : N - 1; ``prefill``: held stable during a pass.
+    busy : a pass is running.
     done : one-cycle pulse at the end of a pass (every argmax valid, every
         logit transferred) or of an aborted one (``error`` nonzero).
     error : :class:`~mmfree.contract.registers.ErrorCode` of the last pass.
@@ -128,10 +132,12 @@ class TokenCore(wiring.Component):
     max_hidden, max_layers, max_intermediate, max_vocab : on-chip capacity.
     elements_per_cycle : the engine's input-stage elements per cycle (1, 2 or 4;
         see :class:`~mmfree.hw.bitlinear_engine.BitLinearEngine`).
-    columns : tokens per weight pass and sequence slots of the state memory, 1..8 (default 1).
-    state_ram_style : None or ``"ultra"``/``"block"``: synthesis ``ram_style`` of the
-        recurrent-state memory (columns x L x D ACT words, the largest on chip: 1.2 Mbit per
-        slot for the 370M shape, which fits six UltraRAMs instead of ~36 block RAMs).
+    engine_bytes : at least 8 (one state word per beat).
+    columns : tokens per weight pass, 1..8 (default 1).
+    buffer_ram_style : None or ``"ultra"``/``"block"``: synthesis ``ram_style`` of the deep
+        per-column vectors (residual, i/f/g, a) and the engine's x banks (``"ultra"`` on
+        UltraScale+: a column of the 2.7B shape is 30 k ACT words there). The state buffer
+        (wide, shallow) keeps the tool's choice.
     """
 
     #: The most columns a build may have (the register map has eight per-column registers).
@@ -139,8 +145,8 @@ class TokenCore(wiring.Component):
 
     def __init__(self, *, engine_bytes: int, rows_per_block: int, max_hidden: int, max_layers: int,
                  max_intermediate: int, max_vocab: int, elements_per_cycle: int = 1, columns: int = 1,
-                 state_ram_style: str | None = None):
-        self.state_ram_style = check_ram_style(state_ram_style)
+                 buffer_ram_style: str | None = None):
+        self.buffer_ram_style = check_ram_style(buffer_ram_style)
         for name, value in (("max_hidden", max_hidden), ("max_layers", max_layers),
                             ("max_intermediate", max_intermediate), ("max_vocab", max_vocab), ("columns", columns)):
             if not isinstance(value, int) or isinstance(value, bool):
@@ -151,6 +157,8 @@ class TokenCore(wiring.Component):
             raise ValueError(f"max_vocab must be in [1, 2**24], not {max_vocab}")
         if not 1 <= columns <= self.MAX_COLUMNS:
             raise ValueError(f"columns must be in 1..{self.MAX_COLUMNS}, not {columns}")
+        if not isinstance(engine_bytes, int) or engine_bytes < 8:
+            raise ValueError(f"engine_bytes must be at least 8 (a state word per beat), not {engine_bytes!r}")
         self.engine_bytes, self.rows_per_block = engine_bytes, rows_per_block
         self.max_hidden, self.max_layers = max_hidden, max_layers
         self.max_intermediate, self.max_vocab = max_intermediate, max_vocab
@@ -159,24 +167,30 @@ class TokenCore(wiring.Component):
         self._engine = BitLinearEngine(engine_bytes=engine_bytes, rows_per_block=rows_per_block,
                                        max_k=max(max_hidden, max_intermediate),
                                        max_rows=max(2 * max_intermediate, max_vocab, max_hidden),
-                                       elements_per_cycle=elements_per_cycle, columns=columns)
+                                       elements_per_cycle=elements_per_cycle, columns=columns,
+                                       x_ram_style=buffer_ram_style)
         col = column_shape(columns)
         super().__init__({
             "weights": In(stream.Signature(unsigned(8 * engine_bytes))),
             "logits": Out(stream.Signature(LOGIT_LAYOUT)),
-            "start": In(1), "clear_state": In(1),
+            "state_out": Out(stream.Signature(ACT)),
+            "start": In(1),
             "hidden": In(16), "layers": In(16), "intermediate": In(16), "embed_stride": In(16),
-            "last_column": In(col), "prefill": In(1), "slots": In(data.ArrayLayout(col, columns)),
-            "clear_slot": In(col),
+            "layer_bytes": In(32), "last_column": In(col), "prefill": In(1),
             "busy": Out(1), "done": Out(1), "error": Out(8),
             "argmax": Out(32), "argmax_value": Out(ACT), "column_argmax": Out(data.ArrayLayout(32, columns)),
             "phase": Out(3), "weight_wait": Out(1),
         })
 
     @property
-    def slot_words(self) -> int:
-        """State words of one sequence slot: ``max_layers * max_hidden``."""
-        return self.max_layers * self.max_hidden
+    def state_lanes(self) -> int:
+        """State words per weight beat, and per word of the state buffer: ``engine_bytes / 8``."""
+        return self.engine_bytes // 8
+
+    @property
+    def state_rows(self) -> int:
+        """State-buffer words of one column: ``max_hidden`` values, :attr:`state_lanes` to a word."""
+        return -(-self.max_hidden // self.state_lanes)
 
     def elaborate(self, platform):
         m = Module()
@@ -187,7 +201,7 @@ class TokenCore(wiring.Component):
         N = self.columns
         t = SimpleNamespace(
             flush=flush, fsm_state=Signal(_State), step=Signal(RecordStep), layer=Signal(16),
-            state_base=Signal(range(self.slot_words + 1)),
+            loading=Signal(), drain_pending=Signal(), drain_idle=Signal(),
             rows=Array(Signal(range(max(2 * self.max_intermediate, self.max_vocab, self.max_hidden) + 1),
                               name=f"row{c}") for c in range(N)),
             error=Signal(8), finish=Signal(), embed_beats=Signal(16),
@@ -198,11 +212,13 @@ class TokenCore(wiring.Component):
         m.d.sync += self.done.eq(0)
         self._control(m, u, t)
         self._stage_embed_row(m, u, t)
+        self._stage_load_state(m, u, t)
         self._weight_wait(m, u, t)
         x = self._engine_inputs(m, u)
         embed_pos = self._embed_results(m, u, x)
         routed = self._stage_read_buffers(m, u, t)
         self._stage_route(m, u, t, x, routed)
+        self._stage_drain_state(m, u, t, routed)
         self._mlgru_results(m, u, t, x)
         self._argmax_results(m, u, t)
         self._glu_results(m, u, x)
@@ -214,8 +230,8 @@ class TokenCore(wiring.Component):
 
     def _units(self, m, flush):
         """The engine, the element-wise units and the on-chip vectors (ACT, one read port each,
-        reads take one cycle; one vector per column, the state one per slot); every unit restarts
-        on ``flush``."""
+        reads take one cycle; one vector per column, the state buffer :attr:`state_lanes` values to
+        a word); every unit restarts on ``flush``."""
         N = self.columns
         u = SimpleNamespace()
         m.submodules.engine = u.engine = ResetInserter(flush)(self._engine)
@@ -225,6 +241,9 @@ class TokenCore(wiring.Component):
         m.submodules.y_fifo = u.y = ResetInserter(flush)(StreamFifo(shape=self._engine.y.payload.shape(), depth=2))
         wiring.connect(m, u.engine.y, u.y.i)
         m.submodules.mlgru = u.mlgru = ResetInserter(flush)(MLGRU())
+        # The state buffer's words on their way out (_stage_drain_state)
+        m.submodules.drain_fifo = u.drain_fifo = ResetInserter(flush)(
+            StreamFifo(shape=data.ArrayLayout(ACT, self.state_lanes), depth=4))
         m.submodules.glu = u.glu = ResetInserter(flush)(GLU())
         m.submodules.embed = u.embed = ResetInserter(flush)(Bf16ToAct())
         u.argmax = []
@@ -239,7 +258,7 @@ class TokenCore(wiring.Component):
         m.submodules.glu_side = u.glu_side = ResetInserter(flush)(
             SyncFIFOBuffered(width=u.glu_side_layout.size, depth=GLU.latency + 4))
 
-        def vector(name, depth, shape=ACT, ram_style=None):
+        def vector(name, depth, shape=ACT, ram_style=self.buffer_ram_style):
             mem = Memory(shape=shape, depth=depth, init=[], attrs=ram_style_attrs(ram_style))
             m.submodules[name] = mem
             return mem.write_port(), mem.read_port(domain="sync")
@@ -250,40 +269,33 @@ class TokenCore(wiring.Component):
         u.fbuf_w, u.fbuf_r = vector("f_buffer", N * D)
         u.gbuf_w, u.gbuf_r = vector("g_buffer", N * D)
         u.abuf_w, u.abuf_r = vector("a_buffer", N * I)
-        u.state_w, u.state_r = vector("state", N * self.slot_words, ram_style=self.state_ram_style)
+        state = Memory(shape=data.ArrayLayout(ACT, self.state_lanes), depth=N * self.state_rows, init=[])
+        m.submodules.state = state
+        u.state_w, u.state_r = state.write_port(granularity=1), state.read_port(domain="sync")
         if N > 1:   # the gates of the layer, for the columns after the first
-            u.gate_w, u.gate_r = vector("gates", D, shape=unsigned(nx.GATE_FRAC))
+            u.gate_w, u.gate_r = vector("gates", D, shape=unsigned(nx.GATE_FRAC), ram_style=None)
         return u
 
     def _control(self, m, u, t):
-        """IDLE / CLEAR / EMBED / RUN: START (shape check, flush), the state clear of one slot (one
-        word per cycle, ``slot_words`` cycles), the end of a pass or an engine error."""
+        """IDLE / EMBED / RUN: START (shape check, flush), the end of a pass or an engine error."""
         E, D, L, I = self.engine_bytes, self.hidden, self.layers, self.intermediate
-        clear_addr = Signal(range(self.columns * self.slot_words + 1))
-        clear_end = Signal.like(clear_addr)
+        lanes_log2 = self.state_lanes.bit_length() - 1
         too_big = ((D > self.max_hidden) | (L > self.max_layers) | (I > self.max_intermediate)
-                   | (D == 0) | (L == 0) | (I == 0) | (self.last_column >= self.columns))
+                   | (D == 0) | (L == 0) | (I == 0) | (self.last_column >= self.columns)
+                   | (self.layer_bytes == 0) | (self.layer_bytes[:E.bit_length() - 1] != 0))
+        if lanes_log2:    # a layer's state is whole beats
+            too_big |= D[:lanes_log2] != 0
         with m.Switch(t.fsm_state):
             with m.Case(_State.IDLE):
                 with m.If(self.start):
                     m.d.comb += t.flush.eq(1)
-                    m.d.sync += [t.step.eq(RecordStep.ATTN_IN), t.layer.eq(0), t.state_base.eq(0),
+                    m.d.sync += [t.step.eq(RecordStep.ATTN_IN), t.layer.eq(0),
                                  t.embed_beats.eq(self.embed_stride // E), t.argmax_done.eq(0)]
                     m.d.sync += [row.eq(0) for row in t.rows]
                     with m.If(too_big):
                         m.d.sync += [t.error.eq(regs.ErrorCode.SHAPE), self.done.eq(1)]
                     with m.Else():
                         m.d.sync += [t.error.eq(0), t.fsm_state.eq(_State.EMBED)]
-                with m.Elif(self.clear_state):
-                    base = self.clear_slot * self.slot_words
-                    m.d.sync += [clear_addr.eq(base), clear_end.eq(base + self.slot_words - 1),
-                                 t.fsm_state.eq(_State.CLEAR)]
-            with m.Case(_State.CLEAR):
-                # Zero one slot's recurrent state, every layer, one word per cycle.
-                m.d.comb += [u.state_w.addr.eq(clear_addr), u.state_w.data.eq(0), u.state_w.en.eq(1)]
-                m.d.sync += clear_addr.eq(clear_addr + 1)
-                with m.If(clear_addr == clear_end):
-                    m.d.sync += t.fsm_state.eq(_State.IDLE)
             with m.Case(_State.EMBED, _State.RUN):
                 with m.If(u.engine.error):
                     m.d.sync += [t.error.eq(regs.ErrorCode.BAD_RECORD), self.done.eq(1),
@@ -317,11 +329,50 @@ class TokenCore(wiring.Component):
                     with m.If(beats_taken == t.embed_beats):
                         m.d.sync += [beats_taken.eq(0), element.eq(0), rows_left.eq(rows_left - 1)]
                         with m.If(rows_left == 0):
-                            m.d.sync += t.fsm_state.eq(_State.RUN)
+                            m.d.sync += [t.fsm_state.eq(_State.RUN), t.loading.eq(1)]
         with m.Else():
             m.d.sync += [beats_taken.eq(0), element.eq(0), beat_full.eq(0), rows_left.eq(self.last_column)]
+
+    def _stage_load_state(self, m, u, t):
+        """RUN: before each layer's records, the layer's state of the pass's S sequences from
+        ``weights`` into the state buffer (one beat, :attr:`state_lanes` words, per cycle); then
+        ``layer_bytes / E`` beats to the engine; after the last layer the rest (the head)."""
+        E, D, L, N, W = self.engine_bytes, self.hidden, self.layers, self.columns, self.state_lanes
+        lanes_log2 = W.bit_length() - 1
+        engine = u.engine
+        buffer_column = Signal(column_shape(N))       # the sequence whose state arrives
+        word = Signal(16)                             # its state-buffer word
+        layers_loaded = Signal(16)
+        beats_left = Signal(32)                       # of the layer's records, to the engine
+        m.d.comb += [engine.weights.payload.eq(self.weights.payload)]
         with m.If(t.fsm_state == _State.RUN):
-            wiring.connect(m, wiring.flipped(self.weights), u.engine.weights)
+            with m.If(t.loading):
+                # (the previous layer's state must be out of the buffer first)
+                take = self.weights.valid & t.drain_idle
+                m.d.comb += self.weights.ready.eq(t.drain_idle)
+                m.d.comb += [u.state_w.addr.eq(buffer_column * self.state_rows + word),
+                             u.state_w.en.eq(take.replicate(W))]
+                m.d.comb += [u.state_w.data[w].eq(self.weights.payload[64 * w:64 * w + nx.ACT_BITS])
+                             for w in range(W)]
+                with m.If(take):
+                    m.d.sync += word.eq(word + 1)
+                    with m.If(word == (D >> lanes_log2) - 1):
+                        m.d.sync += [word.eq(0), buffer_column.eq(buffer_column + 1)]
+                        with m.If(Mux(self.prefill, 0, self.last_column) == buffer_column):
+                            m.d.sync += [t.loading.eq(0), buffer_column.eq(0), layers_loaded.eq(layers_loaded + 1),
+                                         beats_left.eq(self.layer_bytes >> (E.bit_length() - 1))]
+            with m.Else():
+                counting = layers_loaded <= L             # in a layer's records, not the head's
+                m.d.comb += [engine.weights.valid.eq(self.weights.valid), self.weights.ready.eq(engine.weights.ready)]
+                with m.If(self.weights.valid & engine.weights.ready & counting):
+                    m.d.sync += beats_left.eq(beats_left - 1)
+                    with m.If(beats_left == 1):
+                        with m.If(layers_loaded == L):
+                            m.d.sync += layers_loaded.eq(L + 1)
+                        with m.Else():
+                            m.d.sync += t.loading.eq(1)
+        with m.If(t.flush):
+            m.d.sync += [t.loading.eq(0), buffer_column.eq(0), word.eq(0), layers_loaded.eq(0)]
 
     def _weight_wait(self, m, u, t):
         """``weight_wait``: the engine's, or the embedding rows' wait. After the head's matrix the
@@ -333,7 +384,7 @@ class TokenCore(wiring.Component):
         with m.Elif((t.step == RecordStep.HEAD) & (engine.phase == 2)):
             m.d.sync += head_streamed.eq(1)
         m.d.comb += self.weight_wait.eq((engine.weight_wait & ~(head_streamed & (engine.phase != 2)))
-                                        | ((t.fsm_state == _State.EMBED) & self.weights.ready
+                                        | (((t.fsm_state == _State.EMBED) | t.loading) & self.weights.ready
                                            & ~self.weights.valid))
 
     def _engine_inputs(self, m, u):
@@ -398,13 +449,14 @@ class TokenCore(wiring.Component):
         take = src.valid & advance
         bhalf = (step == RecordStep.MLP_IN) & (src.row >= I)
         col_d = src.column * self.max_hidden
-        slot_base = self.slots[src.column] * self.slot_words
+        lanes_log2 = self.state_lanes.bit_length() - 1
+        buffer_column = Mux(self.prefill, 0, src.column)       # a prefill's columns share one state
         for port in (u.resid_r, u.ibuf_r, u.fbuf_r, u.gbuf_r, u.abuf_r, u.state_r):
             m.d.comb += port.en.eq(advance)
         m.d.comb += [u.resid_r.addr.eq(col_d + src.row), u.ibuf_r.addr.eq(col_d + src.row),
                      u.fbuf_r.addr.eq(col_d + src.row), u.gbuf_r.addr.eq(col_d + src.row),
                      u.abuf_r.addr.eq(src.column * self.max_intermediate + src.row - I),
-                     u.state_r.addr.eq(slot_base + t.state_base + src.row)]
+                     u.state_r.addr.eq(buffer_column * self.state_rows + (src.row >> lanes_log2))]
         if N > 1:
             m.d.comb += [u.gate_r.addr.eq(src.row), u.gate_r.en.eq(advance)]
         with m.If(advance):
@@ -424,13 +476,13 @@ class TokenCore(wiring.Component):
                     with m.If(src.consumer == 2):
                         m.d.sync += step.eq(RecordStep.LOWER_BOUND)
                 with m.Case(RecordStep.LOWER_BOUND):
-                    m.d.sync += step.eq(RecordStep.ATTN_OUT)
+                    m.d.sync += [step.eq(RecordStep.ATTN_OUT), t.drain_pending.eq(1)]
                 with m.Case(RecordStep.ATTN_OUT):
                     m.d.sync += step.eq(RecordStep.MLP_IN)
                 with m.Case(RecordStep.MLP_IN):
                     m.d.sync += step.eq(RecordStep.MLP_OUT)
                 with m.Case(RecordStep.MLP_OUT):
-                    m.d.sync += [t.layer.eq(t.layer + 1), t.state_base.eq(t.state_base + D),
+                    m.d.sync += [t.layer.eq(t.layer + 1),
                                  step.eq(Mux(t.layer + 1 == L, RecordStep.HEAD, RecordStep.ATTN_IN))]
         return s
 
@@ -464,6 +516,7 @@ class TokenCore(wiring.Component):
         ``s.ready`` is that consumer's ready."""
         mlgru, glu, side, N = u.mlgru, u.glu, u.side, self.columns
         col_d = s.column * self.max_hidden + s.row
+        lane = s.row[:self.state_lanes.bit_length() - 1] if self.state_lanes > 1 else 0
         residual_sum = Signal(ACT)
         m.d.comb += residual_sum.eq(saturate(u.resid_r.data + s.value))
         side_in = Signal(u.side_layout)
@@ -486,7 +539,7 @@ class TokenCore(wiring.Component):
             with m.Case(RecordStep.LOWER_BOUND):
                 # h_new = f*h + silu(i)*(1-f) with f from the gate; w = g*silu(h_new)
                 m.d.comb += [mlgru.i.payload.i.eq(u.ibuf_r.data), mlgru.i.payload.f.eq(u.fbuf_r.data),
-                             mlgru.i.payload.g.eq(u.gbuf_r.data), mlgru.i.payload.h.eq(u.state_r.data),
+                             mlgru.i.payload.g.eq(u.gbuf_r.data), mlgru.i.payload.h.eq(u.state_r.data[lane]),
                              mlgru.i.payload.lb.eq(gate),
                              mlgru.i.valid.eq(s.valid & side.w_rdy),
                              side.w_en.eq(s.valid & mlgru.i.ready),
@@ -513,11 +566,13 @@ class TokenCore(wiring.Component):
                     m.d.comb += [u.abuf_w.addr.eq(s.column * self.max_intermediate + s.row), u.abuf_w.data.eq(s.value),
                                  u.abuf_w.en.eq(s.valid), s.ready.eq(1)]
             with m.Case(RecordStep.HEAD):
-                self._route_logits(m, u, s)
+                with m.If(t.drain_idle):
+                    self._route_logits(m, u, s)
 
     def _route_logits(self, m, u, s):
         """The head's outputs: each column's logits through its argmax and, for the columns whose
-        logits go out (a prefill keeps only its last column's), onto ``logits``."""
+        logits go out (a prefill keeps only its last column's), onto ``logits``, after the last
+        layer's state (which leaves on the same writer first)."""
         wanted = ~self.prefill | (s.column == self.last_column)
         argmax_ready = Signal()
         for c, unit in enumerate(u.argmax):
@@ -527,6 +582,41 @@ class TokenCore(wiring.Component):
         m.d.comb += [self.logits.valid.eq(s.valid & wanted & argmax_ready),
                      self.logits.payload.value.eq(s.value), self.logits.payload.last.eq(s.last),
                      s.ready.eq(~wanted | (self.logits.ready & argmax_ready))]
+
+    def _stage_drain_state(self, m, u, t, s):
+        """After each layer's lower-bound record, once the MLGRU has written its last element back:
+        the layer's new state of the pass's S sequences (decode: every column's; prefill: the one,
+        whose last column's it is) from the state buffer to ``state_out``, D values each, one per
+        cycle, while the layer's other records run. Words are read ahead into a small FIFO (the
+        read port is free after the record). The next layer's state loads, and the head's logits
+        leave, once it is all out."""
+        D, W, N = self.hidden, self.state_lanes, self.columns
+        lanes_log2 = W.bit_length() - 1
+        fifo = u.drain_fifo
+        d = SimpleNamespace(on=Signal(), column=Signal(column_shape(N)), word=Signal(16), got=Signal(),
+                            lane=Signal(range(max(W, 2))))
+        mlgru_empty = ~(s.valid & (s.step == RecordStep.LOWER_BOUND)) & (u.side.level == 0)
+        m.d.comb += t.drain_idle.eq(~t.drain_pending & ~d.on & ~d.got & (fifo.level == 0))
+        with m.If(t.drain_pending & mlgru_empty & ~d.on):
+            m.d.sync += [t.drain_pending.eq(0), d.on.eq(1), d.column.eq(0), d.word.eq(0)]
+        issue = d.on & (fifo.level + d.got < 3)        # the FIFO has room for it and the one in flight
+        m.d.sync += d.got.eq(issue)
+        with m.If(issue):
+            m.d.comb += [u.state_r.addr.eq(d.column * self.state_rows + d.word), u.state_r.en.eq(1)]
+            m.d.sync += d.word.eq(d.word + 1)
+            with m.If(d.word == (D >> lanes_log2) - 1):
+                m.d.sync += [d.word.eq(0), d.column.eq(d.column + 1)]
+                with m.If(d.column == Mux(self.prefill, 0, self.last_column)):
+                    m.d.sync += d.on.eq(0)
+        m.d.comb += [fifo.i.valid.eq(d.got), fifo.i.payload.eq(u.state_r.data),
+                     self.state_out.valid.eq(fifo.o.valid), self.state_out.payload.eq(fifo.o.payload[d.lane])]
+        with m.If(self.state_out.valid & self.state_out.ready):
+            m.d.sync += d.lane.eq(d.lane + 1)
+            with m.If(d.lane == W - 1):
+                m.d.comb += fifo.o.ready.eq(1)
+                m.d.sync += d.lane.eq(0)
+        with m.If(t.flush):
+            m.d.sync += [t.drain_pending.eq(0), d.on.eq(0), d.got.eq(0), d.lane.eq(0)]
 
     def _argmax_results(self, m, u, t):
         """Each column's argmax as its logits end; the pass ends when every wanted column's is known
@@ -542,21 +632,25 @@ class TokenCore(wiring.Component):
         wanted = Signal(N)
         all_columns = (Const(2, N + 1) << self.last_column) - 1
         m.d.comb += wanted.eq(Mux(self.prefill, Const(1, N) << self.last_column, all_columns))
-        m.d.comb += t.finish.eq((done_now & wanted) == wanted)
+        m.d.comb += t.finish.eq(((done_now & wanted) == wanted) & t.drain_idle)
         result = Mux(self.prefill, self.last_column, 0)
         m.d.comb += [self.argmax.eq(t.best_index[result]), self.argmax_value.eq(t.best_value[result])]
 
     def _mlgru_results(self, m, u, t, x):
-        """MLGRU results: the new state h back to its column's slot, w (ACT) and g to ``attn.out``."""
-        mlgru, side = u.mlgru, u.side
+        """MLGRU results: the new state h back to the state buffer (whence it leaves, and a
+        prefill's next column starts from it), w (ACT) and g to ``attn.out``."""
+        mlgru, side, W = u.mlgru, u.side, self.state_lanes
         side_out = data.View(u.side_layout, side.r_data)
-        m.d.comb += [x.mlgru.valid.eq(mlgru.o.valid), mlgru.o.ready.eq(x.mlgru.ready),
-                     side.r_en.eq(mlgru.o.valid & x.mlgru.ready),
+        move = mlgru.o.valid & x.mlgru.ready
+        m.d.comb += [x.mlgru.valid.eq(mlgru.o.valid), mlgru.o.ready.eq(x.mlgru.ready), side.r_en.eq(move),
                      x.mlgru.payload.value.eq(mlgru.o.payload.w), x.mlgru.payload.norm.eq(side_out.g),
                      x.mlgru.payload.column.eq(side_out.column), x.mlgru.payload.last.eq(side_out.last)]
-        with m.If(mlgru.o.valid & x.mlgru.ready):
-            m.d.comb += [u.state_w.addr.eq(self.slots[side_out.column] * self.slot_words + t.state_base + side_out.row),
-                         u.state_w.data.eq(mlgru.o.payload.h), u.state_w.en.eq(1)]
+        lanes_log2 = W.bit_length() - 1
+        with m.If(move):
+            buffer_column = Mux(self.prefill, 0, side_out.column)
+            m.d.comb += [u.state_w.addr.eq(buffer_column * self.state_rows + (side_out.row >> lanes_log2)),
+                         u.state_w.en.eq(1 << side_out.row[:lanes_log2] if lanes_log2 else 1)]
+            m.d.comb += [u.state_w.data[w].eq(mlgru.o.payload.h) for w in range(W)]
 
     def _glu_results(self, m, u, x):
         """GLU results (ACT) with their column and last from the GLU's side FIFO: ``mlp.out``'s input."""
@@ -569,7 +663,7 @@ class TokenCore(wiring.Component):
     def _phase(self, m, u, t):
         """``phase`` for the counters (``registers.Phase``)."""
         engine = u.engine
-        with m.If(t.fsm_state == _State.EMBED):
+        with m.If((t.fsm_state == _State.EMBED) | t.loading):
             m.d.comb += self.phase.eq(regs.Phase.EMBED)
         with m.Elif(t.fsm_state == _State.RUN):
             with m.If(engine.phase == 2):

@@ -529,6 +529,17 @@ class WeightImage:
     def records(self) -> list[dict]:
         return list(self.meta["records"])
 
+    @property
+    def layer_bytes(self) -> int:
+        """STREAM bytes of one layer: every layer's records have the same sizes, and the head's
+        follow the last layer's (the accelerator reads each layer's state before its records)."""
+        head = self.record("head")["offset"]
+        layers = self.config.L
+        if head % layers or any(self.record(f"model.layers.{l}.attn.in")["offset"] != l * (head // layers)
+                                for l in range(layers)):
+            raise ImageError("the image's layers do not have the same STREAM size")
+        return head // layers
+
     def record(self, name: str) -> dict:
         return self._records[name]
 

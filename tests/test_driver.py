@@ -121,7 +121,10 @@ def test_buffer_layout(kjv):
     assert layout.embed_offset - layout.stream_bytes < drv.BUFFER_ALIGN
     assert layout.embed_stride == 512 and layout.embed_stride % 64 == 0          # D = 256 bf16 values
     assert layout.weight_buffer_bytes == layout.embed_offset + 4096 * 512
-    assert layout.bytes_per_token == 512 + 1_346_432 + 8 * 4096            # int64 logits
+    # the row, STREAM, the state read and written (L x D int64), int64 logits
+    assert layout.bytes_per_token == 512 + 1_346_432 + 2 * 8 * 6 * 256 + 8 * 4096
+    assert layout.state_slot_bytes == 8 * 6 * 256 == layout.state_bytes
+    assert layout.layer_bytes * 6 < layout.stream_bytes and layout.layer_bytes % 64 == 0
     assert layout.logits_bytes == regs.LOGIT_WORD_BYTES * 4096 == 8 * 4096
     assert layout.stream_bytes % 64 == 0
 
@@ -255,7 +258,7 @@ def test_steps_are_bit_exact_with_counters(device, tiny):
         assert np.array_equal(r.logits, nx.act_to_float(ref))
         assert r.argmax == int(np.argmax(ref)) and r.argmax_value == int(ref[r.argmax])
         c = r.counters
-        assert c["bytes_read"] == layout.embed_stride + layout.stream_bytes
+        assert c["bytes_read"] == layout.pass_read_bytes(1) == layout.embed_stride + layout.stream_bytes + 8 * 2 * 64
         assert c["tokens"] == n + 1
         phases = sum(c[f"cycles_{p.name.lower()}"] for p in regs.Phase if p != regs.Phase.IDLE)
         assert 0 < phases <= c["cycles_total"]
@@ -280,7 +283,7 @@ def test_columns_decode_and_prefill_are_bit_exact(device, tiny):
     want, states[0] = model.prefill([1, 17], states[0])
     assert np.array_equal(r.logits_act, want) and r.column_logits.shape == (1, tiny.config.V)
     assert r.argmax == int(np.argmax(want)) and r.argmaxes is None
-    assert r.counters["bytes_read"] == 2 * layout.embed_stride + layout.stream_bytes
+    assert r.counters["bytes_read"] == layout.pass_read_bytes(2, prefill=True)
     for tokens, slots in (([5, 300], [1, 0]), ([319, 0], [0, 1])):
         r = driver.run_pass(tokens, slots=slots)
         want, new = model.step_batch(tokens, [states[s] for s in slots])

@@ -405,7 +405,7 @@ def test_core_without_a_port_is_refused():
         def elaborate(self, platform):  # pragma: no cover - never built
             raise AssertionError
 
-    with pytest.raises(ValueError, match="core has no input port 'clear_state'"):
+    with pytest.raises(ValueError, match="core has no input port 'hidden'"):
         Accelerator(bus_bytes=8, ports=1, engine_bytes=16, fifo_bytes=4096, **CAPACITY, core=NoDone())
 
 

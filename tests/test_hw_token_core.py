@@ -1,9 +1,12 @@
 """TokenCore against ``IntegerModel.step`` (every logit, the argmax, the state across tokens), in Verilator.
 
 This file is both the pytest module and the cocotb bench module (``bench_*``).
-The weight stream is fed beat by beat from the image: the token's embedding
-row, then the STREAM region, exactly what the accelerator's DDR reader
-delivers, with random gaps; the logits stream sees random backpressure.
+The weight stream is fed beat by beat from the image and a model of the state
+in memory (:class:`StateMemory`): the tokens' embedding rows, then per layer
+the sequences' state and the layer's records, then the head, exactly what the
+accelerator's DDR reader delivers, with random gaps. ``state_out`` goes back
+into that memory, which after every pass equals the integer model's state;
+the logits and state streams see random backpressure.
 """
 from __future__ import annotations
 
@@ -13,7 +16,6 @@ import numpy as np
 import pytest
 
 from mmfree.contract import registers as regs
-from mmfree.hw.rms_quantize import column_shape
 from mmfree.hw.token_core import LOGIT_LAYOUT
 from mmfree.models.golden_int import IntegerModel
 from mmfree.models.weight_image import WeightImage
@@ -49,17 +51,58 @@ async def _pulse(dut, name: str) -> None:
     getattr(dut, name).value = 0
 
 
+class StateMemory:
+    """The recurrent state where the accelerator keeps it: ``slots`` x L x D words (ACT), read
+    into each pass's stream and rewritten from its ``state_out``."""
+
+    def __init__(self, image: WeightImage, slots: int):
+        self.image, self.cfg = image, image.config
+        self.words = np.zeros((slots, self.cfg.L, self.cfg.D), np.int64)
+
+    def pass_beats(self, tokens, slots, engine_bytes: int) -> list[int]:
+        """The weight-stream beats of one pass: each column's embedding row, then per layer the
+        state of ``slots`` (one per sequence: each column's, or a prefill's one) as int64 words and
+        the layer's records, then the head's."""
+        stride, layer = embed_stride(self.image), self.image.layer_bytes
+        table, stream = bytes(self.image.region("embedding")), bytes(self.image.stream)
+        parts = [table[t * stride:(t + 1) * stride] for t in tokens]
+        for l in range(self.cfg.L):
+            parts += [self.words[s, l].astype("<i8").tobytes() for s in slots]
+            parts.append(stream[l * layer:(l + 1) * layer])
+        parts.append(stream[self.cfg.L * layer:])
+        words = np.frombuffer(b"".join(parts), np.uint8).reshape(-1, engine_bytes)
+        return [int.from_bytes(w.tobytes(), "little") for w in words]
+
+    def write_back(self, items, slots) -> None:
+        """``state_out``'s values of one pass (per layer, D per slot in ``slots`` order) into memory."""
+        L, D = self.cfg.L, self.cfg.D
+        assert len(items) == L * len(slots) * D, f"{len(items)} state words, expected {L * len(slots) * D}"
+        values = np.array([_signed(w, 48) for w in items], np.int64).reshape(L, len(slots), D)
+        for k, s in enumerate(slots):
+            self.words[s] = values[:, k]
+
+    def check(self, slot: int, state, label: str) -> None:
+        want = np.stack(state)
+        bad = np.argwhere(self.words[slot] != want)
+        assert bad.size == 0, f"{label}: slot {slot}'s state differs at {len(bad)} (layer, row), first {bad[:3].tolist()}"
+
+
+def _signed(word: int, bits: int) -> int:
+    return word - (1 << bits) if word >> (bits - 1) else word
+
+
 async def _reset(dut, image: WeightImage) -> None:
-    """Reset the core and give it the model's shape; one column, slot 0 (inputs keep what an
-    earlier bench left there)."""
+    """Reset the core and give it the model's shape; one column (inputs keep what an earlier
+    bench left there)."""
     from mmfree.sim.stream import start_clock_and_reset
 
     cfg = image.config
     await start_clock_and_reset(dut)
-    dut.start.value = dut.clear_state.value = 0
-    dut.last_column.value = dut.prefill.value = dut.slots.value = dut.clear_slot.value = 0
+    dut.start.value = 0
+    dut.last_column.value = dut.prefill.value = 0
     dut.hidden.value, dut.layers.value, dut.intermediate.value = cfg.D, cfg.L, cfg.I
     dut.embed_stride.value = embed_stride(image)
+    dut.layer_bytes.value = image.layer_bytes
 
 
 async def run_tokens(dut, p: dict) -> None:
@@ -70,17 +113,16 @@ async def run_tokens(dut, p: dict) -> None:
     model = IntegerModel(image)
     state = model.initial_state()
     E = p["engine_bytes"]
+    memory = StateMemory(image, 1)
     await _reset(dut, image)
     src = StreamDriver(dut, "weights", idle=p["idle"], seed=p["seed"])
     sink = StreamMonitor(dut, "logits", backpressure=p["backpressure"], seed=p["seed"] + 1)
+    state_sink = StreamMonitor(dut, "state_out", backpressure=p["backpressure"], seed=p["seed"] + 2)
 
-    await _pulse(dut, "clear_state")
-    while dut.busy.value:
-        await RisingEdge(dut.clk)
     for n, token in enumerate(p["tokens"]):
         want, state = model.step(token, state)
-        src.send(pass_beats(image, [token], E))
-        before = len(sink.items)
+        src.send(memory.pass_beats([token], [0], E))
+        before, state_before = len(sink.items), len(state_sink.items)
         await _pulse(dut, "start")
         await _wait_done(dut, 40 * len(src.queue) + 20000)
         await RisingEdge(dut.clk)
@@ -94,47 +136,38 @@ async def run_tokens(dut, p: dict) -> None:
         assert bad.size == 0, f"token {n}: {bad.size} logits differ, first at {bad[:4]}: {got[bad[:4]]} vs {want[bad[:4]]}"
         assert int(dut.argmax.value) == int(np.argmax(want))
         assert dut.argmax_value.value.to_signed() == int(want.max())
+        memory.write_back(state_sink.items[state_before:], [0])
+        memory.check(0, state, f"token {n}")
     assert not sink.protocol_errors, sink.protocol_errors[:4]
-
-
-def pass_beats(image: WeightImage, tokens, engine_bytes: int) -> list[int]:
-    """The weight-stream beats of one pass: each column's embedding row, then the STREAM region."""
-    stride = embed_stride(image)
-    table = bytes(image.region("embedding"))
-    raw = b"".join(table[t * stride:(t + 1) * stride] for t in tokens) + bytes(image.stream)
-    words = np.frombuffer(raw, np.uint8).reshape(-1, engine_bytes)
-    return [int.from_bytes(w.tobytes(), "little") for w in words]
+    assert not state_sink.protocol_errors, state_sink.protocol_errors[:4]
 
 
 async def run_passes(dut, p: dict) -> None:
     """Decode passes of several sequences (slots in any order, fewer columns than the build has),
     a prefill of consecutive tokens, and the clear of one slot, against the integer model stepping
-    each sequence alone: every logit (de-interleaved by ``registers.logit_positions``) and argmax."""
+    each sequence alone: every logit (de-interleaved by ``registers.logit_positions``), the argmax
+    and every slot's state in memory."""
     from mmfree.sim.stream import StreamDriver, StreamMonitor
 
     image = WeightImage.load(p["image"])
     cfg, N, E = image.config, p["columns"], p["engine_bytes"]
-    slot_bits = column_shape(N).width                    # SLOTS packs one column index per column
     model = IntegerModel(image)
     states = [model.initial_state() for _ in range(N)]
+    memory = StateMemory(image, N)
     await _reset(dut, image)
     src = StreamDriver(dut, "weights", idle=p["idle"], seed=p["seed"] + 5)
     sink = StreamMonitor(dut, "logits", backpressure=p["backpressure"], seed=p["seed"] + 6)
+    state_sink = StreamMonitor(dut, "state_out", backpressure=p["backpressure"], seed=p["seed"] + 7)
 
-    async def clear(slot):
-        dut.clear_slot.value = slot
-        await _pulse(dut, "clear_state")
-        while dut.busy.value:
-            await RisingEdge(dut.clk)
+    def clear(slot):                           # what CONTROL.clear_state does to the memory
+        memory.words[slot] = 0
         states[slot] = model.initial_state()
 
     async def run(tokens, slots, prefill, label):
         n = len(tokens)
-        slots = [slots[0]] * n if prefill else slots       # a prefill's columns are one sequence
         dut.last_column.value, dut.prefill.value = n - 1, int(prefill)
-        dut.slots.value = sum(s << (slot_bits * c) for c, s in enumerate(slots + [0] * (N - n)))
-        src.send(pass_beats(image, tokens, E))
-        before = len(sink.items)
+        src.send(memory.pass_beats(tokens, slots[:1] if prefill else slots, E))
+        before, state_before = len(sink.items), len(state_sink.items)
         await _pulse(dut, "start")
         await _wait_done(dut, 40 * len(src.queue) + 40000)
         await RisingEdge(dut.clk)
@@ -148,6 +181,9 @@ async def run_passes(dut, p: dict) -> None:
             want, new = model.step_batch(tokens, [states[s] for s in slots])
             for s, state in zip(slots, new):
                 states[s] = state
+        memory.write_back(state_sink.items[state_before:], slots[:1] if prefill else slots)
+        for s in range(N):
+            memory.check(s, states[s], label)
         out = len(want)
         assert len(got) == out * cfg.V, f"{label}: {len(got)} logits, expected {out * cfg.V}"
         got = got[regs.logit_positions(cfg.V, out, E, image.rows_per_block)]
@@ -160,23 +196,22 @@ async def run_passes(dut, p: dict) -> None:
             assert [(word >> (32 * c)) & 0xFFFF_FFFF for c in range(n)] == [int(np.argmax(w)) for w in want], \
                 f"{label}: column argmax"
 
-    for slot in range(N):
-        await clear(slot)
     seqs = [[5 + 40 * s, 17 + s] for s in range(N)]
     await run([seq[0] for seq in seqs], list(range(N)), False, "decode, every column")
     await run([seq[1] for seq in seqs][::-1], list(range(N))[::-1], False, "decode, slots reversed")
     await run([300, 2, 9][:N], [N - 1], True, "prefill")
     await run([1], [N - 1], False, "decode, one column")
     if N > 1:
-        await clear(0)                         # slot 0 again from zero; the others keep theirs
+        clear(0)                               # slot 0 again from zero; the others keep theirs
         await run([3, 4][:N], [1, 0], False, "decode after clearing slot 0")
     assert not sink.protocol_errors, sink.protocol_errors[:4]
+    assert not state_sink.protocol_errors, state_sink.protocol_errors[:4]
 
 
 if cocotb is not None:
     @cocotb.test()
     async def bench_passes(dut):
-        """Decode passes of several sequences, a prefill, the clear of one slot: every logit exact."""
+        """Decode passes of several sequences, a prefill, a cleared slot: every logit and state exact."""
         from mmfree.sim.runner import bench_params
 
         await run_passes(dut, bench_params())

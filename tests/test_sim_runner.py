@@ -24,12 +24,13 @@ try:  # only inside the simulator process
 except ImportError:  # pragma: no cover
     cocotb = None
 
-#: Cycles per token of the bundled model on sim-default's ideal memory over its roofline: measured
-#: 1.042 x the roofline (README, bench/results/accelerator.json). The bound leaves 1 % for changes
-#: of the DDR model's timing, not a lost overlap of reads and work.
+#: Cycles per token of the bundled model on sim-default's ideal memory over its roofline (every byte
+#: read and written, the recurrent state's included): measured 1.030 x. The bound leaves 2 % for
+#: changes of the DDR model's timing, not a lost overlap of reads and work.
 CYCLES_OVER_ROOFLINE_MAX = 1.052
 #: On the board memory model (PYNQ-Z2's: refresh, rows, latency spread) the same tokens reach at
-#: least this share of the model's sustained read bandwidth (measured 0.948 with 16-beat bursts).
+#: least this share of the model's sustained read bandwidth, counting every byte moved (measured
+#: 0.948 with 16-beat bursts before the state moved to memory).
 BOARD_EFFICIENCY_MIN = 0.94
 
 
@@ -128,9 +129,9 @@ def test_only_ports_are_public():
 
 
 def run_bundled(kjv, config):
-    """Four tokens of the bundled model on ``config``, bit exact: (cycles, bytes read, cycles the
-    simulation advanced, its speed)."""
-    from mmfree.host.driver import AcceleratorDriver
+    """Four tokens of the bundled model on ``config``, bit exact: (cycles, bytes moved (read and
+    written: the memory model's bandwidth serves both), cycles the simulation advanced, its speed)."""
+    from mmfree.host.driver import AcceleratorDriver, BufferLayout
     from mmfree.sim.transport import SimTransport
 
     from helpers import golden_steps
@@ -146,7 +147,7 @@ def run_bundled(kjv, config):
             result = driver.step(token)
             assert np.array_equal(result.logits_act.astype(np.int64), want), f"token {token}: logits differ"
             cycles.append(result.counters["cycles_total"])
-            bytes_read.append(result.counters["bytes_read"])
+            bytes_read.append(result.counters["bytes_read"] + BufferLayout.of(image).pass_write_bytes(1))
         return cycles, bytes_read, transport.cycles, transport.simulated_cycles_per_s
 
 
