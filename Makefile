@@ -17,7 +17,7 @@ all: test
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[sim,synth,dev]"
+	$(BIN)/pip install -q -e ".[sim,synth,dev,serve]"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -1,6 +1,6 @@
 """``mmfree``: every command a user runs.
 
-The host's own commands (convert, info, generate, bench, logits, eval) are
+The host's own commands (convert, info, generate, serve, bench, logits, eval) are
 defined here. The build and benchmark commands live with what they build or
 measure (:mod:`mmfree.hw.flow.cli`, :mod:`mmfree.bench.cli`) and are found
 through the entry-point group :data:`COMMAND_ENTRY_POINTS` (pyproject.toml),
@@ -312,6 +312,56 @@ def generate(model, prompts, prompt_file, max_new_tokens, temperature, top_k, se
         raise click.ClickException(str(e)) from None
     finally:
         engine.close()
+
+
+@main.command()
+@model_option
+@backend_options
+@streams_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on (0.0.0.0: every interface)")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: a free port")
+@click.option("--max-tokens-limit", default=512, show_default=True, type=click.IntRange(min=1),
+              help="the most max_tokens a request may ask")
+@click.option("--max-prompt-tokens", default=1024, show_default=True, type=click.IntRange(min=1),
+              help="the longest prompt in tokens, <s> included")
+@click.option("--queue", default=64, show_default=True, type=click.IntRange(min=1),
+              help="requests that may wait for a sequence; one more is answered 429")
+@click.option("--log-level", default="warning", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]), help="uvicorn's log level")
+def serve(model, backend, hw_config, bitstream, streams, host, port, max_tokens_limit, max_prompt_tokens, queue,
+          log_level):
+    """Serve the model over an OpenAI-compatible HTTP API (docs/serve.md).
+
+    POST /v1/completions (with "stream": true, server-sent events), GET
+    /v1/models, /health and /metrics (Prometheus). Requests share the
+    backend's sequences (continuous batching); beyond them up to --queue wait.
+    Needs the serve extra (starlette, uvicorn).
+    """
+    try:
+        from . import serve as server
+    except ImportError as e:
+        raise click.ClickException(f"mmfree serve needs the serve extra (pip install 'mmfree[serve]'): "
+                                   f"{first_line(e)}") from None
+    image = load_image(model)
+    tok = image_tokenizer(image, model)
+    try:
+        sock = server.bind(host, port)
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+    def opener():
+        return open_backend(backend, image, hw_config=hw_config, bitstream=bitstream, streams=streams)
+
+    limits = server.Limits(max_tokens=max_tokens_limit, max_prompt_tokens=max_prompt_tokens, queue=queue)
+    try:
+        app = server.open_app(image, tok, opener, model_id=Path(model).stem, backend_name=backend, limits=limits)
+    except BackendError as e:
+        sock.close()
+        raise click.ClickException(str(e)) from None
+    engine = app.state.engine
+    click.echo(f"serving {Path(model).stem} on {server.url_of(sock)} (backend {backend}, {engine.streams} "
+               f"sequence{'s' if engine.streams > 1 else ''})")
+    server.run(app, sock, log_level=log_level)
 
 
 class _CountingBackend:
