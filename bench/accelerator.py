@@ -14,7 +14,8 @@ the host driver exactly as ``mmfree generate --backend sim`` does:
   ``cycles(L=1) + (L - 1) * (cycles(L=2) - cycles(L=1))``, and likewise for
   the bytes read.
 
-Per token it records CYCLES_TOTAL, the phase counters and BYTES_READ, and
+Per token it records CYCLES_TOTAL, the phase counters and BYTES_READ (with the
+bytes the token writes, its recurrent state and logits: ``bytes_moved``), and
 checks the logits against the integer golden model bit for bit. It also
 measures the board model's sustained sequential read bandwidth through the
 build's own read master (``sim/ddr_calib``) and the host traffic of a greedy
@@ -23,9 +24,9 @@ Derived, per board and model:
 
 * ``ddr_peak_gb_per_s`` (the DRAM's theoretical peak) and
   ``ddr_sustained_gb_per_s`` (what the board model delivers), and the tokens/s
-  ceilings at each (bandwidth / bytes per token);
-* ``efficiency_vs_sustained`` = (bytes per token / sustained bytes per cycle)
-  / board-model cycles per token;
+  ceilings at each (bandwidth / bytes moved per token, read and written);
+* ``efficiency_vs_sustained`` = (bytes moved per token / sustained bytes per
+  cycle) / board-model cycles per token;
 * ``host_us_per_token``: the greedy token's counts priced with the board's
   cited costs (``contract/host_costs.py``);
 * ``board_tokens_per_s`` = 1 / (device time on the board model + host time);
@@ -98,7 +99,7 @@ def holds(config, shape: str) -> bool:
 
 def run_model(config, image, tokens: int, progress) -> dict:
     """Run ``tokens`` tokens of ``image`` on the simulated accelerator of ``config``; per-token figures."""
-    from mmfree.host.driver import AcceleratorDriver, Read
+    from mmfree.host.driver import AcceleratorDriver, BufferLayout, Read
     from mmfree.models.golden_int import IntegerModel
     from mmfree.sim.transport import SimTransport
 
@@ -142,6 +143,7 @@ def run_model(config, image, tokens: int, progress) -> dict:
             "cycles_per_token": float(np.median(cycles)),
             "phases": {k: float(np.median([r[k] for r in steady])) for k in steady[0] if k.startswith("cycles_")},
             "bytes_read": int(np.median([r["bytes_read"] for r in steady])),
+            "bytes_written": BufferLayout.of(image).pass_write_bytes(1),
             "bit_exact": all(r["bit_exact"] and r["argmax_ok"] for r in rows) and passes.get("bit_exact", True),
             "streams": driver.columns,
             "decode_pass_cycles": passes.get("decode_cycles", float(np.median(cycles))),
@@ -188,12 +190,14 @@ def _host_counts(counts) -> dict:
 def _buffer_bytes(image, columns: int = 1) -> dict:
     """Device memory the driver allocates for ``image`` (:class:`~mmfree.host.driver.BufferLayout`):
     STREAM, the embedding table (or one row of it per column, when the table stays in host memory) and
-    the logits, each buffer in whole pages (BUFFER_ALIGN) as the contiguous allocator hands them out."""
+    the logits and the recurrent state (one slot per column), each buffer in whole pages (BUFFER_ALIGN) as
+    the contiguous allocator hands them out."""
     from mmfree.host.driver import BUFFER_ALIGN, BufferLayout
 
     layout = BufferLayout.of(image, columns)
     return {"stream": layout.embed_offset, "table": layout.embed_bytes, "row": columns * layout.embed_stride,
-            "logits": -(-layout.logits_bytes // BUFFER_ALIGN) * BUFFER_ALIGN}
+            "logits": -(-layout.logits_bytes // BUFFER_ALIGN) * BUFFER_ALIGN,
+            "state": -(-layout.state_bytes // BUFFER_ALIGN) * BUFFER_ALIGN}
 
 
 def sustained_read(config, progress, clock_hz: float | None = None) -> dict:
@@ -225,12 +229,14 @@ def derive(config, board_run: dict, ideal_run: dict, sustained: dict, build_read
 
     peak = get_board_memory(config.memory_board).peak_bytes_per_s
     sustained_bpc = sustained["gb_per_s"] * 1e9 / config.clock_hz      # DDR sustained, per build cycle
-    cycles, nbytes = board_run["cycles_per_token"], board_run["bytes_read"]
+    cycles = board_run["cycles_per_token"]
+    nbytes = board_run["bytes_read"] + board_run["bytes_written"]         # moved: read and written
     # Where the embedding table goes on a stock image: beside the stream if the contiguous memory
     # holds both, else in host memory (one row copied per token: docs/capacity.md).
     contiguous = get_board_memory(config.memory_board).contiguous_bytes.value
     b = board_run["buffer_bytes"]
-    with_table, with_row = b["stream"] + b["table"] + b["logits"], b["stream"] + b["row"] + b["logits"]
+    with_table = b["stream"] + b["table"] + b["logits"] + b["state"]
+    with_row = b["stream"] + b["row"] + b["logits"] + b["state"]
     place = "device" if with_table <= contiguous else "host" if with_row <= contiguous else "does not fit"
     greedy = board_run["greedy_host" if place == "device" else "greedy_host_embedding_in_host"]
     host_us = host_us_per_token(config.memory_board, greedy["register_reads"], greedy["register_writes"],
@@ -238,10 +244,11 @@ def derive(config, board_run: dict, ideal_run: dict, sustained: dict, build_read
                                 waits=greedy["waits"], bytes_written=greedy["buffer_bytes_written"],
                                 flushes=greedy["flushes"])
     device_s = cycles / config.clock_hz
-    ideal_roofline = config.roofline_cycles(ideal_run["bytes_read"])
+    ideal_roofline = config.roofline_cycles(ideal_run["bytes_read"] + ideal_run["bytes_written"])
     columns = _columns_figures(config, board_run, host_us, greedy)
     return {"config": config.name, "model": name, "clock_mhz": config.clock_hz / 1e6,
-            "bytes_read": nbytes, "cycles_per_token": cycles, "phases": board_run["phases"],
+            "bytes_read": board_run["bytes_read"], "bytes_written": board_run["bytes_written"],
+            "bytes_moved": nbytes, "cycles_per_token": cycles, "phases": board_run["phases"],
             "device_buffer_bytes": {"with_table": with_table, "table_in_host_memory": with_row},
             "contiguous_bytes": contiguous, "embedding_place": place,
             "ddr_peak_gb_per_s": peak / 1e9,
@@ -296,7 +303,8 @@ def project_full(one: dict, two: dict, layers: int) -> dict:
     return {"cycles_per_token": scale(one["cycles_per_token"], two["cycles_per_token"]),
             "per_layer_cycles": two["cycles_per_token"] - one["cycles_per_token"],
             "phases": {k: scale(one["phases"][k], two["phases"][k]) for k in one["phases"]},
-            "bytes_read": int(scale(one["bytes_read"], two["bytes_read"])), "greedy_host": two["greedy_host"],
+            "bytes_read": int(scale(one["bytes_read"], two["bytes_read"])),
+            "bytes_written": int(scale(one["bytes_written"], two["bytes_written"])), "greedy_host": two["greedy_host"],
             "streams": two["streams"], "greedy_pass_host": two["greedy_pass_host"],
             "decode_pass_cycles": scale(one["decode_pass_cycles"], two["decode_pass_cycles"]),
             "prefill_pass_cycles": scale(one["prefill_pass_cycles"], two["prefill_pass_cycles"]),

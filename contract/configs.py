@@ -17,9 +17,12 @@ closure; the RTL's deepest paths, not the parts, hold them there today.
 * ``pynq-z2``: Zynq-7020, four 64-bit HP ports (AXI3, 16-beat bursts), 60 MHz,
   32 weight bytes per cycle: the four ports' 1.92 GB/s at 60 MHz is what keeps
   the 16-bit DDR3 (2.1 GB/s peak, 2.04 sustained) nearly busy at this clock.
+  Two columns (four need 78 % of the LUTs and the whole block RAM, and drop the
+  estimate to 57 MHz: docs/columns.md).
 * ``kv260``: Zynq UltraScale+ K26, four 128-bit HP ports, 64 weight bytes per
   cycle; at its clock the ports, not the 64-bit DDR4-2400 (19.2 GB/s peak, about
-  16 sustained), bound the stream.
+  16 sustained), bound the stream. Four columns (a fifth needs more UltraRAM
+  than the part has at the 2.7B capacity: docs/columns.md).
 * ``sim-default``: the PYNQ-Z2 memory at 150 MHz (the PL clock of UG585's
   efficiency test) with two ports, two columns (so CI runs batched decode and
   prefill) and capacities sized for the bundled model (and the tiny test
@@ -217,11 +220,12 @@ _FULL_2_7B = dict(max_hidden=2560, max_layers=32, max_intermediate=6912, max_voc
 
 CONFIGS: dict[str, AcceleratorConfig] = {c.name: c for c in (
     AcceleratorConfig("pynq-z2", bus_bytes=8, ports=4, engine_bytes=32, rows_per_block=64, fifo_bytes=16384,
-                      outstanding=8, max_burst_beats=16, elements_per_cycle=2, clock_hz=60e6, ddr_bytes_per_cycle=Fraction(32), ddr_latency_cycles=24,
+                      outstanding=8, max_burst_beats=16, elements_per_cycle=2, columns=2, clock_hz=60e6, ddr_bytes_per_cycle=Fraction(32), ddr_latency_cycles=24,
                       description="Zynq-7020, 4 x 64-bit HP ports, 60 MHz (what the logic-depth estimate "
                                   "supports), DDR3 2.1 GB/s", **_FULL_370M),
     AcceleratorConfig("kv260", bus_bytes=16, ports=4, engine_bytes=64, rows_per_block=64, fifo_bytes=65536,
-                      outstanding=8, max_burst_beats=16, elements_per_cycle=4, large_ram_style="ultra", clock_hz=45e6,
+                      outstanding=8, max_burst_beats=16, elements_per_cycle=4, large_ram_style="ultra", columns=4,
+                      clock_hz=45e6,
                       ddr_bytes_per_cycle=Fraction(64), ddr_latency_cycles=48, memory_board="kv260", addr_width=40,
                       description="Zynq UltraScale+ K26, 4 x 128-bit HP ports, 45 MHz (what the logic-depth "
                                   "estimate supports), DDR4 19.2 GB/s; every released size (370M, 1.3B, 2.7B), "
