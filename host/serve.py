@@ -237,11 +237,8 @@ class CompletionText:
             self.text, self.stopped = self.text[:min(found)], True
             return self.rest()
         end = len(self.text.rstrip("\ufffd"))
-        for s in self.stop:
-            for n in range(min(len(s) - 1, end - self.sent), 0, -1):
-                if self.text.endswith(s[:n], 0, end):
-                    end -= n
-                    break
+        end -= max((n for s in self.stop for n in range(1, min(len(s) - 1, end - self.sent) + 1)
+                    if self.text.endswith(s[:n], 0, end)), default=0)
         piece, self.sent = self.text[self.sent:end], max(self.sent, end)
         return piece
 
@@ -387,7 +384,8 @@ class Engine:
                 for job in admitted:
                     touched = [job]
                     self.backend.clear(job.seq)
-                touched = self._one_pass()
+                touched = self._next_pass()
+                self._run_pass(touched)
             except Exception as e:                     # a device, transport or engine fault
                 if not isinstance(e, BackendError):
                     traceback.print_exc(file=sys.stderr)
@@ -410,12 +408,16 @@ class Engine:
             self._active.remove(job)
             self._free.append(job.seq)
 
-    def _one_pass(self) -> list[Job]:
-        """One weight pass; returns the jobs it ran."""
-        start = time.perf_counter()
+    def _next_pass(self) -> list[Job]:
+        """The jobs of the next weight pass: the earliest one still short of its target (a prefill),
+        else every active job (a decode step)."""
         prefilling = next((j for j in self._active if j.fed < j.target), None)
-        if prefilling is not None:
-            job = prefilling
+        return [prefilling] if prefilling is not None else list(self._active)
+
+    def _run_pass(self, jobs: list[Job]) -> None:
+        start = time.perf_counter()
+        if jobs[0].fed < jobs[0].target:
+            job = jobs[0]
             chunk = job.ids[job.fed:job.fed + self.prefill_tokens]
             wants = job.fed + len(chunk) == job.target and job.generated == 0
             out = self.backend.prefill(job.seq, chunk, job.read if wants else Read.NONE)
@@ -423,15 +425,13 @@ class Engine:
             self.metrics.passed(self.backend, "prefill", len(chunk), time.perf_counter() - start)
             if wants:
                 self._took(job, out)
-            return [job]
-        jobs = list(self._active)
+            return
         read = Read.LOGITS if any(j.read == Read.LOGITS for j in jobs) else Read.ARGMAX
         outs = self.backend.decode({j.seq: j.ids[-1] for j in jobs}, read)
         self.metrics.passed(self.backend, "decode", len(jobs), time.perf_counter() - start)
         for job in jobs:
             job.fed += 1
             self._took(job, outs[job.seq])
-        return jobs
 
     def _took(self, job: Job, out) -> None:
         """A job's next token from its pass's output: sampled as :func:`~mmfree.host.generate.generate_many` does."""
@@ -791,12 +791,13 @@ def open_app(image, tokenizer, opener: Callable[[], object], *, model_id: str, b
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket on ``host:port`` (port 0: a free one); ``OSError`` when it cannot."""
+    """A listening TCP socket on ``host:port`` (port 0: a free one); ``OSError`` when it cannot."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        sock.listen(2048)              # connections made before the server runs wait in the backlog
     except OSError:
         sock.close()
         raise
@@ -809,12 +810,14 @@ def url_of(sock: socket.socket) -> str:
 
 
 def run(app, sock: socket.socket, *, log_level: str = "warning") -> None:
-    """Serve ``app`` on ``sock`` until interrupted (uvicorn, HTTP/1.1 through h11)."""
+    """Serve ``app`` on ``sock`` until interrupted (uvicorn, HTTP/1.1 through h11); Ctrl-C
+    (SIGINT) stops it after a graceful shutdown and returns."""
     import uvicorn
 
     config = uvicorn.Config(app, log_level=log_level, lifespan="on", http="h11", loop="asyncio",
                             timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    with contextlib.suppress(KeyboardInterrupt):      # uvicorn raises the signal again once it has stopped
+        uvicorn.Server(config).run(sockets=[sock])
 
 
 @contextlib.contextmanager
