@@ -10,7 +10,7 @@ BACKEND   ?= golden
 BOARD     ?= all
 PYTEST_ARGS ?=
 
-.PHONY: all venv generate test sim synth-units synth bitstream bench bench-accel clean
+.PHONY: all venv generate serve test sim synth-units synth bitstream bench bench-accel clean
 
 all: test
 
@@ -25,6 +25,10 @@ venv: $(STAMP)
 ## The main job: text generation with the bundled model.
 generate: $(STAMP)
 	$(BIN)/mmfree generate --prompt "$(PROMPT)" --max-new-tokens $(TOKENS) --backend $(BACKEND)
+
+## An OpenAI-compatible server of the bundled model on http://127.0.0.1:8000 (docs/serve.md; Ctrl-C stops it).
+serve: $(STAMP)
+	$(BIN)/mmfree serve --backend $(BACKEND)
 
 ## The whole test suite (what CI runs).
 test: $(STAMP)
