@@ -6,8 +6,10 @@ free port and drives ``--clients`` concurrent streaming clients (httpx) until
 answered. Each prompt is the first ``--prompt-words`` words of a different
 line of the bundled model's held-out text. Prints requests/s, p50/p99 time to
 the first token and between tokens, and aggregate tokens/s in host wall time;
-on an accelerator backend also the device time of the run (CYCLES_TOTAL of
-every pass, from ``/metrics``, at the build's clock).
+the same for the decode passes alone (from ``/metrics``: a prompt's prefill
+passes cost the same with one client as with B, so the decode passes say how
+well B sequences share a pass); on an accelerator backend also the device
+time (CYCLES_TOTAL of every pass at the build's clock).
 
 ``--compare`` (the default for ``--backend sim``) first runs one client, then
 B clients (B = the backend's sequences), each sending ``--requests`` /
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 
 import click
@@ -68,18 +69,21 @@ async def _load(url: str, prompts: list[str], clients: int, max_tokens: int) -> 
     return results, time.perf_counter() - start
 
 
-def device_cycles(url: str) -> float | None:
+def scrape(url: str) -> dict[str, float]:
+    """``/metrics`` as {"name{labels}": value}."""
     import httpx
 
-    found = re.search(r"^mmfree_device_cycles_total (\S+)$", httpx.get(f"{url}/metrics").text, re.M)
-    return float(found.group(1)) if found else None
+    return {name: float(value) for name, value in
+            (line.rsplit(" ", 1) for line in httpx.get(f"{url}/metrics").text.splitlines() if not line.startswith("#"))}
 
 
 def run_load(url: str, prompts: list[str], clients: int, max_tokens: int, clock_hz: float | None) -> dict:
-    """Figures of one load: host wall time throughout, device time where the backend counts cycles."""
-    cycles0 = device_cycles(url)
+    """Figures of one load: end to end in host wall time, and the decode passes alone (host wall time;
+    device time where the backend counts cycles: CYCLES_TOTAL at the build's clock)."""
+    before = scrape(url)
     results, wall = asyncio.run(_load(url, prompts, clients, max_tokens))
-    cycles = None if cycles0 is None else device_cycles(url) - cycles0
+    after = scrape(url)
+    delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
     ttft = [r["arrivals"][0] - r["start"] for r in results]
     itl = [b - a for r in results for a, b in zip(r["arrivals"], r["arrivals"][1:])]
     tokens = sum(len(r["arrivals"]) for r in results)
@@ -88,8 +92,15 @@ def run_load(url: str, prompts: list[str], clients: int, max_tokens: int, clock_
                "requests_per_s": round(len(results) / wall, 3), "tokens_per_s": round(tokens / wall, 3),
                "ttft_ms_p50": ms(ttft, 50), "ttft_ms_p99": ms(ttft, 99),
                "itl_ms_p50": ms(itl, 50), "itl_ms_p99": ms(itl, 99)}
-    if cycles and clock_hz:
-        figures.update(device_s=round(cycles / clock_hz, 6), device_tokens_per_s=round(tokens * clock_hz / cycles, 1))
+    decoded = delta.get('mmfree_pass_tokens_total{kind="decode"}', 0)
+    seconds = delta.get('mmfree_pass_seconds_total{kind="decode"}', 0)
+    if decoded and seconds:
+        figures["decode_tokens_per_s"] = round(decoded / seconds, 3)
+    cycles = {kind: delta.get(f'mmfree_device_cycles_total{{kind="{kind}"}}', 0) for kind in ("prefill", "decode")}
+    if clock_hz and cycles["decode"]:
+        figures.update(device_s=round(sum(cycles.values()) / clock_hz, 6),
+                       device_tokens_per_s=round(tokens * clock_hz / sum(cycles.values()), 1),
+                       device_decode_tokens_per_s=round(decoded * clock_hz / cycles["decode"], 1))
     return figures
 
 
@@ -98,9 +109,12 @@ def report(label: str, f: dict) -> None:
                f"{f['requests_per_s']:.2f} requests/s, {f['tokens_per_s']:.2f} tokens/s aggregate")
     click.echo(f"{'':<14} time to first token p50 {f['ttft_ms_p50']} ms, p99 {f['ttft_ms_p99']} ms; "
                f"between tokens p50 {f['itl_ms_p50']} ms, p99 {f['itl_ms_p99']} ms")
+    if "decode_tokens_per_s" in f:
+        click.echo(f"{'':<14} decode passes alone: {f['decode_tokens_per_s']:,.2f} tokens/s")
     if "device_tokens_per_s" in f:
-        click.echo(f"{'':<14} device time {1e3 * f['device_s']:.1f} ms: {f['device_tokens_per_s']:,.1f} tokens/s "
-                   "(CYCLES_TOTAL of every pass at the build's clock)")
+        click.echo(f"{'':<14} device time {1e3 * f['device_s']:.1f} ms: {f['device_tokens_per_s']:,.1f} tokens/s; "
+                   f"decode passes alone {f['device_decode_tokens_per_s']:,.1f} tokens/s "
+                   "(CYCLES_TOTAL at the build's clock)")
 
 
 @click.command()
@@ -149,11 +163,13 @@ def main(model, backend, hw_config, bitstream, streams, clients, requests, max_t
             full = run_load(url, load_prompts(each * B, prompt_words), B, max_tokens, clock)
             report(f"{B} clients", full)
             figures.update(one_client=one, b_clients=full)
-            for unit, key in (("host", "tokens_per_s"), ("device", "device_tokens_per_s")):
+            for what, key in (("host, end to end", "tokens_per_s"), ("host, decode", "decode_tokens_per_s"),
+                              ("device, end to end", "device_tokens_per_s"),
+                              ("device, decode", "device_decode_tokens_per_s")):
                 if key in one and key in full:
                     ratio = full[key] / (B * one[key])
-                    figures[f"{unit}_ratio_vs_b_times_one"] = round(ratio, 3)
-                    click.echo(f"{unit + ' ratio':<14} {full[key]:,.2f} tokens/s under {B} clients = {ratio:.3f} x "
+                    figures[f"ratio_{key}"] = round(ratio, 3)
+                    click.echo(f"{'ratio':<14} {what}: {full[key]:,.2f} tokens/s under {B} clients = {ratio:.3f} x "
                                f"{B} x one client's {one[key]:,.2f} (target 0.8)")
         load = run_load(url, prompts, clients, max_tokens, clock)
         report("load", load)

@@ -30,7 +30,6 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import itertools
 import json
 import math
 import socket
@@ -264,11 +263,8 @@ class Event:
 class Job:
     """One request inside the engine. The engine's thread owns every field but ``cancelled``."""
 
-    _numbers = itertools.count()
-
-    def __init__(self, params: CompletionParams, tokenizer, deliver: Callable[[Event], None], eos_id: int | None):
-        self.params, self.deliver, self.eos_id = params, deliver, eos_id
-        self.number = next(self._numbers)
+    def __init__(self, params: CompletionParams, tokenizer, deliver: Callable[[Event], None]):
+        self.params, self.deliver = params, deliver
         self.rng = np.random.default_rng(params.seed)
         self.text = CompletionText(tokenizer, params.stop)
         self.ids = list(params.prompt)      # the prompt, then every sampled token
@@ -335,7 +331,7 @@ class Engine:
 
     def submit(self, params: CompletionParams, deliver: Callable[[Event], None]) -> Job:
         """Queue a request; :class:`ApiError` 429 when ``limits.queue`` requests already wait for a sequence."""
-        job = Job(params, self.tokenizer, deliver, self.eos_id)
+        job = Job(params, self.tokenizer, deliver)
         with self._cond:
             if self._stopping:
                 raise ApiError(503, "the server is shutting down")
@@ -376,7 +372,7 @@ class Engine:
                     admitted.append(job)
                 if not self._active and not (self._waiting and self.backend is None):
                     continue
-            touched = admitted
+            touched: list[Job] = []
             try:
                 if self.backend is None:
                     self._reset(None)
@@ -511,8 +507,8 @@ class Metrics:
         self._lock = threading.Lock()
         self.requests: collections.Counter[str] = collections.Counter()
         self.tokens = 0
-        self.prompt_tokens = 0
         self.passes: collections.Counter[str] = collections.Counter()
+        self.pass_tokens: collections.Counter[str] = collections.Counter()    # prefill: prompt ids; decode: columns
         self.pass_seconds: collections.Counter[str] = collections.Counter()
         self.recent: collections.deque[float] = collections.deque()   # perf_counter of each sampled token
         self.ttft_sum = 0.0
@@ -520,7 +516,7 @@ class Metrics:
         self.device_errors = 0
         self.resets = 0
         self.healthy = True
-        self.device_cycles = 0
+        self.device_cycles: collections.Counter[str] = collections.Counter()
         self.device_bytes_read = 0
         self.last_counters: dict[str, int] = {}
         self.clock_hz: float | None = None
@@ -547,13 +543,12 @@ class Metrics:
 
     def passed(self, backend, kind: str, tokens: int, seconds: float) -> None:
         self.passes[kind] += 1
+        self.pass_tokens[kind] += tokens
         self.pass_seconds[kind] += seconds
-        if kind == "prefill":
-            self.prompt_tokens += tokens
         last = getattr(backend, "last", None)
         if self.driver is not None and last is not None and last.counters is not None:
             self.last_counters = dict(last.counters)
-            self.device_cycles += last.counters.get("cycles_total", 0)
+            self.device_cycles[kind] += last.counters.get("cycles_total", 0)
             self.device_bytes_read += last.counters.get("bytes_read", 0)
 
     def tokens_per_second(self) -> float:
@@ -576,8 +571,6 @@ class Metrics:
         metric("mmfree_requests_total", "counter", "completion requests answered, by HTTP status "
                "(499: the client left first)", [({"status": s}, n) for s, n in sorted(self.requests.items())])
         metric("mmfree_tokens_generated_total", "counter", "tokens sampled", [({}, self.tokens)])
-        metric("mmfree_prompt_tokens_total", "counter", "prompt tokens prefilled (replays included)",
-               [({}, self.prompt_tokens)])
         metric("mmfree_tokens_per_second", "gauge", f"tokens sampled per second over the last {RATE_WINDOW_S:g} s",
                [({}, round(self.tokens_per_second(), 3))])
         metric("mmfree_queue_length", "gauge", "requests waiting for a sequence", [({}, queued)])
@@ -585,6 +578,9 @@ class Metrics:
         metric("mmfree_sequences", "gauge", "sequences the backend holds (B)", [({}, streams)])
         metric("mmfree_passes_total", "counter", "weight passes, by kind",
                [({"kind": k}, n) for k, n in sorted(self.passes.items())])
+        metric("mmfree_pass_tokens_total", "counter", "tokens through the model in weight passes, by kind "
+               "(prefill: prompt tokens, replays included; decode: one per sequence)",
+               [({"kind": k}, n) for k, n in sorted(self.pass_tokens.items())])
         metric("mmfree_pass_seconds_total", "counter", "host wall time in weight passes, by kind",
                [({"kind": k}, round(s, 6)) for k, s in sorted(self.pass_seconds.items())])
         lines.extend(["# HELP mmfree_time_to_first_token_seconds from submission to the first sampled token",
@@ -602,8 +598,8 @@ class Metrics:
     def _device_lines(self, metric) -> None:
         host = self.driver.host_counts
         metric("mmfree_device_clock_hz", "gauge", "the accelerator's clock", [({}, self.clock_hz)])
-        metric("mmfree_device_cycles_total", "counter", "CYCLES_TOTAL summed over every pass",
-               [({}, self.device_cycles)])
+        metric("mmfree_device_cycles_total", "counter", "CYCLES_TOTAL summed over the passes, by kind",
+               [({"kind": k}, n) for k, n in sorted(self.device_cycles.items())])
         metric("mmfree_device_bytes_read_total", "counter", "BYTES_READ summed over every pass",
                [({}, self.device_bytes_read)])
         metric("mmfree_device_last_pass", "gauge", "the hardware counters of the last pass",
