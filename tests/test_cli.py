@@ -169,8 +169,8 @@ def test_convert_without_config_writes_nothing(tmp_path):
 def test_help_lists_every_command_without_loading_them():
     r = run("--help")
     listed = re.findall(r"^  (\S+)\s", r.output.split("Commands:")[1], re.M)
-    assert listed == sorted(["bench", "convert", "eval", "generate", "info", "logits", "synth", "synth-units",
-                             "bitstream", "bench-accel", "bench-golden", "fidelity", "fidelity-budget"])
+    assert listed == sorted(["bench", "convert", "eval", "generate", "info", "logits", "serve", "synth",
+                             "synth-units", "bitstream", "bench-accel", "bench-golden", "fidelity", "fidelity-budget"])
 
 
 def _json_lines(output):
