@@ -105,8 +105,8 @@ def run_load(url: str, prompts: list[str], clients: int, max_tokens: int, clock_
 
 
 def report(label: str, f: dict) -> None:
-    click.echo(f"{label:<14} {f['clients']} clients, {f['requests']} requests, {f['tokens']} tokens in {f['wall_s']:.2f} s: "
-               f"{f['requests_per_s']:.2f} requests/s, {f['tokens_per_s']:.2f} tokens/s aggregate")
+    click.echo(f"{label:<14} {f['clients']} clients, {f['requests']} requests, {f['tokens']} tokens in "
+               f"{f['wall_s']:.2f} s: {f['requests_per_s']:.2f} requests/s, {f['tokens_per_s']:.2f} tokens/s aggregate")
     click.echo(f"{'':<14} time to first token p50 {f['ttft_ms_p50']} ms, p99 {f['ttft_ms_p99']} ms; "
                f"between tokens p50 {f['itl_ms_p50']} ms, p99 {f['itl_ms_p99']} ms")
     if "decode_tokens_per_s" in f:

@@ -389,20 +389,21 @@ class Engine:
 
     def _drop_cancelled(self) -> None:
         """(lock held) Abandoned requests leave the queue, and their sequences, now."""
-        for job in [j for j in self._waiting if j.cancelled]:
-            self._waiting.remove(job)
-            job.done = True
-            self.metrics.count("499")
-        for job in [j for j in self._active if j.cancelled]:
-            self._release(job)
-            self.metrics.count("499")
+        for job in [j for j in (*self._waiting, *self._active) if j.cancelled]:
+            self._release(job, "499")
 
-    def _release(self, job: Job) -> None:
-        """(lock held) ``job`` leaves its sequence."""
+    def _release(self, job: Job, status: str) -> None:
+        """(lock held) ``job`` ends, and leaves its sequence or the queue; counted by ``status``
+        (HTTP), or 499 when its client has left."""
+        if job.done:
+            return
         job.done = True
+        self.metrics.count("499" if job.cancelled else status)
         if job in self._active:
             self._active.remove(job)
             self._free.append(job.seq)
+        elif job in self._waiting:
+            self._waiting.remove(job)
 
     def _next_pass(self) -> list[Job]:
         """The jobs of the next weight pass: the earliest one still short of its target (a prefill),
@@ -451,16 +452,15 @@ class Engine:
         usage = {"prompt_tokens": len(p.prompt), "completion_tokens": job.generated,
                  "total_tokens": len(p.prompt) + job.generated}
         with self._cond:
-            if not job.cancelled:
-                self.metrics.count("200")
-            self._release(job)
+            self._release(job, "200")
         job.deliver(Event(text, finish, usage))
 
     def _fail(self, job: Job, error: ApiError) -> None:
-        """(lock held) End ``job`` with ``error``."""
-        self._release(job)
+        """(lock held) End ``job`` with ``error`` (unless it has ended already)."""
+        if job.done:
+            return
+        self._release(job, str(error.status))
         if not job.cancelled:
-            self.metrics.count(str(error.status))
             job.deliver(Event(error=error))
 
     def _reset(self, touched: list[Job] | None, error: Exception | None = None) -> None:
@@ -655,109 +655,118 @@ def _deliverer(loop: asyncio.AbstractEventLoop, events: asyncio.Queue) -> Callab
     return deliver
 
 
+class _Routes:
+    """The HTTP side of one :class:`Engine`: each method answers one route (Starlette requests)."""
+
+    def __init__(self, engine: Engine, *, model_id: str, vocab: int, bos_id: int, backend_name: str, created: int):
+        from starlette import responses
+
+        self.engine, self.model_id, self.vocab, self.bos_id = engine, model_id, vocab, bos_id
+        self.backend_name, self.created, self.http = backend_name, created, responses
+
+    def error(self, error: ApiError):
+        return self.http.JSONResponse(error.body(), status_code=error.status)
+
+    def _object(self, job_id: str, now: int, choices: list, **more) -> dict:
+        return {"id": job_id, "object": "text_completion", "created": now, "model": self.model_id,
+                "choices": choices, **more}
+
+    @staticmethod
+    def _choice(text: str, finish: str | None) -> dict:
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+
+    async def _submit(self, request) -> tuple[Job, asyncio.Queue]:
+        """Parse and queue a completion request; :class:`ApiError` when it is refused."""
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise _invalid(None, f"the request body is not valid JSON ({e})") from None
+        params = parse_completion(body, model_id=self.model_id, tokenizer=self.engine.tokenizer, vocab=self.vocab,
+                                  bos_id=self.bos_id, limits=self.engine.limits)
+        events: asyncio.Queue = asyncio.Queue()
+        return self.engine.submit(params, _deliverer(asyncio.get_running_loop(), events)), events
+
+    async def completions(self, request):
+        try:
+            job, events = await self._submit(request)
+        except ApiError as e:
+            self.engine.metrics.count(str(e.status))
+            return self.error(e)
+        client = _Client(request.receive, events)
+        job_id, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        pieces, event = [], None
+        while event is None or event.finish_reason is None:
+            # The status line waits for the first token: an error before it is a real 5xx.
+            event = await client.next()
+            if event is None or event.error is not None:
+                client.close()
+                self.engine.cancel(job)
+                return self.error(event.error) if event is not None else self.http.Response(status_code=499)
+            if job.params.stream:
+                if client.close():
+                    self.engine.cancel(job)
+                    return self.http.Response(status_code=499)
+                return self.http.StreamingResponse(
+                    self._events(job, event, events, job_id, now), media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            pieces.append(event.text)
+        client.close()
+        return self.http.JSONResponse(self._object(job_id, now, [self._choice("".join(pieces), event.finish_reason)],
+                                                   usage=event.usage))
+
+    async def _events(self, job: Job, event: Event, events: asyncio.Queue, job_id: str, now: int):
+        """Server-sent events from ``event`` on: a chunk per token, then [DONE], or an error event."""
+        try:
+            while event.error is None:
+                chunk = self._object(job_id, now, [self._choice(event.text, event.finish_reason)])
+                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+                if event.finish_reason is not None:
+                    if job.params.include_usage:       # OpenAI's stream_options: a last chunk with no choices
+                        yield f"data: {json.dumps(self._object(job_id, now, [], usage=event.usage))}\n\n"
+                    yield "data: [DONE]\n\n"
+                    return
+                event = await events.get()
+            yield f"data: {json.dumps(event.error.body())}\n\n"     # the status line has gone: say it here
+        finally:
+            self.engine.cancel(job)                  # a client that left frees its sequence now
+
+    async def chat_completions(self, request):
+        self.engine.metrics.count("400")
+        return self.error(ApiError(400, f"the model {self.model_id!r} carries no chat template (a weight image "
+                                        "holds only tokenizer.json), so this server offers no chat API: use "
+                                        "/v1/completions", code="chat_template_missing"))
+
+    async def models(self, request):
+        return self.http.JSONResponse({"object": "list", "data": [
+            {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "mmfree"}]})
+
+    async def health(self, request):
+        queued, active = self.engine.load()
+        up = self.engine.metrics.healthy
+        return self.http.JSONResponse({"status": "ok" if up else "unavailable", "model": self.model_id,
+                                       "backend": self.backend_name, "sequences": self.engine.streams,
+                                       "active": active, "queued": queued}, status_code=200 if up else 503)
+
+    async def metrics(self, request):
+        queued, active = self.engine.load()
+        return self.http.PlainTextResponse(self.engine.metrics.exposition(queued, active, self.engine.streams),
+                                           media_type="text/plain; version=0.0.4")
+
+    async def http_error(self, request, exc):
+        return self.error(ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                                   code="not_found" if exc.status_code == 404 else None))
+
+
 def create_app(engine: Engine, *, model_id: str, vocab: int, bos_id: int, backend_name: str,
                created: int | None = None):
     """The Starlette application over ``engine`` (started and stopped with the application's
     lifespan; the engine closes its backend). ``model_id`` is the one model it serves."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
-    from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
     from starlette.routing import Route
 
-    created = int(time.time()) if created is None else created
-    limits = engine.limits
-
-    def error_response(error: ApiError) -> JSONResponse:
-        return JSONResponse(error.body(), status_code=error.status)
-
-    def chunk(job_id: str, now: int, text: str, finish: str | None) -> str:
-        body = {"id": job_id, "object": "text_completion", "created": now, "model": model_id,
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
-
-    async def completions(request):
-        try:
-            try:
-                body = json.loads(await request.body())
-            except (ValueError, UnicodeDecodeError) as e:
-                raise _invalid(None, f"the request body is not valid JSON ({e})") from None
-            params = parse_completion(body, model_id=model_id, tokenizer=engine.tokenizer, vocab=vocab,
-                                      bos_id=bos_id, limits=limits)
-            events: asyncio.Queue = asyncio.Queue()
-            job = engine.submit(params, _deliverer(asyncio.get_running_loop(), events))
-        except ApiError as e:
-            engine.metrics.count(str(e.status))
-            return error_response(e)
-        client = _Client(request.receive, events)
-        job_id, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        first = await client.next()                 # the status line waits for the first token or an error
-        if first is None or first.error is not None:
-            client.close()
-            engine.cancel(job)
-            return error_response(first.error) if first is not None else Response(status_code=499)
-        if params.stream:
-            if client.close():
-                engine.cancel(job)
-                return Response(status_code=499)
-            return StreamingResponse(_sse(job, first, events, job_id, now), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        text, event = [first.text], first
-        while event.finish_reason is None:
-            event = await client.next()
-            if event is None or event.error is not None:
-                client.close()
-                engine.cancel(job)
-                return error_response(event.error) if event is not None else Response(status_code=499)
-            text.append(event.text)
-        client.close()
-        return JSONResponse({"id": job_id, "object": "text_completion", "created": now, "model": model_id,
-                             "choices": [{"index": 0, "text": "".join(text), "logprobs": None,
-                                          "finish_reason": event.finish_reason}],
-                             "usage": event.usage})
-
-    async def _sse(job: Job, first: Event, events: asyncio.Queue, job_id: str, now: int):
-        try:
-            event = first
-            while event.error is None:
-                yield chunk(job_id, now, event.text, event.finish_reason)
-                if event.finish_reason is not None:
-                    if job.params.include_usage:       # OpenAI's stream_options: a last chunk with no choices
-                        usage = {"id": job_id, "object": "text_completion", "created": now, "model": model_id,
-                                 "choices": [], "usage": event.usage}
-                        yield f"data: {json.dumps(usage)}\n\n"
-                    yield "data: [DONE]\n\n"
-                    return
-                event = await events.get()
-            yield f"data: {json.dumps(event.error.body())}\n\n"     # the status line has gone: say it in the stream
-        finally:
-            engine.cancel(job)                       # a client that left frees its sequence now
-
-    async def chat_completions(request):
-        error = ApiError(400, f"the model {model_id!r} carries no chat template (a weight image holds only "
-                              "tokenizer.json), so this server offers no chat API: use /v1/completions",
-                         code="chat_template_missing")
-        engine.metrics.count("400")
-        return error_response(error)
-
-    async def models(request):
-        return JSONResponse({"object": "list", "data": [{"id": model_id, "object": "model", "created": created,
-                                                         "owned_by": "mmfree"}]})
-
-    async def health(request):
-        queued, active = engine.load()
-        up = engine.metrics.healthy
-        return JSONResponse({"status": "ok" if up else "unavailable", "model": model_id, "backend": backend_name,
-                             "sequences": engine.streams, "active": active, "queued": queued},
-                            status_code=200 if up else 503)
-
-    async def metrics(request):
-        queued, active = engine.load()
-        return PlainTextResponse(engine.metrics.exposition(queued, active, engine.streams),
-                                 media_type="text/plain; version=0.0.4")
-
-    async def http_error(request, exc):
-        return error_response(ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-                                       code="not_found" if exc.status_code == 404 else None))
+    api = _Routes(engine, model_id=model_id, vocab=vocab, bos_id=bos_id, backend_name=backend_name,
+                  created=int(time.time()) if created is None else created)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -767,12 +776,12 @@ def create_app(engine: Engine, *, model_id: str, vocab: int, bos_id: int, backen
         finally:
             await asyncio.get_running_loop().run_in_executor(None, engine.stop)
 
-    routes = [Route("/v1/completions", completions, methods=["POST"]),
-              Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-              Route("/v1/models", models, methods=["GET"]),
-              Route("/health", health, methods=["GET"]),
-              Route("/metrics", metrics, methods=["GET"])]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    routes = [Route("/v1/completions", api.completions, methods=["POST"]),
+              Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
+              Route("/v1/models", api.models, methods=["GET"]),
+              Route("/health", api.health, methods=["GET"]),
+              Route("/metrics", api.metrics, methods=["GET"])]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: api.http_error})
     app.state.engine = engine
     return app
 
