@@ -62,7 +62,8 @@ def golden_url(kjv, tokenizer):
 
 
 def generate_alone(prompts, tokens, *extra):
-    """``mmfree generate --json --streams 1``: each prompt alone on one sequence; {prompt: text}."""
+    """``mmfree generate --json --streams 1``: each prompt alone on one sequence of a golden backend
+    (one after another); {prompt: text}."""
     args = ["generate", "--max-new-tokens", str(tokens), "--json", "--streams", "1", *extra]
     for p in prompts:
         args += ["--prompt", p]
@@ -470,7 +471,8 @@ def test_mmfree_serve_on_a_port_in_use_is_one_line():
 @pytest.mark.sim
 def test_sim_backend_serves_4_concurrent_streams_as_each_alone(kjv, tokenizer):
     prompts, tokens = PROMPTS[:4], 8
-    want = generate_alone(prompts, tokens, "--backend", "sim")
+    # One command per prompt: a sim build's columns are its sequences, whatever --streams says.
+    want = {p: generate_alone([p], tokens, "--backend", "sim")[p] for p in prompts}
     app = open_app(kjv, tokenizer, lambda: open_backend("sim", kjv), model_id="kjv", backend_name="sim")
     assert app.state.engine.streams >= 2
     with running(app) as url:
