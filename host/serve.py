@@ -156,7 +156,7 @@ def parse_completion(body, *, model_id: str, tokenizer, vocab: int, bos_id: int,
     if not _is_number(temperature) or not math.isfinite(temperature) or temperature < 0:
         raise _invalid("temperature", f"temperature must be a finite number >= 0, not {json.dumps(temperature)}")
     top_k = body.get("top_k")
-    top_k = 0 if top_k in (None, -1) else _take_int(body, "top_k", 0, 0)      # -1: vLLM's "no cut"
+    top_k = 0 if top_k is None or (_is_int(top_k) and top_k == -1) else _take_int(body, "top_k", 0, 0)  # -1: vLLM's
     seed = _take_int(body, "seed", None, 0, 2**63 - 1)
     stream = body.get("stream", False)
     if stream is None:
