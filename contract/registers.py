@@ -19,6 +19,7 @@ import dataclasses
 import enum
 
 __all__ = ["Field", "Register", "REGISTERS", "BY_NAME", "ID_MAGIC", "INTERFACE_VERSION", "MAX_COLUMNS", "ErrorCode",
+           "STATE_WORD_BYTES",
            "Phase", "logit_positions", "token_register", "argmax_register",
            "REGISTER_SPACE_BYTES", "LOGIT_WORD_BYTES", "ACCELERATOR_IP_NAME", "design_hash_from_digest", "markdown"]
 
@@ -41,6 +42,9 @@ MAX_COLUMNS = 8
 #: Bytes per logit in the LOGITS_ADDR buffer: the ACT logit (48 bits) sign-extended to a
 #: little-endian int64 (the logits writer's word; the driver reads the buffer with it).
 LOGIT_WORD_BYTES = 8
+#: Bytes per recurrent-state value in the STATE_ADDR buffer (and in the weight stream that carries
+#: it to the core): the ACT value sign-extended to a little-endian int64.
+STATE_WORD_BYTES = 8
 
 #: Name of the accelerator's instance in the block design (a hierarchy path may prefix it):
 #: the Vivado flow names the cell so, and the PYNQ transport finds the IP in the overlay by it.

@@ -44,12 +44,12 @@ import numpy as np
 
 from mmfree.contract import registers as regs
 from mmfree.models import numerics as nx
-from mmfree.models.weight_image import WeightImage
+from mmfree.models.weight_image import STREAM_ALIGN, WeightImage
 
 from mmfree.contract.transport import CountingTransport, HostCounts, Transport, TransportError
 
 __all__ = ["DriverError", "IdentityMismatch", "DeviceTimeout", "DeviceError", "BuildIdentity", "StepResult",
-           "AcceleratorDriver", "BufferLayout", "COUNTERS", "BUFFER_ALIGN", "LOGIT_WORD", "timeout_cycles", "Read", "HostCounts",
+           "AcceleratorDriver", "BufferLayout", "COUNTERS", "BUFFER_ALIGN", "LOGIT_WORD", "STATE_WORD", "timeout_cycles", "Read", "HostCounts",
            "EMBEDDING_PLACES"]
 
 #: Where :meth:`AcceleratorDriver.load_image` may keep the embedding table.
@@ -63,6 +63,8 @@ BUFFER_ALIGN = 4096
 #: One logit in the LOGITS_ADDR buffer: ACT (``numerics.ACT_BITS``, Q15.32) sign-extended to a
 #: little-endian integer of ``registers.LOGIT_WORD_BYTES`` (int64).
 LOGIT_WORD = np.dtype(f"<i{regs.LOGIT_WORD_BYTES}")
+#: One recurrent-state value in the state buffer: ACT sign-extended (``registers.STATE_WORD_BYTES``).
+STATE_WORD = np.dtype(f"<i{regs.STATE_WORD_BYTES}")
 #: Slack of the completion bounds: a token must finish within this many times the
 #: cycles the bus needs just to carry its bytes, plus a fixed allowance.
 TIMEOUT_FACTOR = 16
@@ -261,21 +263,26 @@ class BufferLayout:
                    columns, image.layer_bytes)
 
     @property
+    def state_words_bytes(self) -> int:
+        """One sequence's recurrent state: L x D values of :data:`STATE_WORD`."""
+        return STATE_WORD.itemsize * self.hidden * self.layers
+
+    @property
     def state_slot_bytes(self) -> int:
-        """One sequence slot of recurrent state: L x D int64 words (ACT sign-extended), 64-byte aligned."""
-        return -(-LOGIT_WORD.itemsize * self.hidden * self.layers // 64) * 64
+        """One sequence slot of the state buffer: its state, aligned as the reader's commands are."""
+        return -(-self.state_words_bytes // STREAM_ALIGN) * STREAM_ALIGN
 
     def pass_read_bytes(self, columns: int, prefill: bool = False) -> int:
         """What one pass reads: the columns' rows, STREAM and each layer's state of its sequences
         (``columns`` of them, or a prefill's one)."""
         sequences = 1 if prefill else columns
-        return columns * self.embed_stride + self.stream_bytes + sequences * 8 * self.hidden * self.layers
+        return columns * self.embed_stride + self.stream_bytes + sequences * self.state_words_bytes
 
     def pass_write_bytes(self, columns: int, prefill: bool = False) -> int:
         """What one pass writes: each layer's new state of its sequences and their logits (a
         prefill's one, its last token's)."""
         sequences = 1 if prefill else columns
-        return sequences * (8 * self.hidden * self.layers + LOGIT_WORD.itemsize * self.vocab)
+        return sequences * (self.state_words_bytes + LOGIT_WORD.itemsize * self.vocab)
 
     @property
     def state_bytes(self) -> int:

@@ -626,8 +626,9 @@ class _Client:
 
     @staticmethod
     async def _watch(receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
+        message = await receive()
+        while message["type"] != "http.disconnect":
+            message = await receive()
 
     async def next(self) -> Event | None:
         if not self.events.empty():

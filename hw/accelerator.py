@@ -35,7 +35,7 @@ _PHASE_COUNTERS = {regs.Phase.EMBED: "cycles_embed", regs.Phase.PREP: "cycles_pr
 
 class _State(enum.Enum, shape=3):
     IDLE = 0
-    CLEAR = 1        # the core zeroes its recurrent state
+    CLEAR = 1        # zeros over one slot of recurrent state (or the core's clear_state)
     PREPARE = 2      # a column's embedding row address: EMBED_ADDR + token * EMBED_STRIDE
     LAUNCH = 3       # hand the reads (and the logits write) to the masters
     RUN = 4          # the core computes; reads run ahead into the weight FIFO
@@ -389,7 +389,7 @@ class Accelerator(wiring.Component):
         """PREPARE, once per column: its embedding row's offset and its state slot's, the
         pass's logits count."""
         rg, N = self.registers, self.params["columns"]
-        slots = Array(getattr(rg, f"slots_slot{c}") for c in range(N))
+        slots = Array(self._slot_registers())
         m.d.sync += [a.embed_row.eq(tokens_in[a.embed_col] * rg.embed_stride[:16]), a.state.eq(_State.LAUNCH),
                      a.embed_last.eq(a.embed_col == rg.pass_last_column),
                      a.slot_offset.eq(slots[a.embed_col] * rg.state_slot_bytes)]
@@ -433,6 +433,10 @@ class Accelerator(wiring.Component):
             m.d.comb += core.start.eq(1)
             m.d.sync += a.state.eq(_State.RUN)
 
+    def _slot_registers(self) -> list:
+        """SLOTS.slot<c> of the build's columns."""
+        return [getattr(self.registers, f"slots_slot{c}") for c in range(self.params["columns"])]
+
     def _traffic_registers(self):
         """Where the read queue (``rd``) and the write queue (``wr``) of :meth:`_state_traffic`
         are; ``restart``: the statements that put both at a pass's beginning."""
@@ -454,6 +458,7 @@ class Accelerator(wiring.Component):
         rg, reader, writer = self.registers, self.reader, self.writer
         addr_mask = (1 << self.params["addr_width"]) - 1
         L, D = rg.model_dims_layers, rg.model_dims_hidden
+        state_bytes = D << (regs.STATE_WORD_BYTES.bit_length() - 1)      # one layer of one sequence
         last_k = Mux(rg.pass_prefill, 0, rg.pass_last_column)      # S - 1
         stream_addr = Cat(rg.stream_addr_lo, rg.stream_addr_hi)
         rd, wr = traffic.rd, traffic.wr
@@ -461,7 +466,7 @@ class Accelerator(wiring.Component):
         m.d.comb += reader.cmd.valid.eq(~stream_sent)
         with m.If(rd.on_state):
             m.d.comb += [reader.cmd.payload.addr.eq((state_base[rd.k] + rd.state_off) & addr_mask),
-                         reader.cmd.payload.length.eq(D << 3)]
+                         reader.cmd.payload.length.eq(state_bytes)]
         with m.Else():
             m.d.comb += [reader.cmd.payload.addr.eq((stream_addr + rd.stream_off) & addr_mask),
                          reader.cmd.payload.length.eq(Mux(rd.head, rg.stream_bytes - rd.stream_off,
@@ -474,7 +479,7 @@ class Accelerator(wiring.Component):
             with m.Elif(rd.head):
                 m.d.sync += stream_sent.eq(1)
             with m.Else():
-                m.d.sync += [rd.stream_off.eq(rd.stream_off + rg.layer_bytes), rd.state_off.eq(rd.state_off + (D << 3)),
+                m.d.sync += [rd.stream_off.eq(rd.stream_off + rg.layer_bytes), rd.state_off.eq(rd.state_off + state_bytes),
                              rd.layer.eq(rd.layer + 1), rd.on_state.eq(rd.layer + 1 != L), rd.head.eq(rd.layer + 1 == L)]
         m.d.comb += writer.cmd.valid.eq(~wr.done & (~wr.logits | logits_on))
         with m.If(wr.logits):
@@ -489,7 +494,7 @@ class Accelerator(wiring.Component):
             with m.Else():
                 m.d.sync += wr.k.eq(wr.k + 1)
                 with m.If(wr.k == last_k):
-                    m.d.sync += [wr.k.eq(0), wr.state_off.eq(wr.state_off + (D << 3)), wr.layer.eq(wr.layer + 1),
+                    m.d.sync += [wr.k.eq(0), wr.state_off.eq(wr.state_off + state_bytes), wr.layer.eq(wr.layer + 1),
                                  wr.logits.eq(wr.layer + 1 == L)]
 
     def _clear_slot(self, m, *, state, settle, error):
@@ -519,8 +524,8 @@ class Accelerator(wiring.Component):
             m.d.sync += error.eq(regs.ErrorCode.AXI_WRITE)
 
     def _connect_core(self, m, core):
-        """The model's shape, PASS and SLOTS to the core (a core without columns takes neither: one
-        column, slot 0). Returns ``columns_bad`` (PASS.last_column, a used SLOTS entry or
+        """The model's shape and PASS to the core (a core without columns takes neither: one
+        column). Returns ``columns_bad`` (PASS.last_column, a used SLOTS entry or
         PASS.clear_slot beyond the build), each column's token register, and ``token_bad`` (a
         column of the pass has a token >= VOCAB; a column beyond the pass never counts)."""
         rg, N = self.registers, self.params["columns"]
@@ -534,7 +539,7 @@ class Accelerator(wiring.Component):
         token_bad = Signal()
         m.d.comb += token_bad.eq(Cat(*[(tokens_in[c] >= rg.vocab) & (c <= rg.pass_last_column)
                                        for c in range(N)]).any())
-        slots = [getattr(rg, f"slots_slot{c}") for c in range(N)]
+        slots = self._slot_registers()
         bad = (rg.pass_last_column >= N) | (rg.pass_clear_slot >= N)
         for c, slot in enumerate(slots):
             bad |= (slot >= N) & (c <= rg.pass_last_column)

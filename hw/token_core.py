@@ -132,7 +132,7 @@ class TokenCore(wiring.Component):
     max_hidden, max_layers, max_intermediate, max_vocab : on-chip capacity.
     elements_per_cycle : the engine's input-stage elements per cycle (1, 2 or 4;
         see :class:`~mmfree.hw.bitlinear_engine.BitLinearEngine`).
-    engine_bytes : at least 8 (one state word per beat).
+    engine_bytes : at least ``registers.STATE_WORD_BYTES`` (one state word per beat).
     columns : tokens per weight pass, 1..8 (default 1).
     buffer_ram_style : None or ``"ultra"``/``"block"``: synthesis ``ram_style`` of the deep
         per-column vectors (residual, i/f/g, a) and the engine's x banks (``"ultra"`` on
@@ -157,8 +157,9 @@ class TokenCore(wiring.Component):
             raise ValueError(f"max_vocab must be in [1, 2**24], not {max_vocab}")
         if not 1 <= columns <= self.MAX_COLUMNS:
             raise ValueError(f"columns must be in 1..{self.MAX_COLUMNS}, not {columns}")
-        if not isinstance(engine_bytes, int) or engine_bytes < 8:
-            raise ValueError(f"engine_bytes must be at least 8 (a state word per beat), not {engine_bytes!r}")
+        if not isinstance(engine_bytes, int) or engine_bytes < regs.STATE_WORD_BYTES:
+            raise ValueError(f"engine_bytes must be at least {regs.STATE_WORD_BYTES} (a state word per beat), "
+                             f"not {engine_bytes!r}")
         self.engine_bytes, self.rows_per_block = engine_bytes, rows_per_block
         self.max_hidden, self.max_layers = max_hidden, max_layers
         self.max_intermediate, self.max_vocab = max_intermediate, max_vocab
@@ -184,8 +185,13 @@ class TokenCore(wiring.Component):
 
     @property
     def state_lanes(self) -> int:
-        """State words per weight beat, and per word of the state buffer: ``engine_bytes / 8``."""
-        return self.engine_bytes // 8
+        """State values per weight beat, and per word of the state buffer: ``engine_bytes /
+        registers.STATE_WORD_BYTES``."""
+        return self.engine_bytes // regs.STATE_WORD_BYTES
+
+    @property
+    def state_lanes_log2(self) -> int:
+        return self.state_lanes.bit_length() - 1
 
     @property
     def state_rows(self) -> int:
@@ -279,7 +285,7 @@ class TokenCore(wiring.Component):
     def _control(self, m, u, t):
         """IDLE / EMBED / RUN: START (shape check, flush), the end of a pass or an engine error."""
         E, D, L, I = self.engine_bytes, self.hidden, self.layers, self.intermediate
-        lanes_log2 = self.state_lanes.bit_length() - 1
+        lanes_log2 = self.state_lanes_log2
         too_big = ((D > self.max_hidden) | (L > self.max_layers) | (I > self.max_intermediate)
                    | (D == 0) | (L == 0) | (I == 0) | (self.last_column >= self.columns)
                    | (self.layer_bytes == 0) | (self.layer_bytes[:E.bit_length() - 1] != 0))
@@ -338,7 +344,7 @@ class TokenCore(wiring.Component):
         ``weights`` into the state buffer (one beat, :attr:`state_lanes` words, per cycle); then
         ``layer_bytes / E`` beats to the engine; after the last layer the rest (the head)."""
         E, D, L, N, W = self.engine_bytes, self.hidden, self.layers, self.columns, self.state_lanes
-        lanes_log2 = W.bit_length() - 1
+        lanes_log2, word_bits = self.state_lanes_log2, 8 * regs.STATE_WORD_BYTES
         engine = u.engine
         buffer_column = Signal(column_shape(N))       # the sequence whose state arrives
         word = Signal(16)                             # its state-buffer word
@@ -352,13 +358,13 @@ class TokenCore(wiring.Component):
                 m.d.comb += self.weights.ready.eq(t.drain_idle)
                 m.d.comb += [u.state_w.addr.eq(buffer_column * self.state_rows + word),
                              u.state_w.en.eq(take.replicate(W))]
-                m.d.comb += [u.state_w.data[w].eq(self.weights.payload[64 * w:64 * w + nx.ACT_BITS])
+                m.d.comb += [u.state_w.data[w].eq(self.weights.payload[word_bits * w:word_bits * w + nx.ACT_BITS])
                              for w in range(W)]
                 with m.If(take):
                     m.d.sync += word.eq(word + 1)
                     with m.If(word == (D >> lanes_log2) - 1):
                         m.d.sync += [word.eq(0), buffer_column.eq(buffer_column + 1)]
-                        with m.If(Mux(self.prefill, 0, self.last_column) == buffer_column):
+                        with m.If(self._last_sequence() == buffer_column):
                             m.d.sync += [t.loading.eq(0), buffer_column.eq(0), layers_loaded.eq(layers_loaded + 1),
                                          beats_left.eq(self.layer_bytes >> (E.bit_length() - 1))]
             with m.Else():
@@ -449,14 +455,12 @@ class TokenCore(wiring.Component):
         take = src.valid & advance
         bhalf = (step == RecordStep.MLP_IN) & (src.row >= I)
         col_d = src.column * self.max_hidden
-        lanes_log2 = self.state_lanes.bit_length() - 1
-        buffer_column = Mux(self.prefill, 0, src.column)       # a prefill's columns share one state
         for port in (u.resid_r, u.ibuf_r, u.fbuf_r, u.gbuf_r, u.abuf_r, u.state_r):
             m.d.comb += port.en.eq(advance)
         m.d.comb += [u.resid_r.addr.eq(col_d + src.row), u.ibuf_r.addr.eq(col_d + src.row),
                      u.fbuf_r.addr.eq(col_d + src.row), u.gbuf_r.addr.eq(col_d + src.row),
                      u.abuf_r.addr.eq(src.column * self.max_intermediate + src.row - I),
-                     u.state_r.addr.eq(buffer_column * self.state_rows + (src.row >> lanes_log2))]
+                     u.state_r.addr.eq(self._state_word(src.column, src.row))]
         if N > 1:
             m.d.comb += [u.gate_r.addr.eq(src.row), u.gate_r.en.eq(advance)]
         with m.If(advance):
@@ -516,7 +520,7 @@ class TokenCore(wiring.Component):
         ``s.ready`` is that consumer's ready."""
         mlgru, glu, side, N = u.mlgru, u.glu, u.side, self.columns
         col_d = s.column * self.max_hidden + s.row
-        lane = s.row[:self.state_lanes.bit_length() - 1] if self.state_lanes > 1 else 0
+        lane = s.row[:self.state_lanes_log2] if self.state_lanes > 1 else 0
         residual_sum = Signal(ACT)
         m.d.comb += residual_sum.eq(saturate(u.resid_r.data + s.value))
         side_in = Signal(u.side_layout)
@@ -583,6 +587,16 @@ class TokenCore(wiring.Component):
                      self.logits.payload.value.eq(s.value), self.logits.payload.last.eq(s.last),
                      s.ready.eq(~wanted | (self.logits.ready & argmax_ready))]
 
+    def _last_sequence(self):
+        """S - 1: the last of the pass's sequences (their state vectors): the last column in a
+        decode pass, 0 in a prefill (whose columns are one sequence)."""
+        return Mux(self.prefill, 0, self.last_column)
+
+    def _state_word(self, column, row):
+        """The state-buffer word of element ``row`` of ``column``'s state (a prefill's columns share
+        one state, the first vector's)."""
+        return Mux(self.prefill, 0, column) * self.state_rows + (row >> self.state_lanes_log2)
+
     def _stage_drain_state(self, m, u, t, s):
         """After each layer's lower-bound record, once the MLGRU has written its last element back:
         the layer's new state of the pass's S sequences (decode: every column's; prefill: the one,
@@ -591,7 +605,7 @@ class TokenCore(wiring.Component):
         read port is free after the record). The next layer's state loads, and the head's logits
         leave, once it is all out."""
         D, W, N = self.hidden, self.state_lanes, self.columns
-        lanes_log2 = W.bit_length() - 1
+        lanes_log2 = self.state_lanes_log2
         fifo = u.drain_fifo
         d = SimpleNamespace(on=Signal(), column=Signal(column_shape(N)), word=Signal(16), got=Signal(),
                             lane=Signal(range(max(W, 2))))
@@ -606,7 +620,7 @@ class TokenCore(wiring.Component):
             m.d.sync += d.word.eq(d.word + 1)
             with m.If(d.word == (D >> lanes_log2) - 1):
                 m.d.sync += [d.word.eq(0), d.column.eq(d.column + 1)]
-                with m.If(d.column == Mux(self.prefill, 0, self.last_column)):
+                with m.If(d.column == self._last_sequence()):
                     m.d.sync += d.on.eq(0)
         m.d.comb += [fifo.i.valid.eq(d.got), fifo.i.payload.eq(u.state_r.data),
                      self.state_out.valid.eq(fifo.o.valid), self.state_out.payload.eq(fifo.o.payload[d.lane])]
@@ -645,10 +659,9 @@ class TokenCore(wiring.Component):
         m.d.comb += [x.mlgru.valid.eq(mlgru.o.valid), mlgru.o.ready.eq(x.mlgru.ready), side.r_en.eq(move),
                      x.mlgru.payload.value.eq(mlgru.o.payload.w), x.mlgru.payload.norm.eq(side_out.g),
                      x.mlgru.payload.column.eq(side_out.column), x.mlgru.payload.last.eq(side_out.last)]
-        lanes_log2 = W.bit_length() - 1
+        lanes_log2 = self.state_lanes_log2
         with m.If(move):
-            buffer_column = Mux(self.prefill, 0, side_out.column)
-            m.d.comb += [u.state_w.addr.eq(buffer_column * self.state_rows + (side_out.row >> lanes_log2)),
+            m.d.comb += [u.state_w.addr.eq(self._state_word(side_out.column, side_out.row)),
                          u.state_w.en.eq(1 << side_out.row[:lanes_log2] if lanes_log2 else 1)]
             m.d.comb += [u.state_w.data[w].eq(mlgru.o.payload.h) for w in range(W)]
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from mmfree.contract import registers as regs
+from mmfree.host.driver import STATE_WORD
 from mmfree.hw.token_core import LOGIT_LAYOUT
 from mmfree.models.golden_int import IntegerModel
 from mmfree.models.weight_image import WeightImage
@@ -67,7 +68,7 @@ class StateMemory:
         table, stream = bytes(self.image.region("embedding")), bytes(self.image.stream)
         parts = [table[t * stride:(t + 1) * stride] for t in tokens]
         for l in range(self.cfg.L):
-            parts += [self.words[s, l].astype("<i8").tobytes() for s in slots]
+            parts += [self.words[s, l].astype(STATE_WORD).tobytes() for s in slots]
             parts.append(stream[l * layer:(l + 1) * layer])
         parts.append(stream[self.cfg.L * layer:])
         words = np.frombuffer(b"".join(parts), np.uint8).reshape(-1, engine_bytes)
