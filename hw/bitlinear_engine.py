@@ -22,7 +22,7 @@ from .rms_quantize import (CODES_LAYOUT, EC_BITS, EPS_SHIFT_MAX, EPS_SHIFT_MIN, 
 from .stream_fifo import StreamFifo
 from .ternary_accumulate import TernaryAccumulate
 
-__all__ = ["BitLinearEngine", "Y_LAYOUT", "X_LAYOUT", "y_layout", "x_layout"]
+__all__ = ["BitLinearEngine", "Y_LAYOUT", "X_LAYOUT", "y_layout", "x_layout", "gates_layout"]
 
 
 def y_layout(columns: int = 1) -> data.StructLayout:
@@ -42,6 +42,12 @@ _GATE_WORD_BYTES = np.dtype(GATE_WORD).itemsize
 assert _GAIN_WORD_BYTES == _GATE_WORD_BYTES, "gains and gates share the engine's word lanes"
 # ceil(K / 5) without a divider: floor(n * 52429 / 2**18) = n // 5 for every n < 2**16 + 8.
 _DIV5_MUL, _DIV5_SHIFT = 52429, 18
+
+
+def gates_layout(engine_bytes: int) -> data.StructLayout:
+    """One beat of a LOWER_BOUND record's gates: ``engine_bytes / 4`` GATE words (Q0.32), end of the record."""
+    return data.StructLayout({"gates": data.ArrayLayout(unsigned(8 * _GATE_WORD_BYTES), engine_bytes // _GATE_WORD_BYTES),
+                              "last": 1})
 
 
 def _tag_layout(rows_per_block: int) -> data.StructLayout:
@@ -81,9 +87,9 @@ class BitLinearEngine(wiring.Component):
       and scale steps run under it. The accumulators (``E`` per beat) are
       buffered and rescaled one per cycle (:class:`~mmfree.hw.rescale.Rescale`)
       onto ``y``. Rows padded up to a multiple of R are dropped.
-    * ``LOWER_BOUND``: after every earlier output has left, the D gates
-      (uint32 words, GATE Q0.32, zero-extended to ACT width) go out on ``y``
-      with consumer 0.
+    * ``LOWER_BOUND``: the K gates (uint32 words, GATE Q0.32) go out on
+      ``gates``, a beat of ``E/4`` per cycle as they arrive (the padding
+      beats are dropped), independently of the outputs still owed on ``y``.
 
     **Columns.** With ``columns`` = N > 1 every record has N input vectors
     (N sequences decoded, or N prompt tokens prefilled, in one weight pass):
@@ -92,7 +98,7 @@ class BitLinearEngine(wiring.Component):
     and each block's outputs leave column by column per accumulator beat
     (beat s: column 0's rows ``s*E ..``, then column 1's, ...), each column's
     rows in order with its own ``last``. The gates of a LOWER_BOUND record go
-    out once (column 0): they serve every column.
+    out once: they serve every column.
 
     The output side (buffer, rescale, ``y``) runs on its own: the next
     record's header, gains and codes proceed while the previous record's last
@@ -107,14 +113,16 @@ class BitLinearEngine(wiring.Component):
         being 32), ``last`` on each column's final one; ``norm`` (signed 48, ACT) is the
         pre-norm's input n for ``NormSource.GATE`` records (ignored otherwise).
         LOWER_BOUND records take none.
-    y : stream of :func:`y_layout`: ``value`` signed 48 (ACT; a gate is
-        0 .. 2**32 - 1, Q0.32); consumer 0's rows, then consumer 1's, ...,
-        ``last`` on each consumer's final row; or the gates.
+    y : stream of :func:`y_layout`: ``value`` signed 48 (ACT); consumer 0's rows, then consumer 1's,
+        ..., ``last`` on each consumer's final row.
+    gates : stream of :func:`gates_layout`: a LOWER_BOUND record's gates, ``E/4`` per beat (gate j
+        in beat ``j // (E/4)``, lane ``j % (E/4)``; lanes beyond K are padding), ``last`` on the
+        record's final beat.
     last_column : the columns in use are 0 .. ``last_column`` (below ``columns``); held stable
         while a record is in progress or owes outputs.
     busy : a record is in progress or outputs are still owed.
-    phase : 1 while a header, gains or the input stage run (prep), 2 while
-        matrix beats are consumed (matvec), 0 otherwise (idle, gate output).
+    phase : 1 while a header, gains, gates or the input stage run (prep), 2 while
+        matrix beats are consumed (matvec), 0 otherwise (idle).
     error : a header with a wrong magic or kind, K or N out of range (0 or above
         ``max_k`` / ``max_rows``), or a field outside the supported ranges
         (``hw.rms_quantize``: consumers 1..3, norm source 0..2, frac_a and
@@ -191,6 +199,7 @@ class BitLinearEngine(wiring.Component):
             "weights": In(stream.Signature(unsigned(8 * engine_bytes))),
             "x": In(stream.Signature(x_layout(columns))),
             "y": Out(stream.Signature(y_layout(columns))),
+            "gates": Out(stream.Signature(gates_layout(engine_bytes))),
             "last_column": In(column_shape(columns)),
             "busy": Out(1), "phase": Out(2), "error": Out(1), "clear_error": In(1), "weight_wait": Out(1),
         })
@@ -375,9 +384,6 @@ class BitLinearEngine(wiring.Component):
             # outputs owed on y by the output side (rows of blocks already started)
             owed=Signal(range((self.max_rows * C + R) * self.columns + 1)),
             owed_add=Signal(range(R * self.columns + 1)), owed_sub=Signal(),
-            # a LOWER_BOUND record's gate output
-            lb_full=Signal(), lb_beat=Signal(8 * E), lb_lane=Signal(range(gl)), lb_left=Signal(range(self.max_k + 1)),
-            lb_valid=Signal(),
             phase=Signal(2), busy_record=Signal())
         r.beat = self.weights.payload
         r.next_align = Signal.like(r.align)
@@ -420,7 +426,7 @@ class BitLinearEngine(wiring.Component):
             m.d.comb += [r.phase.eq(1), r.busy_record.eq(1)]
             # ceil(K / 5) = floor((K + 4) * 52429 / 2**18), exact for K < 2**16
             m.d.sync += [r.data_beats.eq((k + gl - 1) >> gl_log2), r.part.eq(0), r.padding.eq(0), r.count.eq(0),
-                         r.lb_left.eq(k), r.groups.eq(((k[:17] + 4) * _DIV5_MUL) >> _DIV5_SHIFT)]
+                         r.groups.eq(((k[:17] + 4) * _DIV5_MUL) >> _DIV5_SHIFT)]
             with m.If(~fields.ok):
                 m.d.sync += r.error.eq(1)
                 m.next = "ERROR"
@@ -511,24 +517,22 @@ class BitLinearEngine(wiring.Component):
                     m.next = "HEADER"
 
     def _parse_gates_state(self, m, r):
-        """GATES: after every earlier output has left, K gates, E/4 per beat, then padding."""
-        gl = self.engine_bytes // _GAIN_WORD_BYTES
+        """GATES: ``ceil(K / (E/4))`` beats onto ``gates`` as they arrive, then the padding beats."""
         with m.State("GATES"):
-            m.d.comb += r.busy_record.eq(1)
-            with m.If(r.owed == 0):
-                m.d.comb += r.want.eq(Mux(r.padding, r.align != 0, ~r.lb_full))
-                with m.If(r.take):
-                    m.d.sync += r.count.eq(r.count + 1)
-                    with m.If(~r.padding):
-                        m.d.sync += [r.lb_full.eq(1), r.lb_beat.eq(r.beat), r.lb_lane.eq(0)]
-                        with m.If(r.count == r.data_beats - 1):
-                            m.d.sync += r.padding.eq(1)
-                m.d.comb += r.lb_valid.eq(r.lb_full)
-                with m.If(r.lb_full & self.y.ready):
-                    m.d.sync += [r.lb_lane.eq(r.lb_lane + 1), r.lb_left.eq(r.lb_left - 1)]
-                    with m.If((r.lb_lane == gl - 1) | (r.lb_left == 1)):
-                        m.d.sync += r.lb_full.eq(0)
-                done = r.padding & (r.align == 0) & ~r.lb_full & (r.lb_left == 0)
+            m.d.comb += [r.phase.eq(1), r.busy_record.eq(1),
+                         self.gates.valid.eq(self.weights.valid & ~r.padding),
+                         self.gates.payload.last.eq(r.count == r.data_beats - 1),
+                         r.want.eq(r.padding | self.gates.ready)]
+            m.d.comb += [self.gates.payload.gates[i].eq(r.beat.word_select(i, 8 * _GATE_WORD_BYTES))
+                         for i in range(self.engine_bytes // _GATE_WORD_BYTES)]
+            with m.If(r.take):
+                m.d.sync += r.count.eq(r.count + 1)
+                done = Signal()
+                with m.If(~r.padding & (r.count == r.data_beats - 1)):
+                    m.d.sync += r.padding.eq(1)
+                    m.d.comb += done.eq(r.next_align == 0)
+                with m.If(r.padding):
+                    m.d.comb += done.eq(r.next_align == 0)
                 with m.If(done):
                     m.d.sync += [r.padding.eq(0), r.count.eq(0)]
                     m.next = "HEADER"
@@ -600,19 +604,13 @@ class BitLinearEngine(wiring.Component):
         return rescale
 
     def _stage_output(self, m, u, r, rescale):
-        """``y``: the rescaled outputs with their side FIFO's consumer/last, or a LOWER_BOUND
-        record's gates (never both: the gates wait until nothing is owed)."""
+        """``y``: the rescaled outputs with their side FIFO's consumer/last."""
         side_fifo = u.side_fifo
-        with m.If(r.lb_valid):
-            m.d.comb += [self.y.valid.eq(1), self.y.payload.consumer.eq(0),
-                         self.y.payload.value.eq(r.lb_beat.word_select(r.lb_lane, 8 * _GATE_WORD_BYTES)),
-                         self.y.payload.last.eq(r.lb_left == 1)]
-        with m.Else():
-            out = rescale.o.valid & side_fifo.o.valid
-            m.d.comb += [self.y.valid.eq(out), self.y.payload.value.eq(rescale.o.payload),
-                         self.y.payload.consumer.eq(side_fifo.o.payload.consumer),
-                         self.y.payload.column.eq(side_fifo.o.payload.column),
-                         self.y.payload.last.eq(side_fifo.o.payload.last),
-                         rescale.o.ready.eq(self.y.ready & side_fifo.o.valid),
-                         side_fifo.o.ready.eq(self.y.ready & rescale.o.valid),
-                         r.owed_sub.eq(out & self.y.ready)]
+        out = rescale.o.valid & side_fifo.o.valid
+        m.d.comb += [self.y.valid.eq(out), self.y.payload.value.eq(rescale.o.payload),
+                     self.y.payload.consumer.eq(side_fifo.o.payload.consumer),
+                     self.y.payload.column.eq(side_fifo.o.payload.column),
+                     self.y.payload.last.eq(side_fifo.o.payload.last),
+                     rescale.o.ready.eq(self.y.ready & side_fifo.o.valid),
+                     side_fifo.o.ready.eq(self.y.ready & rescale.o.valid),
+                     r.owed_sub.eq(out & self.y.ready)]

@@ -13,7 +13,7 @@ from mmfree.models import numerics as nx
 
 from mmfree.contract import registers as regs
 from .argmax import Argmax
-from .bitlinear_engine import BitLinearEngine
+from .bitlinear_engine import BitLinearEngine, gates_layout
 from .embedding import Bf16ToAct
 from .rms_quantize import column_shape
 from .fixed_point import saturate
@@ -42,12 +42,11 @@ def _glu_side(columns: int) -> data.StructLayout:
 class RecordStep(enum.Enum, shape=3):
     """Which STREAM record of a layer the engine's outputs belong to (weight_image.stream_plan order)."""
 
-    ATTN_IN = 0       # i, f, g: kept in on-chip buffers
-    LOWER_BOUND = 1   # the layer's gates: each one completes an MLGRU element
-    ATTN_OUT = 2      # o: first residual add
-    MLP_IN = 3        # a then b (2I rows): a kept, b completes a GLU element
-    MLP_OUT = 4       # d: second residual add
-    HEAD = 5          # logits
+    ATTN_IN = 0       # i, f kept in on-chip buffers; each g completes an MLGRU element
+    ATTN_OUT = 1      # o: first residual add
+    MLP_IN = 2        # a then b (2I rows): a kept, b completes a GLU element
+    MLP_OUT = 3       # d: second residual add
+    HEAD = 4          # logits
 
 
 class _State(enum.Enum, shape=2):
@@ -74,13 +73,14 @@ class TokenCore(wiring.Component):
     all N columns in one pass over its weights and whose outputs (tagged with
     their column, each column's rows in order) this core routes (``RecordStep``):
 
-    * ``attn.in``: i, f, g into three buffers (one D-vector per column);
-    * the lower-bound record: gate j (a uint32 word of the stream, GATE
-      Q0.32), i_j, f_j, g_j and the layer's state h_j of column 0's sequence
-      enter the :class:`~mmfree.hw.mlgru.MLGRU` as the gates stream; the gates
-      are kept, and columns 1 .. N-1 follow from them, column by column. The
-      new state goes out on ``state_out`` and ``w_j = g_j * silu(h_j)`` with
-      ``g_j`` is ``attn.out``'s input;
+    * the layer's lower-bound record (its first): the D gates (GATE Q0.32)
+      into the gate memory, ``engine_bytes / 4`` per beat as the engine takes
+      them; they serve every column;
+    * ``attn.in``: i and f into two buffers (one D-vector per column); each
+      g_j, with i_j, f_j, gate j and the state h_j of its column's sequence,
+      enters the :class:`~mmfree.hw.mlgru.MLGRU` as it arrives. The new state
+      goes back to the state buffer (whence it leaves on ``state_out``) and
+      ``w_j = g_j * silu(h_j)`` with ``g_j`` is ``attn.out``'s input;
     * ``attn.out``: ``r_j = saturate(h_j + o_j)`` into the residual buffer and
       into ``mlp.in``;
     * ``mlp.in``: a is buffered, each b_j completes ``silu(a_j) * b_j``
@@ -95,10 +95,11 @@ class TokenCore(wiring.Component):
     sequences, column c's state the c-th of the layer's S = N state vectors.
     In a prefill pass (``prefill``) they are N consecutive tokens of one
     sequence (S = 1): column c's MLGRU starts from the state column c-1 left,
-    the core waiting for the MLGRU to drain between columns; only the last
-    column's logits and new state go out, and its argmax is ``argmax``.
+    element by element (column c's g_j waits until column c-1's h_j is
+    written back); only the last column's logits and new state go out, and
+    its argmax is ``argmax``.
 
-    Every vector (residual, i/f/g, a, the state buffer), every BitLinear
+    Every vector (residual, i/f, a, the state buffer), every BitLinear
     input and every logit is ACT (``numerics.ACT_BITS`` = 48, Q15.32);
     residual adds saturate in ACT.
 
@@ -135,7 +136,7 @@ class TokenCore(wiring.Component):
     engine_bytes : at least ``registers.STATE_WORD_BYTES`` (one state word per beat).
     columns : tokens per weight pass, 1..8 (default 1).
     buffer_ram_style : None or ``"ultra"``/``"block"``: synthesis ``ram_style`` of the deep
-        per-column vectors (residual, i/f/g, a) and the engine's x banks (``"ultra"`` on
+        per-column vectors (residual, i/f, a) and the engine's x banks (``"ultra"`` on
         UltraScale+: a column of the 2.7B shape is 30 k ACT words there). The state buffer
         (wide, shallow) keeps the tool's choice.
     """
@@ -194,6 +195,11 @@ class TokenCore(wiring.Component):
         return self.state_lanes.bit_length() - 1
 
     @property
+    def gate_lanes(self) -> int:
+        """Gates per weight beat, and per word of the gate memory: ``engine_bytes / 4``."""
+        return gates_layout(self.engine_bytes).members["gates"].length
+
+    @property
     def state_rows(self) -> int:
         """State-buffer words of one column: ``max_hidden`` values, :attr:`state_lanes` to a word."""
         return -(-self.max_hidden // self.state_lanes)
@@ -211,6 +217,9 @@ class TokenCore(wiring.Component):
             rows=Array(Signal(range(max(2 * self.max_intermediate, self.max_vocab, self.max_hidden) + 1),
                               name=f"row{c}") for c in range(N)),
             error=Signal(8), finish=Signal(), embed_beats=Signal(16),
+            # MLGRU elements written back per column this layer (a prefill's column waits on the one before)
+            mlgru_rows=Array(Signal(range(self.max_hidden + 1), name=f"mlgru_rows{c}") for c in range(N)),
+            mlgru_done=Signal(N),
             best_value=Array(Signal(ACT, name=f"best_value{c}") for c in range(N)),
             best_index=Array(Signal(32, name=f"best_index{c}") for c in range(N)),
             argmax_done=Signal(N))
@@ -219,6 +228,7 @@ class TokenCore(wiring.Component):
         self._control(m, u, t)
         self._stage_embed_row(m, u, t)
         self._stage_load_state(m, u, t)
+        self._stage_gates(m, u, t)
         self._weight_wait(m, u, t)
         x = self._engine_inputs(m, u)
         embed_pos = self._embed_results(m, u, x)
@@ -229,7 +239,8 @@ class TokenCore(wiring.Component):
         self._argmax_results(m, u, t)
         self._glu_results(m, u, x)
         with m.If(flush):
-            m.d.sync += [embed_pos.row.eq(0), embed_pos.column.eq(0)]
+            m.d.sync += [embed_pos.row.eq(0), embed_pos.column.eq(0), t.mlgru_done.eq(0)]
+            m.d.sync += [rows.eq(0) for rows in t.mlgru_rows]
         self._phase(m, u, t)
         m.d.comb += [u.engine.clear_error.eq(flush), u.engine.last_column.eq(self.last_column)]
         return m
@@ -273,13 +284,13 @@ class TokenCore(wiring.Component):
         u.resid_w, u.resid_r = vector("residual", N * D)
         u.ibuf_w, u.ibuf_r = vector("i_buffer", N * D)
         u.fbuf_w, u.fbuf_r = vector("f_buffer", N * D)
-        u.gbuf_w, u.gbuf_r = vector("g_buffer", N * D)
         u.abuf_w, u.abuf_r = vector("a_buffer", N * I)
+        # The layer's gates, a stream beat's worth to a word (shallow: the tool's choice).
+        u.gate_w, u.gate_r = vector("gates", -(-D // self.gate_lanes),
+                                    shape=gates_layout(self.engine_bytes).members["gates"], ram_style=None)
         state = Memory(shape=data.ArrayLayout(ACT, self.state_lanes), depth=N * self.state_rows, init=[])
         m.submodules.state = state
         u.state_w, u.state_r = state.write_port(granularity=1), state.read_port(domain="sync")
-        if N > 1:   # the gates of the layer, for the columns after the first
-            u.gate_w, u.gate_r = vector("gates", D, shape=unsigned(nx.GATE_FRAC), ram_style=None)
         return u
 
     def _control(self, m, u, t):
@@ -431,88 +442,72 @@ class TokenCore(wiring.Component):
         return pos
 
     def _stage_read_buffers(self, m, u, t):
-        """Engine outputs, stage 0: an output ``y`` (or, after a lower-bound record, a kept gate
-        for a further column) is taken and the buffers are read at its column and row (latency 1;
-        the routing stage's ``ready`` stalls it). Advances the record step on each record's (or
-        last consumer's) last column's ``last``. Returns the routing stage's registers."""
-        I, L, D, N = self.intermediate, self.layers, self.hidden, self.columns
+        """Engine outputs, stage 0: an output ``y`` is taken and the buffers are read at its column
+        and row (latency 1; the routing stage's ``ready`` stalls it). In a prefill pass a g
+        (``attn.in``'s third consumer) of column c > 0 waits here until column c-1's MLGRU result
+        for its row is written back: the state it reads is that one. Advances the record step on
+        each record's (or last consumer's) last column's ``last``. Returns the routing stage's
+        registers."""
+        I, L, N = self.intermediate, self.layers, self.columns
         y, step = u.y.o, t.step
         s = SimpleNamespace(valid=Signal(), ready=Signal(), step=Signal(RecordStep), consumer=Signal(2),
                             column=Signal(column_shape(N)), value=Signal(ACT), last=Signal(),
                             row=Signal.like(t.rows[0]), bhalf=Signal())
         advance = ~s.valid | s.ready
-        # The gates of columns 1 .. N-1 replay from the gate buffer after the record's own (column 0).
-        replay = SimpleNamespace(on=Signal(), column=Signal(column_shape(N)), row=Signal(16), wait=Signal())
-        src = SimpleNamespace(valid=Signal(), consumer=Signal(2), column=Signal(column_shape(N)), value=Signal(ACT),
-                              last=Signal(), row=Signal.like(t.rows[0]))
-        with m.If(replay.on):
-            m.d.comb += [src.valid.eq(~replay.wait), src.column.eq(replay.column), src.row.eq(replay.row),
-                         src.last.eq(replay.row == D - 1)]
-        with m.Else():
-            m.d.comb += [src.valid.eq(y.valid & (t.fsm_state == _State.RUN)), src.consumer.eq(y.payload.consumer),
-                         src.column.eq(y.payload.column), src.value.eq(y.payload.value), src.last.eq(y.payload.last),
-                         src.row.eq(t.rows[y.payload.column]), y.ready.eq(advance & (t.fsm_state == _State.RUN))]
-        take = src.valid & advance
-        bhalf = (step == RecordStep.MLP_IN) & (src.row >= I)
-        col_d = src.column * self.max_hidden
-        for port in (u.resid_r, u.ibuf_r, u.fbuf_r, u.gbuf_r, u.abuf_r, u.state_r):
-            m.d.comb += port.en.eq(advance)
-        m.d.comb += [u.resid_r.addr.eq(col_d + src.row), u.ibuf_r.addr.eq(col_d + src.row),
-                     u.fbuf_r.addr.eq(col_d + src.row), u.gbuf_r.addr.eq(col_d + src.row),
-                     u.abuf_r.addr.eq(src.column * self.max_intermediate + src.row - I),
-                     u.state_r.addr.eq(self._state_word(src.column, src.row))]
+        row = Signal.like(t.rows[0])
+        m.d.comb += row.eq(t.rows[y.payload.column])
+        hold = Signal()                               # a prefill's g whose state is not yet written
         if N > 1:
-            m.d.comb += [u.gate_r.addr.eq(src.row), u.gate_r.en.eq(advance)]
+            before = Signal(column_shape(N))
+            m.d.comb += before.eq(y.payload.column - 1)
+            m.d.comb += hold.eq(self.prefill & (step == RecordStep.ATTN_IN) & (y.payload.consumer == 2)
+                                & (y.payload.column != 0) & ~t.mlgru_done.bit_select(before, 1)
+                                & (t.mlgru_rows[before] <= row))
+        running = t.fsm_state == _State.RUN
+        take = y.valid & running & ~hold & advance
+        m.d.comb += y.ready.eq(advance & running & ~hold)
+        bhalf = (step == RecordStep.MLP_IN) & (row >= I)
+        col_d = y.payload.column * self.max_hidden
+        for port in (u.resid_r, u.ibuf_r, u.fbuf_r, u.abuf_r, u.state_r, u.gate_r):
+            m.d.comb += port.en.eq(advance)
+        m.d.comb += [u.resid_r.addr.eq(col_d + row), u.ibuf_r.addr.eq(col_d + row), u.fbuf_r.addr.eq(col_d + row),
+                     u.abuf_r.addr.eq(y.payload.column * self.max_intermediate + row - I),
+                     u.state_r.addr.eq(self._state_word(y.payload.column, row)),
+                     u.gate_r.addr.eq(row >> (self.gate_lanes.bit_length() - 1))]
         with m.If(advance):
             m.d.sync += s.valid.eq(take)
         with m.If(take):
-            m.d.sync += [s.step.eq(step), s.consumer.eq(src.consumer), s.column.eq(src.column), s.value.eq(src.value),
-                         s.last.eq(src.last), s.row.eq(src.row), s.bhalf.eq(bhalf)]
-        with m.If(take & ~replay.on):
-            m.d.sync += t.rows[y.payload.column].eq(Mux(y.payload.last, 0, src.row + 1))
-        replay.routed_valid = s.valid
-        self._replay_gates(m, u, t, replay, take)
-        record_end = take & src.last & (src.column == self.last_column) & ~replay.on
-        with m.If(record_end | (take & replay.on & src.last & (src.column == self.last_column))):
+            m.d.sync += [s.step.eq(step), s.consumer.eq(y.payload.consumer), s.column.eq(y.payload.column),
+                         s.value.eq(y.payload.value), s.last.eq(y.payload.last), s.row.eq(row), s.bhalf.eq(bhalf),
+                         t.rows[y.payload.column].eq(Mux(y.payload.last, 0, row + 1))]
+        with m.If(take & y.payload.last & (y.payload.column == self.last_column)):
             # The record (or its last consumer) is complete for every column: move to the next one.
             with m.Switch(step):
                 with m.Case(RecordStep.ATTN_IN):
-                    with m.If(src.consumer == 2):
-                        m.d.sync += step.eq(RecordStep.LOWER_BOUND)
-                with m.Case(RecordStep.LOWER_BOUND):
-                    m.d.sync += [step.eq(RecordStep.ATTN_OUT), t.drain_pending.eq(1)]
+                    with m.If(y.payload.consumer == 2):
+                        m.d.sync += [step.eq(RecordStep.ATTN_OUT), t.drain_pending.eq(1)]
                 with m.Case(RecordStep.ATTN_OUT):
                     m.d.sync += step.eq(RecordStep.MLP_IN)
                 with m.Case(RecordStep.MLP_IN):
                     m.d.sync += step.eq(RecordStep.MLP_OUT)
                 with m.Case(RecordStep.MLP_OUT):
                     m.d.sync += [t.layer.eq(t.layer + 1),
-                                 step.eq(Mux(t.layer + 1 == L, RecordStep.HEAD, RecordStep.ATTN_IN))]
+                                 step.eq(Mux(t.layer + 1 == L, RecordStep.HEAD, RecordStep.ATTN_IN)),
+                                 t.mlgru_done.eq(0)]
+                    m.d.sync += [rows.eq(0) for rows in t.mlgru_rows]
         return s
 
-    def _replay_gates(self, m, u, t, replay, take):
-        """After a lower-bound record's gates (column 0), columns 1 .. N-1 from the kept gates, row
-        by row; in a prefill pass each column waits until the MLGRU has written back the column
-        before it (its state is this column's input)."""
-        D = self.hidden
+    def _stage_gates(self, m, u, t):
+        """A layer's gates, as the engine takes its lower-bound record (the layer's first, before
+        any g that needs them): a beat of :attr:`gate_lanes` into each word of the gate memory."""
+        gates = u.engine.gates
+        word = Signal(range(-(-self.max_hidden // self.gate_lanes) + 1))
+        m.d.comb += [gates.ready.eq(1), u.gate_w.addr.eq(word), u.gate_w.data.eq(gates.payload.gates),
+                     u.gate_w.en.eq(gates.valid)]
+        with m.If(gates.valid):
+            m.d.sync += word.eq(Mux(gates.payload.last, 0, word + 1))
         with m.If(t.flush):
-            m.d.sync += replay.on.eq(0)
-        with m.If(take & ~replay.on & (t.step == RecordStep.LOWER_BOUND) & u.y.o.payload.last
-                  & (self.last_column != 0)):
-            m.d.sync += [replay.on.eq(1), replay.column.eq(1), replay.row.eq(0), replay.wait.eq(self.prefill)]
-        with m.If(replay.on):
-            # Column c-1's last element has left the routing stage and the MLGRU (whose side FIFO
-            # holds one entry per element inside it), so its state is written.
-            drained = ~replay.routed_valid & (u.side.level == 0)
-            with m.If(replay.wait):
-                with m.If(drained):
-                    m.d.sync += replay.wait.eq(0)
-            with m.Elif(take):
-                m.d.sync += replay.row.eq(replay.row + 1)
-                with m.If(replay.row == D - 1):
-                    m.d.sync += [replay.row.eq(0), replay.column.eq(replay.column + 1), replay.wait.eq(self.prefill)]
-                    with m.If(replay.column == self.last_column):
-                        m.d.sync += replay.on.eq(0)
+            m.d.sync += word.eq(0)
 
     def _stage_route(self, m, u, t, x, s):
         """Engine outputs, stage 1: each output (ACT) with the buffers read for its column and row
@@ -524,30 +519,24 @@ class TokenCore(wiring.Component):
         residual_sum = Signal(ACT)
         m.d.comb += residual_sum.eq(saturate(u.resid_r.data + s.value))
         side_in = Signal(u.side_layout)
-        m.d.comb += [side_in.g.eq(u.gbuf_r.data), side_in.row.eq(s.row), side_in.column.eq(s.column),
+        m.d.comb += [side_in.g.eq(s.value), side_in.row.eq(s.row), side_in.column.eq(s.column),
                      side_in.last.eq(s.last), side.w_data.eq(side_in)]
-        # A gate: column 0's comes from the stream (and is kept), a further column's from the kept ones.
-        gate = Signal(nx.GATE_FRAC)
-        m.d.comb += gate.eq(s.value[:nx.GATE_FRAC])
-        if N > 1:
-            with m.If(s.column != 0):
-                m.d.comb += gate.eq(u.gate_r.data)
-            m.d.comb += [u.gate_w.addr.eq(s.row), u.gate_w.data.eq(s.value[:nx.GATE_FRAC]),
-                         u.gate_w.en.eq(s.valid & (s.step == RecordStep.LOWER_BOUND) & (s.column == 0))]
+        gate_lane = s.row[:self.gate_lanes.bit_length() - 1] if self.gate_lanes > 1 else 0
         with m.Switch(s.step):
             with m.Case(RecordStep.ATTN_IN):
-                m.d.comb += s.ready.eq(1)
-                for index, port in enumerate((u.ibuf_w, u.fbuf_w, u.gbuf_w)):
-                    m.d.comb += [port.addr.eq(col_d), port.data.eq(s.value),
-                                 port.en.eq(s.valid & (s.consumer == index))]
-            with m.Case(RecordStep.LOWER_BOUND):
-                # h_new = f*h + silu(i)*(1-f) with f from the gate; w = g*silu(h_new)
-                m.d.comb += [mlgru.i.payload.i.eq(u.ibuf_r.data), mlgru.i.payload.f.eq(u.fbuf_r.data),
-                             mlgru.i.payload.g.eq(u.gbuf_r.data), mlgru.i.payload.h.eq(u.state_r.data[lane]),
-                             mlgru.i.payload.lb.eq(gate),
-                             mlgru.i.valid.eq(s.valid & side.w_rdy),
-                             side.w_en.eq(s.valid & mlgru.i.ready),
-                             s.ready.eq(mlgru.i.ready & side.w_rdy)]
+                with m.If(s.consumer == 2):
+                    # h_new = f*h + silu(i)*(1-f) with f from the gate; w = g*silu(h_new)
+                    m.d.comb += [mlgru.i.payload.i.eq(u.ibuf_r.data), mlgru.i.payload.f.eq(u.fbuf_r.data),
+                                 mlgru.i.payload.g.eq(s.value), mlgru.i.payload.h.eq(u.state_r.data[lane]),
+                                 mlgru.i.payload.lb.eq(u.gate_r.data[gate_lane]),
+                                 mlgru.i.valid.eq(s.valid & side.w_rdy),
+                                 side.w_en.eq(s.valid & mlgru.i.ready),
+                                 s.ready.eq(mlgru.i.ready & side.w_rdy)]
+                with m.Else():
+                    m.d.comb += s.ready.eq(1)
+                    for index, port in enumerate((u.ibuf_w, u.fbuf_w)):
+                        m.d.comb += [port.addr.eq(col_d), port.data.eq(s.value),
+                                     port.en.eq(s.valid & (s.consumer == index))]
             with m.Case(RecordStep.ATTN_OUT, RecordStep.MLP_OUT):
                 # r = saturate(h + o); h = saturate(r + d)
                 # (norm is ignored by the engine here; driving it keeps no field constant,
@@ -598,7 +587,7 @@ class TokenCore(wiring.Component):
         return Mux(self.prefill, 0, column) * self.state_rows + (row >> self.state_lanes_log2)
 
     def _stage_drain_state(self, m, u, t, s):
-        """After each layer's lower-bound record, once the MLGRU has written its last element back:
+        """After each layer's ``attn.in`` record, once the MLGRU has written its last element back:
         the layer's new state of the pass's S sequences (decode: every column's; prefill: the one,
         whose last column's it is) from the state buffer to ``state_out``, D values each, one per
         cycle, while the layer's other records run. Words are read ahead into a small FIFO (the
@@ -609,7 +598,7 @@ class TokenCore(wiring.Component):
         fifo = u.drain_fifo
         d = SimpleNamespace(on=Signal(), column=Signal(column_shape(N)), word=Signal(16), got=Signal(),
                             lane=Signal(range(max(W, 2))))
-        mlgru_empty = ~(s.valid & (s.step == RecordStep.LOWER_BOUND)) & (u.side.level == 0)
+        mlgru_empty = ~(s.valid & (s.step == RecordStep.ATTN_IN) & (s.consumer == 2)) & (u.side.level == 0)
         m.d.comb += t.drain_idle.eq(~t.drain_pending & ~d.on & ~d.got & (fifo.level == 0))
         with m.If(t.drain_pending & mlgru_empty & ~d.on):
             m.d.sync += [t.drain_pending.eq(0), d.on.eq(1), d.column.eq(0), d.word.eq(0)]
@@ -664,6 +653,10 @@ class TokenCore(wiring.Component):
             m.d.comb += [u.state_w.addr.eq(self._state_word(side_out.column, side_out.row)),
                          u.state_w.en.eq(1 << side_out.row[:lanes_log2] if lanes_log2 else 1)]
             m.d.comb += [u.state_w.data[w].eq(mlgru.o.payload.h) for w in range(W)]
+            if self.columns > 1:
+                m.d.sync += t.mlgru_rows[side_out.column].eq(t.mlgru_rows[side_out.column] + 1)
+                with m.If(side_out.last):
+                    m.d.sync += t.mlgru_done.eq(t.mlgru_done | (Const(1, self.columns) << side_out.column))
 
     def _glu_results(self, m, u, x):
         """GLU results (ACT) with their column and last from the GLU's side FIFO: ``mlp.out``'s input."""

@@ -26,7 +26,9 @@ accelerator consumes them; every record starts 64-byte aligned:
   (Q0.32, < 1).
 
 Format version 2 (numerics version 2) widened the gain and gate words from
-16 to 32 bits; the record header is unchanged.
+16 to 32 bits; the record header is unchanged. Format version 3 moved each
+layer's lower-bound record before its attention input: the accelerator holds
+a layer's gates before the g rows they complete arrive.
 
 A packed matrix (N x K ternary codes) is stored in blocks of
 ``rows_per_block`` (R) rows; within a block, for each group of five
@@ -36,7 +38,7 @@ is padded to a multiple of R and K to a multiple of 5 with zero codes. A bus
 of B bytes per beat (B dividing R) therefore delivers B rows x 5 inputs per
 beat.
 
-Per layer the records are: attention input (i, f, g), lower bound, o,
+Per layer the records are: lower bound, attention input (i, f, g), o,
 gate_proj (2I rows), down_proj; then the head (lm_head). Only numpy and the
 numerics module are imported: the board-side driver reads images with it.
 """
@@ -56,7 +58,7 @@ from . import numerics as nx
 from .config import ModelConfig
 
 MAGIC = b"MMFREEIM"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 FIXED_HEADER = struct.Struct("<8sIIIIQQ24x")  # 64 bytes
 CHECKSUM_BYTES = 32
 STREAM_ALIGN = 64
@@ -165,10 +167,11 @@ def stream_plan(cfg: ModelConfig) -> list[RecordSpec]:
     d, i = cfg.D, cfg.I
     for layer in range(cfg.L):
         p = f"model.layers.{layer}"
+        # The gates come first: the MLGRU then runs as attn.in's g rows arrive.
+        plan.append(RecordSpec(RecordKind.LOWER_BOUND, f"{p}.attn.lower_bound", d, None))
         plan.append(RecordSpec(RecordKind.BITLINEAR, f"{p}.attn.in", d, f"{p}.attn_norm.weight",
                                tuple(ConsumerSpec(f"{p}.attn.{x}_proj", d) for x in "ifg"),
                                NormSource.INPUT))
-        plan.append(RecordSpec(RecordKind.LOWER_BOUND, f"{p}.attn.lower_bound", d, None))
         plan.append(RecordSpec(RecordKind.BITLINEAR, f"{p}.attn.out", d, f"{p}.attn.g_norm.weight",
                                (ConsumerSpec(f"{p}.attn.o_proj", d),), NormSource.GATE))
         plan.append(RecordSpec(RecordKind.BITLINEAR, f"{p}.mlp.in", d, f"{p}.mlp_norm.weight",
@@ -535,7 +538,7 @@ class WeightImage:
         follow the last layer's (the accelerator reads each layer's state before its records)."""
         head = self.record("head")["offset"]
         layers = self.config.L
-        if head % layers or any(self.record(f"model.layers.{l}.attn.in")["offset"] != l * (head // layers)
+        if head % layers or any(self.record(f"model.layers.{l}.attn.lower_bound")["offset"] != l * (head // layers)
                                 for l in range(layers)):
             raise ImageError("the image's layers do not have the same STREAM size")
         return head // layers

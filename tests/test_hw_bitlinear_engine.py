@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover
 
 TOKENS = (1, 63, 90)
 #: The bundled model's layer 1 (its gates are not all zero, unlike layer 0's) and the head.
-KJV_RECORDS = tuple(f"model.layers.1.{r}" for r in ("attn.in", "attn.lower_bound", "attn.out", "mlp.in", "mlp.out")) \
+KJV_RECORDS = tuple(f"model.layers.1.{r}" for r in ("attn.lower_bound", "attn.in", "attn.out", "mlp.in", "mlp.out")) \
     + ("head",)
 
 
@@ -50,8 +50,9 @@ def output_order(rows: int, R: int, E: int, columns: int):
 
 
 def stream_records(key, names, E: int, seed: int, zero_x=(), columns: int = 1, build_columns: int | None = None):
-    """Weight beats, x payloads and expected y tuples (consumer, column, value, last) of records in
-    order, and per record (name, first beat, first matrix beat, end beat). Column c's inputs are
+    """Weight beats, x payloads, expected y tuples (consumer, column, value, last) and expected
+    ``gates`` beats (:func:`gates_layout` bits) of records in order, and per record (name, first
+    beat, first matrix beat, end beat). Column c's inputs are
     the integer model's on ``column_tokens(columns)[c]``; ``zero_x`` records get a zero vector in
     column 0. The x payloads are those of an engine of ``build_columns`` (default ``columns``)."""
     rng = np.random.default_rng(seed)
@@ -59,15 +60,19 @@ def stream_records(key, names, E: int, seed: int, zero_x=(), columns: int = 1, b
     inputs = [record_inputs(key, tokens) for tokens in column_tokens(columns)]
     layout = x_layout(build_columns or columns)
     stream = bytes(image.stream)
-    beats, xs, ys, spans = [], [], [], []
+    beats, xs, ys, gs, spans = [], [], [], [], []
     for name in names:
         rec = image.record(name)
         start = len(beats)
         chunk = stream[rec["offset"]: rec["offset"] + rec["size"]]
         beats += [int.from_bytes(chunk[i:i + E], "little") for i in range(0, len(chunk), E)]
         if rec["kind"] == "LOWER_BOUND":
+            # The gate beats as they are in the stream (lanes beyond K hold its zero padding).
             gates = image.lower_bound_gates(rec["layer"])
-            ys += [(0, 0, int(g), int(i == len(gates) - 1)) for i, g in enumerate(gates)]
+            n = -(-len(gates) * 4 // E)
+            gate_beats = beats[start + RECORD_HEADER_BYTES // E: start + RECORD_HEADER_BYTES // E + n]
+            assert gate_beats[0] & 0xFFFFFFFF == int(gates[0])
+            gs += [b | (int(i == n - 1) << (8 * E)) for i, b in enumerate(gate_beats)]
             spans.append((name, start, start + RECORD_HEADER_BYTES // E, len(beats)))
             continue
         per_column = []
@@ -85,7 +90,7 @@ def stream_records(key, names, E: int, seed: int, zero_x=(), columns: int = 1, b
             ys += [(c, col, int(per_column[col][2][c][row]), int(row == rows - 1))
                    for col, row in output_order(rows, image.rows_per_block, E, columns)]
         spans.append((name, start, (rec["consumers"][0]["matrix_offset"] - rec["offset"]) // E + start, len(beats)))
-    return beats, xs, ys, spans
+    return beats, xs, ys, gs, spans
 
 
 class TB:
@@ -100,6 +105,7 @@ class TB:
         self.weights = StreamDriver(dut, "weights", idle=idle, seed=seed)
         self.x = StreamDriver(dut, "x", idle=idle, seed=seed + 1)
         self.y = StreamMonitor(dut, "y", backpressure=backpressure, seed=seed + 2)
+        self.gates = StreamMonitor(dut, "gates", backpressure=backpressure, seed=seed + 3)
         dut.clear_error.value = 0
 
     @classmethod
@@ -122,17 +128,22 @@ class TB:
         bad = [(i, g, w) for i, (g, w) in enumerate(zip(got, want)) if g != w]
         assert not bad, f"{label}: {len(bad)} mismatches (index, got, want): {bad[:4]}"
 
+    def check_gates(self, want, label=""):
+        assert not self.gates.protocol_errors, self.gates.protocol_errors[:4]
+        assert self.gates.items == want, f"{label}: {len(self.gates.items)} gate beats, want {len(want)}"
+
 
 async def run_records(dut, key, names, *, idle, backpressure, seed, zero_x=(), x_first=False, columns=None):
     """Run records through the engine with ``columns`` columns in use (default: all it has)."""
     from mmfree.sim.runner import bench_params
 
     E, columns = bench_params()["E"], columns or bench_params().get("columns", 1)
-    beats, xs, ys, spans = stream_records(key, names, E, seed, zero_x, columns, bench_params().get("columns", 1))
+    beats, xs, ys, gs, spans = stream_records(key, names, E, seed, zero_x, columns, bench_params().get("columns", 1))
     tb = await TB.start(dut, idle=idle, backpressure=backpressure, seed=seed, columns=columns)
     tb.x.send(xs)
     if x_first:  # the first record's input complete before its header, as after the token core's EMBED
-        first_k = columns * load_image(key).record(names[0])["k"]
+        first = next(n for n in names if load_image(key).record(n)["kind"] == "BITLINEAR")
+        first_k = columns * load_image(key).record(first)["k"]
         while len(tb.x.transfer_cycles) < first_k:
             await RisingEdge(dut.clk)
     tb.weights.send(beats)
@@ -140,6 +151,7 @@ async def run_records(dut, key, names, *, idle, backpressure, seed, zero_x=(), x
     for _ in range(50):
         await RisingEdge(dut.clk)
     tb.check_y(ys, key)
+    tb.check_gates(gs, key)
     assert len(tb.weights.transfer_cycles) == len(beats) and tb.weights.idle_now
     assert int(dut.error.value) == 0 and int(dut.busy.value) == 0
     return tb, spans
@@ -214,7 +226,7 @@ if cocotb is not None:
         p = bench_params()
         E = p["E"]
         image = load_image(p["odd"])
-        good = image.records()[0]
+        good = next(r for r in image.records() if r["kind"] == "BITLINEAR")
         header = bytearray(bytes(image.stream)[good["offset"]: good["offset"] + RECORD_HEADER_BYTES])
 
         def patched(word, value):
@@ -224,7 +236,7 @@ if cocotb is not None:
 
         bad = [patched(0, 0x12340001), patched(0, RECORD_MAGIC | 7), patched(1, p["max_k"] + 1),
                patched(8, p["max_rows"] + 1), patched(1, 0)]
-        beats, xs, ys, _ = stream_records(p["odd"], [good["name"]], E, p["seed"], columns=p.get("columns", 1))
+        beats, xs, ys, _, _ = stream_records(p["odd"], [good["name"]], E, p["seed"], columns=p.get("columns", 1))
         tb = await TB.start(dut)
         for n, header_beats in enumerate(bad):
             tb.weights.send(header_beats + beats)
