@@ -145,10 +145,10 @@ CASES = {
     "image header lost format_version (was a traceback after 1 line)":
         (lambda i, o: ["info", image(i, "lost-version.img", lambda m: m.pop("format_version"))], "format_version"),
     "image record past the stream (was a traceback)":
-        (lambda i, o: generate(image(i, "offset.img", lambda m: m["records"][0].__setitem__("offset", 10**9))),
+        (lambda i, o: generate(image(i, "offset.img", lambda m: m["records"][1].__setitem__("offset", 10**9))),
          "model.layers.0.attn.in"),
     "image record without its matrices (was a traceback)":
-        (lambda i, o: generate(image(i, "consumers.img", lambda m: m["records"][0].__setitem__(
+        (lambda i, o: generate(image(i, "consumers.img", lambda m: m["records"][1].__setitem__(
             "consumers", [{"name": 1}]))), "model.layers.0.attn.in"),
     "image tokenizer cut short (was a traceback)":
         (lambda i, o: generate(image(i, "tok.img", lambda m: m["tokenizer"].__setitem__("size", 3))),
