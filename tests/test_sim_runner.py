@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover
     cocotb = None
 
 #: Cycles per token of the bundled model on sim-default's ideal memory over its roofline (every byte
-#: read and written, the recurrent state's included): measured 1.030 x. The bound leaves 2 % for
+#: read and written, the recurrent state's included): measured 1.032 x. The bound leaves 2 % for
 #: changes of the DDR model's timing, not a lost overlap of reads and work.
 CYCLES_OVER_ROOFLINE_MAX = 1.052
 #: On the board memory model (PYNQ-Z2's: refresh, rows, latency spread) the same tokens reach at
