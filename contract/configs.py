@@ -224,7 +224,7 @@ CONFIGS: dict[str, AcceleratorConfig] = {c.name: c for c in (
                       description="Zynq-7020, 4 x 64-bit HP ports, 60 MHz (what the logic-depth estimate "
                                   "supports), DDR3 2.1 GB/s", **_FULL_370M),
     AcceleratorConfig("kv260", bus_bytes=16, ports=4, engine_bytes=64, rows_per_block=64, fifo_bytes=65536,
-                      outstanding=8, max_burst_beats=16, elements_per_cycle=4, large_ram_style="ultra", columns=4,
+                      outstanding=8, max_burst_beats=16, elements_per_cycle=4, large_ram_style="ultra", columns=5,
                       clock_hz=45e6,
                       ddr_bytes_per_cycle=Fraction(64), ddr_latency_cycles=48, memory_board="kv260", addr_width=40,
                       description="Zynq UltraScale+ K26, 4 x 128-bit HP ports, 45 MHz (what the logic-depth "
