@@ -168,7 +168,7 @@ def test_configurations():
     assert z2.memory == "board" and z2.ddr_params()["refresh_cycles"] > 0     # the board model by default
     # two columns on the simulated build (CI runs batched decode and prefill); on the boards as many
     # as the LUT budget, the part's RAM and the clock allow (docs/columns.md)
-    assert (configs.get_config("sim-default").columns, z2.columns, kv.columns) == (2, 2, 4)
+    assert (configs.get_config("sim-default").columns, z2.columns, kv.columns) == (2, 2, 5)
     with pytest.raises(configs.ConfigError, match="unknown accelerator configuration 'zcu104' "
                                                   r"\(choose from pynq-z2, kv260, sim-default\)"):
         configs.get_config("zcu104")
