@@ -20,7 +20,7 @@ from amaranth.hdl import signed
 from bitlinear_cases import KJV, golden_outputs, interleave, load_image, record_inputs
 from mmfree.hw.bitlinear_engine import BitLinearEngine, x_layout, y_layout
 from mmfree.models import numerics as nx
-from mmfree.models.weight_image import RECORD_HEADER_BYTES, RECORD_MAGIC
+from mmfree.models.weight_image import GATE_WORD, RECORD_HEADER_BYTES, RECORD_MAGIC
 
 # Units built only to read their attributes are never elaborated.
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
@@ -69,7 +69,7 @@ def stream_records(key, names, E: int, seed: int, zero_x=(), columns: int = 1, b
         if rec["kind"] == "LOWER_BOUND":
             # The gate beats as they are in the stream (lanes beyond K hold its zero padding).
             gates = image.lower_bound_gates(rec["layer"])
-            n = -(-len(gates) * 4 // E)
+            n = -(-len(gates) * np.dtype(GATE_WORD).itemsize // E)
             gate_beats = beats[start + RECORD_HEADER_BYTES // E: start + RECORD_HEADER_BYTES // E + n]
             assert gate_beats[0] & 0xFFFFFFFF == int(gates[0])
             gs += [b | (int(i == n - 1) << (8 * E)) for i, b in enumerate(gate_beats)]
