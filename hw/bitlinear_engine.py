@@ -4,7 +4,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -22,17 +22,23 @@ from .rms_quantize import (CODES_LAYOUT, EC_BITS, EPS_SHIFT_MAX, EPS_SHIFT_MIN, 
 from .stream_fifo import StreamFifo
 from .ternary_accumulate import TernaryAccumulate
 
-__all__ = ["BitLinearEngine", "Y_LAYOUT", "X_LAYOUT", "y_layout", "x_layout", "gates_layout"]
+__all__ = ["BitLinearEngine", "Y_LAYOUT", "Y_LANES", "X_LAYOUT", "y_layout", "x_layout", "gates_layout"]
+
+
+#: Outputs per ``y`` beat: two adjacent rows of one column (so a record whose weights take fewer
+#: cycles a row than it has columns is not bound by one output a cycle).
+Y_LANES = 2
 
 
 def y_layout(columns: int = 1) -> data.StructLayout:
-    """One output: the consumer (matrix) it belongs to, the column (input vector; always 0 for one),
-    its ACT value, end of that consumer's rows of that column."""
+    """One ``y`` beat: the consumer (matrix) it belongs to, the column (input vector; always 0 for
+    one), the ACT values of rows ``2i`` (``value[0]``) and ``2i + 1`` (``value[1]``, present when
+    ``pair``), end of that consumer's rows of that column (on the beat's final row)."""
     return data.StructLayout({"consumer": unsigned(2), "column": column_shape(columns),
-                              "value": signed(nx.ACT_BITS), "last": 1})
+                              "value": data.ArrayLayout(signed(nx.ACT_BITS), Y_LANES), "pair": 1, "last": 1})
 
 
-#: One output of a single-column engine (:func:`y_layout` of one column).
+#: One output beat of a single-column engine (:func:`y_layout` of one column).
 Y_LAYOUT = y_layout(1)
 
 _WORD = 32
@@ -61,8 +67,9 @@ def _tag_layout(rows_per_block: int) -> data.StructLayout:
 
 
 def _side_layout(columns: int) -> data.StructLayout:
-    """What travels beside each element through the rescale: its consumer, column and last flag."""
-    return data.StructLayout({"consumer": unsigned(2), "column": column_shape(columns), "last": 1})
+    """What travels beside each pair of elements through the rescales: consumer, column, whether
+    the second row exists, last flag."""
+    return data.StructLayout({"consumer": unsigned(2), "column": column_shape(columns), "pair": 1, "last": 1})
 
 
 class BitLinearEngine(wiring.Component):
@@ -85,8 +92,9 @@ class BitLinearEngine(wiring.Component):
       with no bubble between blocks or consumers; the first block follows the
       code pass group by group instead of waiting for it, and the eps, rsqrt
       and scale steps run under it. The accumulators (``E`` per beat) are
-      buffered and rescaled one per cycle (:class:`~mmfree.hw.rescale.Rescale`)
-      onto ``y``. Rows padded up to a multiple of R are dropped.
+      buffered and rescaled two rows per cycle (a pair of
+      :class:`~mmfree.hw.rescale.Rescale`) onto ``y``. Rows padded up to a
+      multiple of R are dropped.
     * ``LOWER_BOUND``: the K gates (uint32 words, GATE Q0.32) go out on
       ``gates``, a beat of ``E/4`` per cycle as they arrive (the padding
       beats are dropped), independently of the outputs still owed on ``y``.
@@ -97,7 +105,7 @@ class BitLinearEngine(wiring.Component):
     column; every matrix beat meets all N columns' codes in the accumulator;
     and each block's outputs leave column by column per accumulator beat
     (beat s: column 0's rows ``s*E ..``, then column 1's, ...), each column's
-    rows in order with its own ``last``. The gates of a LOWER_BOUND record go
+    rows in order, two to a ``y`` beat, with its own ``last``. The gates of a LOWER_BOUND record go
     out once: they serve every column.
 
     The output side (buffer, rescale, ``y``) runs on its own: the next
@@ -113,8 +121,9 @@ class BitLinearEngine(wiring.Component):
         being 32), ``last`` on each column's final one; ``norm`` (signed 48, ACT) is the
         pre-norm's input n for ``NormSource.GATE`` records (ignored otherwise).
         LOWER_BOUND records take none.
-    y : stream of :func:`y_layout`: ``value`` signed 48 (ACT); consumer 0's rows, then consumer 1's,
-        ..., ``last`` on each consumer's final row.
+    y : stream of :func:`y_layout`: two ``value`` lanes, signed 48 (ACT): rows 2i and 2i + 1 of
+        a consumer (``pair`` low when 2i is its last, odd row count); consumer 0's rows, then
+        consumer 1's, ..., ``last`` on the beat with each consumer's final row.
     gates : stream of :func:`gates_layout`: a LOWER_BOUND record's gates, ``E/4`` per beat (gate j
         in beat ``j // (E/4)``, lane ``j % (E/4)``; lanes beyond K are padding), ``last`` on the
         record's final beat.
@@ -160,7 +169,7 @@ class BitLinearEngine(wiring.Component):
         gain load; normalise, reciprocals, the first group of codes) and
         ``PREP_OVERHEAD``. Eps, rsqrt and the scales overlap the matrices.
     matvec_cycles(k, rows) : cycles from the first to one past the last matrix
-        beat, the output side keeping up (``K / 5 >= E``): the matrix beats
+        beat, the output side keeping up (``K / 5 >= E / 2``): the matrix beats
         (``matvec_beats``) plus the cycles the first block waits for codes
         (none when ``R / E >= 5 / P``).
     """
@@ -259,8 +268,8 @@ class BitLinearEngine(wiring.Component):
                     m.next = "HEADER"
         with m.If(self.clear_error & ~fsm.ongoing("ERROR")):
             m.d.sync += r.error.eq(0)
-        rescaled = self._stage_serialize(m, u)
-        self._stage_output(m, u, r, rescaled)
+        self._stage_serialize(m, u)
+        self._stage_output(m, u, r)
         return m
 
     def _units(self, m):
@@ -278,7 +287,10 @@ class BitLinearEngine(wiring.Component):
                                              "exp": data.ArrayLayout(signed(u.rms.exp_bits), C)})
         u.scales_layout = data.ArrayLayout(u.column_scales, N)
         m.submodules.scale_fifo = u.scale_fifo = StreamFifo(shape=u.scales_layout, depth=2)
-        m.submodules.rescale = u.rescale = Rescale(acc_bits=self.acc_bits)
+        # One rescale per y lane, in lockstep (same valid and ready every cycle).
+        u.rescales = [Rescale(acc_bits=self.acc_bits) for _ in range(Y_LANES)]
+        for lane, unit in enumerate(u.rescales):
+            m.submodules[f"rescale{lane}"] = unit
         m.submodules.side_fifo = u.side_fifo = StreamFifo(shape=_side_layout(N), depth=Rescale.latency + 1)
         u.code_wr, u.code_rd = [], []
         for column in range(N):       # one code memory per column: a matrix beat reads all of them
@@ -383,7 +395,7 @@ class BitLinearEngine(wiring.Component):
             b_valid=Signal(), b_last=Signal(), b_cons=Signal(range(C)), b_bytes=Signal(8 * E),
             # outputs owed on y by the output side (rows of blocks already started)
             owed=Signal(range((self.max_rows * C + R) * self.columns + 1)),
-            owed_add=Signal(range(R * self.columns + 1)), owed_sub=Signal(),
+            owed_add=Signal(range(R * self.columns + 1)), owed_sub=Signal(range(Y_LANES + 1)),
             phase=Signal(2), busy_record=Signal())
         r.beat = self.weights.payload
         r.next_align = Signal.like(r.align)
@@ -538,35 +550,38 @@ class BitLinearEngine(wiring.Component):
                     m.next = "HEADER"
 
     def _stage_serialize(self, m, u):
-        """The output side: accumulator beats (``E`` accumulators per column) -> one element per cycle,
-        column 0's of the beat first, with its column's scale and exponent, into :class:`Rescale` and
-        its consumer/column/last into the side FIFO.
+        """The output side: accumulator beats (``E`` accumulators per column) -> two adjacent rows
+        per cycle, column 0's of the beat first, with its column's scale and exponent, into the
+        :class:`Rescale` pair and its consumer/column/pair/last into the side FIFO.
 
         Rows beyond the block's tag ``rows`` are dropped. The next block's tag (and, for a
         record's first block, its scales) is taken in the cycle the previous block ends: no
-        bubble between blocks. Returns the rescale unit (whose output is ACT).
+        bubble between blocks.
         """
         E, R, C, N = self.engine_bytes, self.rows_per_block, MAX_CONSUMERS, self.columns
         D = R // E
-        acc_fifo, tag_fifo, scale_fifo, rescale, side_fifo = u.acc_fifo, u.tag_fifo, u.scale_fifo, u.rescale, u.side_fifo
+        acc_fifo, tag_fifo, scale_fifo, side_fifo = u.acc_fifo, u.tag_fifo, u.scale_fifo, u.side_fifo
         ser_active = Signal()
         ser_col = Signal(column_shape(N))
         ser_tag = Signal(u.tag_layout)
         ser_beat = Signal(range(max(D, 2)))
-        ser_lane = Signal(range(E))
+        ser_pair = Signal(range(E // Y_LANES))          # rows 2 ser_pair, 2 ser_pair + 1 of the beat
         ser_row = Signal(range(R + E + 1))
         cur = Signal(u.scales_layout)
         row_exists = ser_row < ser_tag.rows
-        beat_end = (ser_lane == E - 1) | (ser_row + 1 >= ser_tag.rows)   # the column's last wanted element of the beat
+        pair = ser_row + 1 < ser_tag.rows
+        beat_end = (ser_pair == E // Y_LANES - 1) | (ser_row + Y_LANES >= ser_tag.rows)
         column_end = Signal()
         block_end = Signal()
         element_go = Signal()
         beat_pop = Signal()
-        ri = rescale.i.payload
+        lead = u.rescales[0]
         col_scales = cur[ser_col]
-        m.d.comb += [ri.acc.eq(acc_fifo.o.payload[ser_col][ser_lane]), side_fifo.i.payload.consumer.eq(ser_tag.consumer),
-                     side_fifo.i.payload.column.eq(ser_col),
-                     side_fifo.i.payload.last.eq(ser_tag.last & (ser_row + 1 == ser_tag.rows))]
+        accs = acc_fifo.o.payload[ser_col]
+        m.d.comb += [side_fifo.i.payload.consumer.eq(ser_tag.consumer), side_fifo.i.payload.column.eq(ser_col),
+                     side_fifo.i.payload.pair.eq(pair),
+                     side_fifo.i.payload.last.eq(ser_tag.last & (ser_row + Y_LANES >= ser_tag.rows))]
+        scale, exp = Signal(SCALE_OUT_BITS), Signal(EXP_SHAPE)
         exp_lo, exp_hi = -(1 << (EXP_SHAPE.width - 1)), (1 << (EXP_SHAPE.width - 1)) - 1
         with m.Switch(ser_tag.consumer):
             for c in range(C):
@@ -574,12 +589,16 @@ class BitLinearEngine(wiring.Component):
                     # Clamping exp to the rescale's port range is exact: |acc * scale| < 2**50
                     # rounds to 0 for any right shift of 51 or more, and any exp >= 48 saturates.
                     e = col_scales.exp[c]
-                    m.d.comb += [ri.scale.eq(col_scales.scale[c]),
-                                 ri.exp.eq(Mux(e < exp_lo, exp_lo, Mux(e > exp_hi, exp_hi, e)))]
+                    m.d.comb += [scale.eq(col_scales.scale[c]), exp.eq(Mux(e < exp_lo, exp_lo, Mux(e > exp_hi, exp_hi, e)))]
+        rescale_valid = Signal()
+        for lane, unit in enumerate(u.rescales):
+            lanes = [accs[Y_LANES * i + lane] for i in range(E // Y_LANES)]
+            m.d.comb += [unit.i.payload.acc.eq(Array(lanes)[ser_pair]), unit.i.payload.scale.eq(scale),
+                         unit.i.payload.exp.eq(exp), unit.i.valid.eq(rescale_valid)]
         with m.If(ser_active & acc_fifo.o.valid):
             with m.If(row_exists):
-                fire = rescale.i.ready & side_fifo.i.ready
-                m.d.comb += [rescale.i.valid.eq(side_fifo.i.ready), side_fifo.i.valid.eq(rescale.i.ready),
+                fire = lead.i.ready & side_fifo.i.ready
+                m.d.comb += [rescale_valid.eq(side_fifo.i.ready), side_fifo.i.valid.eq(lead.i.ready),
                              element_go.eq(fire), column_end.eq(fire & beat_end),
                              beat_pop.eq(fire & beat_end & (ser_col == self.last_column))]
             with m.Else():
@@ -587,30 +606,31 @@ class BitLinearEngine(wiring.Component):
                 m.d.comb += beat_pop.eq(1)
         m.d.comb += [acc_fifo.o.ready.eq(beat_pop), block_end.eq(beat_pop & (ser_beat == D - 1))]
         with m.If(element_go & ~column_end):
-            m.d.sync += [ser_lane.eq(ser_lane + 1), ser_row.eq(ser_row + 1)]
+            m.d.sync += [ser_pair.eq(ser_pair + 1), ser_row.eq(ser_row + Y_LANES)]
         with m.If(column_end & ~beat_pop):
-            m.d.sync += [ser_col.eq(ser_col + 1), ser_lane.eq(0), ser_row.eq(ser_beat * E)]
+            m.d.sync += [ser_col.eq(ser_col + 1), ser_pair.eq(0), ser_row.eq(ser_beat * E)]
         with m.If(beat_pop):
-            m.d.sync += [ser_col.eq(0), ser_lane.eq(0), ser_beat.eq(ser_beat + 1), ser_row.eq((ser_beat + 1) * E)]
+            m.d.sync += [ser_col.eq(0), ser_pair.eq(0), ser_beat.eq(ser_beat + 1), ser_row.eq((ser_beat + 1) * E)]
         take_tag = tag_fifo.o.valid & (~ser_active | block_end) & (~tag_fifo.o.payload.first | scale_fifo.o.valid)
         m.d.comb += [tag_fifo.o.ready.eq(take_tag), scale_fifo.o.ready.eq(take_tag & tag_fifo.o.payload.first)]
         with m.If(block_end):
             m.d.sync += ser_active.eq(0)
         with m.If(take_tag):
-            m.d.sync += [ser_active.eq(1), ser_tag.eq(tag_fifo.o.payload), ser_beat.eq(0), ser_lane.eq(0),
+            m.d.sync += [ser_active.eq(1), ser_tag.eq(tag_fifo.o.payload), ser_beat.eq(0), ser_pair.eq(0),
                          ser_row.eq(0), ser_col.eq(0)]
             with m.If(tag_fifo.o.payload.first):
                 m.d.sync += cur.eq(scale_fifo.o.payload)
-        return rescale
 
-    def _stage_output(self, m, u, r, rescale):
-        """``y``: the rescaled outputs with their side FIFO's consumer/last."""
-        side_fifo = u.side_fifo
-        out = rescale.o.valid & side_fifo.o.valid
-        m.d.comb += [self.y.valid.eq(out), self.y.payload.value.eq(rescale.o.payload),
-                     self.y.payload.consumer.eq(side_fifo.o.payload.consumer),
+    def _stage_output(self, m, u, r):
+        """``y``: the rescaled pairs with their side FIFO's consumer/column/pair/last."""
+        side_fifo, lead = u.side_fifo, u.rescales[0]
+        out = lead.o.valid & side_fifo.o.valid
+        m.d.comb += [self.y.valid.eq(out), self.y.payload.consumer.eq(side_fifo.o.payload.consumer),
                      self.y.payload.column.eq(side_fifo.o.payload.column),
+                     self.y.payload.pair.eq(side_fifo.o.payload.pair),
                      self.y.payload.last.eq(side_fifo.o.payload.last),
-                     rescale.o.ready.eq(self.y.ready & side_fifo.o.valid),
-                     side_fifo.o.ready.eq(self.y.ready & rescale.o.valid),
-                     r.owed_sub.eq(out & self.y.ready)]
+                     side_fifo.o.ready.eq(self.y.ready & lead.o.valid)]
+        for lane, unit in enumerate(u.rescales):
+            m.d.comb += [self.y.payload.value[lane].eq(unit.o.payload), unit.o.ready.eq(self.y.ready & side_fifo.o.valid)]
+        with m.If(out & self.y.ready):
+            m.d.comb += r.owed_sub.eq(Mux(side_fifo.o.payload.pair, 2, 1))

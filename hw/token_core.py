@@ -13,7 +13,7 @@ from mmfree.models import numerics as nx
 
 from mmfree.contract import registers as regs
 from .argmax import Argmax
-from .bitlinear_engine import BitLinearEngine, gates_layout
+from .bitlinear_engine import Y_LANES, BitLinearEngine, gates_layout
 from .embedding import Bf16ToAct
 from .rms_quantize import column_shape
 from .fixed_point import saturate
@@ -200,6 +200,15 @@ class TokenCore(wiring.Component):
         return gates_layout(self.engine_bytes).members["gates"].length
 
     @property
+    def gate_lanes_log2(self) -> int:
+        return self.gate_lanes.bit_length() - 1
+
+    @staticmethod
+    def _half(n: int) -> int:
+        """Words of one column's ``n``-vector in each bank of a two-bank buffer."""
+        return -(-n // Y_LANES)
+
+    @property
     def state_rows(self) -> int:
         """State-buffer words of one column: ``max_hidden`` values, :attr:`state_lanes` to a word."""
         return -(-self.max_hidden // self.state_lanes)
@@ -282,9 +291,12 @@ class TokenCore(wiring.Component):
 
         D, I = self.max_hidden, self.max_intermediate
         u.resid_w, u.resid_r = vector("residual", N * D)
-        u.ibuf_w, u.ibuf_r = vector("i_buffer", N * D)
-        u.fbuf_w, u.fbuf_r = vector("f_buffer", N * D)
-        u.abuf_w, u.abuf_r = vector("a_buffer", N * I)
+        # i, f and a take both rows of an engine beat at once: even rows in bank 0, odd in bank 1
+        # (word ``column * ceil(n / 2) + row // 2``).
+        for name, n in (("ibuf", D), ("fbuf", D), ("abuf", I)):
+            banks = [vector(f"{name[0]}_buffer{bank}", N * self._half(n)) for bank in range(Y_LANES)]
+            setattr(u, f"{name}_w", [w for w, _ in banks])
+            setattr(u, f"{name}_r", [r for _, r in banks])
         # The layer's gates, a stream beat's worth to a word (shallow: the tool's choice).
         u.gate_w, u.gate_r = vector("gates", -(-D // self.gate_lanes),
                                     shape=gates_layout(self.engine_bytes).members["gates"], ram_style=None)
@@ -442,20 +454,27 @@ class TokenCore(wiring.Component):
         return pos
 
     def _stage_read_buffers(self, m, u, t):
-        """Engine outputs, stage 0: an output ``y`` is taken and the buffers are read at its column
-        and row (latency 1; the routing stage's ``ready`` stalls it). In a prefill pass a g
-        (``attn.in``'s third consumer) of column c > 0 waits here until column c-1's MLGRU result
-        for its row is written back: the state it reads is that one. Advances the record step on
-        each record's (or last consumer's) last column's ``last``. Returns the routing stage's
-        registers."""
+        """Engine outputs, stage 0: an output is taken from ``y`` and the buffers are read at its
+        column and row (latency 1; the routing stage's ``ready`` stalls it). A ``y`` beat of two
+        rows that only go into a buffer (``attn.in``'s i and f, ``mlp.in``'s a) moves as one; any
+        other beat moves one row per cycle. In a prefill pass a g (``attn.in``'s third consumer)
+        of column c > 0 waits here until column c-1's MLGRU result for its row is written back:
+        the state it reads is that one. Advances the record step on each record's (or last
+        consumer's) last column's ``last``. Returns the routing stage's registers."""
         I, L, N = self.intermediate, self.layers, self.columns
         y, step = u.y.o, t.step
         s = SimpleNamespace(valid=Signal(), ready=Signal(), step=Signal(RecordStep), consumer=Signal(2),
-                            column=Signal(column_shape(N)), value=Signal(ACT), last=Signal(),
-                            row=Signal.like(t.rows[0]), bhalf=Signal())
+                            column=Signal(column_shape(N)), value=Signal(ACT), value1=Signal(ACT), pair=Signal(),
+                            last=Signal(), row=Signal.like(t.rows[0]), bhalf=Signal())
         advance = ~s.valid | s.ready
-        row = Signal.like(t.rows[0])
+        row = Signal.like(t.rows[0])                  # the row of the beat's next element
+        second = Signal()                             # the beat's first row has gone on alone
         m.d.comb += row.eq(t.rows[y.payload.column])
+        sink = Signal()                               # both rows go on together (buffer writes only)
+        m.d.comb += sink.eq(y.payload.pair & ~second & (
+            ((step == RecordStep.ATTN_IN) & (y.payload.consumer != 2)) | ((step == RecordStep.MLP_IN) & (row + 1 < I))))
+        final = sink | ~y.payload.pair | second      # this element (or pair) ends the beat
+        last = y.payload.last & final
         hold = Signal()                               # a prefill's g whose state is not yet written
         if N > 1:
             before = Signal(column_shape(N))
@@ -465,22 +484,28 @@ class TokenCore(wiring.Component):
                                 & (t.mlgru_rows[before] <= row))
         running = t.fsm_state == _State.RUN
         take = y.valid & running & ~hold & advance
-        m.d.comb += y.ready.eq(advance & running & ~hold)
+        m.d.comb += y.ready.eq(advance & running & ~hold & final)
         bhalf = (step == RecordStep.MLP_IN) & (row >= I)
         col_d = y.payload.column * self.max_hidden
-        for port in (u.resid_r, u.ibuf_r, u.fbuf_r, u.abuf_r, u.state_r, u.gate_r):
+        for port in (u.resid_r, *u.ibuf_r, *u.fbuf_r, *u.abuf_r, u.state_r, u.gate_r):
             m.d.comb += port.en.eq(advance)
-        m.d.comb += [u.resid_r.addr.eq(col_d + row), u.ibuf_r.addr.eq(col_d + row), u.fbuf_r.addr.eq(col_d + row),
-                     u.abuf_r.addr.eq(y.payload.column * self.max_intermediate + row - I),
+        a_row = row - I
+        m.d.comb += [u.resid_r.addr.eq(col_d + row),
                      u.state_r.addr.eq(self._state_word(y.payload.column, row)),
-                     u.gate_r.addr.eq(row >> (self.gate_lanes.bit_length() - 1))]
+                     u.gate_r.addr.eq(row >> self.gate_lanes_log2)]
+        for port in (*u.ibuf_r, *u.fbuf_r):
+            m.d.comb += port.addr.eq(y.payload.column * self._half(self.max_hidden) + (row >> 1))
+        for port in u.abuf_r:
+            m.d.comb += port.addr.eq(y.payload.column * self._half(self.max_intermediate) + (a_row >> 1))
         with m.If(advance):
             m.d.sync += s.valid.eq(take)
         with m.If(take):
             m.d.sync += [s.step.eq(step), s.consumer.eq(y.payload.consumer), s.column.eq(y.payload.column),
-                         s.value.eq(y.payload.value), s.last.eq(y.payload.last), s.row.eq(row), s.bhalf.eq(bhalf),
-                         t.rows[y.payload.column].eq(Mux(y.payload.last, 0, row + 1))]
-        with m.If(take & y.payload.last & (y.payload.column == self.last_column)):
+                         s.value.eq(Mux(second, y.payload.value[1], y.payload.value[0])),
+                         s.value1.eq(y.payload.value[1]), s.pair.eq(sink), s.last.eq(last), s.row.eq(row),
+                         s.bhalf.eq(bhalf), second.eq(~final),
+                         t.rows[y.payload.column].eq(Mux(last, 0, row + Mux(sink, 2, 1)))]
+        with m.If(take & last & (y.payload.column == self.last_column)):
             # The record (or its last consumer) is complete for every column: move to the next one.
             with m.Switch(step):
                 with m.Case(RecordStep.ATTN_IN):
@@ -495,6 +520,8 @@ class TokenCore(wiring.Component):
                                  step.eq(Mux(t.layer + 1 == L, RecordStep.HEAD, RecordStep.ATTN_IN)),
                                  t.mlgru_done.eq(0)]
                     m.d.sync += [rows.eq(0) for rows in t.mlgru_rows]
+        with m.If(t.flush):
+            m.d.sync += second.eq(0)
         return s
 
     def _stage_gates(self, m, u, t):
@@ -515,18 +542,22 @@ class TokenCore(wiring.Component):
         ``s.ready`` is that consumer's ready."""
         mlgru, glu, side, N = u.mlgru, u.glu, u.side, self.columns
         col_d = s.column * self.max_hidden + s.row
+        d_word = s.column * self._half(self.max_hidden) + (s.row >> 1)
+        odd = s.row[0]
+        a_odd = (s.row - self.intermediate)[0]
         lane = s.row[:self.state_lanes_log2] if self.state_lanes > 1 else 0
         residual_sum = Signal(ACT)
         m.d.comb += residual_sum.eq(saturate(u.resid_r.data + s.value))
         side_in = Signal(u.side_layout)
         m.d.comb += [side_in.g.eq(s.value), side_in.row.eq(s.row), side_in.column.eq(s.column),
                      side_in.last.eq(s.last), side.w_data.eq(side_in)]
-        gate_lane = s.row[:self.gate_lanes.bit_length() - 1] if self.gate_lanes > 1 else 0
+        gate_lane = s.row[:self.gate_lanes_log2] if self.gate_lanes > 1 else 0
         with m.Switch(s.step):
             with m.Case(RecordStep.ATTN_IN):
                 with m.If(s.consumer == 2):
                     # h_new = f*h + silu(i)*(1-f) with f from the gate; w = g*silu(h_new)
-                    m.d.comb += [mlgru.i.payload.i.eq(u.ibuf_r.data), mlgru.i.payload.f.eq(u.fbuf_r.data),
+                    m.d.comb += [mlgru.i.payload.i.eq(Mux(odd, u.ibuf_r[1].data, u.ibuf_r[0].data)),
+                                 mlgru.i.payload.f.eq(Mux(odd, u.fbuf_r[1].data, u.fbuf_r[0].data)),
                                  mlgru.i.payload.g.eq(s.value), mlgru.i.payload.h.eq(u.state_r.data[lane]),
                                  mlgru.i.payload.lb.eq(u.gate_r.data[gate_lane]),
                                  mlgru.i.valid.eq(s.valid & side.w_rdy),
@@ -534,9 +565,8 @@ class TokenCore(wiring.Component):
                                  s.ready.eq(mlgru.i.ready & side.w_rdy)]
                 with m.Else():
                     m.d.comb += s.ready.eq(1)
-                    for index, port in enumerate((u.ibuf_w, u.fbuf_w)):
-                        m.d.comb += [port.addr.eq(col_d), port.data.eq(s.value),
-                                     port.en.eq(s.valid & (s.consumer == index))]
+                    for index, banks in enumerate((u.ibuf_w, u.fbuf_w)):
+                        self._write_pair(m, banks, d_word, s, s.valid & (s.consumer == index))
             with m.Case(RecordStep.ATTN_OUT, RecordStep.MLP_OUT):
                 # r = saturate(h + o); h = saturate(r + d)
                 # (norm is ignored by the engine here; driving it keeps no field constant,
@@ -551,16 +581,25 @@ class TokenCore(wiring.Component):
                     glu_side = Signal(u.glu_side_layout)
                     m.d.comb += [glu_side.column.eq(s.column), glu_side.last.eq(s.last),
                                  u.glu_side.w_data.eq(glu_side),
-                                 glu.i.payload.a.eq(u.abuf_r.data), glu.i.payload.b.eq(s.value),
+                                 glu.i.payload.a.eq(Mux(a_odd, u.abuf_r[1].data, u.abuf_r[0].data)),
+                                 glu.i.payload.b.eq(s.value),
                                  glu.i.valid.eq(s.valid & u.glu_side.w_rdy),
                                  u.glu_side.w_en.eq(s.valid & glu.i.ready),
                                  s.ready.eq(glu.i.ready & u.glu_side.w_rdy)]
                 with m.Else():
-                    m.d.comb += [u.abuf_w.addr.eq(s.column * self.max_intermediate + s.row), u.abuf_w.data.eq(s.value),
-                                 u.abuf_w.en.eq(s.valid), s.ready.eq(1)]
+                    m.d.comb += s.ready.eq(1)
+                    self._write_pair(m, u.abuf_w, s.column * self._half(self.max_intermediate) + (s.row >> 1), s, s.valid)
             with m.Case(RecordStep.HEAD):
                 with m.If(t.drain_idle):
                     self._route_logits(m, u, s)
+
+    @staticmethod
+    def _write_pair(m, banks, word, s, enable):
+        """A two-bank buffer write at ``word``: a pair (even row, odd row) into both banks, a lone
+        element into its row's bank."""
+        even, odd = banks
+        m.d.comb += [even.addr.eq(word), even.data.eq(s.value), even.en.eq(enable & (s.pair | ~s.row[0])),
+                     odd.addr.eq(word), odd.data.eq(Mux(s.pair, s.value1, s.value)), odd.en.eq(enable & (s.pair | s.row[0]))]
 
     def _route_logits(self, m, u, s):
         """The head's outputs: each column's logits through its argmax and, for the columns whose
