@@ -82,6 +82,10 @@ class AcceleratorConfig:
     columns : tokens per weight pass (B sequences decoded, or B prompt tokens prefilled, sharing one
         pass over the weights), 1..8; the driver keeps one sequence slot of recurrent state in
         memory per column.
+    elementwise_lanes : MLGRUs and GLUs (1 or 2; 2 needs ``engine_bytes`` >= 16): with two, every
+        record's outputs but the head's move two rows a cycle, so a record whose weights take
+        fewer cycles a row than it has columns is not bound by one output a cycle (its cost:
+        docs/columns.md).
     """
 
     name: str
@@ -111,6 +115,7 @@ class AcceleratorConfig:
     memory: str = "board"
     cpu_share: float = 0.0
     columns: int = 1
+    elementwise_lanes: int = 1
 
     def __post_init__(self):
         if self.bus_bytes not in (8, 16):
@@ -151,7 +156,8 @@ class AcceleratorConfig:
                     max_intermediate=self.max_intermediate, max_vocab=self.max_vocab,
                     design_hash=design_hash, outstanding=self.outstanding, max_burst_beats=self.max_burst_beats,
                     addr_width=self.addr_width, columns=self.columns,
-                    elements_per_cycle=self.elements_per_cycle, large_ram_style=self.large_ram_style)
+                    elements_per_cycle=self.elements_per_cycle, large_ram_style=self.large_ram_style,
+                    elementwise_lanes=self.elementwise_lanes)
 
     def ddr_params(self) -> dict:
         """Parameters of the simulated DDR (sim/ddr_model.v) for this configuration's ``memory``."""
@@ -225,6 +231,7 @@ CONFIGS: dict[str, AcceleratorConfig] = {c.name: c for c in (
                                   "supports), DDR3 2.1 GB/s", **_FULL_370M),
     AcceleratorConfig("kv260", bus_bytes=16, ports=4, engine_bytes=64, rows_per_block=64, fifo_bytes=65536,
                       outstanding=8, max_burst_beats=16, elements_per_cycle=4, large_ram_style="ultra", columns=5,
+                      elementwise_lanes=2,
                       clock_hz=45e6,
                       ddr_bytes_per_cycle=Fraction(64), ddr_latency_cycles=48, memory_board="kv260", addr_width=40,
                       description="Zynq UltraScale+ K26, 4 x 128-bit HP ports, 45 MHz (what the logic-depth "
@@ -232,7 +239,7 @@ CONFIGS: dict[str, AcceleratorConfig] = {c.name: c for c in (
                                   "40-bit addresses", **_FULL_2_7B),
     AcceleratorConfig("sim-default", bus_bytes=8, ports=2, engine_bytes=16, rows_per_block=64, fifo_bytes=16384,
                       outstanding=8, max_burst_beats=16, clock_hz=150e6, ddr_bytes_per_cycle=Fraction(14), ddr_latency_cycles=24,
-                      max_hidden=256, max_layers=8, max_intermediate=768, max_vocab=4096, ddr_bytes=8 << 20, columns=2,
+                      max_hidden=256, max_layers=8, max_intermediate=768, max_vocab=4096, ddr_bytes=8 << 20, columns=2, elementwise_lanes=2,
                       description="PYNQ-Z2 memory system at 150 MHz (the PL clock of UG585's efficiency test), 2 ports, capacity of the bundled model (D 256, L 6, I 768, V 4096), 2 columns"),
 )}
 

@@ -163,7 +163,8 @@ class Accelerator(wiring.Component):
                  max_hidden: int, max_layers: int, max_intermediate: int, max_vocab: int, design_hash: int = 0,
                  outstanding: int = 4, max_burst_beats: int = 256, addr_width: int = 32,
                  starve_cycles: int = 1 << 16,
-                 elements_per_cycle: int = 1, large_ram_style: str | None = None, columns: int = 1, core=None):
+                 elements_per_cycle: int = 1, large_ram_style: str | None = None, columns: int = 1,
+                 elementwise_lanes: int = 1, core=None):
         if bus_bytes not in (8, 16):
             raise ValueError(f"bus_bytes must be 8 or 16, not {bus_bytes!r}")
         _int_in("ports", ports, 1, 4)
@@ -187,7 +188,8 @@ class Accelerator(wiring.Component):
                            max_layers=max_layers, max_intermediate=max_intermediate, max_vocab=max_vocab,
                            design_hash=design_hash, outstanding=outstanding, max_burst_beats=max_burst_beats,
                            addr_width=addr_width,
-                           elements_per_cycle=elements_per_cycle, large_ram_style=large_ram_style, columns=columns)
+                           elements_per_cycle=elements_per_cycle, large_ram_style=large_ram_style, columns=columns,
+                           elementwise_lanes=elementwise_lanes)
         check_ram_style(large_ram_style)
         width = max(engine_bytes, bus_bytes * (1 << (ports - 1).bit_length()))
         if (not isinstance(fifo_bytes, int) or isinstance(fifo_bytes, bool) or fifo_bytes < 2 * width
@@ -212,7 +214,7 @@ class Accelerator(wiring.Component):
             core = TokenCore(engine_bytes=engine_bytes, rows_per_block=rows_per_block, max_hidden=max_hidden,
                              max_layers=max_layers, max_intermediate=max_intermediate, max_vocab=max_vocab,
                              elements_per_cycle=elements_per_cycle, columns=columns,
-                             buffer_ram_style=large_ram_style)
+                             elementwise_lanes=elementwise_lanes, buffer_ram_style=large_ram_style)
             self._check_core(core, engine_bytes)
         self.core = core
 

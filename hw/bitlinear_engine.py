@@ -17,17 +17,12 @@ from mmfree.models.weight_image import (CM_OFFSET, CONSUMER_WORD, CONSUMER_WORDS
                                         RecordKind)
 
 from .rescale import EXP_SHAPE, SCALE_OUT_BITS, Rescale
-from .rms_quantize import (CODES_LAYOUT, EC_BITS, EPS_SHIFT_MAX, EPS_SHIFT_MIN, FRAC_MAX, X_FRAC_MAX, X_LAYOUT,
-                           RmsQuantize, column_shape, x_layout)
+from .rms_quantize import (CODES_LAYOUT, EC_BITS, EPS_SHIFT_MAX, EPS_SHIFT_MIN, FRAC_MAX, ROW_LANES, X_FRAC_MAX,
+                           X_LAYOUT, RmsQuantize, column_shape, x_layout)
 from .stream_fifo import StreamFifo
 from .ternary_accumulate import TernaryAccumulate
 
-__all__ = ["BitLinearEngine", "Y_LAYOUT", "Y_LANES", "X_LAYOUT", "y_layout", "x_layout", "gates_layout"]
-
-
-#: Outputs per ``y`` beat: two adjacent rows of one column (so a record whose weights take fewer
-#: cycles a row than it has columns is not bound by one output a cycle).
-Y_LANES = 2
+__all__ = ["BitLinearEngine", "Y_LAYOUT", "X_LAYOUT", "y_layout", "x_layout", "gates_layout"]
 
 
 def y_layout(columns: int = 1) -> data.StructLayout:
@@ -35,7 +30,7 @@ def y_layout(columns: int = 1) -> data.StructLayout:
     one), the ACT values of rows ``2i`` (``value[0]``) and ``2i + 1`` (``value[1]``, present when
     ``pair``), end of that consumer's rows of that column (on the beat's final row)."""
     return data.StructLayout({"consumer": unsigned(2), "column": column_shape(columns),
-                              "value": data.ArrayLayout(signed(nx.ACT_BITS), Y_LANES), "pair": 1, "last": 1})
+                              "value": data.ArrayLayout(signed(nx.ACT_BITS), ROW_LANES), "pair": 1, "last": 1})
 
 
 #: One output beat of a single-column engine (:func:`y_layout` of one column).
@@ -288,7 +283,7 @@ class BitLinearEngine(wiring.Component):
         u.scales_layout = data.ArrayLayout(u.column_scales, N)
         m.submodules.scale_fifo = u.scale_fifo = StreamFifo(shape=u.scales_layout, depth=2)
         # One rescale per y lane, in lockstep (same valid and ready every cycle).
-        u.rescales = [Rescale(acc_bits=self.acc_bits) for _ in range(Y_LANES)]
+        u.rescales = [Rescale(acc_bits=self.acc_bits) for _ in range(ROW_LANES)]
         for lane, unit in enumerate(u.rescales):
             m.submodules[f"rescale{lane}"] = unit
         m.submodules.side_fifo = u.side_fifo = StreamFifo(shape=_side_layout(N), depth=Rescale.latency + 1)
@@ -395,7 +390,7 @@ class BitLinearEngine(wiring.Component):
             b_valid=Signal(), b_last=Signal(), b_cons=Signal(range(C)), b_bytes=Signal(8 * E),
             # outputs owed on y by the output side (rows of blocks already started)
             owed=Signal(range((self.max_rows * C + R) * self.columns + 1)),
-            owed_add=Signal(range(R * self.columns + 1)), owed_sub=Signal(range(Y_LANES + 1)),
+            owed_add=Signal(range(R * self.columns + 1)), owed_sub=Signal(range(ROW_LANES + 1)),
             phase=Signal(2), busy_record=Signal())
         r.beat = self.weights.payload
         r.next_align = Signal.like(r.align)
@@ -565,12 +560,12 @@ class BitLinearEngine(wiring.Component):
         ser_col = Signal(column_shape(N))
         ser_tag = Signal(u.tag_layout)
         ser_beat = Signal(range(max(D, 2)))
-        ser_pair = Signal(range(E // Y_LANES))          # rows 2 ser_pair, 2 ser_pair + 1 of the beat
+        ser_pair = Signal(range(E // ROW_LANES))          # rows 2 ser_pair, 2 ser_pair + 1 of the beat
         ser_row = Signal(range(R + E + 1))
         cur = Signal(u.scales_layout)
         row_exists = ser_row < ser_tag.rows
         pair = ser_row + 1 < ser_tag.rows
-        beat_end = (ser_pair == E // Y_LANES - 1) | (ser_row + Y_LANES >= ser_tag.rows)
+        beat_end = (ser_pair == E // ROW_LANES - 1) | (ser_row + ROW_LANES >= ser_tag.rows)
         column_end = Signal()
         block_end = Signal()
         element_go = Signal()
@@ -580,7 +575,7 @@ class BitLinearEngine(wiring.Component):
         accs = acc_fifo.o.payload[ser_col]
         m.d.comb += [side_fifo.i.payload.consumer.eq(ser_tag.consumer), side_fifo.i.payload.column.eq(ser_col),
                      side_fifo.i.payload.pair.eq(pair),
-                     side_fifo.i.payload.last.eq(ser_tag.last & (ser_row + Y_LANES >= ser_tag.rows))]
+                     side_fifo.i.payload.last.eq(ser_tag.last & (ser_row + ROW_LANES >= ser_tag.rows))]
         scale, exp = Signal(SCALE_OUT_BITS), Signal(EXP_SHAPE)
         exp_lo, exp_hi = -(1 << (EXP_SHAPE.width - 1)), (1 << (EXP_SHAPE.width - 1)) - 1
         with m.Switch(ser_tag.consumer):
@@ -592,7 +587,7 @@ class BitLinearEngine(wiring.Component):
                     m.d.comb += [scale.eq(col_scales.scale[c]), exp.eq(Mux(e < exp_lo, exp_lo, Mux(e > exp_hi, exp_hi, e)))]
         rescale_valid = Signal()
         for lane, unit in enumerate(u.rescales):
-            lanes = [accs[Y_LANES * i + lane] for i in range(E // Y_LANES)]
+            lanes = [accs[ROW_LANES * i + lane] for i in range(E // ROW_LANES)]
             m.d.comb += [unit.i.payload.acc.eq(Array(lanes)[ser_pair]), unit.i.payload.scale.eq(scale),
                          unit.i.payload.exp.eq(exp), unit.i.valid.eq(rescale_valid)]
         with m.If(ser_active & acc_fifo.o.valid):
@@ -606,7 +601,7 @@ class BitLinearEngine(wiring.Component):
                 m.d.comb += beat_pop.eq(1)
         m.d.comb += [acc_fifo.o.ready.eq(beat_pop), block_end.eq(beat_pop & (ser_beat == D - 1))]
         with m.If(element_go & ~column_end):
-            m.d.sync += [ser_pair.eq(ser_pair + 1), ser_row.eq(ser_row + Y_LANES)]
+            m.d.sync += [ser_pair.eq(ser_pair + 1), ser_row.eq(ser_row + ROW_LANES)]
         with m.If(column_end & ~beat_pop):
             m.d.sync += [ser_col.eq(ser_col + 1), ser_pair.eq(0), ser_row.eq(ser_beat * E)]
         with m.If(beat_pop):

@@ -27,7 +27,7 @@ from .fixed_point import pipeline_stages
 from .rsqrt import INV_BITS, RsqrtFixed, rsqrt_z_bits
 from .ternary_accumulate import CODE_BITS
 
-__all__ = ["RmsQuantize", "X_LAYOUT", "x_layout", "column_shape", "CODES_LAYOUT", "rms_params_layout", "scales_layout", "v_bits_for",
+__all__ = ["RmsQuantize", "ROW_LANES", "X_LAYOUT", "x_layout", "column_shape", "CODES_LAYOUT", "rms_params_layout", "scales_layout", "v_bits_for",
            "FRAC_MAX", "EPS_SHIFT_MIN", "EPS_SHIFT_MAX", "X_FRAC_MAX", "EC_BITS", "SCALE_OUT_BITS"]
 
 # --------------------------------------------------------------------------
@@ -56,15 +56,23 @@ def column_shape(columns: int):
     return unsigned(max(1, (columns - 1).bit_length()))
 
 
+#: Elements per beat of a vector stream: two consecutive rows (the BitLinear engine's outputs and
+#: its inputs move two to a beat, so a record with more columns than its weights take cycles a row
+#: is not bound by one element a cycle).
+ROW_LANES = 2
+
+
 def x_layout(columns: int = 1) -> data.StructLayout:
-    """One element of an input vector: x (ACT width, in the record's x_frac format), the pre-norm's
-    input n (ACT, used by NormSource.GATE records), which of the ``columns`` vectors it belongs to
-    (always 0 for one), end of that vector."""
-    return data.StructLayout({"value": signed(nx.ACT_BITS), "norm": signed(nx.ACT_BITS),
-                              "column": column_shape(columns), "last": 1})
+    """One or two consecutive elements of an input vector: x (ACT width, in the record's x_frac
+    format), the pre-norm's input n (ACT, used by NormSource.GATE records), each in lane 0 and,
+    when ``pair``, lane 1 (the next element); which of the ``columns`` vectors they belong to
+    (always 0 for one), end of that vector (on the beat with its final element)."""
+    return data.StructLayout({"value": data.ArrayLayout(signed(nx.ACT_BITS), ROW_LANES),
+                              "norm": data.ArrayLayout(signed(nx.ACT_BITS), ROW_LANES),
+                              "column": column_shape(columns), "pair": 1, "last": 1})
 
 
-#: One element of a single input vector (:func:`x_layout` of one column).
+#: One beat of a single input vector (:func:`x_layout` of one column).
 X_LAYOUT = x_layout(1)
 
 #: One group of five inputs: each consumer's five int8 codes (zero beyond K
@@ -183,7 +191,8 @@ class RmsQuantize(wiring.Component):
         ``G_0 .. G_{n-1}``, each exactly ``ceil(K / gain_lanes)`` beats (element
         j of a part in beat ``j // gain_lanes``, lane ``j % gain_lanes``; lanes
         beyond K are ignored). Taken once x is complete.
-    x : stream of :func:`x_layout`: the K elements of each column, ``last`` on each column's final one.
+    x : stream of :func:`x_layout`: the K elements of each column, one or two a beat (any mix), ``last`` on the
+        beat with each column's final one.
         Accepted (registered on transfer, ``ready`` from registers only) whenever the previous
         record's last code pass has read its input, and not after the final ``last`` until then,
         independently of ``params``/``gains`` (the next record's input may
@@ -196,7 +205,8 @@ class RmsQuantize(wiring.Component):
     Parameters
     ----------
     max_k : int, the longest vector, 1..65535.
-    gain_lanes : int, gain mantissas per ``gains`` beat, a power of two, 1..32.
+    gain_lanes : int, gain mantissas per ``gains`` beat, a power of two, 2..32 (x's two lanes
+        go to two banks).
     elements_per_cycle : int, P, elements per cycle of the code pass: 1, 2 or 4,
         at most ``gain_lanes`` (default 1).
     columns : int, N, input vectors per record, 1..16 (default 1).
@@ -230,8 +240,8 @@ class RmsQuantize(wiring.Component):
                 raise TypeError(f"{name} must be an integer, not {value!r}")
         if not 1 <= max_k <= 65535:
             raise ValueError(f"max_k must be in 1..65535, not {max_k}")
-        if gain_lanes not in (1, 2, 4, 8, 16, 32):
-            raise ValueError(f"gain_lanes must be a power of two in 1..32, not {gain_lanes}")
+        if gain_lanes not in (2, 4, 8, 16, 32):
+            raise ValueError(f"gain_lanes must be a power of two in 2..32, not {gain_lanes}")
         if elements_per_cycle not in (1, 2, 4) or elements_per_cycle > gain_lanes:
             raise ValueError(f"elements_per_cycle must be 1, 2 or 4 and at most gain_lanes ({gain_lanes}), "
                              f"not {elements_per_cycle}")
@@ -358,14 +368,15 @@ class RmsQuantize(wiring.Component):
 
     # -- x load and max pass -----------------------------------------------------
     def _stage_x_load(self, m, mem, v):
-        """Writes x into its banks, one element per cycle whenever ``x_full`` is low.
+        """Writes x into its banks, one or two elements per cycle whenever ``x_full`` is low.
 
-        Contract: ``x`` (ACT value and norm, column) in, registered as it transfers
+        Contract: ``x`` (ACT values and norms, column) in, registered as it transfers
         (``ready`` depends on registers only; nothing is taken after the
-        record's final ``last`` until ``x_release``); the next cycle writes the banks and
-        registers the magnitudes, the one after folds them into the column's ``max|x|``,
+        record's final ``last`` until ``x_release``); the next cycle writes the banks (element
+        j to bank ``j % gain_lanes``: a pair's two elements to two banks) and registers the
+        beat's magnitudes, the one after folds them into the column's ``max|x|``,
         ``max|norm|`` (ACT magnitudes). ``x_full`` rises the cycle after the
-        final ``last`` transfer (its element written) and falls on ``x_release``.
+        final ``last`` transfer (its elements written) and falls on ``x_release``.
         Returns ``(peak_x, peak_norm_in)``, arrays indexed by column.
         """
         gl, N = self.gain_lanes, self.columns
@@ -375,7 +386,7 @@ class RmsQuantize(wiring.Component):
         peak_x = Array(Signal(nx.ACT_BITS, name=f"peak_x{c}") for c in range(N))
         peak_norm_in = Array(Signal(nx.ACT_BITS, name=f"peak_norm_in{c}") for c in range(N))
         complete = Signal(N)                          # columns whose last element has been taken
-        # (1) the element as it transferred
+        # (1) the beat as it transferred
         taken = Signal(x_layout(N))
         taken_valid = Signal()
         taken_count = Signal.like(count[0])
@@ -387,22 +398,25 @@ class RmsQuantize(wiring.Component):
         m.d.sync += taken_valid.eq(self.x.valid & self.x.ready)
         with m.If(self.x.valid & self.x.ready):
             m.d.sync += taken.eq(self.x.payload)
-        # (2) into its bank; its magnitudes
-        x_word = Signal(range(mem.words * N + 1))
-        m.d.comb += x_word.eq(taken.column * mem.words + (taken_count >> gl_log2))
+        # (2) into their banks; their magnitudes
+        second = Signal.like(taken_count)
+        m.d.comb += second.eq(taken_count + 1)
         for lane, port in enumerate(mem.x_wr):
-            m.d.comb += [port.addr.eq(x_word), port.data.value.eq(taken.value),
-                         port.data.norm.eq(taken.norm), port.en.eq(taken_valid & (taken_count[:gl_log2] == lane)
-                                                                   if gl > 1 else taken_valid)]
+            first_here = taken_count[:gl_log2] == lane
+            element = Mux(first_here, 0, 1)
+            m.d.comb += [port.addr.eq(taken.column * mem.words + (Mux(first_here, taken_count, second) >> gl_log2)),
+                         port.data.value.eq(taken.value[element]), port.data.norm.eq(taken.norm[element]),
+                         port.en.eq(taken_valid & (first_here | (taken.pair & (second[:gl_log2] == lane))))]
         mag_valid, mag_first = Signal(), Signal()
         mag_col = Signal.like(taken.column)
         mag_x = Signal(nx.ACT_BITS)
         mag_norm_in = Signal(nx.ACT_BITS)
         m.d.sync += mag_valid.eq(taken_valid)
         with m.If(taken_valid):
-            m.d.sync += [mag_first.eq(taken_count == 0), mag_col.eq(taken.column), count[taken.column].eq(taken_count + 1),
-                         mag_x.eq(Mux(taken.value < 0, -taken.value, taken.value)),
-                         mag_norm_in.eq(Mux(taken.norm < 0, -taken.norm, taken.norm))]
+            m.d.sync += [mag_first.eq(taken_count == 0), mag_col.eq(taken.column),
+                         count[taken.column].eq(taken_count + 1 + taken.pair),
+                         mag_x.eq(self._beat_peak(taken.value, taken.pair)),
+                         mag_norm_in.eq(self._beat_peak(taken.norm, taken.pair))]
             with m.If(taken.last):
                 m.d.sync += [count[taken.column].eq(0), complete.eq(complete | (Const(1, N) << taken.column))]
                 with m.If(final):
@@ -415,6 +429,12 @@ class RmsQuantize(wiring.Component):
         with m.If(v.x_release):
             m.d.sync += v.x_full.eq(0)
         return peak_x, peak_norm_in
+
+    @staticmethod
+    def _beat_peak(values, pair):
+        """The larger magnitude of a beat's elements (lane 1 only when ``pair``)."""
+        mags = [Mux(value < 0, -value, value)[:nx.ACT_BITS] for value in values]
+        return Mux(pair & (mags[1] > mags[0]), mags[1], mags[0])
 
     def _stage_max_pass(self, m, mem, v, products):
         """Gains into the gain memories, part by part, and the max pass riding on them.

@@ -13,9 +13,9 @@ from mmfree.models import numerics as nx
 
 from mmfree.contract import registers as regs
 from .argmax import Argmax
-from .bitlinear_engine import Y_LANES, BitLinearEngine, gates_layout
+from .bitlinear_engine import BitLinearEngine, gates_layout
 from .embedding import Bf16ToAct
-from .rms_quantize import column_shape
+from .rms_quantize import ROW_LANES, column_shape
 from .fixed_point import saturate
 from .glu import GLU
 from .mlgru import MLGRU
@@ -28,15 +28,18 @@ ACT = signed(nx.ACT_BITS)
 LOGIT_LAYOUT = data.StructLayout({"value": ACT, "last": 1})
 
 
-def _mlgru_side(columns: int) -> data.StructLayout:
-    """What travels with an element through the MLGRU: the gate g (the next record's norm
-    vector), the row and column, and whether it is the column's last."""
-    return data.StructLayout({"g": ACT, "row": 16, "column": column_shape(columns), "last": 1})
+def _mlgru_side(columns: int, lanes: int) -> data.StructLayout:
+    """What travels with one or two elements through the MLGRUs: their gates g (the next record's
+    norm vector), the first's row, the column, whether the second is there, whether the beat ends
+    the column."""
+    return data.StructLayout({"g": data.ArrayLayout(ACT, lanes), "row": 16, "column": column_shape(columns),
+                              "pair": 1, "last": 1})
 
 
 def _glu_side(columns: int) -> data.StructLayout:
-    """What travels with an element through the GLU: its column and whether it is the column's last."""
-    return data.StructLayout({"column": column_shape(columns), "last": 1})
+    """What travels with one or two elements through the GLUs: column, whether the second is
+    there, whether the beat ends the column."""
+    return data.StructLayout({"column": column_shape(columns), "pair": 1, "last": 1})
 
 
 class RecordStep(enum.Enum, shape=3):
@@ -146,8 +149,9 @@ class TokenCore(wiring.Component):
 
     def __init__(self, *, engine_bytes: int, rows_per_block: int, max_hidden: int, max_layers: int,
                  max_intermediate: int, max_vocab: int, elements_per_cycle: int = 1, columns: int = 1,
-                 buffer_ram_style: str | None = None):
+                 elementwise_lanes: int = 1, buffer_ram_style: str | None = None):
         self.buffer_ram_style = check_ram_style(buffer_ram_style)
+
         for name, value in (("max_hidden", max_hidden), ("max_layers", max_layers),
                             ("max_intermediate", max_intermediate), ("max_vocab", max_vocab), ("columns", columns)):
             if not isinstance(value, int) or isinstance(value, bool):
@@ -161,6 +165,12 @@ class TokenCore(wiring.Component):
         if not isinstance(engine_bytes, int) or engine_bytes < regs.STATE_WORD_BYTES:
             raise ValueError(f"engine_bytes must be at least {regs.STATE_WORD_BYTES} (a state word per beat), "
                              f"not {engine_bytes!r}")
+        if elementwise_lanes not in (1, ROW_LANES):
+            raise ValueError(f"elementwise_lanes must be 1 or {ROW_LANES}, not {elementwise_lanes!r}")
+        if elementwise_lanes > 1 and engine_bytes < ROW_LANES * regs.STATE_WORD_BYTES:
+            raise ValueError(f"elementwise_lanes {elementwise_lanes} needs engine_bytes of at least "
+                             f"{ROW_LANES * regs.STATE_WORD_BYTES} (both states of a pair in one word), not {engine_bytes}")
+        self.lanes = elementwise_lanes
         self.engine_bytes, self.rows_per_block = engine_bytes, rows_per_block
         self.max_hidden, self.max_layers = max_hidden, max_layers
         self.max_intermediate, self.max_vocab = max_intermediate, max_vocab
@@ -206,7 +216,7 @@ class TokenCore(wiring.Component):
     @staticmethod
     def _half(n: int) -> int:
         """Words of one column's ``n``-vector in each bank of a two-bank buffer."""
-        return -(-n // Y_LANES)
+        return -(-n // ROW_LANES)
 
     @property
     def state_rows(self) -> int:
@@ -266,18 +276,21 @@ class TokenCore(wiring.Component):
         # side combinationally, which would make one long path of both.
         m.submodules.y_fifo = u.y = ResetInserter(flush)(StreamFifo(shape=self._engine.y.payload.shape(), depth=2))
         wiring.connect(m, u.engine.y, u.y.i)
-        m.submodules.mlgru = u.mlgru = ResetInserter(flush)(MLGRU())
+        u.mlgru = [ResetInserter(flush)(MLGRU()) for _ in range(self.lanes)]
+        u.glu = [ResetInserter(flush)(GLU()) for _ in range(self.lanes)]
+        for lane in range(self.lanes):            # a second lane's units work in lockstep with the first's
+            m.submodules[f"mlgru{lane or ''}"] = u.mlgru[lane]
+            m.submodules[f"glu{lane or ''}"] = u.glu[lane]
         # The state buffer's words on their way out (_stage_drain_state)
         m.submodules.drain_fifo = u.drain_fifo = ResetInserter(flush)(
             StreamFifo(shape=data.ArrayLayout(ACT, self.state_lanes), depth=4))
-        m.submodules.glu = u.glu = ResetInserter(flush)(GLU())
         m.submodules.embed = u.embed = ResetInserter(flush)(Bf16ToAct())
         u.argmax = []
         for c in range(N):
             unit = ResetInserter(flush)(Argmax(max_length=self.max_vocab))
             m.submodules["argmax" if N == 1 else f"argmax{c}"] = unit
             u.argmax.append(unit)
-        u.side_layout = _mlgru_side(N)
+        u.side_layout = _mlgru_side(N, self.lanes)
         m.submodules.mlgru_side = u.side = ResetInserter(flush)(
             SyncFIFOBuffered(width=u.side_layout.size, depth=MLGRU.latency + 4))
         u.glu_side_layout = _glu_side(N)
@@ -290,11 +303,10 @@ class TokenCore(wiring.Component):
             return mem.write_port(), mem.read_port(domain="sync")
 
         D, I = self.max_hidden, self.max_intermediate
-        u.resid_w, u.resid_r = vector("residual", N * D)
-        # i, f and a take both rows of an engine beat at once: even rows in bank 0, odd in bank 1
+        # Each vector takes both rows of an engine beat at once: even rows in bank 0, odd in bank 1
         # (word ``column * ceil(n / 2) + row // 2``).
-        for name, n in (("ibuf", D), ("fbuf", D), ("abuf", I)):
-            banks = [vector(f"{name[0]}_buffer{bank}", N * self._half(n)) for bank in range(Y_LANES)]
+        for name, n in (("resid", D), ("ibuf", D), ("fbuf", D), ("abuf", I)):
+            banks = [vector(f"{name}{bank}", N * self._half(n)) for bank in range(ROW_LANES)]
             setattr(u, f"{name}_w", [w for w, _ in banks])
             setattr(u, f"{name}_r", [r for _, r in banks])
         # The layer's gates, a stream beat's worth to a word (shallow: the tool's choice).
@@ -443,11 +455,11 @@ class TokenCore(wiring.Component):
         D, embed = self.hidden, u.embed
         pos = SimpleNamespace(row=Signal(16), column=Signal(column_shape(self.columns)))
         m.d.comb += [x.embed.valid.eq(embed.o.valid), embed.o.ready.eq(x.embed.ready),
-                     x.embed.payload.value.eq(embed.o.payload), x.embed.payload.norm.eq(embed.o.payload),
+                     x.embed.payload.value[0].eq(embed.o.payload), x.embed.payload.norm[0].eq(embed.o.payload),
                      x.embed.payload.column.eq(pos.column), x.embed.payload.last.eq(pos.row == D - 1)]
         with m.If(embed.o.valid & embed.o.ready):
-            m.d.comb += [u.resid_w.addr.eq(pos.column * self.max_hidden + pos.row),
-                         u.resid_w.data.eq(embed.o.payload), u.resid_w.en.eq(1)]
+            self._write_pair(m, u.resid_w, pos.column * self._half(self.max_hidden) + (pos.row >> 1),
+                             embed.o.payload, embed.o.payload, 0, pos.row, 1)
             m.d.sync += pos.row.eq(pos.row + 1)
             with m.If(pos.row == D - 1):
                 m.d.sync += [pos.row.eq(0), pos.column.eq(pos.column + 1)]
@@ -456,11 +468,11 @@ class TokenCore(wiring.Component):
     def _stage_read_buffers(self, m, u, t):
         """Engine outputs, stage 0: an output is taken from ``y`` and the buffers are read at its
         column and row (latency 1; the routing stage's ``ready`` stalls it). A ``y`` beat of two
-        rows that only go into a buffer (``attn.in``'s i and f, ``mlp.in``'s a) moves as one; any
-        other beat moves one row per cycle. In a prefill pass a g (``attn.in``'s third consumer)
-        of column c > 0 waits here until column c-1's MLGRU result for its row is written back:
-        the state it reads is that one. Advances the record step on each record's (or last
-        consumer's) last column's ``last``. Returns the routing stage's registers."""
+        rows moves as one (:meth:`_moves_whole`); any other moves one row per cycle. In a prefill
+        pass a g (``attn.in``'s third consumer) of column c > 0 waits here until column c-1's
+        MLGRU results for its rows are written back: the state it reads is that one. Advances the
+        record step on each record's (or last consumer's) last column's ``last``. Returns the
+        routing stage's registers."""
         I, L, N = self.intermediate, self.layers, self.columns
         y, step = u.y.o, t.step
         s = SimpleNamespace(valid=Signal(), ready=Signal(), step=Signal(RecordStep), consumer=Signal(2),
@@ -470,10 +482,9 @@ class TokenCore(wiring.Component):
         row = Signal.like(t.rows[0])                  # the row of the beat's next element
         second = Signal()                             # the beat's first row has gone on alone
         m.d.comb += row.eq(t.rows[y.payload.column])
-        sink = Signal()                               # both rows go on together (buffer writes only)
-        m.d.comb += sink.eq(y.payload.pair & ~second & (
-            ((step == RecordStep.ATTN_IN) & (y.payload.consumer != 2)) | ((step == RecordStep.MLP_IN) & (row + 1 < I))))
-        final = sink | ~y.payload.pair | second      # this element (or pair) ends the beat
+        whole = Signal()                              # both rows go on together
+        m.d.comb += whole.eq(y.payload.pair & ~second & self._moves_whole(step, y.payload.consumer, row))
+        final = whole | ~y.payload.pair | second     # this element (or pair) ends the beat
         last = y.payload.last & final
         hold = Signal()                               # a prefill's g whose state is not yet written
         if N > 1:
@@ -481,30 +492,29 @@ class TokenCore(wiring.Component):
             m.d.comb += before.eq(y.payload.column - 1)
             m.d.comb += hold.eq(self.prefill & (step == RecordStep.ATTN_IN) & (y.payload.consumer == 2)
                                 & (y.payload.column != 0) & ~t.mlgru_done.bit_select(before, 1)
-                                & (t.mlgru_rows[before] <= row))
+                                & (t.mlgru_rows[before] <= row + whole))
         running = t.fsm_state == _State.RUN
         take = y.valid & running & ~hold & advance
         m.d.comb += y.ready.eq(advance & running & ~hold & final)
         bhalf = (step == RecordStep.MLP_IN) & (row >= I)
-        col_d = y.payload.column * self.max_hidden
-        for port in (u.resid_r, *u.ibuf_r, *u.fbuf_r, *u.abuf_r, u.state_r, u.gate_r):
+        for port in (*u.resid_r, *u.ibuf_r, *u.fbuf_r, *u.abuf_r, u.state_r, u.gate_r):
             m.d.comb += port.en.eq(advance)
-        a_row = row - I
-        m.d.comb += [u.resid_r.addr.eq(col_d + row),
-                     u.state_r.addr.eq(self._state_word(y.payload.column, row)),
+        m.d.comb += [u.state_r.addr.eq(self._state_word(y.payload.column, row)),
                      u.gate_r.addr.eq(row >> self.gate_lanes_log2)]
-        for port in (*u.ibuf_r, *u.fbuf_r):
-            m.d.comb += port.addr.eq(y.payload.column * self._half(self.max_hidden) + (row >> 1))
-        for port in u.abuf_r:
-            m.d.comb += port.addr.eq(y.payload.column * self._half(self.max_intermediate) + (a_row >> 1))
+        # Element j of a two-bank vector is in bank j % 2: the rows j, j + 1 of a pair are at
+        # words (j + 1) // 2 (bank 0) and j // 2 (bank 1), whichever is even.
+        for banks, n, j in ((u.resid_r, self.max_hidden, row), (u.ibuf_r, self.max_hidden, row),
+                            (u.fbuf_r, self.max_hidden, row), (u.abuf_r, self.max_intermediate, row - I)):
+            base = y.payload.column * self._half(n)
+            m.d.comb += [banks[0].addr.eq(base + ((j + 1) >> 1)), banks[1].addr.eq(base + (j >> 1))]
         with m.If(advance):
             m.d.sync += s.valid.eq(take)
         with m.If(take):
             m.d.sync += [s.step.eq(step), s.consumer.eq(y.payload.consumer), s.column.eq(y.payload.column),
                          s.value.eq(Mux(second, y.payload.value[1], y.payload.value[0])),
-                         s.value1.eq(y.payload.value[1]), s.pair.eq(sink), s.last.eq(last), s.row.eq(row),
+                         s.value1.eq(y.payload.value[1]), s.pair.eq(whole), s.last.eq(last), s.row.eq(row),
                          s.bhalf.eq(bhalf), second.eq(~final),
-                         t.rows[y.payload.column].eq(Mux(last, 0, row + Mux(sink, 2, 1)))]
+                         t.rows[y.payload.column].eq(Mux(last, 0, row + Mux(whole, 2, 1)))]
         with m.If(take & last & (y.payload.column == self.last_column)):
             # The record (or its last consumer) is complete for every column: move to the next one.
             with m.Switch(step):
@@ -524,6 +534,17 @@ class TokenCore(wiring.Component):
             m.d.sync += second.eq(0)
         return s
 
+    def _moves_whole(self, step, consumer, row):
+        """Whether a two-row beat at ``row`` of ``step``'s ``consumer`` moves as one: when both rows
+        only go into a buffer (``attn.in``'s i and f, ``mlp.in``'s a), and with two element-wise
+        lanes also through the MLGRUs, the residual adds and the GLUs; never the head's (one
+        argmax and one logit a cycle) nor a pair across ``mlp.in``'s a/b boundary."""
+        I = self.intermediate
+        a_only = (step == RecordStep.MLP_IN) & (row + 1 < I)
+        if self.lanes == 1:
+            return ((step == RecordStep.ATTN_IN) & (consumer != 2)) | a_only
+        return (step != RecordStep.HEAD) & ((step != RecordStep.MLP_IN) | a_only | (row >= I))
+
     def _stage_gates(self, m, u, t):
         """A layer's gates, as the engine takes its lower-bound record (the layer's first, before
         any g that needs them): a beat of :attr:`gate_lanes` into each word of the gate memory."""
@@ -537,69 +558,77 @@ class TokenCore(wiring.Component):
             m.d.sync += word.eq(0)
 
     def _stage_route(self, m, u, t, x, s):
-        """Engine outputs, stage 1: each output (ACT) with the buffers read for its column and row
-        goes where its record step sends it (buffers, MLGRU, residual add, GLU, logits);
-        ``s.ready`` is that consumer's ready."""
-        mlgru, glu, side, N = u.mlgru, u.glu, u.side, self.columns
-        col_d = s.column * self.max_hidden + s.row
+        """Engine outputs, stage 1: each output (ACT), or pair of outputs, with the buffers read for
+        its column and rows goes where its record step sends it (buffers, MLGRUs, residual adds,
+        GLUs, logits); ``s.ready`` is that consumer's ready."""
+        side = u.side
         d_word = s.column * self._half(self.max_hidden) + (s.row >> 1)
-        odd = s.row[0]
-        a_odd = (s.row - self.intermediate)[0]
-        lane = s.row[:self.state_lanes_log2] if self.state_lanes > 1 else 0
-        residual_sum = Signal(ACT)
-        m.d.comb += residual_sum.eq(saturate(u.resid_r.data + s.value))
+        resid, ibuf, fbuf = (self._pair_read(banks, s.row) for banks in (u.resid_r, u.ibuf_r, u.fbuf_r))
+        abuf = self._pair_read(u.abuf_r, s.row - self.intermediate)
+        values = [s.value, s.value1]
+        sums = [Signal(ACT, name=f"residual_sum{k}") for k in range(ROW_LANES)]
+        m.d.comb += [sums[k].eq(saturate(resid[k] + values[k])) for k in range(ROW_LANES)]
         side_in = Signal(u.side_layout)
-        m.d.comb += [side_in.g.eq(s.value), side_in.row.eq(s.row), side_in.column.eq(s.column),
+        m.d.comb += [side_in.row.eq(s.row), side_in.column.eq(s.column), side_in.pair.eq(s.pair),
                      side_in.last.eq(s.last), side.w_data.eq(side_in)]
-        gate_lane = s.row[:self.gate_lanes_log2] if self.gate_lanes > 1 else 0
+        m.d.comb += [side_in.g[k].eq(values[k]) for k in range(self.lanes)]
+        state_lane = s.row[:self.state_lanes_log2] if self.state_lanes > 1 else 0
+        gate_lane = s.row[:self.gate_lanes_log2]
         with m.Switch(s.step):
             with m.Case(RecordStep.ATTN_IN):
                 with m.If(s.consumer == 2):
                     # h_new = f*h + silu(i)*(1-f) with f from the gate; w = g*silu(h_new)
-                    m.d.comb += [mlgru.i.payload.i.eq(Mux(odd, u.ibuf_r[1].data, u.ibuf_r[0].data)),
-                                 mlgru.i.payload.f.eq(Mux(odd, u.fbuf_r[1].data, u.fbuf_r[0].data)),
-                                 mlgru.i.payload.g.eq(s.value), mlgru.i.payload.h.eq(u.state_r.data[lane]),
-                                 mlgru.i.payload.lb.eq(u.gate_r.data[gate_lane]),
-                                 mlgru.i.valid.eq(s.valid & side.w_rdy),
-                                 side.w_en.eq(s.valid & mlgru.i.ready),
-                                 s.ready.eq(mlgru.i.ready & side.w_rdy)]
+                    for k, mlgru in enumerate(u.mlgru):
+                        p = mlgru.i.payload
+                        m.d.comb += [p.i.eq(ibuf[k]), p.f.eq(fbuf[k]), p.g.eq(values[k]),
+                                     p.h.eq(u.state_r.data[state_lane + k]), p.lb.eq(u.gate_r.data[gate_lane + k]),
+                                     mlgru.i.valid.eq(s.valid & side.w_rdy)]
+                    m.d.comb += [side.w_en.eq(s.valid & u.mlgru[0].i.ready), s.ready.eq(u.mlgru[0].i.ready & side.w_rdy)]
                 with m.Else():
                     m.d.comb += s.ready.eq(1)
                     for index, banks in enumerate((u.ibuf_w, u.fbuf_w)):
-                        self._write_pair(m, banks, d_word, s, s.valid & (s.consumer == index))
+                        self._write_pair(m, banks, d_word, s.value, s.value1, s.pair, s.row,
+                                         s.valid & (s.consumer == index))
             with m.Case(RecordStep.ATTN_OUT, RecordStep.MLP_OUT):
                 # r = saturate(h + o); h = saturate(r + d)
                 # (norm is ignored by the engine here; driving it keeps no field constant,
                 # which Verilator would flag as an empty always block)
-                m.d.comb += [x.resid.valid.eq(s.valid), x.resid.payload.value.eq(residual_sum),
-                             x.resid.payload.norm.eq(residual_sum), x.resid.payload.column.eq(s.column),
-                             x.resid.payload.last.eq(s.last), s.ready.eq(x.resid.ready),
-                             u.resid_w.addr.eq(col_d), u.resid_w.data.eq(residual_sum),
-                             u.resid_w.en.eq(s.valid & x.resid.ready)]
+                m.d.comb += [x.resid.valid.eq(s.valid), x.resid.payload.column.eq(s.column),
+                             x.resid.payload.pair.eq(s.pair), x.resid.payload.last.eq(s.last), s.ready.eq(x.resid.ready)]
+                m.d.comb += [x.resid.payload.value[k].eq(sums[k]) for k in range(ROW_LANES)]
+                m.d.comb += [x.resid.payload.norm[k].eq(sums[k]) for k in range(ROW_LANES)]
+                self._write_pair(m, u.resid_w, d_word, sums[0], sums[1], s.pair, s.row, s.valid & x.resid.ready)
             with m.Case(RecordStep.MLP_IN):
                 with m.If(s.bhalf):
                     glu_side = Signal(u.glu_side_layout)
-                    m.d.comb += [glu_side.column.eq(s.column), glu_side.last.eq(s.last),
+                    m.d.comb += [glu_side.column.eq(s.column), glu_side.pair.eq(s.pair), glu_side.last.eq(s.last),
                                  u.glu_side.w_data.eq(glu_side),
-                                 glu.i.payload.a.eq(Mux(a_odd, u.abuf_r[1].data, u.abuf_r[0].data)),
-                                 glu.i.payload.b.eq(s.value),
-                                 glu.i.valid.eq(s.valid & u.glu_side.w_rdy),
-                                 u.glu_side.w_en.eq(s.valid & glu.i.ready),
-                                 s.ready.eq(glu.i.ready & u.glu_side.w_rdy)]
+                                 u.glu_side.w_en.eq(s.valid & u.glu[0].i.ready),
+                                 s.ready.eq(u.glu[0].i.ready & u.glu_side.w_rdy)]
+                    for k, glu in enumerate(u.glu):
+                        m.d.comb += [glu.i.payload.a.eq(abuf[k]), glu.i.payload.b.eq(values[k]),
+                                     glu.i.valid.eq(s.valid & u.glu_side.w_rdy)]
                 with m.Else():
                     m.d.comb += s.ready.eq(1)
-                    self._write_pair(m, u.abuf_w, s.column * self._half(self.max_intermediate) + (s.row >> 1), s, s.valid)
+                    self._write_pair(m, u.abuf_w, s.column * self._half(self.max_intermediate) + (s.row >> 1),
+                                     s.value, s.value1, s.pair, s.row, s.valid)
             with m.Case(RecordStep.HEAD):
                 with m.If(t.drain_idle):
                     self._route_logits(m, u, s)
 
     @staticmethod
-    def _write_pair(m, banks, word, s, enable):
-        """A two-bank buffer write at ``word``: a pair (even row, odd row) into both banks, a lone
-        element into its row's bank."""
+    def _pair_read(banks, j):
+        """Elements j and j + 1 of a two-bank vector read at :meth:`_stage_read_buffers`'s words."""
+        odd = j[0]
+        return Mux(odd, banks[1].data, banks[0].data), Mux(odd, banks[0].data, banks[1].data)
+
+    @staticmethod
+    def _write_pair(m, banks, word, value0, value1, pair, row, enable):
+        """A two-bank vector write at ``word``: a pair (rows ``row``, ``row + 1``, ``row`` even) into
+        both banks, a lone element (``value0``) into its row's bank."""
         even, odd = banks
-        m.d.comb += [even.addr.eq(word), even.data.eq(s.value), even.en.eq(enable & (s.pair | ~s.row[0])),
-                     odd.addr.eq(word), odd.data.eq(Mux(s.pair, s.value1, s.value)), odd.en.eq(enable & (s.pair | s.row[0]))]
+        m.d.comb += [even.addr.eq(word), even.data.eq(value0), even.en.eq(enable & (pair | ~row[0])),
+                     odd.addr.eq(word), odd.data.eq(Mux(pair, value1, value0)), odd.en.eq(enable & (pair | row[0]))]
 
     def _route_logits(self, m, u, s):
         """The head's outputs: each column's logits through its argmax and, for the columns whose
@@ -679,31 +708,42 @@ class TokenCore(wiring.Component):
         m.d.comb += [self.argmax.eq(t.best_index[result]), self.argmax_value.eq(t.best_value[result])]
 
     def _mlgru_results(self, m, u, t, x):
-        """MLGRU results: the new state h back to the state buffer (whence it leaves, and a
-        prefill's next column starts from it), w (ACT) and g to ``attn.out``."""
-        mlgru, side, W = u.mlgru, u.side, self.state_lanes
+        """MLGRU results (one or two rows, the lanes in lockstep): the new states h back to the
+        state buffer (whence they leave, and a prefill's next column starts from them), w (ACT)
+        and g to ``attn.out``."""
+        side, W = u.side, self.state_lanes
         side_out = data.View(u.side_layout, side.r_data)
-        move = mlgru.o.valid & x.mlgru.ready
-        m.d.comb += [x.mlgru.valid.eq(mlgru.o.valid), mlgru.o.ready.eq(x.mlgru.ready), side.r_en.eq(move),
-                     x.mlgru.payload.value.eq(mlgru.o.payload.w), x.mlgru.payload.norm.eq(side_out.g),
+        lead = u.mlgru[0]
+        move = lead.o.valid & x.mlgru.ready
+        m.d.comb += [x.mlgru.valid.eq(lead.o.valid), side.r_en.eq(move), x.mlgru.payload.pair.eq(side_out.pair),
                      x.mlgru.payload.column.eq(side_out.column), x.mlgru.payload.last.eq(side_out.last)]
+        for k, mlgru in enumerate(u.mlgru):
+            m.d.comb += [mlgru.o.ready.eq(x.mlgru.ready), x.mlgru.payload.value[k].eq(mlgru.o.payload.w),
+                         x.mlgru.payload.norm[k].eq(side_out.g[k])]
         lanes_log2 = self.state_lanes_log2
+        first = side_out.row[:lanes_log2] if lanes_log2 else 0
         with m.If(move):
+            # a pair's rows (the first even) share a word: lanes first and first + 1
             m.d.comb += [u.state_w.addr.eq(self._state_word(side_out.column, side_out.row)),
-                         u.state_w.en.eq(1 << side_out.row[:lanes_log2] if lanes_log2 else 1)]
-            m.d.comb += [u.state_w.data[w].eq(mlgru.o.payload.h) for w in range(W)]
+                         u.state_w.en.eq((Mux(side_out.pair, 0b11, 0b01) if self.lanes > 1 else 1) << first)]
+            h = [mlgru.o.payload.h for mlgru in u.mlgru]
+            m.d.comb += [u.state_w.data[w].eq(Mux(side_out.pair, h[-1], h[0]) if w % 2 else h[0]) for w in range(W)]
             if self.columns > 1:
-                m.d.sync += t.mlgru_rows[side_out.column].eq(t.mlgru_rows[side_out.column] + 1)
+                m.d.sync += t.mlgru_rows[side_out.column].eq(t.mlgru_rows[side_out.column] + 1 + side_out.pair)
                 with m.If(side_out.last):
                     m.d.sync += t.mlgru_done.eq(t.mlgru_done | (Const(1, self.columns) << side_out.column))
 
     def _glu_results(self, m, u, x):
-        """GLU results (ACT) with their column and last from the GLU's side FIFO: ``mlp.out``'s input."""
-        glu, side = u.glu, u.glu_side
+        """GLU results (ACT; one or two rows, the lanes in lockstep) with their column, pair and last
+        from the GLUs' side FIFO: ``mlp.out``'s input."""
+        side, lead = u.glu_side, u.glu[0]
         side_out = data.View(u.glu_side_layout, side.r_data)
-        m.d.comb += [x.glu.valid.eq(glu.o.valid), glu.o.ready.eq(x.glu.ready), side.r_en.eq(glu.o.valid & x.glu.ready),
-                     x.glu.payload.value.eq(glu.o.payload), x.glu.payload.norm.eq(glu.o.payload),
-                     x.glu.payload.column.eq(side_out.column), x.glu.payload.last.eq(side_out.last)]
+        m.d.comb += [x.glu.valid.eq(lead.o.valid), side.r_en.eq(lead.o.valid & x.glu.ready),
+                     x.glu.payload.column.eq(side_out.column), x.glu.payload.pair.eq(side_out.pair),
+                     x.glu.payload.last.eq(side_out.last)]
+        for k, glu in enumerate(u.glu):
+            m.d.comb += [glu.o.ready.eq(x.glu.ready), x.glu.payload.value[k].eq(glu.o.payload),
+                         x.glu.payload.norm[k].eq(glu.o.payload)]
 
     def _phase(self, m, u, t):
         """``phase`` for the counters (``registers.Phase``)."""

@@ -154,3 +154,22 @@ def interleave(rng, lengths, longest_run: int = 40) -> list[tuple[int, int]]:
         order += [(c, i) for i in left[c][:run]]
         left[c] = left[c][run:]
     return order
+
+
+def x_beats(layout, rng, order, vectors) -> list[int]:
+    """``x`` payloads (:func:`~mmfree.hw.rms_quantize.x_layout` bits) carrying the elements ``order``
+    ((column, index), each column's in order) of ``vectors`` (per column: values, norms): two
+    consecutive elements of a column share a beat at random, and the rest go alone (the two kinds
+    of producer a build has: the elementwise units give pairs, the embedding single values)."""
+    beats, i = [], 0
+    while i < len(order):
+        c, j = order[i]
+        last = j == len(vectors[c][0]) - 1
+        pair = not last and i + 1 < len(order) and order[i + 1] == (c, j + 1) and rng.random() < 0.6
+        count = 2 if pair else 1
+        values = [int(vectors[c][0][j + d]) for d in range(count)] + [0] * (2 - count)
+        norms = [int(vectors[c][1][j + d]) for d in range(count)] + [0] * (2 - count)
+        beats.append(layout.const({"value": values, "norm": norms, "column": c, "pair": int(pair),
+                                   "last": int(j + count == len(vectors[c][0]))}).as_value().value)
+        i += count
+    return beats

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from amaranth.hdl import signed
 
-from bitlinear_cases import KJV, golden_outputs, interleave, load_image, record_inputs
+from bitlinear_cases import KJV, golden_outputs, interleave, load_image, record_inputs, x_beats
 from mmfree.hw.bitlinear_engine import BitLinearEngine, x_layout, y_layout
 from mmfree.models import numerics as nx
 from mmfree.models.weight_image import GATE_WORD, RECORD_HEADER_BYTES, RECORD_MAGIC
@@ -62,7 +62,7 @@ def y_beats(ys) -> int:
 def stream_records(key, names, E: int, seed: int, zero_x=(), columns: int = 1, build_columns: int | None = None):
     """Weight beats, x payloads, expected y tuples (consumer, column, value, last) and expected
     ``gates`` beats (:func:`gates_layout` bits) of records in order, and per record (name, first
-    beat, first matrix beat, end beat). Column c's inputs are
+    beat, first matrix beat, end beat, x beats). Column c's inputs are
     the integer model's on ``column_tokens(columns)[c]``; ``zero_x`` records get a zero vector in
     column 0. The x payloads are those of an engine of ``build_columns`` (default ``columns``)."""
     rng = np.random.default_rng(seed)
@@ -83,7 +83,7 @@ def stream_records(key, names, E: int, seed: int, zero_x=(), columns: int = 1, b
             gate_beats = beats[start + RECORD_HEADER_BYTES // E: start + RECORD_HEADER_BYTES // E + n]
             assert gate_beats[0] & 0xFFFFFFFF == int(gates[0])
             gs += [b | (int(i == n - 1) << (8 * E)) for i, b in enumerate(gate_beats)]
-            spans.append((name, start, start + RECORD_HEADER_BYTES // E, len(beats)))
+            spans.append((name, start, start + RECORD_HEADER_BYTES // E, len(beats), 0))
             continue
         per_column = []
         for col in range(columns):
@@ -92,14 +92,15 @@ def stream_records(key, names, E: int, seed: int, zero_x=(), columns: int = 1, b
                 x = np.zeros_like(x)
             noise = rng.integers(nx.ACT_MIN, nx.ACT_MAX, size=len(x))
             per_column.append((x, n if n is not None else noise, golden_outputs(key, name, x, n)))  # norm: GATE only
-        xs += [layout.const({"value": int(per_column[col][0][i]), "norm": int(per_column[col][1][i]), "column": col,
-                             "last": int(i == rec["k"] - 1)}).as_value().value
-               for col, i in interleave(rng, [rec["k"]] * columns, longest_run=60)]
+        record_xs = x_beats(layout, rng, interleave(rng, [rec["k"]] * columns, longest_run=60),
+                            [(x, n) for x, n, _ in per_column])
+        xs += record_xs
         for c in range(len(rec["consumers"])):
             rows = rec["consumers"][c]["rows"]
             ys += [(c, col, int(per_column[col][2][c][row]), int(row == rows - 1))
                    for col, row in output_order(rows, image.rows_per_block, E, columns)]
-        spans.append((name, start, (rec["consumers"][0]["matrix_offset"] - rec["offset"]) // E + start, len(beats)))
+        spans.append((name, start, (rec["consumers"][0]["matrix_offset"] - rec["offset"]) // E + start, len(beats),
+                      len(record_xs)))
     return beats, xs, ys, gs, spans
 
 
@@ -159,9 +160,8 @@ async def run_records(dut, key, names, *, idle, backpressure, seed, zero_x=(), x
     tb = await TB.start(dut, idle=idle, backpressure=backpressure, seed=seed, columns=columns)
     tb.x.send(xs)
     if x_first:  # the first record's input complete before its header, as after the token core's EMBED
-        first = next(n for n in names if load_image(key).record(n)["kind"] == "BITLINEAR")
-        first_k = columns * load_image(key).record(first)["k"]
-        while len(tb.x.transfer_cycles) < first_k:
+        first_x = next(span[4] for span in spans if span[4])
+        while len(tb.x.transfer_cycles) < first_x:
             await RisingEdge(dut.clk)
     tb.weights.send(beats)
     await tb.y.wait_for(y_beats(ys), timeout_cycles=int((4 * len(beats) + 8 * len(ys) + 5000) * (1 + 3 * (idle + backpressure))))
@@ -192,7 +192,7 @@ if cocotb is not None:
         image = load_image(KJV)
         tc = tb.weights.transfer_cycles
         report = []
-        for name, start, mat, end in spans:
+        for name, start, mat, end, _ in spans:
             rec = image.record(name)
             report.append({"record": name, "kind": rec["kind"], "k": rec["k"],
                            "consumers": len(rec.get("consumers", [])),

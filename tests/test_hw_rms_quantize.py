@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bitlinear_cases import (GAIN_MAX, KJV, golden_input, interleave, load_image, params_from_record,
+from bitlinear_cases import (GAIN_MAX, KJV, golden_input, interleave, load_image, params_from_record, x_beats,
                              random_gain, random_params, random_vector, record_gains, record_inputs)
 from mmfree.hw.rms_quantize import (CODES_LAYOUT, EPS_SHIFT_MIN, FRAC_MAX, X_FRAC_MAX, RmsQuantize,
                                     rms_params_layout)
@@ -135,9 +135,7 @@ def stimulus(max_k: int, lanes: int, seed: int, columns: int = 1):
         params.append(params_l.const(prm).as_value().value)
         gains += [gains_l.const(b).as_value().value for b in gain_beats(lanes, k, [a] + g[:prm["consumers"]], rng)]
         vectors = column_vectors(rng, case, columns)
-        xs.append([x_l.const({"value": int(vectors[c][0][i]), "norm": int(vectors[c][1][i]), "column": c,
-                              "last": int(i == k - 1)}).as_value().value
-                   for c, i in interleave(rng, [len(x) for x, _ in vectors])])
+        xs.append(x_beats(x_l, rng, interleave(rng, [len(x) for x, _ in vectors]), vectors))
         for c, (x, n) in enumerate(vectors):
             ref = golden_input(prm, a, g, x, n)
             groups = -(-k // nx.TRITS_PER_BYTE)
@@ -229,7 +227,8 @@ if cocotb is not None:
         scales = StreamMonitor(dut, "scales")
         pd.send(params[:2])
         xd.send(xs[0] + xs[1])
-        while len(xd.transfer_cycles) < N * k0:
+        x0 = len(xs[0])                     # the first record's x beats (of one or two elements)
+        while len(xd.transfer_cycles) < x0:
             await cocotb.triggers.RisingEdge(dut.clk)
         gd.send(gains[:n_gain0])
         groups0 = -(-k0 // 5)
@@ -240,8 +239,8 @@ if cocotb is not None:
         assert codes.transfer_cycles[groups0 - 1] - last_gain == unit.codes_cycles(k0)
         await scales.wait_for(N, timeout_cycles=N * (n_gain0 + unit.codes_cycles(k0) + 2000))
         # The second record's x started going in while the last column was still computing its scales.
-        assert len(xd.transfer_cycles) > N * k0 and xd.transfer_cycles[N * k0] < scales.transfer_cycles[N - 1]
-        assert N == 1 or xd.transfer_cycles[N * k0] > scales.transfer_cycles[N - 2]
+        assert len(xd.transfer_cycles) > x0 and xd.transfer_cycles[x0] < scales.transfer_cycles[N - 1]
+        assert N == 1 or xd.transfer_cycles[x0] > scales.transfer_cycles[N - 2]
         check(codes.items[:N * groups0], scales.items, want_codes[:N * groups0], want_scales[:N],
               unit.scales.payload.shape())
 
@@ -250,8 +249,8 @@ if cocotb is not None:
     (dict(max_k=0, gain_lanes=8), ValueError, "max_k must be in 1..65535, not 0"),
     (dict(max_k=70000, gain_lanes=8), ValueError, "max_k must be in 1..65535, not 70000"),
     (dict(max_k=64.0, gain_lanes=8), TypeError, "max_k must be an integer, not 64.0"),
-    (dict(max_k=64, gain_lanes=3), ValueError, "gain_lanes must be a power of two in 1..32, not 3"),
-    (dict(max_k=64, gain_lanes=64), ValueError, "gain_lanes must be a power of two in 1..32, not 64"),
+    (dict(max_k=64, gain_lanes=3), ValueError, "gain_lanes must be a power of two in 2..32, not 3"),
+    (dict(max_k=64, gain_lanes=64), ValueError, "gain_lanes must be a power of two in 2..32, not 64"),
     (dict(max_k=64, gain_lanes=8, elements_per_cycle=3), ValueError,
      "elements_per_cycle must be 1, 2 or 4 and at most gain_lanes (8), not 3"),
     (dict(max_k=64, gain_lanes=2, elements_per_cycle=4), ValueError,

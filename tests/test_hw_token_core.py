@@ -230,6 +230,9 @@ if cocotb is not None:
     (dict(max_layers=2.0), TypeError, "max_layers must be an integer, not 2.0"),
     (dict(max_vocab=0), ValueError, "max_vocab must be in [1, 2**24], not 0"),
     (dict(columns=9), ValueError, "columns must be in 1..8, not 9"),
+    (dict(elementwise_lanes=3), ValueError, "elementwise_lanes must be 1 or 2, not 3"),
+    (dict(elementwise_lanes=2, engine_bytes=8), ValueError,
+     "elementwise_lanes 2 needs engine_bytes of at least 16 (both states of a pair in one word), not 8"),
 ])
 def test_parameter_errors(kwargs, exc, msg):
     from mmfree.hw.token_core import TokenCore
@@ -243,10 +246,11 @@ def test_parameter_errors(kwargs, exc, msg):
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("engine_bytes, elements_per_cycle, idle, backpressure, columns",
-                         [(16, 1, 0.0, 0.0, 1), (8, 1, 0.3, 0.3, 1), (64, 4, 0.2, 0.2, 1),
-                          (8, 2, 0.2, 0.4, 3)])      # 2 columns: the sim-default accelerator (test_driver)
-def test_token_core_verilator(engine_bytes, elements_per_cycle, idle, backpressure, columns):
+@pytest.mark.parametrize("engine_bytes, elements_per_cycle, idle, backpressure, columns, lanes",
+                         [(16, 1, 0.0, 0.0, 1, 2), (8, 1, 0.3, 0.3, 1, 1), (64, 4, 0.2, 0.2, 1, 2),
+                          (8, 2, 0.2, 0.4, 3, 1), (16, 2, 0.2, 0.4, 3, 2)])
+# (2 columns, two element-wise lanes: the sim-default accelerator, test_driver)
+def test_token_core_verilator(engine_bytes, elements_per_cycle, idle, backpressure, columns, lanes):
     from mmfree.hw.token_core import TokenCore
     from mmfree.sim.runner import simulate
 
@@ -254,7 +258,7 @@ def test_token_core_verilator(engine_bytes, elements_per_cycle, idle, backpressu
     cfg = image.config
     core = TokenCore(engine_bytes=engine_bytes, rows_per_block=64, max_hidden=cfg.D, max_layers=cfg.L,
                      max_intermediate=cfg.I, max_vocab=cfg.V, elements_per_cycle=elements_per_cycle,
-                     columns=columns)
+                     columns=columns, elementwise_lanes=lanes)
     result = simulate(core, toplevel="token_core", test_module=Path(__file__).stem,
                       module_dir=Path(__file__).parent,
                       params={"image": str(TINY), "engine_bytes": engine_bytes, "tokens": [5, 17, 300, 0],
