@@ -81,13 +81,13 @@ class TokenCore(wiring.Component):
       them; they serve every column;
     * ``attn.in``: i and f into two buffers (one D-vector per column); each
       g_j, with i_j, f_j, gate j and the state h_j of its column's sequence,
-      enters the :class:`~mmfree.hw.mlgru.MLGRU` as it arrives. The new state
+      enters an :class:`~mmfree.hw.mlgru.MLGRU` as it arrives. The new state
       goes back to the state buffer (whence it leaves on ``state_out``) and
       ``w_j = g_j * silu(h_j)`` with ``g_j`` is ``attn.out``'s input;
     * ``attn.out``: ``r_j = saturate(h_j + o_j)`` into the residual buffer and
       into ``mlp.in``;
     * ``mlp.in``: a is buffered, each b_j completes ``silu(a_j) * b_j``
-      (:class:`~mmfree.hw.glu.GLU`), ``mlp.out``'s input;
+      (a :class:`~mmfree.hw.glu.GLU`), ``mlp.out``'s input;
     * ``mlp.out``: ``h_j = saturate(r_j + d_j)``: residual buffer and the
       next record's input (the next layer's ``attn.in`` or the head);
     * the head: logits out on ``logits`` and a running argmax per column.
@@ -101,6 +101,15 @@ class TokenCore(wiring.Component):
     element by element (column c's g_j waits until column c-1's h_j is
     written back); only the last column's logits and new state go out, and
     its argmax is ``argmax``.
+
+    **Two rows a cycle.** The engine's outputs come two rows of a column to a
+    beat. A beat whose rows only go into a buffer (i, f, a) moves as one;
+    with ``elementwise_lanes`` = 2 so does every other beat but the head's: two
+    MLGRUs, two GLUs and two residual adds work in lockstep and the next
+    record's input goes to the engine two elements a beat. The head's beats
+    (one argmax and one logit a cycle) and a pair across ``mlp.in``'s a/b
+    boundary (odd I) move one row a cycle. The vectors with two rows per
+    cycle (residual, i, f, a) are two banks each, even rows and odd rows.
 
     Every vector (residual, i/f, a, the state buffer), every BitLinear
     input and every logit is ACT (``numerics.ACT_BITS`` = 48, Q15.32);
@@ -138,6 +147,8 @@ class TokenCore(wiring.Component):
         see :class:`~mmfree.hw.bitlinear_engine.BitLinearEngine`).
     engine_bytes : at least ``registers.STATE_WORD_BYTES`` (one state word per beat).
     columns : tokens per weight pass, 1..8 (default 1).
+    elementwise_lanes : MLGRUs and GLUs, 1 or 2 (default 1; 2 needs ``engine_bytes`` >= 16, so
+        that a pair's two states share a state-buffer word).
     buffer_ram_style : None or ``"ultra"``/``"block"``: synthesis ``ram_style`` of the deep
         per-column vectors (residual, i/f, a) and the engine's x banks (``"ultra"`` on
         UltraScale+: a column of the 2.7B shape is 30 k ACT words there). The state buffer

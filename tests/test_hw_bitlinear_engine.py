@@ -312,10 +312,11 @@ def test_parameters_are_keyword_only():
 def test_ports_follow_the_interface():
     unit = BitLinearEngine(engine_bytes=16, rows_per_block=64, max_k=768, max_rows=4096)
     assert unit.weights.payload.shape().width == 128
-    assert set(unit.x.payload.shape().members) == {"value", "norm", "column", "last"}
+    assert set(unit.x.payload.shape().members) == {"value", "norm", "column", "pair", "last"}
     assert unit.x.payload.shape().members["column"].width == 1          # always 0 with one column
-    assert unit.x.payload.shape().members["value"] == signed(nx.ACT_BITS)
-    assert unit.x.payload.shape().members["norm"] == signed(nx.ACT_BITS)
+    for name in ("value", "norm"):                                      # two elements a beat
+        assert unit.x.payload.shape().members[name].elem_shape == signed(nx.ACT_BITS)
+        assert unit.x.payload.shape().members[name].length == 2
     assert set(unit.y.payload.shape().members) == {"consumer", "column", "value", "pair", "last"}
     wide = BitLinearEngine(engine_bytes=16, rows_per_block=64, max_k=768, max_rows=4096, columns=3)
     assert wide.x.payload.shape().members["column"].width == wide.y.payload.shape().members["column"].width == 2

@@ -263,7 +263,7 @@ def _units() -> list[UnitSpec]:
                  "subtract-and-compare stages, no multiplier"),
         UnitSpec("rms_quantize", "rms_quantize", lambda: RmsQuantize(max_k=2816, gain_lanes=4),
                  "max_k=2816, gain_lanes=4 (E=16: 4-byte gain words), P=1",
-                 "1 element per cycle per pass (max pass overlaps the gain load)",
+                 "1 element per cycle per pass (max pass overlaps the gain load); x taken 2 a cycle",
                  "the RMSNorm + quantizer of a record: x and gain memories (block RAM), one bank of "
                  "48 x 24-bit products shared by the max pass and the code pass, 24-bit squares for the "
                  "sum of squares, per-consumer reciprocals, rsqrt, exact wide eps/V registers and the "
@@ -271,9 +271,9 @@ def _units() -> list[UnitSpec]:
         UnitSpec("bitlinear_engine", "bitlinear_engine",
                  lambda: BitLinearEngine(engine_bytes=16, rows_per_block=64, max_k=2816, max_rows=32000),
                  "E=16, R=64, max_k=2816, max_rows=32000",
-                 "16 weight bytes (80 weights) per cycle",
+                 "16 weight bytes (80 weights) per cycle; 2 outputs per cycle",
                  "RmsQuantize, TernaryAccumulate at 80 weight-lanes, the code memory, the accumulator "
-                 "FIFO and Rescale, plus the record header parser"),
+                 "FIFO and two Rescales (two rows a cycle), plus the record header parser"),
     ]
 
 
