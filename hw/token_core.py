@@ -498,12 +498,13 @@ class TokenCore(wiring.Component):
         final = whole | ~y.payload.pair | second     # this element (or pair) ends the beat
         last = y.payload.last & final
         hold = Signal()                               # a prefill's g whose state is not yet written
+        both = y.payload.pair & ~second               # (a g pair always moves whole with two lanes)
         if N > 1:
             before = Signal(column_shape(N))
             m.d.comb += before.eq(y.payload.column - 1)
             m.d.comb += hold.eq(self.prefill & (step == RecordStep.ATTN_IN) & (y.payload.consumer == 2)
                                 & (y.payload.column != 0) & ~t.mlgru_done.bit_select(before, 1)
-                                & (t.mlgru_rows[before] <= row + whole))
+                                & (t.mlgru_rows[before] <= (row + both if self.lanes > 1 else row)))
         running = t.fsm_state == _State.RUN
         take = y.valid & running & ~hold & advance
         m.d.comb += y.ready.eq(advance & running & ~hold & final)
@@ -525,7 +526,7 @@ class TokenCore(wiring.Component):
                          s.value.eq(Mux(second, y.payload.value[1], y.payload.value[0])),
                          s.value1.eq(y.payload.value[1]), s.pair.eq(whole), s.last.eq(last), s.row.eq(row),
                          s.bhalf.eq(bhalf), second.eq(~final),
-                         t.rows[y.payload.column].eq(Mux(last, 0, row + Mux(whole, 2, 1)))]
+                         t.rows[y.payload.column].eq(Mux(last, 0, Mux(whole, row + 2, row + 1)))]
         with m.If(take & last & (y.payload.column == self.last_column)):
             # The record (or its last consumer) is complete for every column: move to the next one.
             with m.Switch(step):
@@ -551,7 +552,7 @@ class TokenCore(wiring.Component):
         lanes also through the MLGRUs, the residual adds and the GLUs; never the head's (one
         argmax and one logit a cycle) nor a pair across ``mlp.in``'s a/b boundary."""
         I = self.intermediate
-        a_only = (step == RecordStep.MLP_IN) & (row + 1 < I)
+        a_only = (step == RecordStep.MLP_IN) & (row < I - 1)     # row + 1 < I (I >= 1): no adder before the compare
         if self.lanes == 1:
             return ((step == RecordStep.ATTN_IN) & (consumer != 2)) | a_only
         return (step != RecordStep.HEAD) & ((step != RecordStep.MLP_IN) | a_only | (row >= I))
