@@ -11,6 +11,7 @@ import functools
 
 import numpy as np
 
+from mmfree.hw.rms_quantize import ROW_LANES
 from mmfree.models import numerics as nx
 from mmfree.models.golden_int import IntegerModel, consumer_scale, norm_stats, quantize_vector
 from mmfree.models.config import ModelConfig
@@ -166,9 +167,9 @@ def x_beats(layout, rng, order, vectors) -> list[int]:
         c, j = order[i]
         last = j == len(vectors[c][0]) - 1
         pair = not last and i + 1 < len(order) and order[i + 1] == (c, j + 1) and rng.random() < 0.6
-        count = 2 if pair else 1
-        values = [int(vectors[c][0][j + d]) for d in range(count)] + [0] * (2 - count)
-        norms = [int(vectors[c][1][j + d]) for d in range(count)] + [0] * (2 - count)
+        count = ROW_LANES if pair else 1
+        values = [int(vectors[c][0][j + d]) for d in range(count)] + [0] * (ROW_LANES - count)
+        norms = [int(vectors[c][1][j + d]) for d in range(count)] + [0] * (ROW_LANES - count)
         beats.append(layout.const({"value": values, "norm": norms, "column": c, "pair": int(pair),
                                    "last": int(j + count == len(vectors[c][0]))}).as_value().value)
         i += count
