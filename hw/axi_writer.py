@@ -1,6 +1,8 @@
 """Burst write master: a stream of 32- or 64-bit words to consecutive memory addresses."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -8,12 +10,17 @@ from amaranth.lib.wiring import In, Out
 from .axi import AXI4WriteSignature, AxiBurst, BOUNDARY_BYTES, CACHE_NORMAL, MAX_BURST_BEATS, check_widths
 from .stream_fifo import StreamFifo
 
-__all__ = ["AxiWriter", "write_command_layout"]
+__all__ = ["AxiWriter", "write_command_layout", "word_pair_layout"]
 
 
 def write_command_layout(addr_width: int) -> data.StructLayout:
     """A write command: ``words`` words to bus address ``addr`` (a multiple of the word size)."""
     return data.StructLayout({"addr": unsigned(addr_width), "words": unsigned(32)})
+
+
+def word_pair_layout(word_bytes: int) -> data.StructLayout:
+    """A ``data`` beat of a two-lane writer: ``words[0]`` and, when ``pair``, ``words[1]`` after it."""
+    return data.StructLayout({"words": data.ArrayLayout(unsigned(8 * word_bytes), 2), "pair": 1})
 
 
 class AxiWriter(wiring.Component):
@@ -32,8 +39,10 @@ class AxiWriter(wiring.Component):
     cmd : stream of :func:`write_command_layout` (the low ``log2(word_bytes)``
         bits of ``addr`` ignored). Accepted once the previous command's bursts
         are all issued.
-    data : stream of ``unsigned(8 * word_bytes)``, the words in address order
-        (each stored little-endian), exactly ``words`` per command.
+    data : stream of ``unsigned(8 * word_bytes)`` (``data_lanes`` = 1) or of
+        :func:`word_pair_layout` (2: one or two words a beat), the words in address order
+        (each stored little-endian), exactly ``words`` per command (a pair may span two
+        commands' ends no more than one word may: each command's words are its own).
     bus : AXI4 write master (``AXI4WriteSignature``): one ID (0), ARCACHE 0b0011.
     cancel : while high, no burst is issued, ``data`` is not taken, and every
         burst already issued is completed with beats whose WSTRB is 0 (they
@@ -50,18 +59,21 @@ class AxiWriter(wiring.Component):
     outstanding : int, 1..16 bursts issued ahead of their write responses.
     max_burst_beats : int, longest burst in beats (power of two, 1..256; 16 for an AXI3 port
         such as a Zynq-7000 HP port).
+    data_lanes : int, 1 or 2 (default 1): words a ``data`` beat may carry.
 
     Attributes
     ----------
     latency : cycles from a command transfer to AWVALID (2).
-    Throughput: one word per cycle (the accelerator's logits, int64 words,
-    arrive at most one per cycle).
+    Throughput: one beat per cycle. A pair takes one cycle when both words land in one bus beat
+    of one burst (``bus_bytes`` >= 2 words, the pair at an even word lane: the accelerator's
+    logits, two rows of the engine a beat); otherwise its second word waits a cycle in a carry
+    register, and ``data`` waits with it.
     """
 
     latency = 2
 
     def __init__(self, *, bus_bytes: int, word_bytes: int = 4, addr_width: int = 32, outstanding: int = 4,
-                 max_burst_beats: int = MAX_BURST_BEATS):
+                 max_burst_beats: int = MAX_BURST_BEATS, data_lanes: int = 1):
         check_widths(addr_width=addr_width, data_bytes=bus_bytes, data_name="bus_bytes")
         if not isinstance(word_bytes, int) or isinstance(word_bytes, bool):
             raise TypeError(f"word_bytes must be an integer, not {word_bytes!r}")
@@ -79,10 +91,14 @@ class AxiWriter(wiring.Component):
                 or not 1 <= max_burst_beats <= MAX_BURST_BEATS or max_burst_beats & (max_burst_beats - 1)):
             raise ValueError(f"max_burst_beats must be a power of two in [1, {MAX_BURST_BEATS}], "
                              f"not {max_burst_beats!r}")
+        if data_lanes not in (1, 2) or isinstance(data_lanes, bool):
+            raise ValueError(f"data_lanes must be 1 or 2, not {data_lanes!r}")
+        self.data_lanes = data_lanes
         self.burst_bytes = min(BOUNDARY_BYTES, max_burst_beats * bus_bytes)
+        word = unsigned(8 * word_bytes) if data_lanes == 1 else word_pair_layout(word_bytes)
         super().__init__({
             "cmd": In(stream.Signature(write_command_layout(addr_width))),
-            "data": In(stream.Signature(unsigned(8 * word_bytes))),
+            "data": In(stream.Signature(word)),
             "bus": Out(AXI4WriteSignature(addr_width=addr_width, data_bytes=bus_bytes)),
             "cancel": In(1),
             "idle": Out(1),
@@ -153,25 +169,36 @@ class AxiWriter(wiring.Component):
             m.d.sync += [beats_left.eq(bursts.o.payload.beats), words_left.eq(bursts.o.payload.words),
                          lane.eq(bursts.o.payload.lane)]
 
-        word_data = Signal(8 * B)
-        word_strb = Signal(B)
-        m.d.comb += [word_data.eq(Cat(*[self.data.payload for _ in range(L)])),  # the word on every lane
-                     word_strb.eq(Const((1 << W) - 1, W) << (lane << word_log2))]
+        place = self._words_offered(m, burst_room=words_left, lane=lane, L=L)
         completes = Signal()
-        m.d.comb += completes.eq((lane == L - 1) | (words_left == 1))
-        m.d.comb += self.data.ready.eq((beats_left != 0) & (words_left != 0) & ~self.cancel &
-                                       (~completes | out_free))
+        one_completes = (lane == L - 1) | (words_left == 1)
+        if L > 1:
+            m.d.comb += completes.eq(Mux(place.two, (lane == L - 2) | (words_left == 2), one_completes))
+        else:
+            m.d.comb += completes.eq(one_completes)
+        # ready from the burst state only: it holds for either size of beat (the larger completes earlier)
+        ends_soon = (lane >= L - self.data_lanes) | (words_left <= self.data_lanes) if L > 1 else Const(1)
+        can_place = Signal()
+        m.d.comb += [can_place.eq((beats_left != 0) & (words_left != 0) & ~self.cancel & (~ends_soon | out_free)),
+                     self.data.ready.eq(can_place & ~place.carrying)]
+        word_strb = Signal(B)
         lane_mask = Signal(8 * B)
-        m.d.comb += lane_mask.eq(Cat(*[Mux(word_strb[W * j], (1 << (8 * W)) - 1, 0) for j in range(L)]))
+        word_data = Signal(8 * B)
+        first = [lane == j for j in range(L)]
+        second = [place.two & (lane == j - 1) for j in range(L)]
+        m.d.comb += [word_strb.eq(Cat(*[Mux(f | s_, (1 << W) - 1, 0) for f, s_ in zip(first, second)])),
+                     lane_mask.eq(Cat(*[Mux(f | s_, (1 << (8 * W)) - 1, 0) for f, s_ in zip(first, second)])),
+                     word_data.eq(Cat(*[Mux(s_, place.word1, place.word0) for s_ in second]))]
         new_data = (part_data & ~lane_mask) | (word_data & lane_mask)
-        with m.If(self.data.valid & self.data.ready):
-            m.d.sync += words_left.eq(words_left - 1)
+        with m.If(place.offered & can_place):
+            m.d.comb += place.taken.eq(1)
+            m.d.sync += words_left.eq(words_left - 1 - place.two)
             with m.If(completes):
                 m.d.sync += [bus.wdata.eq(new_data), bus.wstrb.eq(part_strb | word_strb),
                              bus.wlast.eq(beats_left == 1), bus.wvalid.eq(1),
                              beats_left.eq(beats_left - 1), lane.eq(0), part_strb.eq(0)]
             with m.Else():
-                m.d.sync += [part_data.eq(new_data), part_strb.eq(part_strb | word_strb), lane.eq(lane + 1)]
+                m.d.sync += [part_data.eq(new_data), part_strb.eq(part_strb | word_strb), lane.eq(lane + 1 + place.two)]
         with m.Elif(self.cancel & (beats_left != 0) & out_free):
             # Complete the issued burst: what was assembled is sent, the rest writes nothing.
             m.d.sync += [bus.wdata.eq(part_data), bus.wstrb.eq(part_strb), bus.wlast.eq(beats_left == 1),
@@ -184,3 +211,26 @@ class AxiWriter(wiring.Component):
         m.d.sync += in_flight.eq(in_flight + issue - got_b)
         m.d.comb += self.idle.eq((left == 0) & ~aw_valid & (in_flight == 0))
         return m
+
+    def _words_offered(self, m, *, burst_room, lane, L):
+        """The word (or two) the packer is offered: a carried second word first, else the ``data``
+        beat's. A pair goes in whole when its two words fit the current bus beat and burst;
+        otherwise its first goes now and its second into the carry register, placed next.
+        ``taken`` (driven by the packer) says the offer is placed this cycle."""
+        W = self.word_bytes
+        o = SimpleNamespace(offered=Signal(), two=Signal(), carrying=Signal(), taken=Signal(),
+                            word0=Signal(8 * W), word1=Signal(8 * W))
+        if self.data_lanes == 1:
+            m.d.comb += [o.offered.eq(self.data.valid), o.word0.eq(self.data.payload)]
+            return o
+        carry = Signal(8 * W)
+        beat = self.data.payload
+        fits = (lane < L - 1) & (burst_room >= 2) if L > 1 else Const(0)
+        m.d.comb += [o.offered.eq(o.carrying | self.data.valid),
+                     o.two.eq(~o.carrying & beat.pair & fits),
+                     o.word0.eq(Mux(o.carrying, carry, beat.words[0])), o.word1.eq(beat.words[1])]
+        with m.If(o.taken):
+            m.d.sync += [o.carrying.eq(~o.carrying & beat.pair & ~fits), carry.eq(beat.words[1])]
+        with m.If(self.cancel):
+            m.d.sync += o.carrying.eq(0)
+        return o

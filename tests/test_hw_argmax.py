@@ -1,5 +1,8 @@
 """Argmax against ``numpy.argmax`` (lowest index on ties), in Verilator.
 
+The elements go in one or two a beat in a random mix (the engine's two-row logits), so ties fall
+inside a pair and across pairs.
+
 This file is both the pytest module and the cocotb bench module (``bench_*``).
 """
 from __future__ import annotations
@@ -47,11 +50,22 @@ def vectors(max_length: int, seed: int) -> list[np.ndarray]:
     return [v[:max_length].astype(np.int64) for v in out]
 
 
+def beats(v: np.ndarray, rng) -> list[int]:
+    """``v`` as ARGMAX_IN beats: one or two elements each, in a random mix."""
+    out, n = [], 0
+    while n < len(v):
+        pair = n + 1 < len(v) and bool(rng.integers(0, 3))
+        values = [int(v[n]), int(v[n + 1]) if pair else 0]
+        n += 1 + pair
+        out.append(ARGMAX_IN.const({"value": values, "pair": int(pair), "last": int(n == len(v))}).as_value().value)
+    return out
+
+
 def words_and_expected(max_length: int, seed: int):
+    rng = np.random.default_rng(seed + 1)
     words, want = [], []
     for v in vectors(max_length, seed):
-        for n, x in enumerate(v):
-            words.append(ARGMAX_IN.const({"value": int(x), "last": int(n == len(v) - 1)}).as_value().value)
+        words += beats(v, rng)
         want.append((int(np.argmax(v)), int(v.max())))
     return words, want
 
@@ -83,12 +97,12 @@ async def _run(dut, idle, backpressure):
 if cocotb is not None:
     @cocotb.test()
     async def bench_full_rate(dut):
-        """No gaps, no backpressure: exact results, one element per cycle, latency as published."""
+        """No gaps, no backpressure: exact results, one beat per cycle, latency as published."""
         from mmfree.sim.runner import bench_params
 
         src, sink = await _run(dut, 0.0, 0.0)
         ins = src.transfer_cycles
-        assert ins[-1] - ins[0] == len(ins) - 1, "input did not run at one element per cycle"
+        assert ins[-1] - ins[0] == len(ins) - 1, "input did not run at one beat per cycle"
         words, _ = words_and_expected(bench_params()["max_length"], bench_params()["seed"])
         lasts = [c for c, w in zip(ins, words) if ARGMAX_IN.from_bits(w).last]
         assert [o - i for o, i in zip(sink.transfer_cycles, lasts)] == [Argmax.latency] * len(lasts)
@@ -130,6 +144,19 @@ def test_stimulus_needs_all_48_bits():
     low = [np.argmax(((v & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000) for v in vs]
     assert any(lo != np.argmax(v) for lo, v in zip(low, vs))
     assert any(np.abs(v).max() > 1 << 46 for v in vs)
+
+
+def test_stimulus_mixes_pairs_and_ties_inside_pairs():
+    """Beats of one and of two elements both occur, and some pair holds two equal elements."""
+    rng = np.random.default_rng(4)
+    pairs, singles, tied = 0, 0, 0
+    for v in vectors(64, 3):
+        for word in beats(v, rng):
+            beat = ARGMAX_IN.from_bits(word)
+            pairs += beat.pair
+            singles += 1 - beat.pair
+            tied += beat.pair and int(beat.value[0]) == int(beat.value[1])
+    assert pairs and singles and tied
 
 
 def test_stimulus_has_ties_off_index_zero():

@@ -3,7 +3,8 @@
 Commands at random word-aligned addresses (so partial first and last
 beats) with random lengths crossing 4 KiB boundaries, for 32- and 64-bit
 words (the accelerator writes its logits as int64 words); random gaps on the
-data stream, random AW/W/B stalls. Checks: the memory holds exactly the
+data stream, random AW/W/B stalls; a two-lane writer gets a random mix of
+one- and two-word beats (pairs at odd lanes and across bursts too). Checks: the memory holds exactly the
 words (bytes around them untouched), every burst is INCR, full width, at
 most 256 beats and inside one 4 KiB page, BRESP errors are reported, and a
 cancelled command completes its issued bursts with empty strobes.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from mmfree.hw.axi_writer import AxiWriter, write_command_layout
+from mmfree.hw.axi_writer import AxiWriter, word_pair_layout, write_command_layout
 
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 
@@ -50,6 +51,21 @@ class TB:
         self.errors = 0
         self.outstanding = 0
         self.max_outstanding = 0
+
+    def data_beats(self, values, pairs=None):
+        """``values`` as ``data`` beats: single words, or for a two-lane writer one or two words a
+        beat (``pairs``: probability of a pair, random by default)."""
+        values = list(values)
+        if self.p["data_lanes"] == 1:
+            return values
+        layout, chance = word_pair_layout(self.W), self.rng.random() if pairs is None else pairs
+        out, n = [], 0
+        while n < len(values):
+            pair = n + 1 < len(values) and self.rng.random() < chance
+            out.append(layout.const({"words": [values[n], values[n + 1] if pair else 0],
+                                     "pair": int(pair)}).as_value().value)
+            n += 1 + pair
+        return out
 
     def stall(self, probability):
         """Random AW, W and B stalls."""
@@ -115,15 +131,16 @@ async def _write_test(dut, *, stall, idle, n):
     for _ in range(n):
         count = tb.rng.randrange(1, 1500)
         regions.append((W * tb.rng.randrange(0, (MEM_BYTES - W * count) // W), count))
-    total = 0
+    total = sent = 0
     for addr, count in regions:
         values = [tb.rng.getrandbits(8 * W) for _ in range(count)]
         cmd.send([tb.layout.const({"addr": addr, "words": count}).as_value().value])
-        words.send(values)
+        beats = tb.data_beats(values)
+        words.send(beats)
         want[addr:addr + W * count] = struct.pack(f"<{count}{tb.fmt}", *values)
-        total += count
+        total, sent = total + count, sent + len(beats)
     await _wait_idle(dut, 20 * total + 2000, cmd, words)
-    assert words.idle_now and len(words.transfer_cycles) == total
+    assert words.idle_now and len(words.transfer_cycles) == sent
     diff = [i for i in range(MEM_BYTES) if tb.mem[i] != want[i]]
     assert not diff, f"{len(diff)} bytes differ, first at {diff[:4]}"
     tb.check_bursts()
@@ -139,6 +156,22 @@ if cocotb is not None:
         assert tb.max_outstanding >= 2
 
     @cocotb.test()
+    async def bench_pair_rate(dut):
+        """A two-lane writer on a bus of two words or more: aligned pairs go one a cycle (one
+        bubble between bursts); a one-lane writer: one word a cycle."""
+        tb, cmd, words = await _setup(dut, stall=0.0, idle=0.0)
+        count = 2048
+        cmd.send([tb.layout.const({"addr": 8192, "words": count}).as_value().value])
+        values = [tb.rng.getrandbits(8 * tb.W) for _ in range(count)]
+        words.send(tb.data_beats(values, pairs=1.0))
+        await _wait_idle(dut, 20 * count, cmd, words)
+        assert struct.unpack(f"<{count}{tb.fmt}", tb.mem[8192:8192 + tb.W * count]) == tuple(values)
+        cycles = words.transfer_cycles[-1] - words.transfer_cycles[0] + 1
+        per_cycle = 2 if tb.p["data_lanes"] == 2 and tb.B >= 2 * tb.W else 1
+        bursts = -(-count * tb.W // min(4096, 256 * tb.B))
+        assert cycles <= count // per_cycle + 2 * bursts, (cycles, count, per_cycle)
+
+    @cocotb.test()
     async def bench_stalls_and_gaps(dut):
         """Random AW/W/B stalls and gaps between words and commands: exact memory."""
         await _write_test(dut, stall=0.4, idle=0.4, n=6)
@@ -150,7 +183,7 @@ if cocotb is not None:
         tb.memory.fail(4096 + 64, 4096 + 68)
         count = 12_000 // tb.W                                             # 12 KB: bursts on 3+ pages
         cmd.send([tb.layout.const({"addr": 0, "words": count}).as_value().value])
-        words.send(range(count))
+        words.send(tb.data_beats(range(count)))
         await _wait_idle(dut, 50_000, cmd, words)
         assert tb.errors == 1
         assert tb.mem[:2 * tb.W] == struct.pack(f"<2{tb.fmt}", 0, 1)
@@ -166,7 +199,7 @@ if cocotb is not None:
         cmd.send([tb.layout.const({"addr": addr, "words": count}).as_value().value])
         # the top bits set: a word is stored whole, not cut to 32 bits
         values = [(1 << (8 * W - 1)) | v for v in range(sent)]
-        words.send(values)
+        words.send(tb.data_beats(values))
         await ClockCycles(dut.clk, 20 * sent)
         dut.cancel.value = 1
         await _wait_idle(dut, 5000)
@@ -177,21 +210,24 @@ if cocotb is not None:
         tb.check_bursts()
         # and it still works
         cmd.send([tb.layout.const({"addr": 64, "words": 10}).as_value().value])
-        words.send(range(100, 110))
+        words.send(tb.data_beats(range(100, 110)))
         await _wait_idle(dut, 2000, cmd, words)
         assert struct.unpack(f"<10{tb.fmt}", tb.mem[64:64 + 10 * W]) == tuple(range(100, 110))
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("bus_bytes, word_bytes, outstanding", [(8, 4, 4), (16, 4, 2), (8, 8, 3), (16, 8, 2)])
-def test_axi_writer_verilator(bus_bytes, word_bytes, outstanding):
+@pytest.mark.parametrize("bus_bytes, word_bytes, outstanding, data_lanes",
+                         [(8, 4, 4, 1), (16, 4, 2, 1), (8, 8, 3, 1), (16, 8, 2, 1), (8, 8, 3, 2), (16, 8, 2, 2),
+                          (16, 4, 3, 2)])
+def test_axi_writer_verilator(bus_bytes, word_bytes, outstanding, data_lanes):
     from mmfree.sim.runner import simulate
 
-    result = simulate(AxiWriter(bus_bytes=bus_bytes, word_bytes=word_bytes, outstanding=outstanding),
+    result = simulate(AxiWriter(bus_bytes=bus_bytes, word_bytes=word_bytes, outstanding=outstanding,
+                                data_lanes=data_lanes),
                       toplevel="axi_writer", test_module=Path(__file__).stem, module_dir=Path(__file__).parent,
                       params={"bus_bytes": bus_bytes, "word_bytes": word_bytes, "outstanding": outstanding,
-                              "seed": 11 + bus_bytes + word_bytes})
-    assert result.tests == 4 and result.failed == 0
+                              "data_lanes": data_lanes, "seed": 11 + bus_bytes + word_bytes + data_lanes})
+    assert result.tests == 5 and result.failed == 0
 
 
 @pytest.mark.parametrize("kwargs, exc, msg", [
@@ -202,6 +238,8 @@ def test_axi_writer_verilator(bus_bytes, word_bytes, outstanding):
     (dict(bus_bytes=8, word_bytes=2), ValueError, "word_bytes must be 4 or 8, not 2"),
     (dict(bus_bytes=8, word_bytes=8.0), TypeError, "word_bytes must be an integer, not 8.0"),
     (dict(bus_bytes=4, word_bytes=8), ValueError, "word_bytes (8) must not exceed bus_bytes (4)"),
+    (dict(bus_bytes=8, data_lanes=3), ValueError, "data_lanes must be 1 or 2, not 3"),
+    (dict(bus_bytes=8, data_lanes=True), ValueError, "data_lanes must be 1 or 2, not True"),
 ])
 def test_parameter_errors(kwargs, exc, msg):
     with pytest.raises(exc) as info:
