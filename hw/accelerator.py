@@ -197,8 +197,11 @@ class Accelerator(wiring.Component):
             raise ValueError(f"fifo_bytes must be a power of two of at least {2 * width}, not {fifo_bytes!r}")
         if core is not None:  # checked before any unit is built, so a refusal leaves nothing unused
             self._check_core(core, engine_bytes)
+        # A core whose logits beats may carry two (TokenCore's) gets a writer taking word pairs.
+        logit_pairs = core is None or "pair" in dict(core.signature.members["logits"].signature.members["payload"].shape)
         self.writer = AxiWriter(bus_bytes=bus_bytes, word_bytes=regs.LOGIT_WORD_BYTES, addr_width=addr_width,
-                                outstanding=outstanding, max_burst_beats=max_burst_beats)
+                                outstanding=outstanding, max_burst_beats=max_burst_beats,
+                                data_lanes=2 if logit_pairs else 1)
         self.reader = AxiReader(bus_bytes=bus_bytes, ports=ports, addr_width=addr_width, outstanding=outstanding,
                                 burst_bytes=max(self.writer.burst_bytes, ALIGN_BYTES))
         self.weight_fifo = WeightFifo(in_bytes=self.reader.word_bytes, out_bytes=engine_bytes,
@@ -356,22 +359,26 @@ class Accelerator(wiring.Component):
 
     def _writer_data(self, m, a, has_state):
         """What the writer takes: state words (every one is written), then logits while it
-        expects them, otherwise dropped so the core never stalls. A signed value assigned to the
-        64-bit word is sign-extended. The two never overlap (a layer's state leaves before its
-        records end)."""
+        expects them, otherwise dropped so the core never stalls; a logits beat of two (a core
+        whose beats have ``pair``) goes to the writer as a word pair. A signed value assigned to
+        the 64-bit word is sign-extended. The two never overlap (a layer's state leaves before
+        its records end)."""
         core, writer, running = self.core, self.writer, a.state == _State.RUN
+        logit, pairs = core.logits.payload, self.writer.data_lanes == 2
+        words = writer.data.payload.words if pairs else [writer.data.payload]
         with m.If(a.logits_on & (a.logits_left != 0) & running):
-            m.d.comb += [writer.data.payload.eq(core.logits.payload.value.as_signed()),
-                         writer.data.valid.eq(core.logits.valid),
+            m.d.comb += [words[0].eq(logit.value.as_signed()), writer.data.valid.eq(core.logits.valid),
                          core.logits.ready.eq(writer.data.ready)]
+            if pairs:
+                m.d.comb += [words[1].eq(logit.value1.as_signed()), writer.data.payload.pair.eq(logit.pair)]
         with m.Else():
             m.d.comb += core.logits.ready.eq(1)
         with m.If(core.logits.valid & core.logits.ready & (a.logits_left != 0)):
-            m.d.sync += a.logits_left.eq(a.logits_left - 1)
+            m.d.sync += a.logits_left.eq(a.logits_left - 1 - (logit.pair if pairs else 0))
         if has_state:
             m.d.comb += core.state_out.ready.eq(writer.data.ready & running)
             with m.If(core.state_out.valid & running):
-                m.d.comb += [writer.data.payload.eq(core.state_out.payload.as_signed()), writer.data.valid.eq(1)]
+                m.d.comb += [words[0].eq(core.state_out.payload.as_signed()), writer.data.valid.eq(1)]
 
     def _starvation(self, m, a):
         """Cycles starved: every requested byte delivered, the core wants more, and nothing moves.

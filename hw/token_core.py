@@ -24,8 +24,9 @@ from .stream_fifo import StreamFifo, check_ram_style, ram_style_attrs
 __all__ = ["TokenCore", "LOGIT_LAYOUT", "RecordStep"]
 
 ACT = signed(nx.ACT_BITS)
-#: One logit on the output stream (ACT), ``last`` on the final one of its column.
-LOGIT_LAYOUT = data.StructLayout({"value": ACT, "last": 1})
+#: One logit on the output stream (ACT) or, when ``pair``, two of one column's consecutive rows
+#: (``value``, then ``value1``); ``last`` on the beat with the final one of its column.
+LOGIT_LAYOUT = data.StructLayout({"value": ACT, "value1": ACT, "pair": 1, "last": 1})
 
 
 def _mlgru_side(columns: int, lanes: int) -> data.StructLayout:
@@ -104,11 +105,11 @@ class TokenCore(wiring.Component):
 
     **Two rows a cycle.** The engine's outputs come two rows of a column to a
     beat. A beat whose rows only go into a buffer (i, f, a) moves as one;
-    with ``elementwise_lanes`` = 2 so does every other beat but the head's: two
-    MLGRUs, two GLUs and two residual adds work in lockstep and the next
-    record's input goes to the engine two elements a beat. The head's beats
-    (one argmax and one logit a cycle) and a pair across ``mlp.in``'s a/b
-    boundary (odd I) move one row a cycle. The vectors with two rows per
+    so does the head's (each column's argmax takes two logits a beat, and
+    ``logits`` carries them together); with ``elementwise_lanes`` = 2 so does
+    every other beat: two MLGRUs, two GLUs and two residual adds work in
+    lockstep and the next record's input goes to the engine two elements a
+    beat. A pair across ``mlp.in``'s a/b boundary (odd I) moves one row a cycle. The vectors with two rows per
     cycle (residual, i, f, a) are two banks each, even rows and odd rows.
 
     Every vector (residual, i/f, a, the state buffer), every BitLinear
@@ -120,8 +121,9 @@ class TokenCore(wiring.Component):
     weights : stream of ``8 * engine_bytes``-bit beats (byte i at bits 8i).
     logits : stream of :data:`LOGIT_LAYOUT`: V logits (ACT) of each column whose logits go out
         (decode: every column; prefill: the last), in the engine's order (for each block of
-        ``rows_per_block`` rows, each ``engine_bytes``-row beat column by column), ``last`` on
-        each column's final one.
+        ``rows_per_block`` rows, each ``engine_bytes``-row beat column by column), two
+        consecutive rows a beat (one where a column's rows are odd in number), ``last`` on
+        the beat with each column's final one.
     state_out : stream of ACT: each layer's new state, D values per sequence in the order the
         state came in (decode: columns 0 .. N-1; prefill: the last column's only).
     start : one-cycle pulse, accepted when not ``busy``.
@@ -549,13 +551,13 @@ class TokenCore(wiring.Component):
     def _moves_whole(self, step, consumer, row):
         """Whether a two-row beat at ``row`` of ``step``'s ``consumer`` moves as one: when both rows
         only go into a buffer (``attn.in``'s i and f, ``mlp.in``'s a), and with two element-wise
-        lanes also through the MLGRUs, the residual adds and the GLUs; never the head's (one
-        argmax and one logit a cycle) nor a pair across ``mlp.in``'s a/b boundary."""
+        lanes also through the MLGRUs, the residual adds and the GLUs; the head's (two logits to
+        its argmax and ``logits``) always; never a pair across ``mlp.in``'s a/b boundary."""
         I = self.intermediate
         a_only = (step == RecordStep.MLP_IN) & (row < I - 1)     # row + 1 < I (I >= 1): no adder before the compare
         if self.lanes == 1:
-            return ((step == RecordStep.ATTN_IN) & (consumer != 2)) | a_only
-        return (step != RecordStep.HEAD) & ((step != RecordStep.MLP_IN) | a_only | (row >= I))
+            return ((step == RecordStep.ATTN_IN) & (consumer != 2)) | a_only | (step == RecordStep.HEAD)
+        return (step != RecordStep.MLP_IN) | a_only | (row >= I)
 
     def _stage_gates(self, m, u, t):
         """A layer's gates, as the engine takes its lower-bound record (the layer's first, before
@@ -643,17 +645,19 @@ class TokenCore(wiring.Component):
                      odd.addr.eq(word), odd.data.eq(Mux(pair, value1, value0)), odd.en.eq(enable & (pair | row[0]))]
 
     def _route_logits(self, m, u, s):
-        """The head's outputs: each column's logits through its argmax and, for the columns whose
-        logits go out (a prefill keeps only its last column's), onto ``logits``, after the last
-        layer's state (which leaves on the same writer first)."""
+        """The head's outputs, one or two logits a beat: each column's through its argmax and, for
+        the columns whose logits go out (a prefill keeps only its last column's), onto ``logits``,
+        after the last layer's state (which leaves on the same writer first)."""
         wanted = ~self.prefill | (s.column == self.last_column)
         argmax_ready = Signal()
         for c, unit in enumerate(u.argmax):
-            m.d.comb += [unit.i.payload.value.eq(s.value), unit.i.payload.last.eq(s.last)]
+            p = unit.i.payload
+            m.d.comb += [p.value[0].eq(s.value), p.value[1].eq(s.value1), p.pair.eq(s.pair), p.last.eq(s.last)]
             with m.If(s.column == c):
                 m.d.comb += [unit.i.valid.eq(s.valid & wanted & self.logits.ready), argmax_ready.eq(unit.i.ready)]
+        out = self.logits.payload
         m.d.comb += [self.logits.valid.eq(s.valid & wanted & argmax_ready),
-                     self.logits.payload.value.eq(s.value), self.logits.payload.last.eq(s.last),
+                     out.value.eq(s.value), out.value1.eq(s.value1), out.pair.eq(s.pair), out.last.eq(s.last),
                      s.ready.eq(~wanted | (self.logits.ready & argmax_ready))]
 
     def _last_sequence(self):

@@ -131,8 +131,10 @@ async def run_tokens(dut, p: dict) -> None:
         # The stream is over: the idle engine's wish for a next header is no weight wait.
         assert int(dut.weight_wait.value) == 0, f"token {n}: weight_wait high after the last record"
         assert not src.queue, f"token {n}: {len(src.queue)} weight beats left unread"
-        got = np.array([LOGIT_LAYOUT.from_bits(w).value for w in sink.items[before:]], np.int64)
+        got = logit_values(sink.items[before:])
         assert len(got) == cfg.V, f"token {n}: {len(got)} logits, expected {cfg.V}"
+        # the head moves two rows a beat: a lone row only as an odd V's last
+        assert len(sink.items) - before == -(-cfg.V // 2), f"token {n}: {len(sink.items) - before} logits beats"
         bad = np.flatnonzero(got != want)
         assert bad.size == 0, f"token {n}: {bad.size} logits differ, first at {bad[:4]}: {got[bad[:4]]} vs {want[bad[:4]]}"
         assert int(dut.argmax.value) == int(np.argmax(want))
@@ -141,6 +143,15 @@ async def run_tokens(dut, p: dict) -> None:
         memory.check(0, state, f"token {n}")
     assert not sink.protocol_errors, sink.protocol_errors[:4]
     assert not state_sink.protocol_errors, state_sink.protocol_errors[:4]
+
+
+def logit_values(words) -> np.ndarray:
+    """The logits of ``logits`` beats, one or two each (:data:`LOGIT_LAYOUT`), in order."""
+    out = []
+    for word in words:
+        beat = LOGIT_LAYOUT.from_bits(word)
+        out += [beat.value, beat.value1] if beat.pair else [beat.value]
+    return np.array(out, np.int64)
 
 
 async def run_passes(dut, p: dict) -> None:
@@ -174,7 +185,7 @@ async def run_passes(dut, p: dict) -> None:
         await RisingEdge(dut.clk)
         assert int(dut.error.value) == regs.ErrorCode.NONE, f"{label}: error {int(dut.error.value)}"
         assert not src.queue, f"{label}: {len(src.queue)} weight beats left unread"
-        got = np.array([LOGIT_LAYOUT.from_bits(w).value for w in sink.items[before:]], np.int64)
+        got = logit_values(sink.items[before:])
         if prefill:
             want, states[slots[0]] = model.prefill(tokens, states[slots[0]])
             want = want[None]
