@@ -245,7 +245,8 @@ def _units() -> list[UnitSpec]:
                  "that serves both signs of exp, then rounding and a 48-bit saturation"),
         UnitSpec("argmax", "argmax", lambda: Argmax(max_length=32000), "max_length=32000",
                  "2 elements per cycle",
-                 "two 48-bit signed comparators (within the beat, then against the running maximum), the running maximum and its index"),
+                 "two 48-bit signed comparators (within the beat, then against the running maximum), "
+                 "the running maximum and its index"),
         UnitSpec("bf16_to_act", "bf16_to_act", lambda: Bf16ToAct(), "-", "1 element per cycle",
                  "a barrel shifter of the 8-bit significand over the ACT range, rounding, saturation "
                  "and negation"),
