@@ -112,8 +112,9 @@ class BitLinearEngine(wiring.Component):
     -----
     weights : stream of ``8 E``-bit beats, byte i at bits ``[8i, 8i+8)``.
     x : stream of :func:`~mmfree.hw.rms_quantize.x_layout`: a BITLINEAR
-        record's K inputs per column (``value``, signed 48: ACT, the record's ``x_frac``
-        being 32), ``last`` on each column's final one; ``norm`` (signed 48, ACT) is the
+        record's K inputs per column, one or two consecutive ones a beat in any mix
+        (``value[0]``, and ``value[1]`` when ``pair``; signed 48: ACT, the record's ``x_frac``
+        being 32), ``last`` on the beat with each column's final one; ``norm`` (signed 48, ACT) is the
         pre-norm's input n for ``NormSource.GATE`` records (ignored otherwise).
         LOWER_BOUND records take none.
     y : stream of :func:`y_layout`: two ``value`` lanes, signed 48 (ACT): rows 2i and 2i + 1 of
