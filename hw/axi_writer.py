@@ -41,8 +41,8 @@ class AxiWriter(wiring.Component):
         are all issued.
     data : stream of ``unsigned(8 * word_bytes)`` (``data_lanes`` = 1) or of
         :func:`word_pair_layout` (2: one or two words a beat), the words in address order
-        (each stored little-endian), exactly ``words`` per command (a pair may span two
-        commands' ends no more than one word may: each command's words are its own).
+        (each stored little-endian), exactly ``words`` per command (a pair's two words
+        belong to one command).
     bus : AXI4 write master (``AXI4WriteSignature``): one ID (0), ARCACHE 0b0011.
     cancel : while high, no burst is issued, ``data`` is not taken, and every
         burst already issued is completed with beats whose WSTRB is 0 (they

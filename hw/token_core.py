@@ -109,8 +109,9 @@ class TokenCore(wiring.Component):
     ``logits`` carries them together); with ``elementwise_lanes`` = 2 so does
     every other beat: two MLGRUs, two GLUs and two residual adds work in
     lockstep and the next record's input goes to the engine two elements a
-    beat. A pair across ``mlp.in``'s a/b boundary (odd I) moves one row a cycle. The vectors with two rows per
-    cycle (residual, i, f, a) are two banks each, even rows and odd rows.
+    beat. A pair across ``mlp.in``'s a/b boundary (odd I) moves one row a
+    cycle. The vectors with two rows per cycle (residual, i, f, a) are two
+    banks each, even rows and odd rows.
 
     Every vector (residual, i/f, a, the state buffer), every BitLinear
     input and every logit is ACT (``numerics.ACT_BITS`` = 48, Q15.32);

@@ -157,8 +157,8 @@ if cocotb is not None:
 
     @cocotb.test()
     async def bench_pair_rate(dut):
-        """A two-lane writer on a bus of two words or more: aligned pairs go one a cycle (one
-        bubble between bursts); a one-lane writer: one word a cycle."""
+        """A two-lane writer on a bus of two words or more: aligned pairs go one a cycle (at most
+        two cycles of slack a burst); a one-lane writer: one word a cycle."""
         tb, cmd, words = await _setup(dut, stall=0.0, idle=0.0)
         count = 2048
         cmd.send([tb.layout.const({"addr": 8192, "words": count}).as_value().value])
