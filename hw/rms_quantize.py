@@ -168,7 +168,8 @@ class RmsQuantize(wiring.Component):
     each column's in order, the columns interleaved in any way; each column
     has its own ``last``. Steps 2-5 then run once per column, column 0 first:
     column 0's max pass rides on the gain load, the others' replay it from the
-    gain memories (``gain_lanes`` elements per cycle). Each column gives its
+    gain memories (``gain_lanes`` elements per cycle), each replay beside the
+    previous column's steps 4-5 (a second FSM). Each column gives its
     ``ceil(K / 5)`` codes beats and one scales beat, in column order.
 
     The ``scales`` beat carries scale and exponent per consumer and, for
@@ -278,6 +279,22 @@ class RmsQuantize(wiring.Component):
         flush = int(before % 5 + min(P, k - before) > 5)
         return issues + self.CODES_OVERHEAD + flush
 
+    def column_cycles(self, k: int, consumers: int) -> int:
+        """Cycles from a column's last codes beat to the next column's, for a K-element record with
+        ``consumers`` consumers: the replay ((1 + consumers) ceil(K / gain_lanes) beats), then as
+        ``codes_cycles(k)`` after the last gains beat. The column before's scalars run beside the
+        replay; when they take longer (at most ``scalars_cycles_max``), the column waits for them."""
+        return (1 + consumers) * -(-k // self.gain_lanes) - 1 + self.codes_cycles(k)
+
+    @property
+    def scalars_cycles_max(self) -> int:
+        """A bound on the cycles from a column's last codes beat to its scales beat (``scales``
+        ready): eps (the longest serial shift), V, ``RsqrtFixed``, the output scales. A replay of at
+        least as many beats hides them (``column_cycles``)."""
+        count = max(-self.bounds.e[0], self.bounds.e[1])
+        shifts = max(n // 32 + n % 32 // 8 + n % 8 for n in range(count + 1))
+        return shifts + RsqrtFixed(v_bits=self.v_bits).latency + 2 * MAX_CONSUMERS + 8
+
     @property
     def first_codes_cycles(self) -> int:
         return self.CODES_OVERHEAD + -(-nx.TRITS_PER_BYTE // self.elements_per_cycle)
@@ -303,9 +320,11 @@ class RmsQuantize(wiring.Component):
         code_done = self._stage_pack(m, v, codes, advance)
         peak_shifts = self._peak_shifts(m, mem, v, x_peaks, max_pass)
         scalars = self._scalar_datapath(m, mem)
-        with m.FSM():
+        # Two FSMs: the passes of one column overlap the scalars (eps .. scales) of the column before.
+        with m.FSM(name="passes"):
             self._fsm_load(m, mem, v, peak_shifts, max_pass, code_done, advance)
-            self._fsm_scales(m, mem, v, scalars, max_pass)
+        with m.FSM(name="scalars"):
+            self._fsm_scales(m, mem, v, scalars)
         return m
 
     # -- storage and per-vector registers --------------------------------------
@@ -351,6 +370,7 @@ class RmsQuantize(wiring.Component):
             part=Signal(range(1 + C)), beat=Signal(range(words + 1)), beats_per_part=Signal(range(words + 1)),
             gain_take=Signal(),
             issue=Signal(), ptr=Signal(range(self.max_k + self.elements_per_cycle + 1)), code_pass=Signal(),
+            scalars_start=Signal(), scalars_idle=Signal(),     # the column's scalars begin; none are running
             # after the max pass: M', sh and its split right/left shifts, R per consumer
             peak_norm=[Signal(nx.QUANT_NORM_BITS, name=f"peak_norm{c}") for c in range(C)],
             shift=[Signal(signed(8), name=f"shift{c}") for c in range(C)],
@@ -730,8 +750,10 @@ class RmsQuantize(wiring.Component):
         return SimpleNamespace(found=found, msb=msb, norm_now=norm_now, bitlen_a=bitlen[0], bitlen_n=bitlen[1])
 
     def _fsm_load(self, m, mem, v, peak_shifts, max_pass, code_done, advance):
-        """FSM states IDLE to CODE_PASS: params, gains with the max pass, the normalisation
-        of the peaks (2 cycles: bit lengths, then shifts), the reciprocals (1 + ``QuantReciprocal.latency``), the code pass."""
+        """The first FSM, IDLE to CODE_PASS: params, gains with the max pass (or its replay), the
+        normalisation of the peaks (2 cycles: bit lengths, then shifts, once the previous column's
+        scalars are out), the reciprocals (1 + ``QuantReciprocal.latency``), the code pass; then the
+        next column's replay, or FINISH until the last column's scalars are out."""
         C, gl = MAX_CONSUMERS, self.gain_lanes
         gl_log2 = gl.bit_length() - 1
         norm_now, bitlen_a, bitlen_n = peak_shifts.norm_now, peak_shifts.bitlen_a, peak_shifts.bitlen_n
@@ -766,7 +788,10 @@ class RmsQuantize(wiring.Component):
         with m.State("BITLEN"):
             for (nonzero, index), (nz_now, index_now) in zip(peak_shifts.msb, peak_shifts.found):
                 m.d.sync += [nonzero.eq(nz_now), index.eq(index_now)]
-            m.next = "NORMALISE"
+            # NORMALISE overwrites what the previous column's scalars read (M', sh, sa, sn; then the
+            # sums): it waits until they are out.
+            with m.If(v.scalars_idle):
+                m.next = "NORMALISE"
         with m.State("NORMALISE"):
             for c in range(C):
                 value, sh, right, left = norm_now[c]
@@ -795,8 +820,20 @@ class RmsQuantize(wiring.Component):
             m.d.comb += v.x_release.eq(advance & v.issue & (v.ptr + self.elements_per_cycle > v.k_last)
                                        & (v.col == self.last_column))
             with m.If(code_done):
+                m.d.comb += v.scalars_start.eq(1)
                 m.d.sync += v.code_pass.eq(0)
-                m.next = "EPS"
+                with m.If(v.col == self.last_column):
+                    m.next = "FINISH"
+                with m.Else():
+                    # The next column's max pass replays while this one's scalars are computed.
+                    m.d.sync += [v.col.eq(v.col + 1), v.col_base.eq(v.col_base + mem.words), v.part.eq(0),
+                                 v.beat.eq(0), max_pass.peak_a.eq(0)]
+                    m.d.sync += [max_pass.peak[c].eq(0) for c in range(C)]
+                    m.next = "REPLAY"
+        with m.State("FINISH"):
+            # The next record's params wait for the last column's scales (they share ``p``).
+            with m.If(v.scalars_idle & ~v.scalars_start):
+                m.next = "IDLE"
 
     def _scalar_datapath(self, m, mem):
         """The registers and the one shared multiplier of the states after the code pass."""
@@ -822,19 +859,25 @@ class RmsQuantize(wiring.Component):
                                inv=inv, z=z, cons=cons, ratio=ratio, scalar_a=scalar_a, scalar_b=scalar_b,
                                scalar_prod=scalar_prod, scales=scales)
 
-    def _fsm_scales(self, m, mem, v, d, max_pass):
-        """FSM states EPS to OUTPUT, after the code pass (under the matrices in the engine).
+    def _fsm_scales(self, m, mem, v, d):
+        """The second FSM: a column's scalars after its code pass (WAIT, then EPS to OUTPUT).
 
+        Started by ``scalars_start`` (the column's last codes beat packed):
         ``eps`` (``numerics.eps_term``: one multiply, then a serial shift of
         32, 8 or 1 bits per cycle), ``V = s + eps`` (1 cycle), ``RsqrtFixed``,
         then per consumer ``numerics.output_scale`` on one multiplier (2
-        cycles each); the ``scales`` beat waits in OUTPUT for ``ready``. Then
-        the next column's max pass (REPLAY), or IDLE after the last column.
+        cycles each); the ``scales`` beat waits in OUTPUT for ``ready``, then
+        WAIT (``scalars_idle``). Meanwhile the first FSM replays the next
+        column's max pass (under the matrices in the engine after the last column).
         """
         C, p, rsqrt = MAX_CONSUMERS, v.p, mem.rsqrt
         eps, eps_exp, eps_left, eps_count, sumsq_eps = d.eps, d.eps_exp, d.eps_left, d.eps_count, d.sumsq_eps
         inv, z, cons, ratio, scales = d.inv, d.z, d.cons, d.ratio, d.scales
         scalar_a, scalar_b, scalar_prod = d.scalar_a, d.scalar_b, d.scalar_prod
+        with m.State("WAIT"):
+            m.d.comb += v.scalars_idle.eq(1)
+            with m.If(v.scalars_start):
+                m.next = "EPS"
         with m.State("EPS"):
             # eps = floor(base * eps_mant * 2**e), e = 2 q - eps_shift,
             # q = [sn - n_frac] + x_frac + frac_a - sa (numerics.eps_term)
@@ -894,14 +937,7 @@ class RmsQuantize(wiring.Component):
         with m.State("OUTPUT"):
             with m.If(self.scales.ready):
                 m.d.sync += self.scales.valid.eq(0)
-                with m.If(v.col == self.last_column):
-                    m.next = "IDLE"
-                with m.Else():
-                    words = -(-self.max_k // self.gain_lanes)
-                    m.d.sync += [v.col.eq(v.col + 1), v.col_base.eq(v.col_base + words), v.part.eq(0), v.beat.eq(0),
-                                 max_pass.peak_a.eq(0)]
-                    m.d.sync += [max_pass.peak[c].eq(0) for c in range(C)]
-                    m.next = "REPLAY"
+                m.next = "WAIT"
 
 
 def _msb_index(value):
