@@ -230,7 +230,8 @@ class RmsQuantize(wiring.Component):
 
     #: Max-pass drain (3), normalise (2: bit lengths, then shifts), divide (1 + QuantReciprocal.latency), code pipeline (7:
     #: read, products, magnitudes, shifts, code estimate, code correction and squares, packing).
-    CODES_OVERHEAD = 3 + 2 + 1 + QuantReciprocal.latency + 7
+    MAX_DRAIN = 3
+    CODES_OVERHEAD = MAX_DRAIN + 2 + 1 + QuantReciprocal.latency + 7
 
     def __init__(self, *, max_k: int, gain_lanes: int, elements_per_cycle: int = 1, columns: int = 1,
                  x_ram_style: str | None = None):
@@ -253,6 +254,9 @@ class RmsQuantize(wiring.Component):
         self.gain_lanes = gain_lanes
         self.elements_per_cycle = elements_per_cycle
         self.bounds = _Bounds(max_k)
+        #: With more than one column and ``gain_lanes >= 4 P``, a one-consumer record's code pass (2 P of
+        #: the 4 P products) replays the next column's max pass on the other 2 P (``_shadow_replay``).
+        self.shadow_replay = columns > 1 and gain_lanes >= 4 * elements_per_cycle
         self.v_bits = self.bounds.v_bits
         self._rsqrt_z_bits = rsqrt_z_bits(self.v_bits)
         z_lo = (nx.RSQRT_NORM_BITS - self.v_bits) // 2
@@ -281,10 +285,14 @@ class RmsQuantize(wiring.Component):
 
     def column_cycles(self, k: int, consumers: int) -> int:
         """Cycles from a column's last codes beat to the next column's, for a K-element record with
-        ``consumers`` consumers: the replay ((1 + consumers) ceil(K / gain_lanes) beats), then as
-        ``codes_cycles(k)`` after the last gains beat. The column before's scalars run beside the
-        replay; when they take longer (at most ``scalars_cycles_max``), the column waits for them."""
-        return (1 + consumers) * -(-k // self.gain_lanes) - 1 + self.codes_cycles(k)
+        ``consumers`` consumers, when the column before's scalars are out by then (they take at most
+        ``scalars_cycles_max``; otherwise the column's scalars wait for them). One cycle hands the
+        column to the scalars; then the replay ((1 + consumers) ceil(K / gain_lanes) beats), then as
+        ``codes_cycles(k)`` after the last gains beat. With ``shadow_replay`` a one-consumer record's
+        next column has its maxima when the code pass ends: no replay, no drain."""
+        if self.shadow_replay and consumers == 1:
+            return self.codes_cycles(k) - self.MAX_DRAIN
+        return (1 + consumers) * -(-k // self.gain_lanes) + self.codes_cycles(k)
 
     @property
     def scalars_cycles_max(self) -> int:
@@ -313,6 +321,8 @@ class RmsQuantize(wiring.Component):
         read = self._stage_read(m, mem, v, advance)
         self._product_bank(m, mem, v, read, max_pass, products, advance)
         prods = self._stage_products(m, stage, v, read, products)
+        if self.shadow_replay:
+            self._shadow_replay(m, v, prods, max_pass)
         mags = self._stage_magnitudes(stage, prods)
         shifted = self._stage_shifts(stage, v, mags)
         estimates = self._stage_code_estimate(stage, v, shifted)
@@ -338,13 +348,17 @@ class RmsQuantize(wiring.Component):
         gl, C = self.gain_lanes, MAX_CONSUMERS
         words = -(-self.max_k // gl)
         x_elem = data.StructLayout({"value": signed(nx.ACT_BITS), "norm": signed(nx.ACT_BITS)})
-        mem = SimpleNamespace(x_wr=[], x_rd=[], gain_wr=[], gain_rd=[], recips=[], words=words,
+        mem = SimpleNamespace(x_wr=[], x_rd=[], x_shadow=[], gain_wr=[], gain_rd=[], recips=[], words=words,
                               gain_word=data.ArrayLayout(signed(nx.GAIN_BITS), gl))
         for lane in range(gl):
             bank = Memory(shape=x_elem, depth=words * self.columns, init=[], attrs=ram_style_attrs(self.x_ram_style))
             m.submodules[f"x{lane}"] = bank
             mem.x_wr.append(bank.write_port())
             mem.x_rd.append(bank.read_port(domain="sync"))
+            if self.shadow_replay:
+                # Read only while x is complete, so it takes the write port's address (x_load):
+                # the write and this read become one read/write port of a true dual-port RAM.
+                mem.x_shadow.append(bank.read_port(domain="sync"))
         for part in range(1 + C):
             gains = Memory(shape=mem.gain_word, depth=words, init=[])
             m.submodules[f"gain{part}"] = gains
@@ -371,6 +385,8 @@ class RmsQuantize(wiring.Component):
             gain_take=Signal(),
             issue=Signal(), ptr=Signal(range(self.max_k + self.elements_per_cycle + 1)), code_pass=Signal(),
             scalars_start=Signal(), scalars_idle=Signal(),     # the column's scalars begin; none are running
+            # the code pass replays the next column's max pass beside it; that column's x word it reads
+            shadow_on=Signal(), shadow_addr=Signal(range((self.columns + 1) * words + 1)),
             # after the max pass: M', sh and its split right/left shifts, R per consumer
             peak_norm=[Signal(nx.QUANT_NORM_BITS, name=f"peak_norm{c}") for c in range(C)],
             shift=[Signal(signed(8), name=f"shift{c}") for c in range(C)],
@@ -424,7 +440,11 @@ class RmsQuantize(wiring.Component):
         for lane, port in enumerate(mem.x_wr):
             first_here = taken_count[:gl_log2] == lane
             element = Mux(first_here, 0, 1)
-            m.d.comb += [port.addr.eq(taken.column * mem.words + (Mux(first_here, taken_count, second) >> gl_log2)),
+            addr = taken.column * mem.words + (Mux(first_here, taken_count, second) >> gl_log2)
+            if mem.x_shadow:      # x complete: no writes, the shadow replay reads at this address
+                addr = Mux(v.x_full, v.shadow_addr, addr)
+                m.d.comb += mem.x_shadow[lane].addr.eq(addr)
+            m.d.comb += [port.addr.eq(addr),
                          port.data.value.eq(taken.value[element]), port.data.norm.eq(taken.norm[element]),
                          port.en.eq(taken_valid & (first_here | (taken.pair & (second[:gl_log2] == lane))))]
         mag_valid, mag_first = Signal(), Signal()
@@ -465,7 +485,10 @@ class RmsQuantize(wiring.Component):
         shared product bank), their magnitudes taken (3, lanes beyond K as
         zero) and the comparator tree's maximum folded into ``max|x * A|`` or
         ``M_c`` (unsigned ``MAG_BITS``). ``max_done`` pulses 3 cycles after the
-        last beat's transfer, when the maxima are final. Never stalls.
+        last beat's transfer, when the maxima are final. Never stalls. A shadow
+        replay (``shadow_valid``: the code pass's product stage, one consumer) folds
+        its products 2 P .. 3 P - 1 into ``max|x * A|`` and 3 P .. 4 P - 1 into
+        ``M_0``, lanes ``shadow_mask``, two cycles later.
         """
         C, gl = MAX_CONSUMERS, self.gain_lanes
         gl_log2 = gl.bit_length() - 1
@@ -497,27 +520,43 @@ class RmsQuantize(wiring.Component):
         lane_mask = Signal(gl)
         m.d.sync += [prod_valid.eq(beat_valid), prod_last.eq(beat_last), prod_part.eq(beat_part)]
         m.d.sync += [lane_mask[i].eq(beat_base + i <= v.k_last) for i in range(gl)]
-        # (3) magnitudes, then the maximum
+        # (3) magnitudes, then the maximum; a shadow replay's products (``shadow_valid``, its lanes
+        # ``shadow_mask``) take the same path
+        shadow_valid, shadow_mask, shadow_mag_valid = Signal(), Signal(gl), Signal()
         mag_valid, mag_last, mag_part = Signal(), Signal(), Signal(range(1 + C))
         lane_mag = [Signal(MAG_BITS, name=f"lane_mag{i}") for i in range(gl)]
-        m.d.sync += [mag_valid.eq(prod_valid), mag_last.eq(prod_last), mag_part.eq(prod_part)]
+        m.d.sync += [mag_valid.eq(prod_valid), mag_last.eq(prod_last), mag_part.eq(prod_part),
+                     shadow_mag_valid.eq(shadow_valid)]
         for i in range(gl):
-            m.d.sync += lane_mag[i].eq(Mux(lane_mask[i], Mux(lane_prod[i] < 0, -lane_prod[i], lane_prod[i]), 0))
-        lane_max = lane_mag
-        while len(lane_max) > 1:   # a tree of comparators over the beat's lanes
-            lane_max = [Mux(a > b_, a, b_) for a, b_ in zip(lane_max[0::2], lane_max[1::2])] + \
-                lane_max[len(lane_max) & ~1:]
-        beat_max = lane_max[0]
+            mask = Mux(shadow_valid, shadow_mask[i], lane_mask[i])
+            m.d.sync += lane_mag[i].eq(Mux(mask, Mux(lane_prod[i] < 0, -lane_prod[i], lane_prod[i]), 0))
+        levels = [lane_mag]
+        while len(levels[-1]) > 1:   # a tree of comparators over the beat's lanes
+            below = levels[-1]
+            levels.append([Mux(a > b_, a, b_) for a, b_ in zip(below[0::2], below[1::2])] + below[len(below) & ~1:])
+        beat_max = levels[-1][0]
+        candidate_a = candidate_g = beat_max
+        if self.shadow_replay:
+            # the nodes over lanes 2 P .. 3 P - 1 (x * A) and 3 P .. 4 P - 1 (x * G_0)
+            group = levels[self.elements_per_cycle.bit_length() - 1]
+            candidate_a = Mux(shadow_mag_valid, group[2], beat_max)
+            candidate_g = Mux(shadow_mag_valid, group[3], beat_max)
         max_done = Signal()
         with m.If(mag_valid):
             with m.Switch(mag_part):
                 with m.Case(0):
-                    m.d.sync += peak_a.eq(Mux(beat_max > peak_a, beat_max, peak_a))
+                    m.d.sync += peak_a.eq(Mux(candidate_a > peak_a, candidate_a, peak_a))
                 for c in range(C):
                     with m.Case(1 + c):
-                        m.d.sync += peak[c].eq(Mux(beat_max > peak[c], beat_max, peak[c]))
+                        cand = candidate_g if c == 0 else beat_max
+                        m.d.sync += peak[c].eq(Mux(cand > peak[c], cand, peak[c]))
             m.d.comb += max_done.eq(mag_last)
-        return SimpleNamespace(peak_a=peak_a, peak=peak, done=max_done, gain=gain)
+        with m.If(shadow_mag_valid):
+            # A stalled code pass folds the same products again: a maximum does not mind.
+            m.d.sync += [peak_a.eq(Mux(candidate_a > peak_a, candidate_a, peak_a)),
+                         peak[0].eq(Mux(candidate_g > peak[0], candidate_g, peak[0]))]
+        return SimpleNamespace(peak_a=peak_a, peak=peak, done=max_done, gain=gain,
+                               shadow_valid=shadow_valid, shadow_mask=shadow_mask)
 
     # -- the code pass: P elements per cycle, stalling together ------------------
     def _stage_read(self, m, mem, v, advance):
@@ -554,6 +593,12 @@ class RmsQuantize(wiring.Component):
             return out
 
         read.x = lanes_of([port.data.value for port in mem.x_rd], "x_lane")
+        if mem.x_shadow:
+            # The next column's word beside this one's: the port reads every cycle, so while the read
+            # stage stalls it reads that stage's word again.
+            word_now = Mux(advance, v.ptr, read.base) >> gl_log2
+            m.d.comb += v.shadow_addr.eq(v.col_base + mem.words + word_now)
+            read.x_next = lanes_of([port.data.value for port in mem.x_shadow], "x_next_lane")
         read.norm = lanes_of([port.data.norm for port in mem.x_rd], "norm_lane")
         read.a = lanes_of([mem.gain_rd[0].data[i] for i in range(gl)], "a_lane")
         read.g = [lanes_of([mem.gain_rd[1 + c].data[i] for i in range(gl)], f"g{c}_lane") for c in range(C)]
@@ -565,7 +610,9 @@ class RmsQuantize(wiring.Component):
         The max pass (during the gain load) and the code pass never run at
         once, so one bank serves both: lane i of a gains beat in the max pass
         (registered every cycle); x * A (product j) and x * G_c (product
-        ``P (1 + c) + j``) in the code pass (registered when it advances).
+        ``P (1 + c) + j``) in the code pass (registered when it advances). In a
+        shadow replay (one consumer) products ``2 P + j`` and ``3 P + j`` take the
+        next column's x by the same lanes of A and G_0.
         """
         C, gl, P = MAX_CONSUMERS, self.gain_lanes, self.elements_per_cycle
         for i, product in enumerate(products):
@@ -574,7 +621,12 @@ class RmsQuantize(wiring.Component):
             with m.If(v.code_pass):
                 if i < (1 + C) * P:
                     gain = read.a[i] if i < P else read.g[i // P - 1][i % P]
-                    m.d.comb += [x_op.eq(read.x[i % P]), g_op.eq(gain)]
+                    x_lane = read.x[i % P]
+                    if self.shadow_replay and 2 * P <= i < 4 * P:
+                        # the shadow replay: the next column's x lanes by the same A and G_0 lanes
+                        x_lane = Mux(v.shadow_on, read.x_next[i % P], x_lane)
+                        gain = Mux(v.shadow_on, (read.a if i < 3 * P else read.g[0])[i % P], gain)
+                    m.d.comb += [x_op.eq(x_lane), g_op.eq(gain)]
             with m.Else():
                 if i < gl:
                     m.d.comb += [x_op.eq(mem.x_rd[i].data.value), g_op.eq(max_pass.gain[i])]
@@ -592,6 +644,17 @@ class RmsQuantize(wiring.Component):
         out.norm = [stage(f"norm_element{j}", signed(nx.ACT_BITS),
                           Mux(v.p.source == NormSource.GATE, read.norm[j], read.x[j])) for j in range(P)]
         return out
+
+    def _shadow_replay(self, m, v, prods, max_pass):
+        """While a one-consumer record's code pass runs on products 0 .. 2 P - 1, products
+        2 P .. 4 P - 1 hold the next column's x by the same lanes of A and G_0 (``_product_bank``):
+        its max pass, folded as the max-pass stage folds a gains beat, with the code pass's lane mask.
+        By the code pass's end the next column's maxima are final: it needs no replay."""
+        P = self.elements_per_cycle
+        m.d.comb += max_pass.shadow_valid.eq(v.shadow_on & prods.valid)
+        for j in range(P):
+            m.d.comb += [max_pass.shadow_mask[2 * P + j].eq(prods.mask[j]),
+                         max_pass.shadow_mask[3 * P + j].eq(prods.mask[j])]
 
     def _stage_magnitudes(self, stage, prods):
         """Magnitudes and signs (unsigned ``MAG_BITS``; |x * A| and |n| zero beyond K). Latency 1."""
@@ -788,10 +851,7 @@ class RmsQuantize(wiring.Component):
         with m.State("BITLEN"):
             for (nonzero, index), (nz_now, index_now) in zip(peak_shifts.msb, peak_shifts.found):
                 m.d.sync += [nonzero.eq(nz_now), index.eq(index_now)]
-            # NORMALISE overwrites what the previous column's scalars read (M', sh, sa, sn; then the
-            # sums): it waits until they are out.
-            with m.If(v.scalars_idle):
-                m.next = "NORMALISE"
+            m.next = "NORMALISE"
         with m.State("NORMALISE"):
             for c in range(C):
                 value, sh, right, left = norm_now[c]
@@ -814,22 +874,37 @@ class RmsQuantize(wiring.Component):
                 m.d.sync += [v.recip[c].eq(mem.recips[c].o.payload) for c in range(C)]
                 m.d.sync += [v.ptr.eq(0), v.code_pass.eq(1), v.sumsq.eq(0), v.sumsq_n.eq(0), v.held.eq(0),
                              v.flush.eq(0)]
+                if self.shadow_replay:
+                    # This column's maxima are in M', sh, sa, sn now: the next column's may start.
+                    shadow = (v.p.consumers == 1) & (v.col != self.last_column)
+                    m.d.sync += v.shadow_on.eq(shadow)
+                    with m.If(shadow):
+                        m.d.sync += [max_pass.peak_a.eq(0), *[max_pass.peak[c].eq(0) for c in range(C)]]
                 m.next = "CODE_PASS"
         with m.State("CODE_PASS"):
             m.d.comb += v.issue.eq(v.ptr <= v.k_last)
             m.d.comb += v.x_release.eq(advance & v.issue & (v.ptr + self.elements_per_cycle > v.k_last)
                                        & (v.col == self.last_column))
             with m.If(code_done):
-                m.d.comb += v.scalars_start.eq(1)
                 m.d.sync += v.code_pass.eq(0)
+                m.next = "HANDOFF"
+        with m.State("HANDOFF"):
+            # The column's sums are final: its scalars start (with copies of what they read) once
+            # the column before's are out.
+            with m.If(v.scalars_idle):
+                m.d.comb += v.scalars_start.eq(1)
+                m.d.sync += v.shadow_on.eq(0)
                 with m.If(v.col == self.last_column):
                     m.next = "FINISH"
                 with m.Else():
-                    # The next column's max pass replays while this one's scalars are computed.
-                    m.d.sync += [v.col.eq(v.col + 1), v.col_base.eq(v.col_base + mem.words), v.part.eq(0),
-                                 v.beat.eq(0), max_pass.peak_a.eq(0)]
-                    m.d.sync += [max_pass.peak[c].eq(0) for c in range(C)]
-                    m.next = "REPLAY"
+                    m.d.sync += [v.col.eq(v.col + 1), v.col_base.eq(v.col_base + mem.words)]
+                    with m.If(v.shadow_on):
+                        m.next = "BITLEN"            # its max pass ran beside this code pass
+                    with m.Else():
+                        # the next column's max pass replays while this one's scalars are computed
+                        m.d.sync += [v.part.eq(0), v.beat.eq(0), max_pass.peak_a.eq(0),
+                                     *[max_pass.peak[c].eq(0) for c in range(C)]]
+                        m.next = "REPLAY"
         with m.State("FINISH"):
             # The next record's params wait for the last column's scales (they share ``p``).
             with m.If(v.scalars_idle & ~v.scalars_start):
@@ -855,9 +930,16 @@ class RmsQuantize(wiring.Component):
         scales = Signal(self.scales.payload.shape())
         m.d.comb += self.scales.payload.eq(scales)
         m.d.comb += [mem.rsqrt.i.payload.eq(sumsq_eps), mem.rsqrt.o.ready.eq(1)]
+        # What the scalars read of the column, copied as they start: the passes go on to the next.
+        C, b = MAX_CONSUMERS, self.bounds
+        column = SimpleNamespace(
+            sumsq=Signal(b.sumsq_bits, name="scalars_sumsq"), sumsq_n=Signal(b.sumsq_bits, name="scalars_sumsq_n"),
+            sa=Signal(signed(8), name="scalars_sa"), sn=Signal(signed(8), name="scalars_sn"),
+            peak_norm=[Signal(nx.QUANT_NORM_BITS, name=f"scalars_peak_norm{c}") for c in range(C)],
+            shift=[Signal(signed(8), name=f"scalars_shift{c}") for c in range(C)])
         return SimpleNamespace(eps=eps, eps_exp=eps_exp, eps_left=eps_left, eps_count=eps_count, sumsq_eps=sumsq_eps,
                                inv=inv, z=z, cons=cons, ratio=ratio, scalar_a=scalar_a, scalar_b=scalar_b,
-                               scalar_prod=scalar_prod, scales=scales)
+                               scalar_prod=scalar_prod, scales=scales, column=column)
 
     def _fsm_scales(self, m, mem, v, d):
         """The second FSM: a column's scalars after its code pass (WAIT, then EPS to OUTPUT).
@@ -874,19 +956,23 @@ class RmsQuantize(wiring.Component):
         eps, eps_exp, eps_left, eps_count, sumsq_eps = d.eps, d.eps_exp, d.eps_left, d.eps_count, d.sumsq_eps
         inv, z, cons, ratio, scales = d.inv, d.z, d.cons, d.ratio, d.scales
         scalar_a, scalar_b, scalar_prod = d.scalar_a, d.scalar_b, d.scalar_prod
+        col = d.column
         with m.State("WAIT"):
             m.d.comb += v.scalars_idle.eq(1)
             with m.If(v.scalars_start):
+                m.d.sync += [col.sumsq.eq(v.sumsq), col.sumsq_n.eq(v.sumsq_n), col.sa.eq(v.sa), col.sn.eq(v.sn),
+                             *[col.peak_norm[c].eq(v.peak_norm[c]) for c in range(C)],
+                             *[col.shift[c].eq(v.shift[c]) for c in range(C)]]
                 m.next = "EPS"
         with m.State("EPS"):
             # eps = floor(base * eps_mant * 2**e), e = 2 q - eps_shift,
             # q = [sn - n_frac] + x_frac + frac_a - sa (numerics.eps_term)
             none = p.source == NormSource.NONE
             n_frac = Mux(p.source == NormSource.INPUT, p.x_frac, nx.ACT_FRAC)
-            q = Mux(none, 0, v.sn - n_frac) + p.x_frac + p.frac_a - v.sa
+            q = Mux(none, 0, col.sn - n_frac) + p.x_frac + p.frac_a - col.sa
             e = Signal.like(eps_exp)
             m.d.comb += e.eq(2 * q - p.eps_shift)
-            m.d.sync += [eps.eq(Mux(none, v.k_last + 1, v.sumsq_n) * p.eps_mant), eps_exp.eq(e),
+            m.d.sync += [eps.eq(Mux(none, v.k_last + 1, col.sumsq_n) * p.eps_mant), eps_exp.eq(e),
                          eps_left.eq(e >= 0), eps_count.eq(Mux(e >= 0, e, -e))]
             m.next = "EPS_SHIFT"
         with m.State("EPS_SHIFT"):
@@ -900,7 +986,7 @@ class RmsQuantize(wiring.Component):
                 with m.If(cond):
                     m.d.sync += [eps.eq(Mux(eps_left, eps << step, eps >> step)), eps_count.eq(eps_count - step)]
         with m.State("SUM"):
-            m.d.sync += sumsq_eps.eq(v.sumsq + eps)
+            m.d.sync += sumsq_eps.eq(col.sumsq + eps)
             m.next = "RSQRT"
         with m.State("RSQRT"):
             m.d.comb += rsqrt.i.valid.eq(1)
@@ -912,7 +998,7 @@ class RmsQuantize(wiring.Component):
                 m.next = "RATIO"
         with m.State("RATIO"):
             # F' = (M' * inv) >> 32
-            m.d.comb += [scalar_a.eq(Cat(v.peak_norm).word_select(cons, nx.QUANT_NORM_BITS)), scalar_b.eq(inv)]
+            m.d.comb += [scalar_a.eq(Cat(col.peak_norm).word_select(cons, nx.QUANT_NORM_BITS)), scalar_b.eq(inv)]
             m.d.sync += ratio.eq(scalar_prod >> nx.RATIO_DROP_BITS)
             m.next = "SCALE"
         with m.State("SCALE"):
@@ -923,13 +1009,13 @@ class RmsQuantize(wiring.Component):
                     with m.Case(c):
                         m.d.sync += [
                             scales.scale[c].eq(scalar_prod >> nx.SCALE_BITS),
-                            scales.exp[c].eq(p.ec[c] + v.shift[c] + p.frac_a - p.frac_g[c] - v.sa + z
+                            scales.exp[c].eq(p.ec[c] + col.shift[c] + p.frac_a - p.frac_g[c] - col.sa + z
                                              - nx.RSQRT_RECIP_SHIFT + nx.ACT_FRAC + nx.RATIO_DROP_BITS
                                              + nx.SCALE_BITS),
-                            scales.peak_norm[c].eq(v.peak_norm[c]), scales.shift[c].eq(v.shift[c])]
+                            scales.peak_norm[c].eq(col.peak_norm[c]), scales.shift[c].eq(col.shift[c])]
             m.d.sync += cons.eq(cons + 1)
             with m.If(cons == C - 1):
-                m.d.sync += [scales.sumsq.eq(sumsq_eps), scales.sa.eq(v.sa), scales.inv.eq(inv), scales.z.eq(z),
+                m.d.sync += [scales.sumsq.eq(sumsq_eps), scales.sa.eq(col.sa), scales.inv.eq(inv), scales.z.eq(z),
                              self.scales.valid.eq(1)]
                 m.next = "OUTPUT"
             with m.Else():
