@@ -165,9 +165,11 @@ class BitLinearEngine(wiring.Component):
         gain load; normalise, reciprocals, the first group of codes) and
         ``PREP_OVERHEAD``. Eps, rsqrt and the scales overlap the matrices.
     matvec_cycles(k, rows) : cycles from the first to one past the last matrix
-        beat, the output side keeping up (``K / 5 >= E / 2``): the matrix beats
-        (``matvec_beats``) plus the cycles the first block waits for codes
-        (none when ``R / E >= 5 / P``).
+        beat, the output side keeping up (``K / 5 >= E / 2``; with ``R = E`` also
+        ``K / 5 >= input_stage.scalars_cycles_max``, as the first block's results wait
+        for the record's scales): the matrix beats (``matvec_beats``) plus the cycles
+        the first block waits for codes (none when ``R / E >= 5 / P``).
+    input_stage : the :class:`RmsQuantize` inside (its cycle figures).
     """
 
     def __init__(self, *, engine_bytes: int, rows_per_block: int, max_k: int, max_rows: int,
@@ -198,7 +200,7 @@ class BitLinearEngine(wiring.Component):
         self.header_beats = RECORD_HEADER_BYTES // engine_bytes
         self.acc_bits = nx.accumulator_bits(max_k)
         # The input stage, built here: its cycle figures serve prep_cycles.
-        self._input = RmsQuantize(max_k=max_k, gain_lanes=engine_bytes // _GAIN_WORD_BYTES,
+        self.input_stage = RmsQuantize(max_k=max_k, gain_lanes=engine_bytes // _GAIN_WORD_BYTES,
                                   elements_per_cycle=elements_per_cycle, columns=columns, x_ram_style=x_ram_style)
         super().__init__({
             "weights": In(stream.Signature(unsigned(8 * engine_bytes))),
@@ -223,7 +225,7 @@ class BitLinearEngine(wiring.Component):
 
     def prep_cycles(self, k: int, consumers: int) -> int:
         last_padding = self.part_beats(_GAIN_WORD_BYTES * k) - -(-_GAIN_WORD_BYTES * k // self.engine_bytes)
-        return (self.header_beats + self.gain_beats(k, consumers) - last_padding + self._input.first_codes_cycles
+        return (self.header_beats + self.gain_beats(k, consumers) - last_padding + self.input_stage.first_codes_cycles
                 + self.PREP_OVERHEAD)
 
     def matvec_beats(self, k: int, rows) -> int:
@@ -269,13 +271,23 @@ class BitLinearEngine(wiring.Component):
         return m
 
     def _units(self, m):
-        """The input stage, accumulator, rescale, code memory and the FIFOs between them."""
+        """The input stage, accumulator, rescale, code memory and the FIFOs between them (the
+        accumulator's results through a FIFO only when a block has more than one beat of them)."""
         E, R, C, N = self.engine_bytes, self.rows_per_block, MAX_CONSUMERS, self.columns
         D = R // E
         u = SimpleNamespace(groups_max=-(-self.max_k // nx.TRITS_PER_BYTE))
-        m.submodules.input = u.rms = self._input
+        m.submodules.input = u.rms = self.input_stage
         m.submodules.accumulate = u.acc = TernaryAccumulate(lanes=E, k=self.max_k, rows_per_block=R, columns=N)
-        m.submodules.acc_fifo = u.acc_fifo = StreamFifo(shape=u.acc.o.payload.shape(), depth=max(2, 2 * D))
+        if D > 1:
+            # A block's D result beats wait here so the next block's first group may overwrite them
+            # in the accumulator. With D = 1 a block's one beat is out of the accumulator's way as it
+            # ends (its output register), and a FIFO of N x E accumulators would be the largest LUT
+            # memory of the design (KV260: 3.8 k LUT): the serializer reads that register.
+            m.submodules.acc_fifo = u.acc_fifo = StreamFifo(shape=u.acc.o.payload.shape(), depth=2 * D)
+            wiring.connect(m, u.acc.o, u.acc_fifo.i)
+            u.results = u.acc_fifo.o
+        else:
+            u.results = u.acc.o
         u.tag_layout = _tag_layout(R)
         m.submodules.tag_fifo = u.tag_fifo = StreamFifo(shape=u.tag_layout, depth=8)
         # A record's scales: per column, each consumer's scale and exponent.
@@ -294,7 +306,6 @@ class BitLinearEngine(wiring.Component):
             m.submodules["codes" if N == 1 else f"codes{column}"] = code_mem
             u.code_wr.append(code_mem.write_port())
             u.code_rd.append(code_mem.read_port(domain="sync"))
-        wiring.connect(m, u.acc.o, u.acc_fifo.i)
         wiring.connect(m, wiring.flipped(self.x), u.rms.x)
         m.d.comb += u.rms.last_column.eq(self.last_column)
         return u
@@ -556,7 +567,7 @@ class BitLinearEngine(wiring.Component):
         """
         E, R, C, N = self.engine_bytes, self.rows_per_block, MAX_CONSUMERS, self.columns
         D = R // E
-        acc_fifo, tag_fifo, scale_fifo, side_fifo = u.acc_fifo, u.tag_fifo, u.scale_fifo, u.side_fifo
+        results, tag_fifo, scale_fifo, side_fifo = u.results, u.tag_fifo, u.scale_fifo, u.side_fifo
         ser_active = Signal()
         ser_col = Signal(column_shape(N))
         ser_tag = Signal(u.tag_layout)
@@ -573,7 +584,7 @@ class BitLinearEngine(wiring.Component):
         beat_pop = Signal()
         lead = u.rescales[0]
         col_scales = cur[ser_col]
-        accs = acc_fifo.o.payload[ser_col]
+        accs = results.payload[ser_col]
         m.d.comb += [side_fifo.i.payload.consumer.eq(ser_tag.consumer), side_fifo.i.payload.column.eq(ser_col),
                      side_fifo.i.payload.pair.eq(pair),
                      side_fifo.i.payload.last.eq(ser_tag.last & (ser_row + ROW_LANES >= ser_tag.rows))]
@@ -591,7 +602,7 @@ class BitLinearEngine(wiring.Component):
             lanes = [accs[ROW_LANES * i + lane] for i in range(E // ROW_LANES)]
             m.d.comb += [unit.i.payload.acc.eq(Array(lanes)[ser_pair]), unit.i.payload.scale.eq(scale),
                          unit.i.payload.exp.eq(exp), unit.i.valid.eq(rescale_valid)]
-        with m.If(ser_active & acc_fifo.o.valid):
+        with m.If(ser_active & results.valid):
             with m.If(row_exists):
                 fire = lead.i.ready & side_fifo.i.ready
                 m.d.comb += [rescale_valid.eq(side_fifo.i.ready), side_fifo.i.valid.eq(lead.i.ready),
@@ -600,7 +611,7 @@ class BitLinearEngine(wiring.Component):
             with m.Else():
                 # rows beyond N (only ever from a beat's first row on: every column's): drop the beat
                 m.d.comb += beat_pop.eq(1)
-        m.d.comb += [acc_fifo.o.ready.eq(beat_pop), block_end.eq(beat_pop & (ser_beat == D - 1))]
+        m.d.comb += [results.ready.eq(beat_pop), block_end.eq(beat_pop & (ser_beat == D - 1))]
         with m.If(element_go & ~column_end):
             m.d.sync += [ser_pair.eq(ser_pair + 1), ser_row.eq(ser_row + ROW_LANES)]
         with m.If(column_end & ~beat_pop):

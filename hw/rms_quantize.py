@@ -441,12 +441,16 @@ class RmsQuantize(wiring.Component):
             first_here = taken_count[:gl_log2] == lane
             element = Mux(first_here, 0, 1)
             addr = taken.column * mem.words + (Mux(first_here, taken_count, second) >> gl_log2)
+            write = taken_valid & (first_here | (taken.pair & (second[:gl_log2] == lane)))
             if mem.x_shadow:      # x complete: no writes, the shadow replay reads at this address
                 addr = Mux(v.x_full, v.shadow_addr, addr)
                 m.d.comb += mem.x_shadow[lane].addr.eq(addr)
+                if self.x_ram_style == "ultra":
+                    # An UltraRAM port reads or writes in a cycle: with this enable the two share one.
+                    m.d.comb += mem.x_shadow[lane].en.eq(~write)
             m.d.comb += [port.addr.eq(addr),
                          port.data.value.eq(taken.value[element]), port.data.norm.eq(taken.norm[element]),
-                         port.en.eq(taken_valid & (first_here | (taken.pair & (second[:gl_log2] == lane))))]
+                         port.en.eq(write)]
         mag_valid, mag_first = Signal(), Signal()
         mag_col = Signal.like(taken.column)
         mag_x = Signal(nx.ACT_BITS)
