@@ -21,7 +21,7 @@ closure; the RTL's deepest paths, not the parts, hold them there today.
   estimate to 57 MHz: docs/columns.md).
 * ``kv260``: Zynq UltraScale+ K26, four 128-bit HP ports, 64 weight bytes per
   cycle; at its clock the ports, not the 64-bit DDR4-2400 (19.2 GB/s peak, about
-  16 sustained), bound the stream. Five columns, two element-wise lanes (69 %
+  16 sustained), bound the stream. Five columns, two element-wise lanes (67 %
   of the LUTs; a sixth column is over the 70 % budget: docs/columns.md).
 * ``sim-default``: the PYNQ-Z2 memory at 150 MHz (the PL clock of UG585's
   efficiency test) with two ports, two columns (so CI runs batched decode and
