@@ -168,9 +168,11 @@ class RmsQuantize(wiring.Component):
     each column's in order, the columns interleaved in any way; each column
     has its own ``last``. Steps 2-5 then run once per column, column 0 first:
     column 0's max pass rides on the gain load, the others' replay it from the
-    gain memories (``gain_lanes`` elements per cycle), each replay beside the
-    previous column's steps 4-5 (a second FSM). Each column gives its
-    ``ceil(K / 5)`` codes beats and one scales beat, in column order.
+    gain memories (``gain_lanes`` elements per cycle) or, with ``shadow_replay``
+    in a one-consumer record, run beside the previous column's code pass; a
+    column's steps 4-5 run beside the next column's passes (a second FSM).
+    Each column gives its ``ceil(K / 5)`` codes beats and one scales beat, in
+    column order.
 
     The ``scales`` beat carries scale and exponent per consumer and, for
     checking, ``M'_c``, ``sh_c``, ``V``, ``sa``, ``inv``, ``z``. ``V = 0`` or
@@ -179,9 +181,10 @@ class RmsQuantize(wiring.Component):
     What P costs: per element 4 products of x (48 bits) by a 24-bit gain, 2
     squares of 25 bits, and per consumer a code product of 31 x 25 bits and
     a tie product of 8 x 31 bits (P = 4: 16 + 8 + 24 multipliers). The max
-    pass needs ``gain_lanes`` products of 48 x 24 bits; it never runs with
+    pass needs ``gain_lanes`` products of 48 x 24 bits; a replay never runs with
     the code pass, so both share one bank of ``max(gain_lanes, 4 P)``
-    multipliers. x and the gains are read ``gain_lanes`` wide, so P must
+    multipliers, except that with ``shadow_replay`` a one-consumer record's
+    code pass (2 P products) lends the other 2 P to the next column's max pass. x and the gains are read ``gain_lanes`` wide, so P must
     divide ``gain_lanes``; the code packer takes at most one group of five
     per cycle, so P <= 4.
 
@@ -953,8 +956,8 @@ class RmsQuantize(wiring.Component):
         32, 8 or 1 bits per cycle), ``V = s + eps`` (1 cycle), ``RsqrtFixed``,
         then per consumer ``numerics.output_scale`` on one multiplier (2
         cycles each); the ``scales`` beat waits in OUTPUT for ``ready``, then
-        WAIT (``scalars_idle``). Meanwhile the first FSM replays the next
-        column's max pass (under the matrices in the engine after the last column).
+        WAIT (``scalars_idle``). Meanwhile the first FSM goes on with the next
+        column (after the last column: under the matrices in the engine).
         """
         C, p, rsqrt = MAX_CONSUMERS, v.p, mem.rsqrt
         eps, eps_exp, eps_left, eps_count, sumsq_eps = d.eps, d.eps_exp, d.eps_left, d.eps_count, d.sumsq_eps
