@@ -184,7 +184,8 @@ class RmsQuantize(wiring.Component):
     pass needs ``gain_lanes`` products of 48 x 24 bits; a replay never runs with
     the code pass, so both share one bank of ``max(gain_lanes, 4 P)``
     multipliers, except that with ``shadow_replay`` a one-consumer record's
-    code pass (2 P products) lends the other 2 P to the next column's max pass. x and the gains are read ``gain_lanes`` wide, so P must
+    code pass (2 P products) lends the other 2 P to the next column's max
+    pass. x and the gains are read ``gain_lanes`` wide, so P must
     divide ``gain_lanes``; the code packer takes at most one group of five
     per cycle, so P <= 4.
 
@@ -821,9 +822,10 @@ class RmsQuantize(wiring.Component):
 
     def _fsm_load(self, m, mem, v, peak_shifts, max_pass, code_done, advance):
         """The first FSM, IDLE to CODE_PASS: params, gains with the max pass (or its replay), the
-        normalisation of the peaks (2 cycles: bit lengths, then shifts, once the previous column's
-        scalars are out), the reciprocals (1 + ``QuantReciprocal.latency``), the code pass; then the
-        next column's replay, or FINISH until the last column's scalars are out."""
+        normalisation of the peaks (2 cycles: bit lengths, then shifts), the reciprocals
+        (1 + ``QuantReciprocal.latency``), the code pass; then HANDOFF (the column's scalars start
+        once the previous column's are out) and the next column's replay (after a shadow replay
+        its normalisation), or FINISH until the last column's scalars are out."""
         C, gl = MAX_CONSUMERS, self.gain_lanes
         gl_log2 = gl.bit_length() - 1
         norm_now, bitlen_a, bitlen_n = peak_shifts.norm_now, peak_shifts.bitlen_a, peak_shifts.bitlen_n
