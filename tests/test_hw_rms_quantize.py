@@ -329,8 +329,7 @@ def test_codes_cycles_formula():
 # P = 1, 4, 2 with gain_lanes 4 (E = 16, PYNQ-Z2), 16 (E = 64, KV260), 2 (E = 8); every build also
 # runs the edge cases.
 # Columns: two on the E = 16 and E = 64 builds (shadow replays; the long records show the
-# scalars hidden), three
-# (one all zero) on the E = 8 build.
+# scalars hidden), three (one all zero) on the E = 8 build.
 @pytest.mark.parametrize("max_k, lanes, P, columns", [(768, 4, 1, 2), (96, 16, 4, 2), (37, 2, 2, 1), (37, 2, 2, 3)])
 def test_rms_quantize_verilator(max_k, lanes, P, columns):
     from mmfree.sim.runner import simulate
